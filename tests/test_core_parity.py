@@ -1,0 +1,364 @@
+"""The compiled static-scheduling core (``wukong._core``) and its pure-Python references
+(``wukong.partition``, ``wukong.encoding``) as one specification.
+
+Parity: on random DAGs and on odd shapes the two give identical CSR arrays, schedules,
+encoded bytes and decoded records.  Specification (run on both): every task lies on exactly
+one schedule, ``sched_idx[sched_ptr[sched_of[t]] + pos_of[t]] == t``, consecutive tasks of a
+schedule are dependency -> dependent edges, and the encoded records describe the graph.
+Robustness: corrupt or truncated blobs raise ``ValueError``; malformed arrays given to the
+compiled functions raise ``ValueError`` instead of reading out of bounds.
+"""
+
+from __future__ import annotations
+
+import random
+from array import array
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from wukong import _core, encoding, partition
+from wukong.encoding import VERSION, Dependent, TaskRecord
+
+REFERENCE = SimpleNamespace(
+    intern=partition.intern,
+    dependents=partition.dependents,
+    schedules=partition.schedules,
+    encode_schedules=encoding.encode_schedules,
+    decode_schedule=encoding.decode_schedule,
+)
+IMPLS = [pytest.param(_core, id="compiled"), pytest.param(REFERENCE, id="reference")]
+
+FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+# --- graphs ---------------------------------------------------------------------------
+
+
+def key_of(kind: str, i: int):
+    return {"int": i, "str": f"task-{i}", "tuple": ("chunk", i // 7, i % 7)}[kind]
+
+
+@st.composite
+def dags(draw, max_tasks: int = 300):
+    """(order, dependencies, outputs): random edges from a lower id to a higher one."""
+    n = draw(st.integers(1, max_tasks))
+    kind = draw(st.sampled_from(["int", "str", "tuple"]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    p_edge = draw(st.sampled_from([0.0, 0.2, 0.5, 0.9]))  # chance of each of max_deps slots
+    max_deps = draw(st.sampled_from([1, 2, 4, 8, 40]))
+    rng = random.Random(seed)
+    order = [key_of(kind, i) for i in range(n)]
+    deps = []
+    for i in range(n):
+        k = min(i, sum(rng.random() < p_edge for _ in range(max_deps)))
+        deps.append(tuple(order[j] for j in rng.sample(range(i), k)))
+    outputs = rng.sample(range(n), rng.randint(1, n))
+    return order, deps, outputs
+
+
+def chain(n: int):
+    return list(range(n)), [()] + [(i - 1,) for i in range(1, n)]
+
+
+def fan_out(width: int):
+    return list(range(width + 1)), [()] + [(0,)] * width
+
+
+def fan_in(width: int):
+    return list(range(width + 1)), [()] * width + [tuple(range(width))]
+
+
+SHAPES = {
+    "empty": (([], []), []),
+    "one-task": (([0], [()]), [0]),
+    "chain-10000": (chain(10_000), [9_999]),
+    "fan-out-1-to-5000": (fan_out(5000), list(range(1, 5001))),
+    "fan-in-5000-to-1": (fan_in(5000), [5000]),
+}
+
+
+# --- the pipeline and what it must satisfy ---------------------------------------------
+
+
+def run(impl, order, deps, outputs):
+    """intern -> dependents -> schedules -> encode -> decode, every intermediate kept."""
+    n = len(order)
+    ids, dep_ptr, dep_idx = impl.intern(order, deps)
+    dnt_ptr, dnt_idx = impl.dependents(n, dep_ptr, dep_idx)
+    sched = impl.schedules(n, dep_ptr, dnt_ptr, dnt_idx)
+    flags = bytearray(n)
+    for t in outputs:
+        flags[t] = encoding.OUTPUT
+    metas = impl.encode_schedules(*sched, dep_ptr, dep_idx, dnt_ptr, dnt_idx, flags)
+    records = [impl.decode_schedule(m) for m in metas]
+    return SimpleNamespace(
+        ids=ids,
+        csr=(dep_ptr, dep_idx, dnt_ptr, dnt_idx),
+        sched=sched,
+        flags=bytes(flags),
+        metas=metas,
+        records=records,
+    )
+
+
+def assert_same(a, b):
+    assert a.ids == b.ids
+    for x, y in zip(a.csr + a.sched, b.csr + b.sched, strict=True):
+        assert type(x) is array and x.typecode == "q"
+        assert x == y
+    assert a.metas == b.metas
+    assert all(type(m) is bytes for m in a.metas)
+    assert a.records == b.records
+
+
+def assert_specification(order, deps, r):
+    n = len(order)
+    dep_ptr, dep_idx, dnt_ptr, dnt_idx = r.csr
+    sched_ptr, sched_idx, sched_of, pos_of = r.sched
+    # interning and the two CSRs
+    assert r.ids == {k: i for i, k in enumerate(order)}
+    assert [list(dep_idx[dep_ptr[t] : dep_ptr[t + 1]]) for t in range(n)] == [[r.ids[d] for d in ds] for ds in deps]
+    rows = [list(dnt_idx[dnt_ptr[t] : dnt_ptr[t + 1]]) for t in range(n)]
+    transpose: list[list[int]] = [[] for _ in range(n)]
+    for c in range(n):
+        for d in dep_idx[dep_ptr[c] : dep_ptr[c + 1]]:
+            transpose[d].append(c)
+    assert rows == transpose  # rows sorted by id
+    # a path cover: each task on exactly one non-empty schedule, located by sched_of/pos_of
+    assert sorted(sched_idx) == list(range(n))
+    assert all(sched_ptr[s] < sched_ptr[s + 1] for s in range(len(sched_ptr) - 1))
+    for t in range(n):
+        assert sched_idx[sched_ptr[sched_of[t]] + pos_of[t]] == t
+    for s in range(len(sched_ptr) - 1):
+        chain_ = sched_idx[sched_ptr[s] : sched_ptr[s + 1]]
+        for a, b in zip(chain_[:-1], chain_[1:], strict=True):
+            assert b in rows[a], f"schedule {s}: {a} -> {b} is not an edge"
+    # the records describe the chain and the graph
+    assert len(r.records) == len(sched_ptr) - 1
+    for s, recs in enumerate(r.records):
+        assert [rec.tid for rec in recs] == list(sched_idx[sched_ptr[s] : sched_ptr[s + 1]])
+        for rec in recs:
+            assert type(rec) is TaskRecord
+            assert rec.flags == r.flags[rec.tid]
+            assert rec.deps == tuple(dep_idx[dep_ptr[rec.tid] : dep_ptr[rec.tid + 1]])
+            assert rec.dependents == tuple(
+                Dependent(c, dep_ptr[c + 1] - dep_ptr[c], sched_of[c], pos_of[c]) for c in rows[rec.tid]
+            )
+
+
+# --- parity: compiled == reference ------------------------------------------------------
+
+
+@FAST
+@given(dags())
+def test_random_dags_give_identical_outputs(graph):
+    order, deps, outputs = graph
+    assert_same(run(_core, order, deps, outputs), run(REFERENCE, order, deps, outputs))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_odd_shapes_give_identical_outputs(shape):
+    (order, deps), outputs = SHAPES[shape]
+    assert_same(run(_core, order, deps, outputs), run(REFERENCE, order, deps, outputs))
+
+
+@FAST
+@given(dags(max_tasks=60))
+def test_schedule_view_reads_the_decoded_records(graph):
+    r = run(_core, *graph)
+    for meta, recs in zip(r.metas, r.records, strict=True):
+        view = _core.ScheduleView(meta)
+        assert view.ntasks == len(view) == len(recs)
+        assert list(view) == recs
+        for pos, rec in enumerate(recs):
+            assert view[pos] == rec and type(view[pos]) is TaskRecord
+            assert (view.tid(pos), view.flags(pos), view.deps(pos), view.dependents(pos)) == tuple(rec)
+            assert view.ndeps(pos) == len(rec.deps) and view.ndependents(pos) == len(rec.dependents)
+            assert all(type(c) is Dependent for c in view.dependents(pos))
+
+
+# --- the specification, on both implementations -------------------------------------------
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@FAST
+@given(graph=dags(max_tasks=80))
+def test_random_dags_meet_the_specification(impl, graph):
+    order, deps, outputs = graph
+    assert_specification(order, deps, run(impl, order, deps, outputs))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("shape", ["empty", "one-task", "fan-out-1-to-5000", "fan-in-5000-to-1"])
+def test_odd_shapes_meet_the_specification(impl, shape):
+    (order, deps), outputs = SHAPES[shape]
+    assert_specification(order, deps, run(impl, order, deps, outputs))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_empty_graph_has_no_schedules(impl):
+    r = run(impl, [], [], [])
+    assert list(r.sched[0]) == [0] and r.metas == [] and r.records == []
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_chain_is_one_schedule(impl):
+    (order, deps), outputs = SHAPES["chain-10000"]
+    r = run(impl, order, deps, outputs)
+    assert list(r.sched[0]) == [0, 10_000] and list(r.sched[1]) == list(range(10_000))
+    assert len(r.metas) == 1 and r.records[0][-1].flags == encoding.OUTPUT
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_fan_out_becomes_first_dependent_and_invokes_the_rest(impl):
+    (order, deps), outputs = SHAPES["fan-out-1-to-5000"]
+    r = run(impl, order, deps, outputs)
+    assert list(r.sched[1][:2]) == [0, 1] and len(r.metas) == 5000
+    assert [c.tid for c in r.records[0][0].dependents] == list(range(1, 5001))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_fan_in_lies_on_the_first_leaf_schedule(impl):
+    (order, deps), outputs = SHAPES["fan-in-5000-to-1"]
+    r = run(impl, order, deps, outputs)
+    assert list(r.sched[1][:2]) == [0, 5000] and len(r.metas) == 5000
+    assert r.records[0][1] == TaskRecord(5000, encoding.OUTPUT, tuple(range(5000)), ())
+    assert all(rec[0].dependents == (Dependent(5000, 5000, 0, 1),) for rec in r.records[1:])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_unknown_dependency_raises_key_error(impl):
+    with pytest.raises(KeyError):
+        impl.intern(["a", "b"], [(), ("missing",)])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_repeated_key_takes_its_last_position(impl):
+    ids, dep_ptr, dep_idx = impl.intern(["a", "b", "a"], [(), ("a",), ("b",)])
+    assert ids == {"a": 2, "b": 1} and list(dep_idx) == [2, 1]
+
+
+# --- corrupt blobs --------------------------------------------------------------------------
+
+REFERENCE_LOOSE = pytest.mark.xfail(
+    raises=(IndexError, TypeError),
+    reason="the reference decoder indexes past a truncated blob (IndexError/TypeError)",
+)
+CORRUPT_IMPLS = [pytest.param(_core, id="compiled"), pytest.param(REFERENCE, id="reference", marks=REFERENCE_LOOSE)]
+
+
+def sample_blob() -> bytes:
+    deps = [(), (0,), (0, 1), (1, 2)]
+    return run(_core, list(range(4)), deps, [3]).metas[0]
+
+
+@pytest.mark.parametrize("impl", CORRUPT_IMPLS)
+def test_truncated_blob_raises_value_error(impl):
+    blob = sample_blob()
+    for cut in range(len(blob)):
+        with pytest.raises(ValueError):
+            impl.decode_schedule(blob[:cut])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_bad_header_or_trailing_data_raises_value_error(impl):
+    blob = sample_blob()
+    for bad in (b"", b"\0" * 16, array("q", [VERSION + 1, 0]).tobytes(), blob + bytes(8), blob + b"\1"):
+        with pytest.raises(ValueError):
+            impl.decode_schedule(bad)
+
+
+@FAST
+@given(st.data())
+def test_corrupted_words_never_crash_the_compiled_decoder(data):
+    """Any blob either decodes exactly as the reference does or raises ValueError."""
+    words = array("q", sample_blob())
+    for _ in range(data.draw(st.integers(1, 3))):
+        i = data.draw(st.integers(1, len(words) - 1))
+        words[i] = data.draw(st.sampled_from([-(2**63), -1, 0, 1, 2, 3, 7, 1000, 2**62, 2**63 - 1]))
+    blob = words.tobytes()
+    try:
+        got = _core.decode_schedule(blob)
+    except ValueError:
+        with pytest.raises(ValueError):
+            _core.ScheduleView(blob)
+        return
+    assert got == encoding.decode_schedule(blob) == list(_core.ScheduleView(blob))
+
+
+def test_schedule_view_accepts_unaligned_and_array_buffers():
+    blob = sample_blob()
+    unaligned = memoryview(b"\0" + blob)[1:]
+    expected = encoding.decode_schedule(blob)
+    assert list(_core.ScheduleView(unaligned)) == expected
+    assert _core.decode_schedule(bytearray(blob)) == expected
+    assert list(_core.ScheduleView(array("q", blob))) == expected
+
+
+def test_schedule_view_position_out_of_range_raises_index_error():
+    view = _core.ScheduleView(sample_blob())
+    assert view[-1] == view[len(view) - 1]
+    for bad in (len(view), -len(view) - 1):
+        with pytest.raises(IndexError):
+            view[bad]
+    with pytest.raises(IndexError):
+        view.deps(len(view))
+    with pytest.raises(IndexError):
+        view.tid(-1)
+
+
+# --- malformed arrays: the compiled functions check before running C loops ------------------
+
+
+def q(*xs):
+    return array("q", xs)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (2, q(0, 0), q()),  # dep_ptr too short
+        (2, q(0, 0, 1), q(5)),  # dependency id out of range
+        (2, q(0, 0, 1), q(-1)),  # negative id
+        (2, q(0, 1, 0), q(0)),  # pointers not monotone
+        (2, q(0, 0, 3), q(0)),  # pointer past the end of dep_idx
+        (-1, q(0), q()),  # negative n
+    ],
+)
+def test_compiled_dependents_rejects_malformed_csr(args):
+    with pytest.raises(ValueError):
+        _core.dependents(*args)
+
+
+def test_compiled_schedules_rejects_malformed_csr():
+    with pytest.raises(ValueError):
+        _core.schedules(2, q(0, 0, 1), q(0, 1, 1), q(7))
+    with pytest.raises(ValueError):
+        _core.schedules(3, q(0, 0, 1), q(0, 1, 1), q(1))
+
+
+def test_compiled_encode_rejects_inconsistent_arrays():
+    n = 3
+    order, deps = list(range(n)), [(), (0,), (1,)]
+    _, dep_ptr, dep_idx = _core.intern(order, deps)
+    dnt = _core.dependents(n, dep_ptr, dep_idx)
+    sched = list(_core.schedules(n, dep_ptr, *dnt))
+    good = (*sched, dep_ptr, dep_idx, *dnt, bytes(n))
+    assert _core.encode_schedules(*good) == encoding.encode_schedules(*good)
+    for i, bad in [(1, q(0, 1, 9)), (0, q(0, 5)), (8, b"\0"), (6, q(0, 1)), (2, q())]:
+        args = list(good)
+        args[i] = bad
+        with pytest.raises(ValueError):
+            _core.encode_schedules(*args)
+
+
+def test_compiled_accepts_numpy_int64_arrays():
+    order, deps = chain(50)
+    _, dep_ptr, dep_idx = _core.intern(order, deps)
+    dnt = _core.dependents(50, np.asarray(dep_ptr), np.asarray(dep_idx))
+    assert dnt == partition.dependents(50, dep_ptr, dep_idx)
+    assert _core.schedules(50, np.asarray(dep_ptr), *map(np.asarray, dnt)) == partition.schedules(50, dep_ptr, *dnt)

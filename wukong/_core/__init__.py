@@ -1,0 +1,13 @@
+"""Compiled hot paths of static scheduling (Cython).
+
+Twins of the pure-Python references ``wukong.partition`` and
+``wukong.encoding``, with identical outputs; ``tests/test_core_parity.py``
+holds both to one specification.  ``ScheduleView`` has no reference twin: it
+is a lazy, zero-copy reader of one schedule's metadata for executors.
+Built by ``setup.py`` (``pip install -e .``).
+"""
+
+from wukong._core.encoding import ScheduleView, decode_schedule, encode_schedules
+from wukong._core.partition import dependents, intern, schedules
+
+__all__ = ["ScheduleView", "decode_schedule", "dependents", "encode_schedules", "intern", "schedules"]
