@@ -1,0 +1,56 @@
+"""Tiny Lambda handlers for tests/test_lambda_local.py (run inside lambda-local workers)."""
+
+import os
+import time
+
+
+def echo(event, context):
+    return {"event": event, "function": context.function_name, "request_id": context.aws_request_id}
+
+
+def noop(event, context):
+    return None
+
+
+def context_info(event, context):
+    return {
+        "function_name": context.function_name,
+        "memory_limit_in_mb": context.memory_limit_in_mb,
+        "remaining_ms": context.get_remaining_time_in_millis(),
+        "arn": context.invoked_function_arn,
+        "pid": os.getpid(),
+    }
+
+
+def fail(event, context):
+    raise ValueError(f"bad input: {event.get('x')}")
+
+
+def write_file(event, context):
+    """Write event["text"] to event["path"] (atomically, so a reader never sees half)."""
+    tmp = event["path"] + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(event["text"])
+    os.replace(tmp, event["path"])
+
+
+def block_until_released(event, context):
+    """Mark itself started, then wait (bounded) for the release file."""
+    open(event["started"], "w").close()
+    deadline = time.monotonic() + 10
+    while not os.path.exists(event["release"]) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return "released"
+
+
+def sleep(event, context):
+    time.sleep(event["seconds"])
+    return event["seconds"]
+
+
+def exit_process(event, context):
+    os._exit(event.get("status", 3))
+
+
+def unserializable(event, context):
+    return {1, 2}
