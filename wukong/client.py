@@ -1,0 +1,183 @@
+"""``Client.get``: a Dask ``get`` that runs the graph on a wukong cluster.
+
+One call is one job:
+
+1. ``graph.prepare`` converts, culls and validates the graph;
+2. ``scheduler.plan`` interns keys, builds the static schedules and encodes
+   them with their pickled task bodies;
+3. the schedules go to the metadata store and one executor per leaf schedule
+   is invoked, all in one pipeline;
+4. the client reads the job's event stream with blocking reads: results,
+   errors, and counts of tasks done, executors invoked and executors exited;
+5. when every executor has exited, every key of the job is deleted and the
+   results are returned in the nesting of ``keys`` (or the first task error
+   is raised as its original type, carrying the remote traceback).
+"""
+
+from __future__ import annotations
+
+import pickle
+import secrets
+import time
+from typing import Any
+
+from wukong import serialization
+from wukong.errors import JobFailed, task_error
+from wukong.executor import Invocation
+from wukong.graph import flatten_keys, prepare
+from wukong.progress import ProgressBar
+from wukong.scheduler import Plan, plan
+from wukong.storage import Keys, Store, all_job_keys
+
+BLOCK_MS = 250  # a blocking read returns at least this often, to redraw progress
+
+
+class Client:
+    """Runs Dask graphs on a wukong cluster.
+
+    Parameters
+    ----------
+    cluster : LocalCluster
+    progress : bool
+        Show a progress bar on jobs that take longer than about a second.
+    """
+
+    def __init__(self, cluster: Any, *, progress: bool = True):
+        self.cluster = cluster
+        self.progress = progress
+        self.last_job: dict[str, Any] = {}
+
+    @property
+    def store(self) -> Store:
+        return self.cluster.store
+
+    def get(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        """Compute ``keys`` of ``dsk``; the ``scheduler=`` entry point for Dask.
+
+        Accepts what Dask hands a scheduler (an expression, a HighLevelGraph
+        or a dict, legacy tuple tasks included).  Options: ``progress``.
+        """
+        progress = kwargs.pop("progress", self.progress)
+        kwargs.pop("num_workers", None)
+        t0 = time.perf_counter()
+        order, graph = prepare(dsk, keys)
+        job_plan = plan(order, graph, flatten_keys(keys))
+        t1 = time.perf_counter()
+        results = Job(self, job_plan, progress).run()
+        t2 = time.perf_counter()
+        self.last_job = {"tasks": len(order), "schedules": job_plan.nschedules, "plan_s": t1 - t0, "run_s": t2 - t1}
+        return _nested(keys, results)
+
+    def close(self) -> None:
+        """The client holds no resources of its own; the cluster is closed separately."""
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _nested(keys: Any, results: dict) -> Any:
+    if isinstance(keys, list):
+        return tuple(_nested(k, results) for k in keys)
+    return results[keys]
+
+
+class Job:
+    """One run of a plan on the cluster (see the module docstring)."""
+
+    def __init__(self, client: Client, job_plan: Plan, progress: bool):
+        self.client = client
+        self.store = client.store
+        self.plan = job_plan
+        self.keys = Keys(secrets.token_hex(8))
+        self.bar = ProgressBar(job_plan.ntasks) if progress else None
+        self.results: dict[Any, Any] = {}
+        self.error: BaseException | None = None
+        self.outstanding = 0
+        self.done = 0
+        self.last_id = b"0-0"
+
+    def run(self) -> dict:
+        try:
+            self.submit()
+            self.wait()
+        except BaseException:  # KeyboardInterrupt included: stop the job, then re-raise
+            self.cancel()
+            self.drain(timeout=10.0)
+            self.cleanup()
+            raise
+        self.cleanup()
+        if self.error is not None:
+            raise self.error
+        return self.results
+
+    def submit(self) -> None:
+        p, keys, store = self.plan, self.keys, self.store
+        batch = store.batch()
+        for sid, blob in enumerate(p.schedules):
+            batch.mds("set", keys.schedule(sid), blob, store.ttl)
+        starts = [Invocation(keys.job, sid, 0, {}, ()) for sid in p.leaf_schedules]
+        batch.mds("xadd", keys.events, {"k": "s"})
+        batch.mds("expire", keys.events, store.ttl)
+        self.outstanding = len(starts)
+        self.client.cluster.invoke(batch, keys.job, starts)
+        batch.execute()
+
+    def wait(self) -> None:
+        while self.outstanding > 0:
+            self.read_events(BLOCK_MS)
+            if self.bar is not None:
+                self.bar.update(self.done)
+        if self.bar is not None:
+            self.bar.finish(self.done)
+        if self.error is None and len(self.results) < len(self.plan.outputs):
+            missing = [k for k in self.plan.outputs.values() if k not in self.results]
+            raise JobFailed(f"job {self.keys.job} ended without results for {missing[:5]!r}")
+
+    def read_events(self, block_ms: int) -> None:
+        reply = self.store.mds.xread({self.keys.events: self.last_id}, count=10_000, block=block_ms)
+        for _, entries in reply or ():
+            for entry_id, fields in entries:
+                self.last_id = entry_id
+                self.handle(fields)
+
+    def handle(self, f: dict) -> None:
+        kind = f[b"k"]
+        if kind == b"c":
+            self.done += int(f[b"n"])
+            self.outstanding += int(f[b"i"]) - int(f[b"x"])
+        elif kind == b"r":
+            key = self.plan.outputs[int(f[b"t"])]
+            self.results[key] = serialization.loads(f[b"v"])
+        elif kind == b"e" and self.error is None:
+            key, what, exc, tb = pickle.loads(f[b"v"])
+            if key is None:
+                detail = f": {type(exc).__name__}: {exc}" if exc is not None else ""
+                self.error = JobFailed(f"job {self.keys.job}: {what}{detail}" + (f"\n\nRemote traceback\n----------------\n{tb}" if tb else ""))
+            else:
+                self.error = task_error(key, what, exc, tb)
+            self.cancel()
+
+    def cancel(self) -> None:
+        try:
+            self.store.mds.set(self.keys.cancel, 1, ex=self.store.ttl)
+        except Exception:
+            pass
+
+    def drain(self, timeout: float) -> None:
+        """After a failure: wait, bounded, until every executor of the job has exited."""
+        deadline = time.monotonic() + timeout
+        try:
+            while self.outstanding > 0 and time.monotonic() < deadline:
+                self.read_events(BLOCK_MS)
+        except Exception:
+            pass
+
+    def cleanup(self) -> None:
+        p = self.plan
+        try:
+            self.store.delete(all_job_keys(self.store, self.keys, p.ntasks, p.nschedules, p.fanins))
+        except Exception:
+            pass  # the TTL removes what we could not

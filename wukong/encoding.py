@@ -1,0 +1,84 @@
+"""Binary encoding of static schedules (pure-Python reference; see ``wukong._core``).
+
+A schedule's metadata is one little-endian int64 array, so an executor reads
+its chain without unpickling a Python object per task::
+
+    [VERSION, ntasks,
+     then per task on the chain, in order:
+       tid, flags, ndeps, dep ids..., ndependents,
+       then per dependent: cid, cid's ndeps, cid's schedule, cid's position]
+
+``flags`` bit 0 marks a requested output.  The task bodies travel next to the
+metadata as one pickle per schedule (see ``wukong.scheduler``).
+"""
+
+from __future__ import annotations
+
+from array import array
+from typing import NamedTuple
+
+VERSION = 0x574B0001  # "WK", format 1
+OUTPUT = 1
+
+
+class Dependent(NamedTuple):
+    tid: int
+    ndeps: int
+    sched: int
+    pos: int
+
+
+class TaskRecord(NamedTuple):
+    tid: int
+    flags: int
+    deps: tuple[int, ...]
+    dependents: tuple[Dependent, ...]
+
+
+def encode_schedules(
+    sched_ptr: array,
+    sched_idx: array,
+    sched_of: array,
+    pos_of: array,
+    dep_ptr: array,
+    dep_idx: array,
+    dnt_ptr: array,
+    dnt_idx: array,
+    flags: bytes,
+) -> list[bytes]:
+    """The metadata of every schedule, in schedule order."""
+    out = []
+    for s in range(len(sched_ptr) - 1):
+        chain = sched_idx[sched_ptr[s] : sched_ptr[s + 1]]
+        a = array("q", [VERSION, len(chain)])
+        for t in chain:
+            deps = dep_idx[dep_ptr[t] : dep_ptr[t + 1]]
+            a.extend((t, flags[t], len(deps)))
+            a.extend(deps)
+            a.append(dnt_ptr[t + 1] - dnt_ptr[t])
+            for c in dnt_idx[dnt_ptr[t] : dnt_ptr[t + 1]]:
+                a.extend((c, dep_ptr[c + 1] - dep_ptr[c], sched_of[c], pos_of[c]))
+        out.append(a.tobytes())
+    return out
+
+
+def decode_schedule(meta: bytes) -> list[TaskRecord]:
+    """The chain of task records encoded by ``encode_schedules``."""
+    a = array("q")
+    a.frombytes(meta)
+    if len(a) < 2 or a[0] != VERSION:
+        raise ValueError("not a wukong schedule (bad version header)")
+    records = []
+    i = 2
+    for _ in range(a[1]):
+        tid, flags, nd = a[i], a[i + 1], a[i + 2]
+        deps = tuple(a[i + 3 : i + 3 + nd])
+        i += 3 + nd
+        nc = a[i]
+        i += 1
+        dnts = tuple(Dependent(*a[j : j + 4]) for j in range(i, i + 4 * nc, 4))
+        i += 4 * nc
+        records.append(TaskRecord(tid, flags, deps, dnts))
+    if i != len(a):
+        raise ValueError("corrupt wukong schedule (trailing data)")
+    return records

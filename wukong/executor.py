@@ -1,0 +1,384 @@
+"""The executor: one invocation's share of a job, the same code on every backend.
+
+An invocation names a job, a static schedule and a position on it, and brings
+the inputs of its first task (inline bytes, or ids to fetch from the KVS).  The
+executor then schedules itself:
+
+* It runs tasks from a local stack.  Outputs stay in this process's memory
+  (``data``), counted by ``refs`` (how many tasks on the stack still read
+  them) and dropped when no local task needs them.
+* When a task finishes, its dependents are of two kinds.  One with a single
+  dependency is ready at once.  A fan-in (several dependencies) is ready when
+  its last parent arrives: the parent stores its output in the KVS, then the
+  ``fanin.lua`` script records the arrival atomically (a set of parent ids, so
+  a repeated notification never counts twice) and answers "complete" to
+  exactly one caller -- in the same pipelined round trip.
+* Of the ready dependents the executor "becomes" one (the next task on its
+  own schedule when it is ready) and invokes the others.  Small outputs travel
+  inline with the invocation, large ones are stored once in the KVS.  When the
+  output is larger than ``cluster_threshold`` the executor runs all the ready
+  dependents itself rather than ship the data (task clustering).
+* With nothing ready it exits: it never waits for another executor.
+
+Events for the client (results, errors, counts of tasks done, invocations
+made and executors exited) go on the job's stream in the same pipelines as
+the executor's other writes; the client uses the counts to know when every
+executor of the job has exited.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+import time
+import traceback
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from wukong import serialization
+from wukong.encoding import OUTPUT, Dependent, TaskRecord
+from wukong.native import ScheduleView
+from wukong.storage import Batch, Keys, Store
+
+_U64 = struct.Struct("<Q")
+PROGRESS_EVERY = 0.5  # seconds between progress events on long chains
+
+
+class Invocation(NamedTuple):
+    """What an executor is started with."""
+
+    job: str
+    sched: int
+    pos: int
+    inline: dict[int, bytes]  # dependency id -> serialized value
+    remote: tuple[int, ...]  # dependency ids to read from the KVS
+
+
+def encode_invocation(inv: Invocation) -> bytes:
+    return pickle.dumps(tuple(inv), protocol=5)
+
+
+def decode_invocation(payload: bytes) -> Invocation:
+    return Invocation(*pickle.loads(payload))
+
+
+def pack_schedule(meta: bytes, bodies: bytes) -> bytes:
+    """One stored schedule: its binary metadata and the pickle of its task bodies."""
+    return _U64.pack(len(meta)) + meta + bodies
+
+
+class Schedule:
+    """A decoded schedule; task bodies are unpickled on first use."""
+
+    __slots__ = ("records", "_blob", "_offset", "_bodies")
+
+    def __init__(self, blob: bytes):
+        (n,) = _U64.unpack_from(blob)
+        self.records = ScheduleView(blob[8 : 8 + n])  # records decoded on first access
+        self._blob = blob
+        self._offset = 8 + n
+        self._bodies: list | None = None
+
+    def body(self, pos: int) -> tuple[Any, tuple]:
+        if self._bodies is None:
+            self._bodies = serialization.loads_function(memoryview(self._blob)[self._offset :])
+            self._blob = b""
+        return self._bodies[pos]
+
+
+class JobGone(Exception):
+    """The job's keys are gone (finished or cancelled): a late duplicate invocation."""
+
+
+class TaskFailed(Exception):
+    """A task raised; the error event is already queued."""
+
+
+class Executor:
+    """Runs invocations; one per process, reused across invocations (warm).
+
+    ``invoke(batch, job, invocations)`` starts other executors: it may add
+    commands to ``batch`` (local backend: push to the queue) and must not
+    return before they are durably queued once the batch executes.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        invoke: Callable[[Batch, str, list[Invocation]], Callable[[], None] | None],
+        *,
+        inline_limit: int = 64 * 1024,
+        cluster_threshold: int = 64 * 1024 * 1024,
+        cache_jobs: int = 4,
+    ):
+        self.store = store
+        self.invoke = invoke
+        self.inline_limit = inline_limit
+        self.cluster_threshold = cluster_threshold
+        self.cache_jobs = cache_jobs
+        self.jobs: OrderedDict[str, dict[int, Schedule]] = OrderedDict()
+
+    # -- job state cached in a warm process ---------------------------------
+    def schedules(self, job: str) -> dict[int, Schedule]:
+        cache = self.jobs.get(job)
+        if cache is None:
+            cache = self.jobs[job] = {}
+            while len(self.jobs) > self.cache_jobs:
+                self.jobs.popitem(last=False)
+        self.jobs.move_to_end(job)
+        return cache
+
+    def forget(self, job: str) -> None:
+        self.jobs.pop(job, None)
+
+    # -- one invocation -------------------------------------------------------
+    def run(self, inv: Invocation, on_exit: Callable[[Batch], None] | None = None) -> int:
+        """Run an invocation to its end; returns the number of tasks run.
+
+        ``on_exit(batch)`` may add commands to the pipeline that reports the
+        exit (the local worker acknowledges its queue entry there).
+        """
+        run = _Run(self, inv)
+        try:
+            run.start()
+            run.loop()
+        except JobGone:
+            self.forget(inv.job)
+            if on_exit is not None:
+                batch = self.store.batch()
+                on_exit(batch)
+                batch.execute()
+            return run.ndone
+        except TaskFailed:
+            pass
+        except Exception as exc:  # storage trouble or a bug: the client must hear of it
+            run.fail(run.current, exc, "could not be run by its executor")
+        run.exit(on_exit)
+        return run.ndone
+
+
+class _Run:
+    """The state of one invocation (see the module docstring)."""
+
+    def __init__(self, ex: Executor, inv: Invocation):
+        self.ex = ex
+        self.store = ex.store
+        self.inv = inv
+        self.keys = Keys(inv.job)
+        self.scheds = ex.schedules(inv.job)
+        self.data: dict[int, Any] = {}
+        self.refs: dict[int, int] = {}
+        self.stack: list[tuple[int, int]] = []
+        self.pending = self.store.batch()  # events that may wait for the next round trip
+        self.ndone = 0
+        self.nreported = 0
+        self.current: Any = None  # key of the task being handled, for error messages
+        self.last_report = time.monotonic()
+
+    # -- round trips ---------------------------------------------------------
+    def send(self, batch: Batch) -> Batch:
+        """Send ``batch`` with the pending events and a cancel check."""
+        batch = self.merge_pending(batch)
+        h = batch.mds("exists", self.keys.cancel)
+        batch.execute()
+        if batch[h]:
+            raise JobGone()
+        return batch
+
+    def merge_pending(self, batch: Batch) -> Batch:
+        """Append the pending events after ``batch``'s own commands (handles stay valid)."""
+        if self.pending:
+            pending, self.pending = self.pending, self.store.batch()
+            for server, pipe in pending.pipes.items():
+                batch._pipe(server).command_stack.extend(pipe.command_stack)
+                batch.counts[server] += len(pipe.command_stack)
+        return batch
+
+    def event(self, batch: Batch, **fields: Any) -> None:
+        batch.mds("xadd", self.keys.events, fields)
+
+    def counts(self, batch: Batch, invoked: int = 0, exited: int = 0) -> None:
+        n = self.ndone - self.nreported
+        self.nreported = self.ndone
+        self.last_report = time.monotonic()
+        self.event(batch, k="c", n=n, i=invoked, x=exited)
+
+    # -- start, loop, exit ---------------------------------------------------
+    def start(self) -> None:
+        inv = self.inv
+        batch = self.store.batch()
+        h_sched = None if inv.sched in self.scheds else batch.mds("get", self.keys.schedule(inv.sched))
+        h_remote = batch.kvs_get_many([self.keys.data(t) for t in inv.remote])
+        batch = self.send(batch)
+        if h_sched is not None:
+            blob = batch[h_sched]
+            if blob is None:
+                raise JobGone()
+            self.scheds[inv.sched] = Schedule(blob)
+        for t, value in inv.inline.items():
+            self.data[t] = serialization.loads(value)
+        for t, h in zip(inv.remote, h_remote):
+            self.data[t] = self.load_remote(t, batch[h])
+        self.push(inv.sched, inv.pos)
+
+    def load_remote(self, tid: int, value: bytes | None) -> Any:
+        if value is None:
+            key = self.keys.data(tid)
+            raise JobGone() if self.cancelled() else LookupError(
+                f"input {key!r} is missing from KV store {self.store.name_of(self.store.kvs_server(key))}"
+            )
+        return serialization.loads(value)
+
+    def cancelled(self) -> bool:
+        return bool(self.store.mds.exists(self.keys.cancel))
+
+    def push(self, sid: int, pos: int) -> None:
+        for d in self.scheds[sid].records[pos].deps:
+            self.refs[d] = self.refs.get(d, 0) + 1
+        self.stack.append((sid, pos))
+
+    def loop(self) -> None:
+        while self.stack:
+            sid, pos = self.stack.pop()
+            sched = self.scheds[sid]
+            rec = sched.records[pos]
+            body = sched.body(pos)
+            self.current = body[0].key
+            result = self.execute(rec, body)
+            self.ndone += 1
+            for d in rec.deps:
+                self.refs[d] -= 1
+                if self.refs[d] == 0:
+                    del self.refs[d], self.data[d]
+            self.finish(sid, pos, rec, result)
+            if time.monotonic() - self.last_report > PROGRESS_EVERY:
+                self.counts(self.pending)
+                self.send(self.store.batch())
+
+    def execute(self, rec: TaskRecord, body: tuple[Any, tuple]) -> Any:
+        node, dep_keys = body
+        data = self.data
+        try:
+            return node({k: data[d] for k, d in zip(dep_keys, rec.deps)})
+        except Exception as exc:
+            self.fail(node.key, exc, "raised")
+            raise TaskFailed() from None
+
+    def fail(self, key: Any, exc: BaseException, what: str) -> None:
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        try:
+            payload = pickle.dumps((key, what, exc, tb), protocol=5)
+        except Exception:
+            payload = pickle.dumps((key, what, None, tb), protocol=5)
+        self.event(self.pending, k="e", v=payload)
+
+    def dumps(self, rec: TaskRecord, node_key: Any, result: Any) -> bytes:
+        try:
+            return serialization.dumps(result)
+        except Exception as exc:
+            self.fail(node_key, exc, "returned a result that cannot be pickled")
+            raise TaskFailed() from None
+
+    def finish(self, sid: int, pos: int, rec: TaskRecord, result: Any) -> None:
+        """Publish a finished task's output and start its dependents."""
+        tid = rec.tid
+        key = self.scheds[sid].body(pos)[0].key
+        blob = None
+        if rec.flags & OUTPUT:
+            blob = self.dumps(rec, key, result)
+            self.event(self.pending, k="r", t=tid, v=blob)
+        if not rec.dependents:
+            return
+        ready = [c for c in rec.dependents if c.ndeps == 1]
+        fanins = [c for c in rec.dependents if c.ndeps > 1]
+        big = False
+        batch = self.store.batch()
+        if fanins or len(ready) > 1:
+            blob = blob if blob is not None else self.dumps(rec, key, result)
+            big = len(blob) > self.ex.cluster_threshold
+            if fanins or (len(blob) > self.ex.inline_limit and not big):
+                batch.kvs_set(self.keys.data(tid), blob)
+        handles = [
+            batch.fanin(self.keys, c.tid, tid, c.ndeps, c.sched, c.sched not in self.scheds) for c in fanins
+        ]
+        if handles:
+            batch = self.send(batch)
+            for c, h in zip(fanins, handles):
+                reply = batch[h]
+                if reply == 0:
+                    continue
+                if c.sched not in self.scheds:
+                    if not reply[1]:
+                        raise JobGone()
+                    self.scheds[c.sched] = Schedule(reply[1])
+                ready.append(c)
+            batch = self.store.batch()
+        if not ready:
+            return
+        become = next(
+            (c for c in ready if c.sched == sid and c.pos == pos + 1),
+            next((c for c in ready if c.sched in self.scheds), ready[0]),
+        )
+        local = ready if big else [become]
+        away = [c for c in ready if c not in local]
+        self.data[tid] = result
+        self.refs.setdefault(tid, 0)
+        missing = self.fetch_fanin_inputs(local)
+        if away:
+            self.send_away(batch, tid, blob, away)
+        for t, value in missing.items():
+            self.data[t] = value
+        for c in reversed(local):
+            self.push(c.sched, c.pos)
+        if self.refs[tid] == 0:
+            del self.refs[tid], self.data[tid]
+
+    def fetch_fanin_inputs(self, local: list[Dependent]) -> dict[int, Any]:
+        """One round trip for what the tasks about to run here lack.
+
+        A dependent on another schedule needs that schedule (a completed
+        fan-in's came with the fan-in reply); a fan-in needs the outputs of
+        its other parents from the KVS.
+        """
+        scheds = sorted({c.sched for c in local if c.sched not in self.scheds})
+        want = sorted(
+            {d for c in local if c.ndeps > 1 for d in self.scheds[c.sched].records[c.pos].deps if d not in self.data}
+        )
+        if not want and not scheds:
+            return {}
+        batch = self.store.batch()
+        h_scheds = [batch.mds("get", self.keys.schedule(s)) for s in scheds]
+        handles = batch.kvs_get_many([self.keys.data(t) for t in want])
+        batch = self.send(batch)
+        for s, h in zip(scheds, h_scheds):
+            if batch[h] is None:
+                raise JobGone()
+            self.scheds[s] = Schedule(batch[h])
+        return {t: self.load_remote(t, batch[h]) for t, h in zip(want, handles)}
+
+    def send_away(self, batch: Batch, tid: int, blob: bytes | None, away: list[Dependent]) -> None:
+        """Invoke executors for dependents that will not run here."""
+        invs = []
+        for c in away:
+            if c.ndeps == 1:
+                assert blob is not None
+                if len(blob) <= self.ex.inline_limit:
+                    invs.append(Invocation(self.inv.job, c.sched, c.pos, {tid: blob}, ()))
+                else:
+                    invs.append(Invocation(self.inv.job, c.sched, c.pos, {}, (tid,)))
+            else:
+                deps = self.scheds[c.sched].records[c.pos].deps
+                invs.append(Invocation(self.inv.job, c.sched, c.pos, {}, deps))
+        self.counts(batch, invoked=len(invs))
+        after = self.ex.invoke(batch, self.inv.job, invs)
+        self.send(batch)
+        if after is not None:
+            after()
+
+    def exit(self, on_exit: Callable[[Batch], None] | None = None) -> None:
+        self.counts(self.pending, exited=1)
+        batch, self.pending = self.pending, self.store.batch()
+        if on_exit is not None:
+            on_exit(batch)
+        batch.execute()

@@ -1,0 +1,81 @@
+"""Static scheduling: interning, dependency arrays and static schedules.
+
+This is the pure-Python reference (the test oracle); ``wukong._core`` holds the
+compiled twin with the same functions and identical outputs.
+
+State, all plain int64 arrays over dense task ids ``0..n-1`` (ids follow a
+topological order, so a dependency's id is smaller than its dependent's):
+
+* ``dep_ptr, dep_idx`` -- CSR of dependencies: task ``t`` depends on
+  ``dep_idx[dep_ptr[t]:dep_ptr[t+1]]``.
+* ``dnt_ptr, dnt_idx`` -- CSR of dependents, the transpose, each row sorted.
+* ``sched_ptr, sched_idx`` -- the static schedules, a path cover of the DAG:
+  schedule ``s`` is the chain of tasks ``sched_idx[sched_ptr[s]:sched_ptr[s+1]]``.
+* ``sched_of, pos_of`` -- where each task sits: ``sched_idx[sched_ptr[sched_of[t]]
+  + pos_of[t]] == t``.
+
+Schedules are made by depth-first walks: starting from each leaf in id order,
+a walk claims the task, then "becomes" the first dependent not yet claimed by
+an earlier walk, and stops when every dependent is claimed (the other dependents
+are "invoked" at run time).  Tasks no walk from a leaf reached start walks of
+their own, in id order.  Every task lies on exactly one schedule, so the total
+size of all schedules is ``n``, and an executor that starts at a task needs only
+that task's schedule: its start-up cost is independent of the graph's size.
+At run time a fan-in task is run by whichever parent completes it, which then
+carries on along the fan-in task's schedule.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections.abc import Hashable, Sequence
+
+
+def intern(order: Sequence[Hashable], dependencies: Sequence[Sequence[Hashable]]) -> tuple[dict, array, array]:
+    """Dense ids for ``order`` and the CSR of each key's dependencies.
+
+    ``dependencies[i]`` lists the dependency keys of ``order[i]``; the CSR keeps
+    their order (the executor pairs ids with keys by position).
+    """
+    ids = {k: i for i, k in enumerate(order)}
+    dep_ptr = array("q", [0])
+    dep_idx = array("q")
+    for deps in dependencies:
+        dep_idx.extend(ids[d] for d in deps)
+        dep_ptr.append(len(dep_idx))
+    return ids, dep_ptr, dep_idx
+
+
+def dependents(n: int, dep_ptr: array, dep_idx: array) -> tuple[array, array]:
+    """Transpose the dependency CSR; each row of dependents sorted by id."""
+    rows: list[list[int]] = [[] for _ in range(n)]
+    for t in range(n):
+        for d in dep_idx[dep_ptr[t] : dep_ptr[t + 1]]:
+            rows[d].append(t)
+    dnt_ptr = array("q", [0])
+    dnt_idx = array("q")
+    for row in rows:
+        dnt_idx.extend(row)  # t ascends, so rows come out sorted
+        dnt_ptr.append(len(dnt_idx))
+    return dnt_ptr, dnt_idx
+
+
+def schedules(n: int, dep_ptr: array, dnt_ptr: array, dnt_idx: array) -> tuple[array, array, array, array]:
+    """The path cover described in the module docstring."""
+    sched_of = array("q", [-1]) * n
+    pos_of = array("q", [-1]) * n
+    sched_ptr = array("q", [0])
+    sched_idx = array("q")
+    leaves = [t for t in range(n) if dep_ptr[t] == dep_ptr[t + 1]]
+    for start in leaves + list(range(n)):
+        if sched_of[start] != -1:
+            continue
+        s = len(sched_ptr) - 1
+        t = start
+        while t != -1:
+            sched_of[t] = s
+            pos_of[t] = len(sched_idx) - sched_ptr[s]
+            sched_idx.append(t)
+            t = next((c for c in dnt_idx[dnt_ptr[t] : dnt_ptr[t + 1]] if sched_of[c] == -1), -1)
+        sched_ptr.append(len(sched_idx))
+    return sched_ptr, sched_idx, sched_of, pos_of

@@ -1,0 +1,66 @@
+"""The static scheduler: from a validated graph to the encoded job.
+
+``plan`` interns the keys, builds the dependency and dependent arrays, cuts
+the graph into static schedules (``wukong.partition``; compiled in
+``wukong._core``), encodes their metadata (``wukong.encoding``) and pickles the task bodies of each schedule
+once, together: functions shared by a schedule's tasks are pickled once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass
+
+from dask.task_spec import GraphNode
+
+from wukong import encoding, native, serialization
+from wukong.executor import pack_schedule
+from wukong.graph import GraphError
+
+
+@dataclass
+class Plan:
+    ntasks: int
+    schedules: list[bytes]  # stored blobs, by schedule id
+    leaf_schedules: list[int]  # schedules that start at a task with no dependencies
+    outputs: dict[int, Hashable]  # task id -> key, for requested keys
+    fanins: list[int]  # tasks with several dependencies (they own fan-in state)
+
+    @property
+    def nschedules(self) -> int:
+        return len(self.schedules)
+
+
+def plan(order: Sequence[Hashable], graph: Mapping[Hashable, GraphNode], outputs: Sequence[Hashable]) -> Plan:
+    deps = [tuple(graph[k].dependencies) for k in order]
+    n = len(order)
+    ids, dep_ptr, dep_idx = native.intern(order, deps)
+    dnt_ptr, dnt_idx = native.dependents(n, dep_ptr, dep_idx)
+    sched_ptr, sched_idx, sched_of, pos_of = native.schedules(n, dep_ptr, dnt_ptr, dnt_idx)
+    flags = bytearray(n)
+    out_ids = {ids[k]: k for k in outputs}
+    for t in out_ids:
+        flags[t] = encoding.OUTPUT
+    metas = native.encode_schedules(sched_ptr, sched_idx, sched_of, pos_of, dep_ptr, dep_idx, dnt_ptr, dnt_idx, flags)
+    blobs = []
+    leaves = []
+    for s, meta in enumerate(metas):
+        chain = sched_idx[sched_ptr[s] : sched_ptr[s + 1]]
+        bodies = [(graph[order[t]], deps[t]) for t in chain]
+        blobs.append(pack_schedule(meta, _dumps_bodies(bodies)))
+        if dep_ptr[chain[0]] == dep_ptr[chain[0] + 1]:
+            leaves.append(s)
+    fanins = [t for t in range(n) if dep_ptr[t + 1] - dep_ptr[t] > 1]
+    return Plan(n, blobs, leaves, out_ids, fanins)
+
+
+def _dumps_bodies(bodies: list) -> bytes:
+    try:
+        return serialization.dumps_function(bodies)
+    except Exception:
+        for node, _ in bodies:  # find the culprit to name it
+            try:
+                serialization.dumps_function(node)
+            except Exception as exc:
+                raise GraphError(f"task {node.key!r} cannot be pickled: {type(exc).__name__}: {exc}") from None
+        raise

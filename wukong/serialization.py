@@ -1,0 +1,70 @@
+"""How values and task bodies become bytes.
+
+Data (task outputs) uses pickle protocol 5 with out-of-band buffers, so a
+numpy array's memory is never copied into the pickle stream; each buffer is
+framed and lz4-compressed when that pays (``wukong_native.compress`` decides
+with a cheap probe).  Small plain objects skip the framing: one tag byte and
+the pickle.
+
+    small:  b"p" + pickle
+    framed: b"F" + u32 nframes + u64 length * nframes + frames
+            frame 0 is the pickle stream, frames 1.. the out-of-band buffers
+
+Task bodies use ``cloudpickle`` (the C pickler underneath), which sends
+lambdas and functions defined in ``__main__`` by value.
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from typing import Any
+
+import cloudpickle
+
+from wukong.native import compress, decompress
+
+SMALL = 1024  # below this a value with no buffers is not framed
+_U32 = struct.Struct("<I")
+
+
+def dumps(obj: Any) -> bytes:
+    """Serialize a task output; raises whatever pickling raises."""
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        stream = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        buffers.clear()
+        stream = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+    if not buffers and len(stream) < SMALL:
+        return b"p" + stream
+    frames = [compress(stream)]
+    frames.extend(compress(b.raw()) for b in buffers)
+    header = b"F" + _U32.pack(len(frames)) + struct.pack(f"<{len(frames)}Q", *map(len, frames))
+    return b"".join([header, *frames])
+
+
+def loads(data: bytes | memoryview) -> Any:
+    """Inverse of ``dumps``; out-of-band buffers come back writable."""
+    mv = memoryview(data)
+    tag = mv[:1].tobytes()
+    if tag == b"p":
+        return pickle.loads(mv[1:])
+    if tag != b"F":
+        raise ValueError(f"not a wukong value (tag {tag!r})")
+    (n,) = _U32.unpack_from(mv, 1)
+    lengths = struct.unpack_from(f"<{n}Q", mv, 5)
+    offset = 5 + 8 * n
+    frames = []
+    for size in lengths:
+        frames.append(decompress(mv[offset : offset + size]))
+        offset += size
+    return pickle.loads(frames[0], buffers=[bytearray(f) if isinstance(f, bytes) else f for f in frames[1:]])
+
+
+def dumps_function(obj: Any) -> bytes:
+    """Serialize task bodies; cloudpickle sends ``__main__`` functions by value."""
+    return cloudpickle.dumps(obj, protocol=5)
+
+
+loads_function = pickle.loads

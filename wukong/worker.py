@@ -1,0 +1,69 @@
+"""A warm local executor process: ``python -m wukong.worker`` (config on stdin).
+
+It blocks on the cluster's invocation queue (a Redis list on the MDS) with
+BLMOVE, which atomically moves the invocation to this worker's own
+"processing" list: if the process dies, the cluster finds there what it was
+running.  The entry is removed in the same pipeline that reports the exit.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from wukong.executor import Executor, Invocation, decode_invocation, encode_invocation
+from wukong.storage import Batch, Store
+
+STOP = b"stop"
+
+
+def local_invoker(queue: str):
+    """Invoke executors by pushing to the queue, in the caller's pipeline."""
+
+    def invoke(batch: Batch, job: str, invocations: list[Invocation]) -> None:
+        batch.mds("rpush", queue, *[encode_invocation(i) for i in invocations])
+
+    return invoke
+
+
+def serve(config: dict) -> None:
+    store = Store.from_config(config["store"])
+    queue, processing = config["queue"], config["processing"]
+    executor = Executor(
+        store,
+        local_invoker(queue),
+        inline_limit=config["inline_limit"],
+        cluster_threshold=config["cluster_threshold"],
+    )
+    blocking = store.endpoints[0].connect(socket_timeout=None)
+    blocking.ping()
+    _warm_imports()
+    print("ready", flush=True)
+    while True:
+        payload = blocking.blmove(queue, processing, 0, "LEFT", "RIGHT")
+        if payload == STOP:
+            blocking.lrem(processing, 1, payload)
+            return
+
+        def ack(batch: Batch, payload: bytes = payload) -> None:
+            batch.mds("lrem", processing, 1, payload)
+
+        executor.run(decode_invocation(payload), on_exit=ack)
+
+
+def _warm_imports() -> None:
+    """Import what most task bodies need before taking work, not during a job."""
+    import dask.array  # noqa: F401
+    import numpy  # noqa: F401
+
+
+def main() -> None:
+    config = json.loads(sys.stdin.readline())
+    try:
+        serve(config)
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
