@@ -18,18 +18,21 @@ from __future__ import annotations
 
 import pickle
 import secrets
+import sys
 import time
 from typing import Any
 
 from wukong import serialization
+from wukong.cost import cost_summary, job_cost
 from wukong.errors import JobFailed, task_error
 from wukong.executor import Invocation
 from wukong.graph import flatten_keys, prepare
 from wukong.progress import ProgressBar
 from wukong.scheduler import Plan, plan
-from wukong.storage import Keys, Store, all_job_keys
+from wukong.storage import Keys, Store
 
 BLOCK_MS = 250  # a blocking read returns at least this often, to redraw progress
+DRAIN_S = 30.0  # after a failure, how long executors get to notice the cancel flag
 
 
 class Client:
@@ -63,9 +66,14 @@ class Client:
         order, graph = prepare(dsk, keys)
         job_plan = plan(order, graph, flatten_keys(keys))
         t1 = time.perf_counter()
-        results = Job(self, job_plan, progress).run()
+        job = Job(self, job_plan, progress)
+        results = job.run()
         t2 = time.perf_counter()
         self.last_job = {"tasks": len(order), "schedules": job_plan.nschedules, "plan_s": t1 - t0, "run_s": t2 - t1}
+        if getattr(self.cluster, "backend", "local") == "lambda":
+            self.last_job["cost"] = job_cost(job.durations, getattr(self.cluster, "architecture", "x86_64"))
+            if progress:
+                print(cost_summary(self.last_job["cost"]), file=sys.stderr)
         return _nested(keys, results)
 
     def close(self) -> None:
@@ -98,6 +106,7 @@ class Job:
         self.outstanding = 0
         self.done = 0
         self.last_id = b"0-0"
+        self.durations: list[tuple[float, int]] = []
 
     def run(self) -> dict:
         try:
@@ -105,7 +114,7 @@ class Job:
             self.wait()
         except BaseException:  # KeyboardInterrupt included: stop the job, then re-raise
             self.cancel()
-            self.drain(timeout=10.0)
+            self.drain(DRAIN_S)
             self.cleanup()
             raise
         self.cleanup()
@@ -122,11 +131,16 @@ class Job:
         batch.mds("xadd", keys.events, {"k": "s"})
         batch.mds("expire", keys.events, store.ttl)
         self.outstanding = len(starts)
-        self.client.cluster.invoke(batch, keys.job, starts)
+        after = self.client.cluster.invoke(batch, keys.job, starts)
         batch.execute()
+        if after is not None:  # the lambda backend invokes once the schedules are stored
+            after()
 
     def wait(self) -> None:
         while self.outstanding > 0:
+            if self.error is not None:  # executors stop at their next round trip
+                self.drain(DRAIN_S)
+                break
             self.read_events(BLOCK_MS)
             if self.bar is not None:
                 self.bar.update(self.done)
@@ -148,9 +162,13 @@ class Job:
         if kind == b"c":
             self.done += int(f[b"n"])
             self.outstanding += int(f[b"i"]) - int(f[b"x"])
+        elif kind == b"d":  # an executor's duration and memory (lambda backend), for cost
+            self.durations.append((float(f[b"ms"]), int(f[b"mem"])))
         elif kind == b"r":
             key = self.plan.outputs[int(f[b"t"])]
             self.results[key] = serialization.loads(f[b"v"])
+        elif kind == b"R":  # a result too long for the stream, stored in the KVS
+            self.read_stored_result(int(f[b"t"]))
         elif kind == b"e" and self.error is None:
             key, what, exc, tb = pickle.loads(f[b"v"])
             if key is None:
@@ -159,6 +177,15 @@ class Job:
             else:
                 self.error = task_error(key, what, exc, tb)
             self.cancel()
+
+    def read_stored_result(self, tid: int) -> None:
+        batch = self.store.batch()
+        (h,) = batch.kvs_get_many([self.keys.data(tid)])
+        value = batch.execute()[h]
+        if value is None:
+            key = self.plan.outputs[tid]
+            raise JobFailed(f"job {self.keys.job}: the result of task {key!r} is missing from the KV store")
+        self.results[self.plan.outputs[tid]] = serialization.loads(value)
 
     def cancel(self) -> None:
         try:
@@ -177,7 +204,10 @@ class Job:
 
     def cleanup(self) -> None:
         p = self.plan
+        cleanup_job = getattr(self.client.cluster, "cleanup_job", None)
         try:
-            self.store.delete(all_job_keys(self.store, self.keys, p.ntasks, p.nschedules, p.fanins))
+            if cleanup_job is not None:
+                cleanup_job(self.keys.job)
+            self.store.delete_job(self.keys, p.ntasks, p.nschedules, p.fanins)
         except Exception:
             pass  # the TTL removes what we could not

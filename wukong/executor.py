@@ -88,7 +88,11 @@ class Schedule:
 
 
 class JobGone(Exception):
-    """The job's keys are gone (finished or cancelled): a late duplicate invocation."""
+    """The job's keys are gone (it ended): a late duplicate invocation; say nothing."""
+
+
+class Cancelled(Exception):
+    """The job was cancelled (a task failed, or the user stopped it): exit now."""
 
 
 class TaskFailed(Exception):
@@ -150,7 +154,7 @@ class Executor:
                 on_exit(batch)
                 batch.execute()
             return run.ndone
-        except TaskFailed:
+        except (TaskFailed, Cancelled):
             pass
         except Exception as exc:  # storage trouble or a bug: the client must hear of it
             run.fail(run.current, exc, "could not be run by its executor")
@@ -183,7 +187,7 @@ class _Run:
         h = batch.mds("exists", self.keys.cancel)
         batch.execute()
         if batch[h]:
-            raise JobGone()
+            raise Cancelled()
         return batch
 
     def merge_pending(self, batch: Batch) -> Batch:
@@ -225,7 +229,7 @@ class _Run:
     def load_remote(self, tid: int, value: bytes | None) -> Any:
         if value is None:
             key = self.keys.data(tid)
-            raise JobGone() if self.cancelled() else LookupError(
+            raise Cancelled() if self.cancelled() else LookupError(
                 f"input {key!r} is missing from KV store {self.store.name_of(self.store.kvs_server(key))}"
             )
         return serialization.loads(value)
@@ -287,7 +291,11 @@ class _Run:
         blob = None
         if rec.flags & OUTPUT:
             blob = self.dumps(rec, key, result)
-            self.event(self.pending, k="r", t=tid, v=blob)
+            if len(blob) > self.store.part_size:  # too long for a stream entry: the client reads the KVS
+                self.pending.kvs_set(self.keys.data(tid), blob)
+                self.event(self.pending, k="R", t=tid)
+            else:
+                self.event(self.pending, k="r", t=tid, v=blob)
         if not rec.dependents:
             return
         ready = [c for c in rec.dependents if c.ndeps == 1]
