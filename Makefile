@@ -1,0 +1,37 @@
+# wukong — every target has a "## help" line; CI and pre-commit call these same targets.
+PY ?= python3
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+setup: ## install redis-server, Python deps, the Rust and Cython extensions
+	./scripts/setup.sh
+
+demo: setup ## set up, then run the seed examples on an embedded local cluster
+	$(PY) -m wukong.demo
+
+test: setup ## set up, then run the test suite, cargo test and clippy
+	$(PY) -m pytest -q
+	cargo test --quiet
+	cargo clippy --quiet --all-targets -- -D warnings
+
+test-slow: setup ## the long-running tests only
+	$(PY) -m pytest -q -m slow
+
+lint: ## ruff (lint + format check) and mypy
+	ruff check wukong tests bench
+	ruff format --check wukong tests bench
+	mypy
+
+bench: setup ## the benchmark harness, small sizes (see bench/README.md)
+	$(PY) -m bench --size small
+
+bench-native: setup ## compiled vs reference: schedules, hashing, compression
+	$(PY) -m bench.core
+	$(PY) -m bench.native
+
+clean: ## remove build products
+	rm -rf build target wukong/_core/*.c wukong/_core/*.so *.egg-info
+
+.PHONY: help setup demo test test-slow lint bench bench-native clean
