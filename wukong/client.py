@@ -86,6 +86,20 @@ class Client:
         self.close()
 
 
+def group_leaves(leaves: list[int], ngroups: int | None) -> list[list[int]]:
+    """Deal leaf schedules round-robin into at most ``ngroups`` invocations.
+
+    One invocation per leaf costs a queue round trip and a start-up each; a
+    backend with bounded concurrency gains nothing from more invocations than
+    it can run at once.  Round-robin keeps neighbouring leaves (which usually
+    meet at the same fan-in) on different executors, so fan-ins still
+    complete in parallel.  ``None``: one invocation per leaf (Lambda).
+    """
+    if not ngroups or len(leaves) <= ngroups:
+        return [[s] for s in leaves]
+    return [leaves[i::ngroups] for i in range(ngroups)]
+
+
 def _nested(keys: Any, results: dict) -> Any:
     if isinstance(keys, list):
         return tuple(_nested(k, results) for k in keys)
@@ -127,7 +141,10 @@ class Job:
         batch = store.batch()
         for sid, blob in enumerate(p.schedules):
             batch.mds("set", keys.schedule(sid), blob, store.ttl)
-        starts = [Invocation(keys.job, sid, 0, {}, ()) for sid in p.leaf_schedules]
+        starts = [
+            Invocation(keys.job, group[0], 0, {}, (), tuple(group[1:]))
+            for group in group_leaves(p.leaf_schedules, getattr(self.client.cluster, "leaf_groups", None))
+        ]
         batch.mds("xadd", keys.events, {"k": "s"})
         batch.mds("expire", keys.events, store.ttl)
         self.outstanding = len(starts)

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from wukong.executor import Invocation, decode_invocation
@@ -35,6 +35,11 @@ from wukong.worker import STOP, local_invoker
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 
 
+# Leaf schedules are grouped into this many invocations per worker: enough
+# to balance load between workers, few enough that start-up costs vanish.
+LEAF_GROUPS_PER_WORKER = 4
+
+
 class LocalCluster:
     """A wukong cluster on this machine.
 
@@ -44,13 +49,23 @@ class LocalCluster:
         Warm executor processes (default: one per core).
     redis_endpoints : list of (host, port), URLs or ``"host:port"``, optional
         Existing Redis servers to use instead of the embedded one: the first is
-        the metadata store, all of them hold intermediate data.
+        the metadata store, all of them hold intermediate data.  A URL may
+        carry an ACL user, a password and a database
+        (``redis://user:pw@host:6379/0``); ``rediss://`` connects with TLS,
+        verifying the server against the system's CA bundle, or
+        ``?ssl_ca_certs=/path/ca.pem``, or not at all with
+        ``?ssl_cert_reqs=none``.  Workers connect with the same settings.
     redis_password : str, optional
-        Password for ``redis_endpoints`` given without one.
+        Password for endpoints given without one.
     mds_endpoint, kvs_endpoints : optional
-        The metadata store and the KV-store shards, given separately.
+        The metadata store and the KV-store shards, given separately (same
+        forms as ``redis_endpoints``).  Intermediate data is spread over the
+        shards by a consistent-hash ring: adding one of N shards moves about
+        1/N of the keys.  Values above Redis's 512 MB limit are split into
+        parts (``wukong.storage.PART_SIZE``).
     kvs_shards : int
-        How many embedded Redis servers to start for intermediate data.
+        How many embedded Redis servers to start for intermediate data (the
+        first is also the metadata store).
     inline_limit : int
         Outputs up to this many bytes travel inside invocations.
     cluster_threshold : int
@@ -60,7 +75,25 @@ class LocalCluster:
         Seconds every job key lives at most (a safety net; keys are deleted
         when their job ends).
     connect_timeout : float
-        Seconds to wait for a Redis server before naming it in an error.
+        Seconds to wait for a Redis server to accept a connection (and, when
+        the cluster starts, to answer) before naming it in an error.
+    socket_timeout : float, optional
+        Seconds to wait for any answer from a Redis server during a job before
+        naming it in an error; ``None`` (the default) waits as long as the
+        connection lives.  A server that dies is noticed at once either way.
+    backend : {"local", "lambda"}
+        ``"lambda"``: no local workers; executors are invocations of the Lambda
+        function ``function_name`` (see ``wukong.lambda_backend``), in ``region``
+        or at ``endpoint_url`` (e.g. a ``wukong lambda-local`` endpoint).  The
+        Redis endpoints must be reachable from the function.
+    num_lambda_invokers : int
+        Threads (one boto3 client each) invoking the leaf executors of a job.
+    max_event_payload : int
+        Events larger than this are stored in the MDS and passed by reference.
+    invoke_attempts : int
+        Attempts per invocation on throttling and transient errors.
+    memory_mb, architecture : int, str
+        What the function is deployed with; used for cost estimates.
 
     Examples
     --------
@@ -82,8 +115,22 @@ class LocalCluster:
         cluster_threshold: int = 64 * 1024 * 1024,
         ttl: int = DEFAULT_TTL,
         connect_timeout: float = 5.0,
+        socket_timeout: float | None = None,
+        backend: str = "local",
+        function_name: str = "wukong-executor",
+        region: str | None = None,
+        endpoint_url: str | None = None,
+        num_lambda_invokers: int = 16,
+        max_event_payload: int = 1_048_576,
+        invoke_attempts: int = 8,
+        memory_mb: int = 3008,
+        architecture: str = "x86_64",
     ):
-        self.n_workers = n_workers or os.cpu_count() or 1
+        if backend not in ("local", "lambda"):
+            raise ValueError(f"backend must be 'local' or 'lambda', got {backend!r}")
+        self.backend = backend
+        self.memory_mb, self.architecture = memory_mb, architecture
+        self.n_workers = (n_workers or os.cpu_count() or 1) if backend == "local" else 0
         self.inline_limit = inline_limit
         self.cluster_threshold = cluster_threshold
         self.redis_servers: list[RedisServer] = []
@@ -92,12 +139,27 @@ class LocalCluster:
         self._lock = threading.Lock()
         try:
             mds, kvs = self._endpoints(redis_endpoints, redis_password, mds_endpoint, kvs_endpoints, kvs_shards)
-            self.store = Store(mds, kvs, connect_timeout=connect_timeout, ttl=ttl)
+            self.store = Store(mds, kvs, connect_timeout=connect_timeout, socket_timeout=socket_timeout, ttl=ttl)
             self.store.check()
             self.id = secrets.token_hex(6)
             self.queue = f"wk:cluster:{self.id}:q"
-            self._invoke = local_invoker(self.queue)
-            self._start_workers()
+            if backend == "lambda":
+                from wukong.lambda_backend import LambdaInvoker, lambda_config
+
+                lam = lambda_config(
+                    function_name,
+                    region=region,
+                    endpoint_url=endpoint_url,
+                    num_invokers=num_lambda_invokers,
+                    max_event_payload=max_event_payload,
+                    attempts=invoke_attempts,
+                )
+                executor = {"inline_limit": inline_limit, "cluster_threshold": cluster_threshold}
+                config = {"store": self.store.to_config(), "executor": executor, "lambda": lam}
+                self._invoke = self.lambda_invoker = LambdaInvoker(self.store, config)
+            else:
+                self._invoke = local_invoker(self.queue)
+                self._start_workers()
         except BaseException:
             self.close()
             raise
@@ -200,9 +262,17 @@ class LocalCluster:
             print(f"wukong: worker {pid} died and its jobs could not be told: {exc}", file=sys.stderr)
 
     # -- what clients use ------------------------------------------------------
-    def invoke(self, batch: Batch, job: str, invocations: list[Invocation]) -> None:
-        """Queue ``invocations``; they are sent when ``batch`` executes."""
-        self._invoke(batch, job, invocations)
+    def invoke(self, batch: Batch, job: str, invocations: list[Invocation]) -> Callable[[], None] | None:
+        """Queue ``invocations``: they are sent when ``batch`` executes, or (lambda
+        backend) by the returned callable, to be called after ``batch`` executes."""
+        return self._invoke(batch, job, invocations)
+
+    def cleanup_job(self, job: str) -> None:
+        """Delete the job's keys that only the backend knows of (spilled Lambda events)."""
+        if self.backend == "lambda":
+            from wukong.lambda_backend import cleanup_job
+
+            cleanup_job(self.store, job)
 
     def close(self) -> None:
         """Stop the workers and embedded Redis servers; idempotent."""
@@ -210,6 +280,9 @@ class LocalCluster:
             if self.closed:
                 return
             self.closed = True
+        invoker = getattr(self, "lambda_invoker", None)
+        if invoker is not None:
+            invoker.close()
         store = getattr(self, "store", None)
         if store is not None and self.workers:
             try:  # workers idle on the queue leave at once; busy ones are terminated
@@ -246,4 +319,8 @@ class LocalCluster:
 
     def __repr__(self) -> str:
         where = "embedded" if self.redis_servers else "external"
+        if self.backend == "lambda":
+            lam = self.lambda_invoker
+            shards = len(self.store.kvs_index)
+            return f"<LocalCluster lambda {lam.function_name!r} at {lam.endpoint}, {shards} KV shard(s), {where} Redis>"
         return f"<LocalCluster {self.n_workers} workers, {len(self.store.kvs_index)} KV shard(s), {where} Redis>"

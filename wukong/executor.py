@@ -53,6 +53,7 @@ class Invocation(NamedTuple):
     pos: int
     inline: dict[int, bytes]  # dependency id -> serialized value
     remote: tuple[int, ...]  # dependency ids to read from the KVS
+    more: tuple[int, ...] = ()  # further leaf schedules to run from position 0 (grouped leaves)
 
 
 def encode_invocation(inv: Invocation) -> bytes:
@@ -210,20 +211,23 @@ class _Run:
 
     # -- start, loop, exit ---------------------------------------------------
     def start(self) -> None:
+        """One round trip: the schedules this invocation starts on, and its remote inputs."""
         inv = self.inv
+        starts = [inv.sched, *inv.more]
         batch = self.store.batch()
-        h_sched = None if inv.sched in self.scheds else batch.mds("get", self.keys.schedule(inv.sched))
+        h_scheds = [(s, batch.mds("get", self.keys.schedule(s))) for s in starts if s not in self.scheds]
         h_remote = batch.kvs_get_many([self.keys.data(t) for t in inv.remote])
         batch = self.send(batch)
-        if h_sched is not None:
-            blob = batch[h_sched]
-            if blob is None:
+        for s, h in h_scheds:
+            if batch[h] is None:
                 raise JobGone()
-            self.scheds[inv.sched] = Schedule(blob)
+            self.scheds[s] = Schedule(batch[h])
         for t, value in inv.inline.items():
             self.data[t] = serialization.loads(value)
         for t, h in zip(inv.remote, h_remote):
             self.data[t] = self.load_remote(t, batch[h])
+        for s in reversed(inv.more):  # the stack runs them in order, after the first
+            self.push(s, 0)
         self.push(inv.sched, inv.pos)
 
     def load_remote(self, tid: int, value: bytes | None) -> Any:
