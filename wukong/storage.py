@@ -13,22 +13,46 @@ shard (the embedded default) a fan-in is one round trip.
 
 Every key is namespaced by job (``wk:<job>:...``), carries a TTL as a safety
 net, and is deleted by the client when the job ends.
+
+Large values.  A Redis string holds at most 512 MB, so ``Batch.kvs_set``
+splits a value longer than ``Store.part_size`` (``PART_SIZE``, 256 MB): the
+parts go to ``<key>:p0 .. <key>:p<n-1>``, each on its own ring server, and
+``<key>`` holds a small header (``_PARTS_MAGIC``, part count, total length).
+The part names are added to the job's registry set on the MDS
+(``wk:<job>:parts``) in the same batch, so ``Store.delete_job`` finds and
+deletes them.  ``Batch.execute`` rejoins: a read that answers with a header
+costs one more round trip, one pipeline per server holding parts, and
+``batch[handle]`` then is the whole value.
+
+Failures.  Connections never retry on their own (a pipeline re-sent after a
+lost reply would repeat its XADDs); a lost server surfaces as
+``StorageError`` naming it (``host:port``), and the next command on that
+connection reconnects.
 """
 
 from __future__ import annotations
 
 import importlib.resources
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 import redis
+from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
+from redis.retry import Retry
 
 from wukong.native import HashRing
 
 DEFAULT_TTL = 24 * 3600  # seconds; keys normally die with their job, long before
+PART_SIZE = 256 * 1024 * 1024  # values longer than this are split (Redis strings stop at 512 MB)
+RING_VNODES = 1024  # points per KVS server on the ring: shares stay within ~10% of even (160 gives ~20%)
+
+# The header a split value's key holds: magic, u32 part count, u64 total length.
+_PARTS_MAGIC = b"\x00wukong-parts\x00"
+_PARTS_HEADER = struct.Struct(f"<{len(_PARTS_MAGIC)}sIQ")
 
 
 class StorageError(ConnectionError):
@@ -45,6 +69,8 @@ class Endpoint:
     username: str | None = None
     tls: bool = False
     db: int = 0
+    tls_ca_certs: str | None = None  # CA bundle to verify the server with (default: the system's)
+    tls_verify: bool = True  # False: accept any certificate (``?ssl_cert_reqs=none``)
 
     @classmethod
     def parse(cls, spec: Any, password: str | None = None) -> Endpoint:
@@ -56,6 +82,7 @@ class Endpoint:
             u = urlparse(spec)
             if u.scheme not in ("redis", "rediss"):
                 raise ValueError(f"Redis URL must start with redis:// or rediss://: {spec!r}")
+            query = {k: v[-1] for k, v in parse_qs(u.query).items()}
             return cls(
                 u.hostname or "127.0.0.1",
                 u.port or 6379,
@@ -63,6 +90,8 @@ class Endpoint:
                 username=unquote(u.username) if u.username else None,
                 tls=u.scheme == "rediss",
                 db=int(u.path.lstrip("/") or 0),
+                tls_ca_certs=query.get("ssl_ca_certs"),
+                tls_verify=query.get("ssl_cert_reqs", "required").lower() not in ("none", "optional"),
             )
         if isinstance(spec, str):
             host, _, port = spec.rpartition(":")
@@ -74,6 +103,7 @@ class Endpoint:
         return f"{self.host}:{self.port}"
 
     def connect(self, connect_timeout: float = 5.0, socket_timeout: float | None = None) -> redis.Redis:
+        """A client with its own connection pool; it never retries a command by itself."""
         return redis.Redis(
             host=self.host,
             port=self.port,
@@ -81,13 +111,16 @@ class Endpoint:
             username=self.username,
             password=self.password,
             ssl=self.tls,
+            ssl_ca_certs=self.tls_ca_certs,
+            ssl_cert_reqs="required" if self.tls_verify else "none",
             socket_connect_timeout=connect_timeout,
             socket_timeout=socket_timeout,
             socket_keepalive=True,
+            retry=Retry(NoBackoff(), 0),
         )
 
     def to_config(self) -> dict:
-        return {k: getattr(self, k) for k in ("host", "port", "password", "username", "tls", "db")}
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
 
 
 def _load_script(name: str) -> bytes:
@@ -106,6 +139,7 @@ class Keys:
         self.prefix = p
         self.events = p + "ev"
         self.cancel = p + "cancel"
+        self.parts = p + "parts"  # names of the parts of split values (see the module docstring)
 
     def schedule(self, sid: int) -> str:
         return f"{self.prefix}s:{sid}"
@@ -128,7 +162,11 @@ class Store:
         connect_timeout: float = 5.0,
         socket_timeout: float | None = None,
         ttl: int = DEFAULT_TTL,
+        part_size: int | None = None,
     ):
+        self.connect_timeout = connect_timeout
+        self.socket_timeout = socket_timeout
+        self.part_size = part_size or PART_SIZE
         self.endpoints: list[Endpoint] = []
         index: dict[tuple[str, int, int], int] = {}
         for ep in [mds, *kvs]:
@@ -140,7 +178,7 @@ class Store:
         self.mds_index = 0
         self.mds = self.servers[0]
         self.kvs_index = [index[(ep.host, ep.port, ep.db)] for ep in kvs]
-        self.ring = HashRing([ep.name for ep in kvs])
+        self.ring = HashRing([ep.name for ep in kvs], RING_VNODES)
         self.ttl = ttl
         self.fanin_sha = redis.client.Script(None, FANIN_LUA).sha  # type: ignore[arg-type]
 
@@ -152,27 +190,44 @@ class Store:
             connect_timeout=config.get("connect_timeout", 5.0),
             socket_timeout=config.get("socket_timeout"),
             ttl=config.get("ttl", DEFAULT_TTL),
+            part_size=config.get("part_size"),
         )
 
     def to_config(self) -> dict:
+        """Everything another process needs to open the same store (JSON-able)."""
         return {
             "mds": self.endpoints[0].to_config(),
             "kvs": [self.endpoints[i].to_config() for i in self.kvs_index],
+            "connect_timeout": self.connect_timeout,
+            "socket_timeout": self.socket_timeout,
             "ttl": self.ttl,
+            "part_size": self.part_size,
         }
 
     def check(self) -> None:
-        """Ping every server and load the scripts; raise ``StorageError`` naming a bad one."""
-        for ep, r in zip(self.endpoints, self.servers):
+        """Ping every server and load the scripts; raise ``StorageError`` naming a bad one.
+
+        The probe waits at most ``connect_timeout`` for each answer, even when
+        the store's own connections have no read timeout: a server that
+        accepts and then says nothing fails here, it does not hang us.
+        """
+        for ep in self.endpoints:
+            probe = ep.connect(self.connect_timeout, self.connect_timeout)
             try:
-                r.ping()
+                probe.ping()
             except redis.AuthenticationError as e:
                 raise StorageError(f"Redis at {ep.name} refused our credentials: {e}") from None
             except redis.ResponseError as e:
                 raise StorageError(f"Redis at {ep.name} answered with an error: {e}") from None
             except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
-                raise StorageError(f"cannot reach Redis at {ep.name}: {e}") from None
-        self.mds.script_load(FANIN_LUA)
+                how = " over TLS" if ep.tls else ""
+                raise StorageError(f"cannot reach Redis at {ep.name}{how}: {e}") from None
+            finally:
+                probe.close()
+        try:
+            self.mds.script_load(FANIN_LUA)
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+            raise StorageError(f"lost the connection to Redis at {self.name_of(self.mds_index)}: {e}") from None
 
     def name_of(self, server: int) -> str:
         return self.endpoints[server].name
@@ -180,20 +235,57 @@ class Store:
     def kvs_server(self, key: str) -> int:
         return self.kvs_index[self.ring.node_for(key.encode())]
 
-    def kvs_servers(self, keys: Sequence[str]) -> list[int]:
+    def kvs_servers(self, keys: Sequence[str | bytes]) -> list[int]:
         kvs_index = self.kvs_index
-        return [kvs_index[i] for i in self.ring.nodes_for([k.encode() for k in keys])]
+        names = [k if isinstance(k, bytes) else k.encode() for k in keys]
+        return [kvs_index[i] for i in self.ring.nodes_for(names)] if names else []
 
     def batch(self) -> Batch:
         return Batch(self)
 
     def delete(self, keys_by_server: dict[int, list[str]], chunk: int = 10_000) -> None:
-        """UNLINK many keys, one pipeline per server."""
+        """UNLINK many keys, one pipeline per server.
+
+        A server that cannot be reached does not stop the others; the first
+        such error is raised at the end (the TTL removes what is left there).
+        """
+        errors = []
         for server, keys in keys_by_server.items():
             pipe = self.servers[server].pipeline(transaction=False)
             for i in range(0, len(keys), chunk):
                 pipe.unlink(*keys[i : i + chunk])
-            run(pipe, self.name_of(server))
+            try:
+                run(pipe, self.name_of(server))
+            except StorageError as e:
+                errors.append(e)
+        if errors:
+            raise errors[0]
+
+    def delete_job(self, keys: Keys, ntasks: int, nschedules: int, fanins: Iterable[int]) -> None:
+        """Delete every key of a job, the parts of its split values included.
+
+        The MDS goes first: the same pipeline reads the parts registry, so the
+        parts are deleted with the other servers' keys, no extra round trip
+        (unless some part lives on the MDS itself).
+        """
+        by_server = all_job_keys(self, keys, ntasks, nschedules, fanins)
+        mds_keys = by_server.pop(self.mds_index)
+        pipe = self.mds.pipeline(transaction=False)
+        pipe.smembers(keys.parts)
+        pipe.unlink(*mds_keys)
+        error = None
+        try:
+            parts = sorted(run(pipe, self.name_of(self.mds_index))[0] or ())
+        except StorageError as e:
+            error, parts = e, []
+        for server, name in zip(self.kvs_servers(parts), parts, strict=True):
+            by_server.setdefault(server, []).append(name)
+        try:
+            self.delete(by_server)
+        except StorageError as e:
+            error = error or e
+        if error is not None:
+            raise error
 
     def close(self) -> None:
         for r in self.servers:
@@ -219,6 +311,7 @@ class Batch:
         self.pipes: dict[int, Any] = {}
         self.counts: dict[int, int] = {}
         self.replies: dict[int, list] = {}
+        self.kvs_reads: list[tuple[tuple[int, int], str]] = []  # (handle, key): may be split values
 
     def _pipe(self, server: int) -> Any:
         pipe = self.pipes.get(server)
@@ -249,12 +342,30 @@ class Batch:
             int(want_schedule),
         )
 
-    def kvs_set(self, key: str, value: bytes) -> tuple[int, int]:
-        return self.add(self.store.kvs_server(key), "set", key, value, self.store.ttl)
+    def kvs_set(self, key: str, value: bytes | memoryview) -> tuple[int, int]:
+        """Store ``value`` at ``key`` (a ``wk:<job>:...`` name), split if it is too long."""
+        store = self.store
+        if len(value) <= store.part_size and not _is_parts_header(value):
+            return self.add(store.kvs_server(key), "set", key, value, store.ttl)
+        # A value that merely looks like a header is stored as one part, so a
+        # read never mistakes it for one.
+        view = memoryview(value).cast("B")
+        size = store.part_size
+        names = [f"{key}:p{i}" for i in range(max(1, -(-len(view) // size)))]
+        for i, (server, name) in enumerate(zip(store.kvs_servers(names), names, strict=True)):
+            self.add(server, "set", name, view[i * size : (i + 1) * size], store.ttl)
+        registry = key[: key.index(":", 3)] + ":parts"  # Keys(job).parts
+        self.mds("sadd", registry, *names)
+        self.mds("expire", registry, store.ttl)
+        header = _PARTS_HEADER.pack(_PARTS_MAGIC, len(names), len(view))
+        return self.add(store.kvs_server(key), "set", key, header, store.ttl)
 
     def kvs_get_many(self, keys: Sequence[str]) -> list[tuple[int, int]]:
+        """GET each key; after ``execute`` a split value is whole again."""
         servers = self.store.kvs_servers(keys)
-        return [self.add(s, "get", k) for s, k in zip(servers, keys)]
+        handles = [self.add(s, "get", k) for s, k in zip(servers, keys, strict=True)]
+        self.kvs_reads.extend(zip(handles, keys, strict=True))
+        return handles
 
     def __bool__(self) -> bool:
         return bool(self.pipes)
@@ -270,7 +381,36 @@ class Batch:
                 elif isinstance(reply, Exception):
                     raise StorageError(f"Redis at {self.store.name_of(server)}: {reply}")
             self.replies[server] = replies
+        if self.kvs_reads:
+            self._join_parts()
         return self
+
+    def _join_parts(self) -> None:
+        """Replace the headers of split values read by this batch with the values."""
+        split = []
+        for (server, i), key in self.kvs_reads:
+            reply = self.replies[server][i]
+            if reply is not None and _is_parts_header(reply):
+                _, n, total = _PARTS_HEADER.unpack(reply)
+                split.append(((server, i), key, [f"{key}:p{j}" for j in range(n)], total))
+        if not split:
+            return
+        parts = Batch(self.store)
+        where = [self.store.kvs_servers(names) for _, _, names, _ in split]
+        handles = [
+            [parts.add(s, "get", name) for s, name in zip(servers, names, strict=True)]
+            for servers, (_, _, names, _) in zip(where, split, strict=True)
+        ]
+        parts.execute()
+        for ((server, i), key, names, total), servers, hs in zip(split, where, handles, strict=True):
+            chunks = [parts[h] for h in hs]
+            for s, name, chunk in zip(servers, names, chunks, strict=True):
+                if chunk is None:
+                    raise StorageError(f"part {name!r} of {key!r} is missing from Redis at {self.store.name_of(s)}")
+            value = b"".join(chunks)
+            if len(value) != total:
+                raise StorageError(f"the parts of {key!r} add up to {len(value)} bytes, not {total}")
+            self.replies[server][i] = value
 
     def _rerun_script(self, server: int, command: Any) -> Any:
         r = self.store.servers[server]
@@ -283,13 +423,21 @@ class Batch:
         return self.replies[server][i]
 
 
+def _is_parts_header(value: Any) -> bool:
+    return len(value) == _PARTS_HEADER.size and bytes(value[: len(_PARTS_MAGIC)]) == _PARTS_MAGIC
+
+
 def all_job_keys(store: Store, keys: Keys, ntasks: int, nschedules: int, fanins: Iterable[int]) -> dict[int, list[str]]:
-    """Every key a job may have written, grouped by server."""
-    mds = [keys.events, keys.cancel]
+    """Every key a job may have written, grouped by server.
+
+    The parts of split values are not listed: their names are in the
+    ``keys.parts`` registry (listed here), which ``Store.delete_job`` reads.
+    """
+    mds = [keys.events, keys.cancel, keys.parts]
     mds += [keys.schedule(s) for s in range(nschedules)]
     mds += [keys.fanin(t) for t in fanins]
     out: dict[int, list[str]] = {store.mds_index: mds}
     data = [keys.data(t) for t in range(ntasks)]
-    for server, key in zip(store.kvs_servers(data), data):
+    for server, key in zip(store.kvs_servers(data), data, strict=True):
         out.setdefault(server, []).append(key)
     return out
