@@ -254,8 +254,9 @@ class LocalCluster:
                     f"schedule {inv.sched} of job {inv.job}"
                 )
                 events = f"wk:{inv.job}:ev"
-                batch.mds("xadd", events, {"k": "e", "v": pickle.dumps((None, what, None, ""))})
-                batch.mds("xadd", events, {"k": "c", "n": 0, "i": 0, "x": 1})
+                fail = {"k": "e", "v": pickle.dumps((None, what, None, ""))}
+                batch.mds("xadd", events, fail, "*", None, True, True)  # NOMKSTREAM: no job, no event
+                batch.mds("xadd", events, {"k": "c", "n": 0, "i": 0, "x": 1}, "*", None, True, True)
             batch.mds("delete", processing)
             batch.execute()
         except Exception as exc:  # Redis itself is gone: clients see that on their own

@@ -201,7 +201,8 @@ class _Run:
         return batch
 
     def event(self, batch: Batch, **fields: Any) -> None:
-        batch.mds("xadd", self.keys.events, fields)
+        # NOMKSTREAM: after the job ended (late duplicate, bounded drain) write nothing
+        batch.mds("xadd", self.keys.events, fields, "*", None, True, True)
 
     def counts(self, batch: Batch, invoked: int = 0, exited: int = 0) -> None:
         n = self.ndone - self.nreported
