@@ -1,0 +1,305 @@
+"""The AWS Lambda backend: executors are invocations of one Lambda function.
+
+Invoking.  ``LambdaInvoker`` is the ``invoke(batch, job, invocations)``
+callable of both the client (through ``LocalCluster(backend="lambda")``) and
+every executor running on Lambda.  It builds one JSON event per invocation::
+
+    {"config": {"store": ..., "executor": ..., "lambda": ...},
+     "invocation": "<base64 of encode_invocation(inv)>"}
+
+and returns ``after()``, which the caller runs once ``batch`` has executed
+(schedules and inputs are stored before any executor can start).  ``after``
+sends the events with ``InvocationType="Event"`` from a pool of
+``num_invokers`` threads, one boto3 client per thread, and returns when Lambda
+has accepted every one of them (a Lambda container is frozen when its handler
+returns, so an executor must not leave invocations in flight).
+
+Large events.  An event over ``max_event_payload`` (Lambda's asynchronous
+limit, 1 MB) is spilled: the encoded invocation is written to the MDS under
+``wk:<job>:inv:<token>`` in ``batch`` (so before ``after`` runs), its key
+added to the set ``wk:<job>:invs``, and the event carries ``{"ref": key}``.
+The client deletes the set and its members with the job (``cleanup_job``).
+
+Failures.  Throttling (429) and transient errors (5xx, lost connections) are
+retried here with exponential backoff and full jitter; botocore's own retries
+are off so there is one policy.  An invocation that still fails is reported
+on the job's event stream as an error naming the function and the endpoint,
+plus an exit count for the executor that never started, so the client raises
+instead of waiting.
+
+Security.  The store config -- Redis endpoints and password -- travels in
+every event, which Lambda keeps (encrypted) while queued.  Use TLS
+(``rediss://``) and keep Redis and the function in one VPC; the password is
+never logged.
+
+The handler (``handler``; ``executor/handler.py`` re-exports it) caches one
+``Store`` and one ``Executor`` per warm container and config, runs the
+invocation and adds a ``{"k": "d", "ms", "mem"}`` event (its duration and
+memory size) for cost accounting.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import pickle
+import random
+import secrets
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from wukong.executor import Executor, Invocation, decode_invocation, encode_invocation
+from wukong.storage import Batch, Keys, Store
+
+MAX_EVENT_PAYLOAD = 1_048_576  # Lambda's limit for an asynchronous (Event) payload
+DEFAULT_FUNCTION = "wukong-executor"
+RETRY_STATUS = (429, 500, 502, 503, 504)
+RETRY_CODES = {
+    "TooManyRequestsException",
+    "ThrottlingException",
+    "Throttling",
+    "RequestLimitExceeded",
+    "ServiceException",
+    "EC2ThrottledException",
+    "ENILimitReachedException",
+}
+
+
+def spill_set(job: str) -> str:
+    """The MDS set naming the spilled invocation payloads of ``job``."""
+    return Keys(job).prefix + "invs"
+
+
+def spill_key(job: str) -> str:
+    return Keys(job).prefix + "inv:" + secrets.token_hex(8)
+
+
+class InvokeFailed(Exception):
+    """Lambda did not accept an invocation after every retry."""
+
+
+class LambdaInvoker:
+    """Start executors as asynchronous invocations of a Lambda function.
+
+    Parameters
+    ----------
+    store : Store
+        Where spilled payloads and failure events go.
+    config : dict
+        ``{"store", "executor", "lambda"}``: sent in every event; its
+        ``"lambda"`` part configures this invoker (see ``lambda_config``).
+    """
+
+    def __init__(self, store: Store, config: dict, *, num_invokers: int | None = None):
+        lam = config["lambda"]
+        self.store = store
+        self.config = config
+        self.function_name: str = lam["function_name"]
+        self.region: str | None = lam.get("region")
+        self.endpoint_url: str | None = lam.get("endpoint_url")
+        self.max_event_payload: int = lam.get("max_event_payload", MAX_EVENT_PAYLOAD)
+        self.attempts: int = lam.get("attempts", 8)
+        self.base_delay: float = lam.get("base_delay", 0.05)
+        self.max_delay: float = lam.get("max_delay", 2.0)
+        self.num_invokers: int = num_invokers or lam.get("num_invokers", 16)
+        self._local = threading.local()
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self._config_json = json.dumps(config, separators=(",", ":"))
+        self.invoked = 0
+        self.throttled = 0
+
+    @property
+    def endpoint(self) -> str:
+        return self.endpoint_url or f"https://lambda.{self.region or os.environ.get('AWS_REGION', '?')}.amazonaws.com"
+
+    # -- the Executor.invoke contract ------------------------------------------
+    def __call__(self, batch: Batch, job: str, invocations: list[Invocation]) -> Callable[[], None] | None:
+        if not invocations:
+            return None
+        payloads = [self.event(batch, job, inv) for inv in invocations]
+        return lambda: self.send(job, payloads)
+
+    def event(self, batch: Batch, job: str, inv: Invocation) -> bytes:
+        """The JSON event for ``inv``; spills it to the MDS (in ``batch``) when too large."""
+        blob = encode_invocation(inv)
+        head = '{"config":' + self._config_json
+        payload = (head + ',"invocation":"' + base64.b64encode(blob).decode() + '"}').encode()
+        if len(payload) <= self.max_event_payload:
+            return payload
+        key = spill_key(job)
+        ttl = self.store.ttl
+        batch.mds("set", key, blob, ttl)
+        batch.mds("sadd", spill_set(job), key)
+        batch.mds("expire", spill_set(job), ttl)
+        payload = (head + ',"ref":' + json.dumps(key) + "}").encode()
+        if len(payload) > self.max_event_payload:
+            raise ValueError(
+                f"the executor config alone ({len(payload)} bytes) exceeds max_event_payload={self.max_event_payload}"
+            )
+        return payload
+
+    def send(self, job: str, payloads: Sequence[bytes]) -> None:
+        """Invoke once per payload, in parallel; report the ones that failed for good."""
+        if len(payloads) == 1 or self.num_invokers <= 1:
+            errors = [self.invoke_one(p) for p in payloads]
+        else:
+            errors = list(self.pool().map(self.invoke_one, payloads))
+        failed = [e for e in errors if e is not None]
+        if failed:
+            self.report_failures(job, failed)
+
+    def pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.num_invokers, thread_name_prefix="wukong-invoker")
+            return self._pool
+
+    def client(self) -> Any:
+        """This thread's boto3 Lambda client (sessions are not thread-safe; clients are cheap to keep)."""
+        client = getattr(self._local, "client", None)
+        if client is None:
+            import boto3
+            from botocore.config import Config
+
+            config = Config(
+                retries={"max_attempts": 0, "mode": "standard"},  # our backoff is the one that acts
+                connect_timeout=10,
+                read_timeout=30,
+                max_pool_connections=4,
+                tcp_keepalive=True,
+            )
+            session = boto3.session.Session()
+            client = session.client("lambda", region_name=self.region, endpoint_url=self.endpoint_url, config=config)
+            self._local.client = client
+        return client
+
+    def invoke_one(self, payload: bytes) -> str | None:
+        """Invoke with retries; ``None`` on success, else what went wrong."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        for attempt in range(self.attempts):
+            try:
+                self.client().invoke(FunctionName=self.function_name, InvocationType="Event", Payload=payload)
+                self.invoked += 1
+                return None
+            except ClientError as exc:
+                err = exc.response.get("Error", {})
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+                what = f"{err.get('Code', 'error')} (HTTP {status}): {err.get('Message', exc)}"
+                if status == 429:
+                    self.throttled += 1
+                if status not in RETRY_STATUS and err.get("Code") not in RETRY_CODES:
+                    return what
+            except (BotoCoreError, OSError) as exc:  # connection errors, timeouts
+                if "Credentials" in type(exc).__name__ or "Region" in type(exc).__name__:
+                    return f"{type(exc).__name__}: {exc}"
+                what = f"{type(exc).__name__}: {exc}"
+            if attempt + 1 < self.attempts:
+                time.sleep(random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt)))
+        return f"{what} (gave up after {self.attempts} attempts)"
+
+    def report_failures(self, job: str, failed: list[str]) -> None:
+        """Tell the client: an error, and an exit for each executor that never started."""
+        what = f"could not invoke Lambda function {self.function_name!r} at {self.endpoint}: {failed[0]}" + (
+            f" (and {len(failed) - 1} more invocation(s) failed)" if len(failed) > 1 else ""
+        )
+        events = Keys(job).events
+        batch = self.store.batch()
+        batch.mds("xadd", events, {"k": "e", "v": pickle.dumps((None, what, None, ""))}, "*", None, True, True)
+        batch.mds("xadd", events, {"k": "c", "n": 0, "i": 0, "x": len(failed)}, "*", None, True, True)
+        batch.execute()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+                self._pool = None
+
+
+def lambda_config(
+    function_name: str = DEFAULT_FUNCTION,
+    *,
+    region: str | None = None,
+    endpoint_url: str | None = None,
+    num_invokers: int = 16,
+    executor_invokers: int | None = None,
+    max_event_payload: int = MAX_EVENT_PAYLOAD,
+    attempts: int = 8,
+    base_delay: float = 0.05,
+    max_delay: float = 2.0,
+) -> dict:
+    """The ``"lambda"`` part of the config: how the client (and executors) invoke."""
+    if attempts < 1:
+        raise ValueError(f"attempts must be at least 1, got {attempts}")
+    return {
+        "function_name": function_name,
+        "region": region,
+        "endpoint_url": endpoint_url,
+        "num_invokers": num_invokers,
+        "executor_invokers": executor_invokers or min(num_invokers, 8),
+        "max_event_payload": max_event_payload,
+        "attempts": attempts,
+        "base_delay": base_delay,
+        "max_delay": max_delay,
+    }
+
+
+def cleanup_job(store: Store, job: str) -> None:
+    """Delete the job's spilled invocation payloads (the rest of its keys go with ``all_job_keys``)."""
+    key = spill_set(job)
+    members = store.mds.smembers(key)
+    store.mds.unlink(key, *members)
+
+
+# -- the Lambda side ---------------------------------------------------------------
+
+_warm: dict[str, tuple[Store, Executor]] = {}  # config JSON -> what a warm container reuses
+
+
+def _executor_for(config: dict) -> tuple[Store, Executor]:
+    ident = json.dumps(config, sort_keys=True)
+    cached = _warm.get(ident)
+    if cached is None:
+        store = Store.from_config(config["store"])
+        invoker = LambdaInvoker(store, config, num_invokers=config["lambda"].get("executor_invokers", 8))
+        ex = config["executor"]
+        executor = Executor(store, invoker, inline_limit=ex["inline_limit"], cluster_threshold=ex["cluster_threshold"])
+        cached = _warm[ident] = (store, executor)
+    return cached
+
+
+def _prepend_event(batch: Batch, events: str, fields: dict) -> None:
+    """Add an event before the others in ``batch`` (so before the executor's exit count,
+    after which the client may stop reading); ``NOMKSTREAM``: never recreate a deleted
+    stream."""
+    batch.mds("xadd", events, fields, "*", None, True, True)
+    stack = batch.pipes[batch.store.mds_index].command_stack
+    stack.insert(0, stack.pop())
+
+
+def handler(event: dict, context: Any) -> dict:
+    """The Lambda entry point: run one executor invocation."""
+    t0 = time.perf_counter()
+    config = event["config"]
+    store, executor = _executor_for(config)
+    blob: Any
+    if "ref" in event:
+        blob = store.mds.get(event["ref"])
+        if blob is None:  # the job ended (and was cleaned up) before this delivery
+            return {"tasks": 0, "duration_ms": (time.perf_counter() - t0) * 1000, "gone": True}
+    else:
+        blob = base64.b64decode(event["invocation"])
+    inv = decode_invocation(blob)
+    memory = int(getattr(context, "memory_limit_in_mb", 0) or os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", 0))
+
+    def report_duration(batch: Batch) -> None:
+        ms = (time.perf_counter() - t0) * 1000
+        _prepend_event(batch, Keys(inv.job).events, {"k": "d", "ms": f"{ms:.3f}", "mem": memory})
+
+    ntasks = executor.run(inv, on_exit=report_duration)
+    return {"tasks": ntasks, "duration_ms": (time.perf_counter() - t0) * 1000}
