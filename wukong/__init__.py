@@ -8,9 +8,9 @@
 
 from wukong.client import Client
 from wukong.cluster import LocalCluster
-from wukong.errors import JobFailed, TaskError, WukongError
+from wukong.errors import JobCancelled, JobFailed, TaskError, WukongError
 from wukong.graph import GraphError
 from wukong.storage import StorageError
 
-__all__ = ["Client", "GraphError", "JobFailed", "LocalCluster", "StorageError", "TaskError", "WukongError"]
+__all__ = ["Client", "GraphError", "JobCancelled", "JobFailed", "LocalCluster", "StorageError", "TaskError", "WukongError"]
 __version__ = "0.1.0"

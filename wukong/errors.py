@@ -32,6 +32,10 @@ class JobFailed(WukongError):
     """The job could not finish for a reason other than a task's exception."""
 
 
+class JobCancelled(JobFailed):
+    """The job was cancelled (``Client.cancel``)."""
+
+
 _types: dict[type, type] = {}
 
 

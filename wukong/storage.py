@@ -150,6 +150,23 @@ class Keys:
     def data(self, tid: int) -> str:
         return f"{self.prefix}d:{tid}"
 
+    def owner(self, tid: int) -> str:
+        return f"{self.prefix}o:{tid}"
+
+    def lease(self, inv: str) -> str:
+        return f"{self.prefix}l:{inv}"
+
+    def invocation(self, inv: str) -> str:
+        return f"{self.prefix}i:{inv}"
+
+    @property
+    def options(self) -> str:
+        return self.prefix + "opts"
+
+    @property
+    def attempts(self) -> str:
+        return self.prefix + "attempts"
+
 
 class Store:
     """Connections to one cluster's MDS and KVS shards."""
@@ -261,14 +278,16 @@ class Store:
         if errors:
             raise errors[0]
 
-    def delete_job(self, keys: Keys, ntasks: int, nschedules: int, fanins: Iterable[int]) -> None:
+    def delete_job(
+        self, keys: Keys, ntasks: int, nschedules: int, fanins: Iterable[int], invocations: Iterable[str] = ()
+    ) -> None:
         """Delete every key of a job, the parts of its split values included.
 
         The MDS goes first: the same pipeline reads the parts registry, so the
         parts are deleted with the other servers' keys, no extra round trip
         (unless some part lives on the MDS itself).
         """
-        by_server = all_job_keys(self, keys, ntasks, nschedules, fanins)
+        by_server = all_job_keys(self, keys, ntasks, nschedules, fanins, invocations)
         mds_keys = by_server.pop(self.mds_index)
         pipe = self.mds.pipeline(transaction=False)
         pipe.smembers(keys.parts)
@@ -329,17 +348,21 @@ class Batch:
     def mds(self, command: str, *args: Any) -> tuple[int, int]:
         return self.add(self.store.mds_index, command, *args)
 
-    def fanin(self, keys: Keys, tid: int, parent: int, ndeps: int, sid: int, want_schedule: bool) -> tuple[int, int]:
+    def fanin(
+        self, keys: Keys, tid: int, parent: int, ndeps: int, sid: int, want_schedule: bool, invocation: str
+    ) -> tuple[int, int]:
         return self.mds(
             "evalsha",
             self.store.fanin_sha,
-            2,
+            3,
             keys.fanin(tid),
             keys.schedule(sid),
+            keys.owner(tid),
             parent,
             ndeps,
             self.store.ttl,
             int(want_schedule),
+            invocation,
         )
 
     def kvs_set(self, key: str, value: bytes | memoryview) -> tuple[int, int]:
@@ -427,15 +450,20 @@ def _is_parts_header(value: Any) -> bool:
     return len(value) == _PARTS_HEADER.size and bytes(value[: len(_PARTS_MAGIC)]) == _PARTS_MAGIC
 
 
-def all_job_keys(store: Store, keys: Keys, ntasks: int, nschedules: int, fanins: Iterable[int]) -> dict[int, list[str]]:
+def all_job_keys(
+    store: Store, keys: Keys, ntasks: int, nschedules: int, fanins: Iterable[int], invocations: Iterable[str] = ()
+) -> dict[int, list[str]]:
     """Every key a job may have written, grouped by server.
 
     The parts of split values are not listed: their names are in the
     ``keys.parts`` registry (listed here), which ``Store.delete_job`` reads.
     """
-    mds = [keys.events, keys.cancel, keys.parts]
+    mds = [keys.events, keys.cancel, keys.parts, keys.options, keys.attempts]
     mds += [keys.schedule(s) for s in range(nschedules)]
-    mds += [keys.fanin(t) for t in fanins]
+    for t in fanins:
+        mds += [keys.fanin(t), keys.owner(t)]
+    for inv in invocations:
+        mds += [keys.lease(inv), keys.invocation(inv)]
     out: dict[int, list[str]] = {store.mds_index: mds}
     data = [keys.data(t) for t in range(ntasks)]
     for server, key in zip(store.kvs_servers(data), data, strict=True):

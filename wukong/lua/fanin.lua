@@ -1,9 +1,21 @@
--- fanin(KEYS=[arrivals, schedule], ARGV=[parent, ndeps, ttl, want_schedule])
---   -> 0 while the fan-in still waits for parents (or on a repeated notification);
---   -> {1, schedule blob or ""} to exactly one caller: the one whose arrival completes it.
--- Arrivals are a set of parent ids, so a retried notification from the same
--- parent never counts twice and never fires the task twice.
+-- fanin(KEYS=[arrivals, schedule, owner], ARGV=[parent, ndeps, ttl, want_schedule, invocation])
+--   -> 0 while the fan-in still waits for parents, or on a repeated notification;
+--   -> {1, schedule blob or ""} to the one invocation whose arrival completes it.
+-- Arrivals are a set of parent ids, so a repeated notification from the same
+-- parent never counts twice.  The completing invocation is recorded as the
+-- owner: if that invocation is run again (its executor died and its lease
+-- expired), its repeated arrival answers "complete" again, so the fan-in task
+-- is not lost; any other repeat gets 0, so the task never fires twice.
+local function complete()
+  if ARGV[4] == '1' then
+    return {1, redis.call('GET', KEYS[2]) or ''}
+  end
+  return {1, ''}
+end
 if redis.call('SADD', KEYS[1], ARGV[1]) == 0 then
+  if redis.call('GET', KEYS[3]) == ARGV[5] then
+    return complete()
+  end
   return 0
 end
 local n = redis.call('SCARD', KEYS[1])
@@ -13,7 +25,5 @@ end
 if n < tonumber(ARGV[2]) then
   return 0
 end
-if ARGV[4] == '1' then
-  return {1, redis.call('GET', KEYS[2]) or ''}
-end
-return {1, ''}
+redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[3])
+return complete()

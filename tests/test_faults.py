@@ -1,0 +1,198 @@
+"""Crashed, repeated and lost executors never change a result or hang a job.
+
+Fault injection (``LocalCluster(faults=...)``, off by default) makes
+executors die mid-job, delivers invocations twice, or drops them; the same
+tests run on the local backend and on the lambda backend through the
+Lambda-compatible endpoint and boto3.
+"""
+
+import _thread
+import os
+import threading
+import time
+
+import dask
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import job_keys
+from wukong import Client, JobCancelled, JobFailed, LocalCluster, StorageError, TaskError
+from wukong.lambda_local import LambdaLocal
+from wukong.redis_server import RedisServer
+
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+FAULTS = {
+    "crash": {"crash": 0.1},
+    "duplicate": {"duplicate": 1.0},
+    "drop": {"drop": 0.05},
+    "all": {"crash": 0.1, "duplicate": 1.0, "drop": 0.05},
+}
+LEASE_MS = 300  # short leases: lost executors are found within a second
+
+
+@pytest.fixture(scope="module")
+def lam():
+    old = {k: os.environ.get(k) for k in AWS_ENV}
+    os.environ.update(AWS_ENV)
+    with LambdaLocal({"wukong-executor": "wukong.lambda_backend:handler"}, workers=2, env=AWS_ENV) as server:
+        yield server
+    for k, v in old.items():
+        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+def make_cluster(backend, lam, faults):
+    if backend == "local":
+        return LocalCluster(n_workers=2, faults=faults, lease_ms=LEASE_MS)
+    return LocalCluster(
+        backend="lambda", endpoint_url=lam.url, region="us-east-1", num_lambda_invokers=4,
+        faults=faults, lease_ms=LEASE_MS,
+    )
+
+
+def combine(i, *parents):
+    return (i * 7 + sum(p * (j + 1) for j, p in enumerate(parents))) % 1_000_003
+
+
+@st.composite
+def dags(draw):
+    n = draw(st.integers(1, 120))
+    dsk = {}
+    for i in range(n):
+        k = draw(st.integers(0, min(i, 5)))
+        parents = sorted(draw(st.sets(st.integers(0, i - 1), min_size=k, max_size=k))) if i else []
+        dsk[f"t{i}"] = (combine, i, *[f"t{p}" for p in parents])
+    outputs = draw(st.lists(st.sampled_from(sorted(dsk)), min_size=1, max_size=4, unique=True))
+    return dsk, outputs
+
+
+@pytest.mark.parametrize("backend", ["local", "lambda"])
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_random_dags_under_faults_equal_sync(backend, fault, lam):
+    with make_cluster(backend, lam, FAULTS[fault]) as cluster:
+        client = Client(cluster, progress=False)
+
+        @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(dags())
+        def check(dag):
+            dsk, outputs = dag
+            assert client.get(dsk, outputs, timeout=60) == dask.get(dsk, outputs)
+            assert job_keys(cluster) == []
+
+        check()
+
+
+def record(path, tag, *parents):
+    with open(path, "a") as f:  # O_APPEND: one line per execution, from any process
+        f.write(f"{tag}\n")
+    return sum(parents) + 1
+
+
+@pytest.mark.parametrize("backend", ["local", "lambda"])
+def test_duplicated_invocations_never_run_a_fan_in_twice(backend, lam, tmp_path):
+    log = str(tmp_path / "runs.log")
+    # tags differ from keys: a string argument equal to a key is a reference to it
+    dsk = {f"leaf{i}": (record, log, f"ran-leaf{i}") for i in range(16)}
+    dsk.update({f"mid{j}": (record, log, f"ran-mid{j}", *[f"leaf{i}" for i in range(j * 4, j * 4 + 4)]) for j in range(4)})
+    dsk["root"] = (record, log, "ran-root", *[f"mid{j}" for j in range(4)])
+    with make_cluster(backend, lam, {"duplicate": 1.0}) as cluster:
+        got = Client(cluster, progress=False).get(dsk, "root")
+    runs = open(log).read().split()
+    assert got == 16 + 4 + 1
+    fan_ins = [r for r in runs if not r.startswith("ran-leaf")]
+    assert sorted(fan_ins) == sorted({*fan_ins}) == ["ran-mid0", "ran-mid1", "ran-mid2", "ran-mid3", "ran-root"]
+
+
+def flaky(path, fail_times):
+    n = len(open(path).read()) if os.path.exists(path) else 0
+    with open(path, "a") as f:
+        f.write("x")
+    if n < fail_times:
+        raise ConnectionError(f"flaky failure {n + 1}")
+    return n
+
+
+@pytest.fixture(scope="module")
+def client():
+    with LocalCluster(n_workers=2, lease_ms=LEASE_MS) as cluster:
+        yield Client(cluster, progress=False)
+
+
+def test_retries_rerun_a_failing_task(client, tmp_path):
+    path = str(tmp_path / "count")
+    assert client.get({"x": (flaky, path, 2)}, "x", retries=2) == 2
+
+
+def test_retries_exhausted_raise_the_last_error(client, tmp_path):
+    path = str(tmp_path / "count")
+    with pytest.raises(ConnectionError, match="flaky failure 2"):
+        client.get({"x": (flaky, path, 5)}, "x", retries=1)
+
+
+def test_task_timeout_names_the_task(client):
+    t = time.monotonic()
+    with pytest.raises(TaskError, match="task 'slow' exceeded its timeout of 0.5s"):
+        client.get({"slow": (time.sleep, 30)}, "slow", task_timeout=0.5)
+    assert time.monotonic() - t < 10
+
+
+def test_job_timeout(client):
+    dsk = {f"s{i}": (time.sleep, 5) for i in range(4)}
+    t = time.monotonic()
+    with pytest.raises(JobFailed, match="timed out after 0.5s"):
+        client.get(dsk, list(dsk), timeout=0.5)
+    assert time.monotonic() - t < 10
+    assert job_keys(client.cluster) == []
+
+
+def chain_of_sleeps(n, seconds):
+    dsk = {"s0": (time.sleep, seconds)}
+    for i in range(1, n):
+        dsk[f"s{i}"] = (lambda _, s: time.sleep(s), f"s{i - 1}", seconds)
+    return dsk, f"s{n - 1}"
+
+
+def test_cancel_stops_the_job_and_deletes_its_keys(client):
+    dsk, key = chain_of_sleeps(200, 0.05)
+    threading.Timer(0.5, client.cancel).start()
+    t = time.monotonic()
+    with pytest.raises(JobCancelled):
+        client.get(dsk, key)
+    assert time.monotonic() - t < 5
+    assert job_keys(client.cluster) == []
+
+
+def test_ctrl_c_stops_the_job_and_deletes_its_keys(client):
+    dsk, key = chain_of_sleeps(200, 0.05)
+    threading.Timer(0.5, _thread.interrupt_main).start()
+    with pytest.raises(KeyboardInterrupt):
+        client.get(dsk, key)
+    assert job_keys(client.cluster) == []
+    assert client.get({"a": 1}, "a") == 1
+
+
+def test_metadata_store_restarted_mid_job_is_a_clear_error():
+    mds = RedisServer().start()
+    try:
+        with LocalCluster(n_workers=2, mds_endpoint=mds.endpoint, kvs_endpoints=[mds.endpoint],
+                          redis_password=mds.password) as cluster:
+            dsk, key = chain_of_sleeps(100, 0.05)
+            port = mds.port
+
+            def restart():
+                mds.stop()
+                mds.port = port
+                mds.start()
+
+            threading.Timer(0.5, restart).start()
+            t = time.monotonic()
+            with pytest.raises((StorageError, JobFailed), match=f"127.0.0.1:{port}|lost"):
+                Client(cluster, progress=False).get(dsk, key, timeout=20)
+            assert time.monotonic() - t < 15
+    finally:
+        mds.stop()
