@@ -4,6 +4,7 @@
   built by ``executor/build.py``.
 * ``wukong lambda-local``: serve the Lambda Invoke API locally (``wukong.lambda_local``).
 * ``wukong demo``: the demo (``wukong.demo``).
+* ``wukong proxy``: run the fan-out proxy on this machine (``wukong.proxy``).
 """
 
 from __future__ import annotations
@@ -79,16 +80,21 @@ def parser() -> argparse.ArgumentParser:
     _deploy_parser(sub)
     sub.add_parser("lambda-local", help="serve the Lambda Invoke API locally", add_help=False)
     sub.add_parser("demo", help="run the demo", add_help=False)
+    sub.add_parser("proxy", help="run the fan-out proxy (secret in $WUKONG_PROXY_SECRET)", add_help=False)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    # These two take their own options: hand them the rest of the line untouched.
+    # These take their own options: hand them the rest of the line untouched.
     if argv[:1] == ["lambda-local"]:
         from wukong.lambda_local import main as lambda_local_main
 
         return lambda_local_main(argv[1:])
+    if argv[:1] == ["proxy"]:
+        from wukong.proxy import main as proxy_main
+
+        return proxy_main(argv[1:])
     if argv[:1] == ["demo"]:
         from wukong.demo import main as demo_main  # written separately
 

@@ -8,7 +8,10 @@ One call is one job:
 3. the schedules go to the metadata store and one executor per leaf schedule
    is invoked, all in one pipeline;
 4. the client reads the job's event stream with blocking reads: results,
-   errors, and counts of tasks done, executors invoked and executors exited;
+   errors, tasks done, and which invocations were made and which exited --
+   by id, so a duplicated or re-run invocation never confuses the count;
+   a watchdog sends again an invocation whose lease stays missing (its
+   executor died, or it was never delivered: ``wukong.recovery``);
 5. when every executor has exited, every key of the job is deleted and the
    results are returned in the nesting of ``keys`` (or the first task error
    is raised as its original type, carrying the remote traceback).
@@ -16,20 +19,24 @@ One call is one job:
 
 from __future__ import annotations
 
+import json
 import pickle
 import secrets
 import sys
 import time
 from typing import Any
 
+import redis
+
 from wukong import serialization
 from wukong.cost import cost_summary, job_cost
-from wukong.errors import JobFailed, task_error
-from wukong.executor import Invocation
+from wukong.errors import JobCancelled, JobFailed, task_error
+from wukong.executor import Invocation, decode_invocation
 from wukong.graph import flatten_keys, prepare
 from wukong.progress import ProgressBar
+from wukong.recovery import MAX_ATTEMPTS, resend
 from wukong.scheduler import Plan, plan
-from wukong.storage import Keys, Store
+from wukong.storage import Keys, StorageError, Store
 
 BLOCK_MS = 250  # a blocking read returns at least this often, to redraw progress
 DRAIN_S = 30.0  # after a failure, how long executors get to notice the cancel flag
@@ -49,6 +56,7 @@ class Client:
         self.cluster = cluster
         self.progress = progress
         self.last_job: dict[str, Any] = {}
+        self.active: set[Job] = set()
 
     @property
     def store(self) -> Store:
@@ -58,16 +66,29 @@ class Client:
         """Compute ``keys`` of ``dsk``; the ``scheduler=`` entry point for Dask.
 
         Accepts what Dask hands a scheduler (an expression, a HighLevelGraph
-        or a dict, legacy tuple tasks included).  Options: ``progress``.
+        or a dict, legacy tuple tasks included).
+
+        Options: ``progress``; ``retries`` (re-run a failing task up to this
+        many times; default: the cluster's); ``timeout`` (seconds for the
+        whole job); ``task_timeout`` (seconds for any one task).
         """
         progress = kwargs.pop("progress", self.progress)
+        options = {
+            "retries": int(kwargs.pop("retries", getattr(self.cluster, "retries", 0))),
+            "task_timeout": kwargs.pop("task_timeout", None),
+        }
+        timeout = kwargs.pop("timeout", None)
         kwargs.pop("num_workers", None)
         t0 = time.perf_counter()
         order, graph = prepare(dsk, keys)
         job_plan = plan(order, graph, flatten_keys(keys))
         t1 = time.perf_counter()
-        job = Job(self, job_plan, progress)
-        results = job.run()
+        job = Job(self, job_plan, progress, options, timeout)
+        self.active.add(job)
+        try:
+            results = job.run()
+        finally:
+            self.active.discard(job)
         t2 = time.perf_counter()
         self.last_job = {"tasks": len(order), "schedules": job_plan.nschedules, "plan_s": t1 - t0, "run_s": t2 - t1}
         if getattr(self.cluster, "backend", "local") == "lambda":
@@ -75,6 +96,13 @@ class Client:
             if progress:
                 print(cost_summary(self.last_job["cost"]), file=sys.stderr)
         return _nested(keys, results)
+
+    def cancel(self) -> None:
+        """Stop the running jobs (from another thread): their executors stop
+        before their next task, their keys are deleted, and ``get`` raises
+        ``JobCancelled``."""
+        for job in list(self.active):
+            job.cancel(by_user=True)
 
     def close(self) -> None:
         """The client holds no resources of its own; the cluster is closed separately."""
@@ -109,18 +137,32 @@ def _nested(keys: Any, results: dict) -> Any:
 class Job:
     """One run of a plan on the cluster (see the module docstring)."""
 
-    def __init__(self, client: Client, job_plan: Plan, progress: bool):
+    def __init__(self, client: Client, job_plan: Plan, progress: bool, options: dict, timeout: float | None):
         self.client = client
+        self.cluster = client.cluster
         self.store = client.store
         self.plan = job_plan
+        self.options = options
+        self.deadline = time.monotonic() + timeout if timeout else None
+        self.timeout = timeout
         self.keys = Keys(secrets.token_hex(8))
         self.bar = ProgressBar(job_plan.ntasks) if progress else None
         self.results: dict[Any, Any] = {}
         self.error: BaseException | None = None
-        self.outstanding = 0
+        self.user_cancel = False
+        self.live: dict[str, float | None] = {}  # invocation id -> since when its lease is missing
+        self.exited: set[str] = set()
+        self.starts: dict[str, Invocation] = {}
         self.done = 0
         self.last_id = b"0-0"
         self.durations: list[tuple[float, int]] = []
+        lease_s = getattr(self.cluster, "lease_ms", 3000) / 1000
+        self.watch_every, self.lost_after = lease_s / 2, 2 * lease_s
+        self.next_watch = time.monotonic() + self.watch_every
+
+    @property
+    def outstanding(self) -> int:
+        return len(self.live)
 
     def run(self) -> dict:
         try:
@@ -139,26 +181,34 @@ class Job:
     def submit(self) -> None:
         p, keys, store = self.plan, self.keys, self.store
         batch = store.batch()
+        batch.mds("set", keys.options, json.dumps(self.options), store.ttl)
         for sid, blob in enumerate(p.schedules):
             batch.mds("set", keys.schedule(sid), blob, store.ttl)
         starts = [
             Invocation(keys.job, group[0], 0, {}, (), tuple(group[1:]))
-            for group in group_leaves(p.leaf_schedules, getattr(self.client.cluster, "leaf_groups", None))
+            for group in group_leaves(p.leaf_schedules, getattr(self.cluster, "leaf_groups", None))
         ]
+        self.starts = {inv.id: inv for inv in starts}
+        self.live = dict.fromkeys(self.starts)
         batch.mds("xadd", keys.events, {"k": "s"})
         batch.mds("expire", keys.events, store.ttl)
-        self.outstanding = len(starts)
-        after = self.client.cluster.invoke(batch, keys.job, starts)
+        after = self.cluster.invoke(batch, keys.job, starts)
         batch.execute()
         if after is not None:  # the lambda backend invokes once the schedules are stored
             after()
 
     def wait(self) -> None:
-        while self.outstanding > 0:
+        while self.live:
             if self.error is not None:  # executors stop at their next round trip
                 self.drain(DRAIN_S)
                 break
+            if self.deadline is not None and time.monotonic() > self.deadline:
+                self.fail(JobFailed(f"job {self.keys.job} timed out after {self.timeout}s "
+                                    f"({self.done}/{self.plan.ntasks} tasks done)"))
+                continue
             self.read_events(BLOCK_MS)
+            if time.monotonic() > self.next_watch:
+                self.watch()
             if self.bar is not None:
                 self.bar.update(self.done)
         if self.bar is not None:
@@ -168,7 +218,11 @@ class Job:
             raise JobFailed(f"job {self.keys.job} ended without results for {missing[:5]!r}")
 
     def read_events(self, block_ms: int) -> None:
-        reply = self.store.mds.xread({self.keys.events: self.last_id}, count=10_000, block=block_ms)
+        try:
+            reply = self.store.mds.xread({self.keys.events: self.last_id}, count=10_000, block=block_ms)
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+            name = self.store.name_of(self.store.mds_index)
+            raise StorageError(f"lost the metadata store (Redis at {name}) while waiting for job {self.keys.job}: {e}") from None
         for _, entries in reply or ():
             for entry_id, fields in entries:
                 self.last_id = entry_id
@@ -178,7 +232,14 @@ class Job:
         kind = f[b"k"]
         if kind == b"c":
             self.done += int(f[b"n"])
-            self.outstanding += int(f[b"i"]) - int(f[b"x"])
+            if f[b"i"]:
+                for inv_id in f[b"i"].decode().split(","):
+                    if inv_id not in self.exited:
+                        self.live.setdefault(inv_id, None)
+            if f[b"x"]:
+                inv_id = f[b"x"].decode()
+                self.exited.add(inv_id)
+                self.live.pop(inv_id, None)
         elif kind == b"d":  # an executor's duration and memory (lambda backend), for cost
             self.durations.append((float(f[b"ms"]), int(f[b"mem"])))
         elif kind == b"r":
@@ -190,10 +251,53 @@ class Job:
             key, what, exc, tb = pickle.loads(f[b"v"])
             if key is None:
                 detail = f": {type(exc).__name__}: {exc}" if exc is not None else ""
-                self.error = JobFailed(f"job {self.keys.job}: {what}{detail}" + (f"\n\nRemote traceback\n----------------\n{tb}" if tb else ""))
+                trace = f"\n\nRemote traceback\n----------------\n{tb}" if tb else ""
+                self.fail(JobFailed(f"job {self.keys.job}: {what}{detail}{trace}"))
             else:
-                self.error = task_error(key, what, exc, tb)
-            self.cancel()
+                self.fail(task_error(key, what, exc, tb))
+
+    def fail(self, error: BaseException) -> None:
+        if self.error is None:
+            self.error = error
+        self.cancel()
+
+    def watch(self) -> None:
+        """Send again invocations whose lease has been missing for ``lost_after``.
+
+        A lease exists while an executor runs an invocation and says "done"
+        after; one missing means not started yet, or lost.  Invocations still
+        queued on a local cluster are not lost, so nothing is sent while the
+        queue holds any.
+        """
+        now = time.monotonic()
+        self.next_watch = now + self.watch_every
+        ids = list(self.live)
+        batch = self.store.batch()
+        handles = [batch.mds("exists", self.keys.lease(i)) for i in ids]
+        batch.execute()
+        lost = []
+        for inv_id, h in zip(ids, handles):
+            if batch[h]:
+                self.live[inv_id] = None
+            elif self.live[inv_id] is None:
+                self.live[inv_id] = now
+            elif now - self.live[inv_id] > self.lost_after:
+                lost.append(inv_id)
+        backlog = getattr(self.cluster, "backlog", None)
+        if not lost or (backlog is not None and backlog() > 0):
+            return
+        invs = self.invocations(lost)
+        for inv_id in lost:
+            self.live[inv_id] = None  # give the new delivery time to start
+        resend(self.store, self.cluster.invoke, self.keys.job, invs, "an executor was lost",
+               getattr(self.cluster, "max_attempts", MAX_ATTEMPTS))
+
+    def invocations(self, ids: list[str]) -> list[Invocation]:
+        """What was sent as ``ids``: the client's own, or as stored by the executor that sent it."""
+        stored = [i for i in ids if i not in self.starts]
+        values = self.store.mds.mget([self.keys.invocation(i) for i in stored]) if stored else []
+        found = {i: decode_invocation(v) for i, v in zip(stored, values) if v is not None}
+        return [self.starts[i] if i in self.starts else found[i] for i in ids if i in self.starts or i in found]
 
     def read_stored_result(self, tid: int) -> None:
         batch = self.store.batch()
@@ -204,7 +308,9 @@ class Job:
             raise JobFailed(f"job {self.keys.job}: the result of task {key!r} is missing from the KV store")
         self.results[self.plan.outputs[tid]] = serialization.loads(value)
 
-    def cancel(self) -> None:
+    def cancel(self, by_user: bool = False) -> None:
+        if by_user and self.error is None:
+            self.error = JobCancelled(f"job {self.keys.job} was cancelled")
         try:
             self.store.mds.set(self.keys.cancel, 1, ex=self.store.ttl)
         except Exception:
@@ -225,6 +331,7 @@ class Job:
         try:
             if cleanup_job is not None:
                 cleanup_job(self.keys.job)
-            self.store.delete_job(self.keys, p.ntasks, p.nschedules, p.fanins)
+            ids = set(self.starts) | self.exited | set(self.live)
+            self.store.delete_job(self.keys, p.ntasks, p.nschedules, p.fanins, ids)
         except Exception:
             pass  # the TTL removes what we could not

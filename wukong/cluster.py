@@ -26,6 +26,8 @@ from wukong.executor import Invocation, decode_invocation
 from wukong.processes import spawn, stop
 from wukong.redis_server import RedisServer
 from wukong.storage import DEFAULT_TTL, Batch, Endpoint, Store
+from wukong.executor import LEASE_MS, parse_faults
+from wukong.recovery import MAX_ATTEMPTS, resend
 from wukong.worker import STOP, local_invoker
 
 
@@ -125,6 +127,14 @@ class LocalCluster:
         invoke_attempts: int = 8,
         memory_mb: int = 3008,
         architecture: str = "x86_64",
+        retries: int = 0,
+        lease_ms: int = LEASE_MS,
+        max_attempts: int = MAX_ATTEMPTS,
+        faults: dict | str | None = None,
+        proxy_address: str | None = None,
+        proxy_port: int | None = None,
+        use_local_proxy: bool = False,
+        max_task_fanout: int = 64,
     ):
         if backend not in ("local", "lambda"):
             raise ValueError(f"backend must be 'local' or 'lambda', got {backend!r}")
@@ -133,6 +143,10 @@ class LocalCluster:
         self.n_workers = (n_workers or os.cpu_count() or 1) if backend == "local" else 0
         self.inline_limit = inline_limit
         self.cluster_threshold = cluster_threshold
+        self.retries, self.lease_ms, self.max_attempts = retries, lease_ms, max_attempts
+        self.faults = parse_faults(faults) if isinstance(faults, str) else faults
+        if faults is None:
+            self.faults = parse_faults(os.environ.get("WUKONG_FAULTS"))
         self.redis_servers: list[RedisServer] = []
         self.workers: list[subprocess.Popen | None] = []
         self.closed = False
@@ -143,6 +157,9 @@ class LocalCluster:
             self.store.check()
             self.id = secrets.token_hex(6)
             self.queue = f"wk:cluster:{self.id}:q"
+            from wukong.proxy import cluster_options  # the fan-out proxy: options for every executor
+
+            self.local_proxy, self.proxy = cluster_options(proxy_address, proxy_port, use_local_proxy, max_task_fanout)
             if backend == "lambda":
                 from wukong.lambda_backend import LambdaInvoker, lambda_config
 
@@ -154,8 +171,8 @@ class LocalCluster:
                     max_event_payload=max_event_payload,
                     attempts=invoke_attempts,
                 )
-                executor = {"inline_limit": inline_limit, "cluster_threshold": cluster_threshold}
-                config = {"store": self.store.to_config(), "executor": executor, "lambda": lam}
+                executor = self.executor_options()
+                config = {"store": self.store.to_config(), "executor": executor, "lambda": lam, "proxy": self.proxy}
                 self._invoke = self.lambda_invoker = LambdaInvoker(self.store, config)
             else:
                 self._invoke = local_invoker(self.queue)
@@ -180,13 +197,22 @@ class LocalCluster:
         return eps[0], eps
 
     # -- workers ---------------------------------------------------------------
+    def executor_options(self) -> dict:
+        """Keyword arguments of every executor of this cluster (``Executor(...)``)."""
+        return {
+            "inline_limit": self.inline_limit,
+            "cluster_threshold": self.cluster_threshold,
+            "lease_ms": self.lease_ms,
+            "faults": self.faults,
+        }
+
     def _worker_config(self, wid: int) -> bytes:
         config = {
             "store": self.store.to_config(),
             "queue": self.queue,
             "processing": f"{self.queue}:w:{wid}",
-            "inline_limit": self.inline_limit,
-            "cluster_threshold": self.cluster_threshold,
+            "executor": self.executor_options(),
+            "proxy": self.proxy,
         }
         return json.dumps(config).encode() + b"\n"
 
@@ -243,24 +269,24 @@ class LocalCluster:
             self._worker_died(wid, proc.pid, code)
 
     def _worker_died(self, wid: int, pid: int, code: int) -> None:
+        """Send again what the dead worker was running (``wukong.recovery``)."""
         processing = f"{self.queue}:w:{wid}"
         try:
             entries = self.store.mds.lrange(processing, 0, -1)
-            batch = self.store.batch()
+            self.store.mds.delete(processing)
+            by_job: dict[str, list[Invocation]] = {}
             for payload in entries:
                 inv = decode_invocation(payload)
-                what = (
-                    f"executor process {pid} died (exit code {code}) while running "
-                    f"schedule {inv.sched} of job {inv.job}"
-                )
-                events = f"wk:{inv.job}:ev"
-                fail = {"k": "e", "v": pickle.dumps((None, what, None, ""))}
-                batch.mds("xadd", events, fail, "*", None, True, True)  # NOMKSTREAM: no job, no event
-                batch.mds("xadd", events, {"k": "c", "n": 0, "i": 0, "x": 1}, "*", None, True, True)
-            batch.mds("delete", processing)
-            batch.execute()
+                by_job.setdefault(inv.job, []).append(inv)
+            why = f"executor process {pid} died (exit code {code})"
+            for job, invs in by_job.items():
+                resend(self.store, self.invoke, job, invs, why, self.max_attempts)
         except Exception as exc:  # Redis itself is gone: clients see that on their own
             print(f"wukong: worker {pid} died and its jobs could not be told: {exc}", file=sys.stderr)
+
+    def backlog(self) -> int:
+        """Invocations queued and not yet taken by a worker (local backend)."""
+        return int(self.store.mds.llen(self.queue)) if self.backend == "local" else 0
 
     # -- what clients use ------------------------------------------------------
     def invoke(self, batch: Batch, job: str, invocations: list[Invocation]) -> Callable[[], None] | None:
@@ -284,6 +310,9 @@ class LocalCluster:
         invoker = getattr(self, "lambda_invoker", None)
         if invoker is not None:
             invoker.close()
+        local_proxy = getattr(self, "local_proxy", None)
+        if local_proxy is not None:
+            local_proxy.stop()
         store = getattr(self, "store", None)
         if store is not None and self.workers:
             try:  # workers idle on the queue leave at once; busy ones are terminated

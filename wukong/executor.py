@@ -28,12 +28,18 @@ executor of the job has exited.
 
 from __future__ import annotations
 
+import json
+import os
 import pickle
+import random
+import signal
 import struct
+import threading
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any, NamedTuple
 
 from wukong import serialization
@@ -43,6 +49,9 @@ from wukong.storage import Batch, Keys, Store
 
 _U64 = struct.Struct("<Q")
 PROGRESS_EVERY = 0.5  # seconds between progress events on long chains
+CANCEL_CHECK_S = 0.05  # a cancelled job's executors stop before their next task, this late at most
+LEASE_MS = 3000  # an invocation's lease; renewed every third of it while the executor lives
+CRASH_EXIT = 77  # exit code of an injected crash
 
 
 class Invocation(NamedTuple):
@@ -54,6 +63,12 @@ class Invocation(NamedTuple):
     inline: dict[int, bytes]  # dependency id -> serialized value
     remote: tuple[int, ...]  # dependency ids to read from the KVS
     more: tuple[int, ...] = ()  # further leaf schedules to run from position 0 (grouped leaves)
+
+    @property
+    def id(self) -> str:
+        """Deterministic: each task is started by at most one invocation, so a
+        repeated delivery or a re-run of the same invocation has the same id."""
+        return f"{self.sched}.{self.pos}"
 
 
 def encode_invocation(inv: Invocation) -> bytes:
@@ -92,6 +107,10 @@ class JobGone(Exception):
     """The job's keys are gone (it ended): a late duplicate invocation; say nothing."""
 
 
+class Duplicate(Exception):
+    """Another delivery of this invocation holds its lease or has finished it."""
+
+
 class Cancelled(Exception):
     """The job was cancelled (a task failed, or the user stopped it): exit now."""
 
@@ -116,13 +135,24 @@ class Executor:
         inline_limit: int = 64 * 1024,
         cluster_threshold: int = 64 * 1024 * 1024,
         cache_jobs: int = 4,
+        lease_ms: int = LEASE_MS,
+        faults: dict | None = None,
+        proxy: Callable[[str, int, list[Invocation]], bool] | None = None,
+        max_task_fanout: int = 0,
     ):
         self.store = store
-        self.invoke = invoke
+        # wide fan-outs go through the proxy (wukong.proxy): proxy(job, tid, invs) -> handed over?
+        self.proxy = proxy if max_task_fanout > 0 else None
+        self.max_task_fanout = max_task_fanout
         self.inline_limit = inline_limit
         self.cluster_threshold = cluster_threshold
         self.cache_jobs = cache_jobs
+        self.lease_ms = lease_ms
+        self.faults = Faults(faults) if faults else None
+        self.invoke = self.faults.wrap(invoke) if self.faults else invoke
         self.jobs: OrderedDict[str, dict[int, Schedule]] = OrderedDict()
+        self.options: dict[str, dict] = {}
+        self.heartbeat = Heartbeat(store, lease_ms)
 
     # -- job state cached in a warm process ---------------------------------
     def schedules(self, job: str) -> dict[int, Schedule]:
@@ -136,6 +166,7 @@ class Executor:
 
     def forget(self, job: str) -> None:
         self.jobs.pop(job, None)
+        self.options.pop(job, None)
 
     # -- one invocation -------------------------------------------------------
     def run(self, inv: Invocation, on_exit: Callable[[Batch], None] | None = None) -> int:
@@ -147,9 +178,11 @@ class Executor:
         run = _Run(self, inv)
         try:
             run.start()
+            self.heartbeat.hold(run.keys.lease(inv.id), run.token)
             run.loop()
-        except JobGone:
-            self.forget(inv.job)
+        except (JobGone, Duplicate) as exc:
+            if isinstance(exc, JobGone):
+                self.forget(inv.job)
             if on_exit is not None:
                 batch = self.store.batch()
                 on_exit(batch)
@@ -159,6 +192,8 @@ class Executor:
             pass
         except Exception as exc:  # storage trouble or a bug: the client must hear of it
             run.fail(run.current, exc, "could not be run by its executor")
+        finally:
+            self.heartbeat.release()
         run.exit(on_exit)
         return run.ndone
 
@@ -179,7 +214,9 @@ class _Run:
         self.ndone = 0
         self.nreported = 0
         self.current: Any = None  # key of the task being handled, for error messages
-        self.last_report = time.monotonic()
+        self.last_report = self.last_check = time.monotonic()
+        self.token = f"{os.getpid()}-{time.monotonic_ns()}"  # this attempt's lease
+        self.crash_after = ex.faults.crash_point() if ex.faults else None
 
     # -- round trips ---------------------------------------------------------
     def send(self, batch: Batch) -> Batch:
@@ -187,6 +224,7 @@ class _Run:
         batch = self.merge_pending(batch)
         h = batch.mds("exists", self.keys.cancel)
         batch.execute()
+        self.last_check = time.monotonic()
         if batch[h]:
             raise Cancelled()
         return batch
@@ -204,11 +242,12 @@ class _Run:
         # NOMKSTREAM: after the job ended (late duplicate, bounded drain) write nothing
         batch.mds("xadd", self.keys.events, fields, "*", None, True, True)
 
-    def counts(self, batch: Batch, invoked: int = 0, exited: int = 0) -> None:
+    def counts(self, batch: Batch, invoked: Sequence[str] = (), exited: bool = False) -> None:
+        """Tasks done since the last report; invocations made (their ids); this one's exit."""
         n = self.ndone - self.nreported
         self.nreported = self.ndone
         self.last_report = time.monotonic()
-        self.event(batch, k="c", n=n, i=invoked, x=exited)
+        self.event(batch, k="c", n=n, i=",".join(invoked), x=self.inv.id if exited else "")
 
     # -- start, loop, exit ---------------------------------------------------
     def start(self) -> None:
@@ -216,9 +255,22 @@ class _Run:
         inv = self.inv
         starts = [inv.sched, *inv.more]
         batch = self.store.batch()
+        lease = self.keys.lease(inv.id)
+        h_alive = batch.mds("exists", self.keys.events)  # the job's stream lives as long as the job
+        h_lease = batch.mds("set", lease, self.token, None, self.ex.lease_ms, True)  # NX PX
+        h_opts = batch.mds("get", self.keys.options) if inv.job not in self.ex.options else None
         h_scheds = [(s, batch.mds("get", self.keys.schedule(s))) for s in starts if s not in self.scheds]
         h_remote = batch.kvs_get_many([self.keys.data(t) for t in inv.remote])
         batch = self.send(batch)
+        if not batch[h_alive]:  # a delivery after the job ended: leave nothing behind
+            if batch[h_lease]:
+                self.store.mds.delete(lease)
+            raise JobGone()
+        if not batch[h_lease]:
+            raise Duplicate()
+        if h_opts is not None:
+            self.ex.options[inv.job] = json.loads(batch[h_opts]) if batch[h_opts] else {}
+        self.opts = self.ex.options[inv.job]
         for s, h in h_scheds:
             if batch[h] is None:
                 raise JobGone()
@@ -249,6 +301,10 @@ class _Run:
 
     def loop(self) -> None:
         while self.stack:
+            if self.crash_after is not None and self.ndone >= self.crash_after:
+                os._exit(CRASH_EXIT)  # fault injection: die mid-job, as a killed executor would
+            if time.monotonic() - self.last_check > CANCEL_CHECK_S:
+                self.send(self.store.batch())  # stop before the next task once the job is cancelled
             sid, pos = self.stack.pop()
             sched = self.scheds[sid]
             rec = sched.records[pos]
@@ -266,13 +322,22 @@ class _Run:
                 self.send(self.store.batch())
 
     def execute(self, rec: TaskRecord, body: tuple[Any, tuple]) -> Any:
+        """Run one task, up to ``retries`` more times if it raises."""
         node, dep_keys = body
         data = self.data
-        try:
-            return node({k: data[d] for k, d in zip(dep_keys, rec.deps)})
-        except Exception as exc:
-            self.fail(node.key, exc, "raised")
-            raise TaskFailed() from None
+        retries = self.opts.get("retries", 0)
+        timeout = self.opts.get("task_timeout")
+        for attempt in range(retries + 1):
+            try:
+                with task_timeout(timeout, node.key):
+                    return node({k: data[d] for k, d in zip(dep_keys, rec.deps)})
+            except Exception as exc:
+                if attempt < retries:
+                    continue
+                what = f"exceeded its timeout of {timeout}s" if isinstance(exc, TaskTimeout) else "raised"
+                self.fail(node.key, exc, what)
+                raise TaskFailed() from None
+        raise AssertionError("unreachable")
 
     def fail(self, key: Any, exc: BaseException, what: str) -> None:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -313,7 +378,8 @@ class _Run:
             if fanins or (len(blob) > self.ex.inline_limit and not big):
                 batch.kvs_set(self.keys.data(tid), blob)
         handles = [
-            batch.fanin(self.keys, c.tid, tid, c.ndeps, c.sched, c.sched not in self.scheds) for c in fanins
+            batch.fanin(self.keys, c.tid, tid, c.ndeps, c.sched, c.sched not in self.scheds, self.inv.id)
+            for c in fanins
         ]
         if handles:
             batch = self.send(batch)
@@ -383,15 +449,129 @@ class _Run:
             else:
                 deps = self.scheds[c.sched].records[c.pos].deps
                 invs.append(Invocation(self.inv.job, c.sched, c.pos, {}, deps))
-        self.counts(batch, invoked=len(invs))
+        for inv in invs:  # kept so that a lost invocation can be sent again
+            batch.mds("set", self.keys.invocation(inv.id), encode_invocation(inv), self.store.ttl)
+        self.counts(batch, invoked=[inv.id for inv in invs])
+        if self.ex.proxy is not None and len(invs) >= self.ex.max_task_fanout:
+            self.send(batch)  # the parent's output and the count of invocations go first
+            if self.ex.proxy(self.inv.job, tid, invs):
+                return
+            batch = self.store.batch()  # the proxy failed and the fan-out is ours: invoke directly
         after = self.ex.invoke(batch, self.inv.job, invs)
         self.send(batch)
         if after is not None:
             after()
 
     def exit(self, on_exit: Callable[[Batch], None] | None = None) -> None:
-        self.counts(self.pending, exited=1)
+        self.counts(self.pending, exited=True)
+        self.pending.mds("set", self.keys.lease(self.inv.id), "done", self.store.ttl)
         batch, self.pending = self.pending, self.store.batch()
         if on_exit is not None:
             on_exit(batch)
         batch.execute()
+
+
+class TaskTimeout(TimeoutError):
+    """A task ran longer than the job's ``task_timeout``."""
+
+
+@contextmanager
+def task_timeout(seconds: float | None, key: Any) -> Iterator[None]:
+    """Interrupt the task after ``seconds`` (SIGALRM: on the main thread only,
+    as in local workers and Lambda handlers; elsewhere the limit is not enforced)."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: Any) -> None:
+        raise TaskTimeout(f"task {key!r} ran longer than {seconds}s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+class Heartbeat:
+    """Keeps the running invocation's lease alive from a background thread.
+
+    A lease that is not renewed (the process died, or froze) expires after
+    ``lease_ms``; the client's watchdog then sends the invocation again.
+    """
+
+    def __init__(self, store: Store, lease_ms: int):
+        self.store = store
+        self.lease_ms = lease_ms
+        self.key: str | None = None
+        self.token = ""
+        self.wake = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def hold(self, key: str, token: str) -> None:
+        self.key, self.token = key, token
+        if self.thread is None:
+            self.thread = threading.Thread(target=self._beat, name="wukong-heartbeat", daemon=True)
+            self.thread.start()
+
+    def release(self) -> None:
+        self.key = None
+
+    def _beat(self) -> None:
+        r = self.store.endpoints[self.store.mds_index].connect(socket_timeout=self.lease_ms / 1000)
+        while True:
+            self.wake.wait(self.lease_ms / 3000)
+            key = self.key
+            if key is None:
+                continue
+            try:
+                r.pexpire(key, self.lease_ms, xx=True)
+            except Exception:
+                pass  # the next round trip of the executor itself will report the trouble
+
+
+class Faults:
+    """Fault injection, for tests and benchmarks only (off unless configured).
+
+    ``{"crash": p, "duplicate": p, "drop": p, "seed": n}``: an invocation's
+    executor dies (``os._exit``) with probability ``crash`` after a random
+    number of its tasks; each invocation it makes is delivered twice with
+    probability ``duplicate`` and never delivered with probability ``drop``.
+    """
+
+    def __init__(self, spec: dict):
+        self.crash = float(spec.get("crash", 0))
+        self.duplicate = float(spec.get("duplicate", 0))
+        self.drop = float(spec.get("drop", 0))
+        self.random = random.Random(spec.get("seed", os.getpid() ^ time.monotonic_ns()))
+
+    def crash_point(self) -> int | None:
+        return self.random.randrange(4) if self.random.random() < self.crash else None
+
+    def wrap(self, invoke: Callable) -> Callable:
+        def faulty(batch: Batch, job: str, invocations: list[Invocation]) -> Any:
+            sent = []
+            for inv in invocations:
+                if self.random.random() < self.drop:
+                    continue
+                sent.append(inv)
+                if self.random.random() < self.duplicate:
+                    sent.append(inv)
+            return invoke(batch, job, sent) if sent else None
+
+        return faulty
+
+
+def parse_faults(spec: str | None) -> dict | None:
+    """``"crash=0.1,duplicate=1,drop=0.05"`` (the ``WUKONG_FAULTS`` variable) -> dict."""
+    if not spec:
+        return None
+    out = {}
+    for item in spec.split(","):
+        name, _, value = item.partition("=")
+        if name.strip() not in ("crash", "duplicate", "drop", "seed"):
+            raise ValueError(f"unknown fault {name.strip()!r} in {spec!r} (known: crash, duplicate, drop, seed)")
+        out[name.strip()] = float(value)
+    return out

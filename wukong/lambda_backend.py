@@ -122,7 +122,8 @@ class LambdaInvoker:
         if not invocations:
             return None
         payloads = [self.event(batch, job, inv) for inv in invocations]
-        return lambda: self.send(job, payloads)
+        ids = [inv.id for inv in invocations]
+        return lambda: self.send(job, payloads, ids)
 
     def event(self, batch: Batch, job: str, inv: Invocation) -> bytes:
         """The JSON event for ``inv``; spills it to the MDS (in ``batch``) when too large."""
@@ -143,7 +144,7 @@ class LambdaInvoker:
             )
         return payload
 
-    def send(self, job: str, payloads: Sequence[bytes]) -> None:
+    def send(self, job: str, payloads: Sequence[bytes], ids: Sequence[str] = ()) -> None:
         """Invoke once per payload, in parallel; report the ones that failed for good."""
         if len(payloads) == 1 or self.num_invokers <= 1:
             errors = [self.invoke_one(p) for p in payloads]
@@ -151,7 +152,7 @@ class LambdaInvoker:
             errors = list(self.pool().map(self.invoke_one, payloads))
         failed = [e for e in errors if e is not None]
         if failed:
-            self.report_failures(job, failed)
+            self.report_failures(job, failed, [i for i, e in zip(ids, errors) if e is not None])
 
     def pool(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -203,7 +204,7 @@ class LambdaInvoker:
                 time.sleep(random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt)))
         return f"{what} (gave up after {self.attempts} attempts)"
 
-    def report_failures(self, job: str, failed: list[str]) -> None:
+    def report_failures(self, job: str, failed: list[str], ids: Sequence[str] = ()) -> None:
         """Tell the client: an error, and an exit for each executor that never started."""
         what = f"could not invoke Lambda function {self.function_name!r} at {self.endpoint}: {failed[0]}" + (
             f" (and {len(failed) - 1} more invocation(s) failed)" if len(failed) > 1 else ""
@@ -211,7 +212,8 @@ class LambdaInvoker:
         events = Keys(job).events
         batch = self.store.batch()
         batch.mds("xadd", events, {"k": "e", "v": pickle.dumps((None, what, None, ""))}, "*", None, True, True)
-        batch.mds("xadd", events, {"k": "c", "n": 0, "i": 0, "x": len(failed)}, "*", None, True, True)
+        for inv_id in ids:  # these executors will never start: their exits, for the client's accounting
+            batch.mds("xadd", events, {"k": "c", "n": 0, "i": "", "x": inv_id}, "*", None, True, True)
         batch.execute()
 
     def close(self) -> None:
@@ -267,8 +269,10 @@ def _executor_for(config: dict) -> tuple[Store, Executor]:
     if cached is None:
         store = Store.from_config(config["store"])
         invoker = LambdaInvoker(store, config, num_invokers=config["lambda"].get("executor_invokers", 8))
-        ex = config["executor"]
-        executor = Executor(store, invoker, inline_limit=ex["inline_limit"], cluster_threshold=ex["cluster_threshold"])
+        from wukong.proxy import executor_options as proxy_options
+
+        route = {"backend": "lambda", "config": config}  # the proxy invokes as this invoker would
+        executor = Executor(store, invoker, **config["executor"], **proxy_options(config.get("proxy"), store, route))
         cached = _warm[ident] = (store, executor)
     return cached
 

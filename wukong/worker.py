@@ -12,6 +12,7 @@ import json
 import sys
 
 from wukong.executor import Executor, Invocation, decode_invocation, encode_invocation
+from wukong.proxy import executor_options as proxy_options
 from wukong.storage import Batch, Store
 
 STOP = b"stop"
@@ -29,12 +30,9 @@ def local_invoker(queue: str):
 def serve(config: dict) -> None:
     store = Store.from_config(config["store"])
     queue, processing = config["queue"], config["processing"]
-    executor = Executor(
-        store,
-        local_invoker(queue),
-        inline_limit=config["inline_limit"],
-        cluster_threshold=config["cluster_threshold"],
-    )
+    route = {"backend": "local", "store": config["store"], "queue": queue}  # where the proxy pushes
+    proxy = proxy_options(config.get("proxy"), store, route)
+    executor = Executor(store, local_invoker(queue), **config["executor"], **proxy)
     blocking = store.endpoints[0].connect(socket_timeout=None)
     blocking.ping()
     _warm_imports()

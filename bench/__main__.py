@@ -1,0 +1,60 @@
+"""``python -m bench``: the seed's workloads on wukong and on Dask's schedulers.
+
+    python -m bench [--size tiny|small|full] [--only W1,W2] [--systems S1,S2] [--repeat N] [--out DIR] [--timeout S]
+
+Prints a table per workload and writes ``<out>/<timestamp>.json`` (every raw run, the
+machine), ``<out>/<timestamp>.txt`` (the tables) and ``<out>/<timestamp>-<workload>.png``.
+Exits 1 when any result fails or differs from Dask's ``sync`` scheduler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from bench import harness, workloads
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+
+
+def _names(text: str | None, known: list[str], what: str, parser: argparse.ArgumentParser) -> list[str]:
+    if text is None:
+        return list(known)
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        parser.error(f"unknown {what} {', '.join(unknown) or '(none given)'}; choose from {', '.join(known)}")
+    return names
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=["tiny", "small", "full"], default="small")
+    parser.add_argument("--only", help=f"workloads, comma-separated (default all: {','.join(workloads.BUILDERS)})")
+    parser.add_argument(
+        "--systems", help=f"systems, comma-separated (default all available: {','.join(harness.SYSTEMS)})"
+    )
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per cell after one warm-up (default 3)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    parser.add_argument(
+        "--timeout", type=float, help=f"seconds a run may take before it counts as failed (default {harness.TIMEOUT_S})"
+    )
+    args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    args.only = _names(args.only, list(workloads.BUILDERS), "workload", parser)
+    available = harness.available_systems()
+    args.systems = _names(args.systems, available, "system", parser)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    results = harness.run(args.size, args.only, args.systems, args.repeat, args.out, args.timeout, argv=list(argv))
+    return 0 if results["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,413 @@
+"""Run the seed's workloads on wukong and on Dask's schedulers, side by side in one process.
+
+The run, for each workload in turn:
+
+1. build the workload's collections once (``workloads.build``): every system computes the
+   very same graph, on the same seeded inputs;
+2. for each system, ``sync`` first: one warm-up run, then ``repeat`` timed runs. Each run is
+   one ``dask.compute(*collections, scheduler=...)``, timed from the call to its return.
+   Every result, warm-up included, is compared with ``sync``'s warm-up result (the
+   reference); a mismatch or an error marks the cell and makes the run fail;
+3. for GEMM, time the limit: one ``numpy.matmul`` of the materialized inputs;
+4. rewrite the JSON of everything so far, so a long run that dies keeps what it measured.
+
+Systems with a cluster (``wukong``, ``distributed``, ``ray``) and the ``processes`` pool
+start once, when the run begins, and close when it ends; their start-up time is reported
+on its own. Plain data throughout: a run's record is the dict that becomes the JSON.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.metadata
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask
+
+from bench import report, workloads
+
+TIMEOUT_S = {"tiny": 20.0, "small": 120.0, "full": 1800.0}  # per run; a run past it is a failure
+SYSTEMS = ["wukong", "sync", "threads", "processes", "distributed", "ray"]
+
+
+@dataclass
+class System:
+    """How to hand a graph to one scheduler: ``dask.compute(..., scheduler=scheduler, **kwargs)``."""
+
+    name: str
+    scheduler: Any
+    kwargs: dict = field(default_factory=dict)
+    startup_s: float | None = None
+    close: Callable[[], None] = lambda: None
+    last_job: Callable[[], dict | None] = lambda: None
+
+
+# --- systems -----------------------------------------------------------------------------
+
+
+def _cores() -> int:
+    return os.cpu_count() or 1
+
+
+def _start_wukong() -> System:
+    from wukong import Client, LocalCluster
+
+    t0 = time.perf_counter()
+    cluster = LocalCluster()
+    client = Client(cluster, progress=False)
+    startup = time.perf_counter() - t0
+    return System("wukong", client.get, {}, startup, cluster.close, lambda: dict(client.last_job))
+
+
+def _start_processes() -> System:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # Dask's default makes a new pool per compute(); like wukong's and distributed's
+    # workers, this one is started once and kept warm for the whole run.
+    t0 = time.perf_counter()
+    pool = ProcessPoolExecutor(_cores(), mp_context=multiprocessing.get_context("spawn"))
+    list(pool.map(abs, range(4 * _cores())))
+    startup = time.perf_counter() - t0
+    return System("processes", "processes", {"pool": pool}, startup, lambda: pool.shutdown(cancel_futures=True))
+
+
+def _start_distributed() -> System:
+    import logging
+
+    import distributed
+
+    logging.getLogger("distributed").setLevel(logging.ERROR)
+    t0 = time.perf_counter()
+    cluster = distributed.LocalCluster(n_workers=_cores(), threads_per_worker=1, processes=True, dashboard_address=None)
+    client = distributed.Client(cluster, set_as_default=False)
+    startup = time.perf_counter() - t0
+
+    def close() -> None:
+        client.close()
+        cluster.close()
+
+    return System("distributed", client, {}, startup, close)
+
+
+def _start_ray() -> System:
+    import ray
+    from ray.util.dask import ray_dask_get
+
+    t0 = time.perf_counter()
+    ray.init(num_cpus=_cores(), include_dashboard=False, log_to_driver=False)
+    return System("ray", ray_dask_get, {}, time.perf_counter() - t0, ray.shutdown)
+
+
+STARTERS: dict[str, Callable[[], System]] = {
+    "wukong": _start_wukong,
+    "sync": lambda: System("sync", "sync"),
+    "threads": lambda: System("threads", "threads", {"num_workers": _cores()}),
+    "processes": _start_processes,
+    "distributed": _start_distributed,
+    "ray": _start_ray,
+}
+
+
+def available_systems() -> list[str]:
+    """Every system this machine can run: ``ray`` only when it is importable."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return [s for s in SYSTEMS if s != "ray"]
+    return list(SYSTEMS)
+
+
+# --- machine -----------------------------------------------------------------------------
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_bytes() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def _git_rev() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    import numpy
+
+    import wukong
+
+    return {
+        "cores": _cores(),
+        "memory_gb": round(_memory_bytes() / 2**30, 1),
+        "cpu": _cpu_model(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "dask": dask.__version__,
+        "distributed": _version("distributed"),
+        "numpy": numpy.__version__,
+        "wukong": wukong.__version__,
+        "dask_ml": _version("dask-ml"),
+        "scikit_learn": _version("scikit-learn"),
+        "ray": _version("ray"),
+        "git": _git_rev(),
+        "blas_threads_env": {
+            k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ
+        },
+    }
+
+
+# --- progress ----------------------------------------------------------------------------
+
+
+class Progress:
+    """A one-line text progress bar on stderr (a line per step when stderr is not a tty)."""
+
+    def __init__(self, total: int, width: int = 30):
+        self.total, self.done, self.width = max(total, 1), 0, width
+        self.tty = sys.stderr.isatty()
+        self.t0 = time.perf_counter()
+
+    def show(self, label: str) -> None:
+        filled = self.width * self.done // self.total
+        bar = "#" * filled + "-" * (self.width - filled)
+        line = f"[{bar}] {self.done}/{self.total} {time.perf_counter() - self.t0:6.0f}s  {label}"
+        if self.tty:
+            sys.stderr.write("\r\033[K" + line)
+        else:
+            sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+    def step(self, label: str) -> None:
+        self.done += 1
+        self.show(label)
+
+    def finish(self) -> None:
+        if self.tty:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+# --- the run -----------------------------------------------------------------------------
+
+
+def graph_tasks(collections: tuple) -> int | None:
+    """Tasks in the optimized graph Dask hands a scheduler for ``collections``."""
+    try:
+        expr = dask.base.collections_to_expr(collections, optimize_graph=True)
+        return len(expr.__dask_graph__())
+    except Exception:  # only a count for the table; never fail a run over it
+        return None
+
+
+class RunTimeout(Exception):
+    """A run that did not return within the harness's time limit."""
+
+
+def _compute(system: System, collections: tuple, timeout: float) -> tuple[float, tuple]:
+    """Seconds and result of one ``dask.compute``; raises ``RunTimeout`` after ``timeout`` s.
+
+    The compute runs on its own daemon thread so that a run which never returns (a hang in
+    the system under test) is reported and the benchmark moves on; the thread is abandoned.
+    """
+    gc.collect()
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        t0 = time.perf_counter()
+        try:
+            box["result"] = dask.compute(*collections, scheduler=system.scheduler, **system.kwargs)
+            box["seconds"] = time.perf_counter() - t0
+        except BaseException as exc:  # handed to the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, name=f"bench-{system.name}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise RunTimeout(f"{system.name}: no result after {timeout:g} s (run abandoned)")
+    if "error" in box:
+        raise box["error"]
+    return box["seconds"], box["result"]
+
+
+def _error(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc)).rstrip()
+
+
+def run_cell(
+    system: System, wl: workloads.Workload, reference: tuple | None, repeat: int, timeout: float, progress: Progress
+) -> tuple[dict, tuple | None]:
+    """Warm-up plus ``repeat`` timed runs of one workload on one system.
+
+    Returns the cell's record and the warm-up result (the reference when ``system`` is sync).
+    """
+    cell: dict[str, Any] = {
+        "warmup_s": None,
+        "runs_s": [],
+        "median_s": None,
+        "jobs": [],
+        "mismatch": None,
+        "error": None,
+    }
+    first = None
+    for i in range(repeat + 1):
+        what = "warm-up" if i == 0 else f"run {i}/{repeat}"
+        progress.show(f"{wl.name} · {system.name} · {what}")
+        try:
+            seconds, result = _compute(system, wl.collections, timeout)
+        except Exception as exc:
+            cell["error"] = f"{what}: " + _error(exc)
+            progress.done += repeat + 1 - i
+            progress.show(f"{wl.name} · {system.name} · FAILED")
+            break
+        job = system.last_job()
+        if job is not None:
+            cell["jobs"].append(job)
+        if i == 0:
+            cell["warmup_s"], first = seconds, result
+        else:
+            cell["runs_s"].append(seconds)
+        ref = reference if reference is not None else result
+        mismatch = wl.check(result, ref)
+        if mismatch and not cell["mismatch"]:
+            cell["mismatch"] = f"{what}: {mismatch}"
+        del result
+        progress.step(f"{wl.name} · {system.name} · {what} {seconds:.3f}s")
+    if cell["runs_s"]:
+        cell["median_s"] = statistics.median(cell["runs_s"])
+    if cell["jobs"]:
+        cell["tasks"] = cell["jobs"][-1].get("tasks")
+    return cell, first
+
+
+def _reference(wl: workloads.Workload) -> tuple:
+    """Sync's result, when sync itself is not among the systems being timed."""
+    return dask.compute(*wl.collections, scheduler="sync")
+
+
+def run_workload(name: str, size: str, systems: list[System], repeat: int, timeout: float, progress: Progress) -> dict:
+    """Every system on one workload; the workload's record."""
+    record: dict[str, Any] = {"size": size, "systems": {}, "limit": None, "error": None}
+    try:
+        wl = workloads.build(name, size)
+    except Exception as exc:
+        record["error"] = _error(exc)
+        progress.done += len(systems) * (repeat + 1)
+        progress.show(f"{name} · build FAILED")
+        return record
+    record |= {"describe": wl.describe, "params": wl.params, "graph_tasks": graph_tasks(wl.collections)}
+    reference = None
+    if not any(s.name == "sync" for s in systems):
+        try:
+            progress.show(f"{name} · sync reference")
+            reference = _reference(wl)
+        except Exception as exc:
+            record["error"] = "sync (the reference) failed:\n" + _error(exc)
+    for system in systems:
+        cell, first = run_cell(system, wl, reference, repeat, timeout, progress)
+        cell.setdefault("tasks", record["graph_tasks"])
+        record["systems"][system.name] = cell
+        if system.name == "sync":
+            reference = first
+            if first is None:
+                record["error"] = "sync (the reference) failed: nothing verified"
+        del first
+    if wl.limit is not None:
+        try:
+            progress.show(f"{name} · limit")
+            record["limit"] = wl.limit()
+        except Exception as exc:
+            record["limit"] = {"error": _error(exc)}
+    return record
+
+
+def start_systems(names: list[str], progress: Progress) -> list[System]:
+    """Start the systems, sync first (its results are the reference)."""
+    ordered = sorted(names, key=lambda n: (n != "sync", SYSTEMS.index(n)))
+    started = []
+    for n in ordered:
+        progress.show(f"starting {n}")
+        started.append(STARTERS[n]())
+    return started
+
+
+def run(
+    size: str,
+    only: list[str],
+    systems: list[str],
+    repeat: int,
+    out: Path,
+    timeout: float | None = None,
+    argv: list[str] | None = None,
+) -> dict:
+    """The whole benchmark; returns the results record (also written to ``out``)."""
+    timeout = timeout or TIMEOUT_S[size]
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    results: dict[str, Any] = {
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "argv": argv,
+        "size": size,
+        "repeat": repeat,
+        "timeout_s": timeout,
+        "machine": machine(),
+        "systems": systems,
+        "startup_s": {},
+        "workloads": {},
+    }
+    paths = report.Paths(out, stamp)
+    progress = Progress(len(only) * len(systems) * (repeat + 1))
+    started: list[System] = []
+    try:
+        started = start_systems(systems, progress)
+        results["startup_s"] = {s.name: s.startup_s for s in started if s.startup_s is not None}
+        for name in only:
+            results["workloads"][name] = run_workload(name, size, started, repeat, timeout, progress)
+            report.write_json(results, paths)
+    finally:
+        progress.finish()
+        for s in reversed(started):
+            try:
+                s.close()
+            except Exception as exc:
+                print(f"closing {s.name} failed: {exc}", file=sys.stderr)
+    results["ok"] = report.all_verified(results)
+    report.write_json(results, paths)
+    report.write_charts(results, paths)
+    table = report.tables(results)
+    paths.table.write_text(table + "\n")
+    print(table)
+    print(f"\nresults: {paths.json}\ntable:   {paths.table}\ncharts:  {out}/{stamp}-<workload>.png")
+    results["paths"] = {"json": str(paths.json), "table": str(paths.table), "charts": [str(p) for p in paths.charts]}
+    return results

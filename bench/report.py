@@ -1,0 +1,217 @@
+"""The benchmark's outputs: terminal tables, the JSON of every raw run, a bar chart per workload.
+
+All of them are made from the results record ``harness.run`` builds (plain dicts), so a
+saved JSON can be re-rendered: ``python -m bench.report results/<stamp>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Paths:
+    """Where one run's outputs go: ``<out>/<stamp>.json``, ``.txt`` and ``-<workload>.png``."""
+
+    out: Path
+    stamp: str
+    charts: list[Path] = field(default_factory=list)
+
+    @property
+    def json(self) -> Path:
+        return self.out / f"{self.stamp}.json"
+
+    @property
+    def table(self) -> Path:
+        return self.out / f"{self.stamp}.txt"
+
+    def chart(self, workload: str) -> Path:
+        return self.out / f"{self.stamp}-{workload}.png"
+
+
+def write_json(results: dict, paths: Paths) -> None:
+    tmp = paths.json.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=1, default=str))
+    tmp.replace(paths.json)
+
+
+# --- verdicts ----------------------------------------------------------------------------
+
+
+def cell_status(cell: dict) -> str:
+    """``ok``, ``MISMATCH`` or ``FAILED``."""
+    if cell.get("error"):
+        return "FAILED"
+    if cell.get("mismatch"):
+        return "MISMATCH"
+    return "ok"
+
+
+def all_verified(results: dict) -> bool:
+    """True when every workload built and every cell ran and matched sync."""
+    for record in results["workloads"].values():
+        if record.get("error") or not record["systems"]:
+            return False
+        if any(cell_status(c) != "ok" for c in record["systems"].values()):
+            return False
+    return True
+
+
+def _valid_medians(record: dict) -> dict[str, float]:
+    return {
+        name: cell["median_s"]
+        for name, cell in record["systems"].items()
+        if cell_status(cell) == "ok" and cell.get("median_s")
+    }
+
+
+# --- tables ------------------------------------------------------------------------------
+
+
+def _fmt_s(s: float | None) -> str:
+    if s is None:
+        return "—"
+    return f"{s:.4f}" if s < 1 else f"{s:.3f}" if s < 100 else f"{s:.1f}"
+
+
+def _first_line(text: str) -> str:
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    return lines[-1].strip() if lines else text
+
+
+def table(name: str, record: dict) -> str:
+    """One workload's table: system, median, ratio to the best, tasks, tasks/s, check."""
+    head = f"{name} — {record.get('describe', '')}  [{record['size']}]"
+    if record.get("error") and not record["systems"]:
+        return f"{head}\n  !!! FAILED: {_first_line(record['error'])}"
+    medians = _valid_medians(record)
+    best = min(medians.values()) if medians else None
+    rows = [f"{'system':<12} {'median s':>10} {'vs best':>8} {'tasks':>8} {'tasks/s':>10}  check"]
+    for sysname, cell in record["systems"].items():
+        med = cell.get("median_s")
+        ratio = f"{med / best:.2f}×" if med and best and sysname in medians else "—"
+        tasks = cell.get("tasks")
+        rate = f"{tasks / med:,.0f}" if tasks and med else "—"
+        status = cell_status(cell)
+        detail = ""
+        if status == "FAILED":
+            detail = f": {_first_line(cell['error'])}"
+        elif status == "MISMATCH":
+            detail = f": {cell['mismatch']}"
+        flag = "  <<<" if status != "ok" else ""
+        rows.append(
+            f"{sysname:<12} {_fmt_s(med):>10} {ratio:>8} {tasks if tasks is not None else '—':>8} {rate:>10}  "
+            f"{status}{detail}{flag}"
+        )
+    lines = [head, *("  " + r for r in rows)]
+    lines += _summary(record, medians)
+    if record.get("error"):
+        lines.append(f"  !!! {_first_line(record['error'])}")
+    return "\n".join(lines)
+
+
+def _summary(record: dict, medians: dict[str, float]) -> list[str]:
+    lines = []
+    peers = {k: v for k, v in medians.items() if k != "wukong"}
+    wk = medians.get("wukong")
+    if wk and peers:
+        peer = min(peers, key=peers.__getitem__)
+        ratio = wk / peers[peer]
+        verdict = "faster" if ratio < 1 else "slower"
+        lines.append(f"  wukong / best peer ({peer}, {_fmt_s(peers[peer])} s) = {ratio:.2f}×  (wukong {verdict})")
+    limit = record.get("limit")
+    if limit and "seconds" in limit:
+        line = f"  limit: one {limit['what']} = {_fmt_s(limit['seconds'])} s"
+        if wk:
+            line += f"; wukong / {limit['what']} = {wk / limit['seconds']:.2f}×"
+        lines.append(line)
+    elif limit and limit.get("error"):
+        lines.append(f"  limit failed: {_first_line(limit['error'])}")
+    return lines
+
+
+def tables(results: dict) -> str:
+    """Every workload's table, with the machine and the start-up times on top."""
+    m = results["machine"]
+    out = [
+        f"wukong bench — size {results['size']}, median of {results['repeat']} runs after 1 warm-up",
+        f"machine: {m['cores']} cores, {m['memory_gb']} GB, {m['cpu']}; Python {m['python']}, "
+        f"dask {m['dask']}, numpy {m['numpy']}, wukong {m['wukong']}",
+    ]
+    if results.get("startup_s"):
+        out.append(
+            "start-up (not in the timings): " + ", ".join(f"{k} {v:.2f} s" for k, v in results["startup_s"].items())
+        )
+    for name, record in results["workloads"].items():
+        out += ["", table(name, record)]
+    verdict = (
+        "all results match sync"
+        if results.get("ok", all_verified(results))
+        else "!!! SOME RESULTS FAILED OR DIFFER FROM SYNC (marked <<<)"
+    )
+    out += ["", verdict]
+    return "\n".join(out)
+
+
+# --- charts ------------------------------------------------------------------------------
+
+
+def write_charts(results: dict, paths: Paths) -> None:
+    """A bar chart per workload: median seconds per system, min–max whiskers, log scale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for name, record in results["workloads"].items():
+        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+        cells = record["systems"]
+        names = list(cells)
+        meds = [cells[n].get("median_s") or 0.0 for n in names]
+        lows = [m - min(cells[n]["runs_s"]) if cells[n]["runs_s"] else 0 for n, m in zip(names, meds, strict=True)]
+        highs = [max(cells[n]["runs_s"]) - m if cells[n]["runs_s"] else 0 for n, m in zip(names, meds, strict=True)]
+        colors = [
+            "#d62728" if cell_status(cells[n]) != "ok" else "#ff7f0e" if n == "wukong" else "#1f77b4" for n in names
+        ]
+        ax.bar(names, meds, yerr=[lows, highs], color=colors, capsize=4)
+        for i, n in enumerate(names):
+            status = cell_status(cells[n])
+            label = status if status != "ok" else _fmt_s(meds[i])
+            ax.annotate(
+                label, (i, meds[i]), ha="center", va="bottom", fontsize=8, xytext=(0, 3), textcoords="offset points"
+            )
+        limit = record.get("limit") or {}
+        if "seconds" in limit:
+            ax.axhline(limit["seconds"], ls="--", color="gray", label=f"{limit['what']} {_fmt_s(limit['seconds'])} s")
+            ax.legend(fontsize=8)
+        positive = [m for m in meds if m > 0]
+        if positive and max(positive) / min(positive) > 30:
+            ax.set_yscale("log")
+        ax.set_ylabel("median seconds (lower is better)")
+        title = record.get("describe", name)
+        ax.set_title(f"{name}: {title} [{record['size']}]", fontsize=10)
+        if record.get("error") and not cells:
+            ax.text(0.5, 0.5, "FAILED", transform=ax.transAxes, ha="center", color="#d62728", fontsize=20)
+        fig.tight_layout()
+        path = paths.chart(name)
+        fig.savefig(path)
+        plt.close(fig)
+        paths.charts.append(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Re-render the tables of a saved results JSON."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m bench.report RESULTS.json", file=sys.stderr)
+        return 2
+    results = json.loads(Path(args[0]).read_text())
+    print(tables(results))
+    return 0 if all_verified(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

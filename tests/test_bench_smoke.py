@@ -1,0 +1,93 @@
+"""The benchmark harness, end to end at ``tiny`` sizes: every workload on wukong, sync and threads.
+
+One harness run (module fixture, well under 90 s) into a temporary folder; each test checks
+one promise of ``python -m bench``. The bench extras are required, not optional: a missing
+dask-ml fails here with the command that installs it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+
+import pytest
+
+SYSTEMS = ["wukong", "sync", "threads"]
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    missing = [m for m in ("dask_ml", "sklearn", "matplotlib", "distributed") if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.fail(f"the bench extras are not installed (missing {', '.join(missing)}): pip install -e '.[bench]'")
+    from bench import workloads
+    from bench.__main__ import main
+
+    out = tmp_path_factory.mktemp("bench")
+    argv = ["--size", "tiny", "--systems", ",".join(SYSTEMS), "--repeat", "1", "--timeout", "15", "--out", str(out)]
+    t0 = time.perf_counter()
+    code = main(argv)
+    seconds = time.perf_counter() - t0
+    [json_path] = out.glob("*.json")
+    results = json.loads(json_path.read_text())
+    return {"code": code, "out": out, "results": results, "seconds": seconds, "workloads": list(workloads.BUILDERS)}
+
+
+def _failures(results: dict) -> list[str]:
+    bad = []
+    for name, record in results["workloads"].items():
+        if record.get("error"):
+            bad.append(f"{name}: {record['error'].strip().splitlines()[-1]}")
+        for system, cell in record["systems"].items():
+            if cell.get("error"):
+                bad.append(f"{name} on {system}: {cell['error'].strip().splitlines()[-1]}")
+            if cell.get("mismatch"):
+                bad.append(f"{name} on {system}: {cell['mismatch']}")
+    return bad
+
+
+def test_every_workload_runs_on_every_system(bench_run):
+    results = bench_run["results"]
+    assert list(results["workloads"]) == bench_run["workloads"]
+    for record in results["workloads"].values():
+        assert sorted(record["systems"]) == sorted(SYSTEMS)
+
+
+def test_every_result_matches_sync(bench_run):
+    assert _failures(bench_run["results"]) == []
+    assert bench_run["results"]["ok"] is True
+    assert bench_run["code"] == 0
+
+
+def test_json_holds_raw_runs_and_machine(bench_run):
+    results = bench_run["results"]
+    assert {"cores", "memory_gb", "cpu", "python", "dask", "numpy", "wukong"} <= set(results["machine"])
+    assert "wukong" in results["startup_s"]
+    for record in results["workloads"].values():
+        for cell in record["systems"].values():
+            if not cell.get("error"):
+                assert len(cell["runs_s"]) == 1 and cell["warmup_s"] is not None
+
+
+def test_gemm_reports_numpy_limit(bench_run):
+    limit = bench_run["results"]["workloads"]["gemm"]["limit"]
+    assert limit["what"] == "numpy.matmul" and limit["seconds"] > 0
+
+
+def test_writes_a_chart_per_workload(bench_run):
+    charts = sorted(p.name.split("-", 2)[-1] for p in bench_run["out"].glob("*.png"))
+    assert charts == sorted(f"{w}.png" for w in bench_run["workloads"])
+    assert all(p.stat().st_size > 1000 for p in bench_run["out"].glob("*.png"))
+
+
+def test_writes_the_tables(bench_run, capsys):
+    [table] = bench_run["out"].glob("*.txt")
+    text = table.read_text()
+    for name in bench_run["workloads"]:
+        assert f"\n{name} — " in text
+    assert "wukong / best peer" in text
+
+
+def test_finishes_within_budget(bench_run):
+    assert bench_run["seconds"] < 90
