@@ -11,10 +11,11 @@ setup: ## install redis-server, Python deps, the Rust and Cython extensions
 demo: setup ## set up, then run the seed examples on an embedded local cluster
 	$(PY) -m wukong.demo
 
-test: setup ## set up, then run the test suite, cargo test and clippy
+test: setup ## set up, then run the test suite, cargo test, clippy, ruff and mypy
 	$(PY) -m pytest -q
 	cargo test --quiet
 	cargo clippy --quiet --all-targets -- -D warnings
+	$(MAKE) --no-print-directory lint
 
 test-slow: setup ## the long-running tests only
 	$(PY) -m pytest -q -m slow

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> None:
             client = Client(cluster, progress=False)
             client.get(*graphs[0])  # warm-up
             t = time.perf_counter()
-            for (dsk, out), want in zip(graphs, expected):
+            for (dsk, out), want in zip(graphs, expected, strict=False):
                 assert client.get(dsk, out) == want, f"{name}: wrong result"
             rows.append((name, time.perf_counter() - t))
     if lam is not None:

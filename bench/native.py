@@ -41,10 +41,7 @@ def bench_hashing() -> None:
     compiled, reference = wukong_native.HashRing(servers), hashring.HashRing(servers)
     t_c = best_time(lambda: compiled.nodes_for(keys))
     t_one = best_time(lambda: [compiled.node_for(k) for k in keys], budget=0.5)
-    t_r = (
-        best_time(lambda: reference.nodes_for(keys[:10_000]), budget=0.5, max_reps=3)
-        * 10
-    )
+    t_r = best_time(lambda: reference.nodes_for(keys[:10_000]), budget=0.5, max_reps=3) * 10
     print("hashing: 100,000 keys over 8 servers x 160 vnodes")
     print(f"  {'implementation':32} {'keys/s':>14} {'vs reference':>13}")
     for name, t in [
@@ -59,9 +56,7 @@ def bench_hashing() -> None:
 def buffers(n: int) -> dict[str, bytes]:
     return {
         "compressible (int64 arange)": np.arange(n // 8, dtype=np.int64).tobytes(),
-        "incompressible (random f64)": np.random.default_rng(0)
-        .random(n // 8)
-        .tobytes(),
+        "incompressible (random f64)": np.random.default_rng(0).random(n // 8).tobytes(),
     }
 
 

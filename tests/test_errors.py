@@ -60,7 +60,7 @@ def test_missing_output_key_is_a_key_error(client):
 
 def test_unpicklable_task_is_named(client):
     lock = threading.Lock()
-    dsk = {"ok": (inc, 1), "locked": (lambda x, l: x, "ok", lock)}
+    dsk = {"ok": (inc, 1), "locked": (lambda x, held: x, "ok", lock)}
     with pytest.raises(GraphError, match="task 'locked' cannot be pickled"):
         client.get(dsk, "locked")
 

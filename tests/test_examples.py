@@ -61,7 +61,7 @@ def test_tall_skinny_svd(client):
     u, s, v = da.linalg.svd(X)
     got = dask.compute(u, s, v, scheduler=client.get)
     want = dask.compute(u, s, v, scheduler="sync")
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=False):
         _same(g, w)
 
 

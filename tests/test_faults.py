@@ -13,10 +13,10 @@ import time
 
 import dask
 import pytest
+from conftest import job_keys
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import job_keys
 from wukong import Client, JobCancelled, JobFailed, LocalCluster, StorageError, TaskError
 from wukong.lambda_local import LambdaLocal
 from wukong.redis_server import RedisServer
@@ -50,8 +50,12 @@ def make_cluster(backend, lam, faults):
     if backend == "local":
         return LocalCluster(n_workers=2, faults=faults, lease_ms=LEASE_MS)
     return LocalCluster(
-        backend="lambda", endpoint_url=lam.url, region="us-east-1", num_lambda_invokers=4,
-        faults=faults, lease_ms=LEASE_MS,
+        backend="lambda",
+        endpoint_url=lam.url,
+        region="us-east-1",
+        num_lambda_invokers=4,
+        faults=faults,
+        lease_ms=LEASE_MS,
     )
 
 
@@ -98,7 +102,9 @@ def test_duplicated_invocations_never_run_a_fan_in_twice(backend, lam, tmp_path)
     log = str(tmp_path / "runs.log")
     # tags differ from keys: a string argument equal to a key is a reference to it
     dsk = {f"leaf{i}": (record, log, f"ran-leaf{i}") for i in range(16)}
-    dsk.update({f"mid{j}": (record, log, f"ran-mid{j}", *[f"leaf{i}" for i in range(j * 4, j * 4 + 4)]) for j in range(4)})
+    dsk.update(
+        {f"mid{j}": (record, log, f"ran-mid{j}", *[f"leaf{i}" for i in range(j * 4, j * 4 + 4)]) for j in range(4)}
+    )
     dsk["root"] = (record, log, "ran-root", *[f"mid{j}" for j in range(4)])
     with make_cluster(backend, lam, {"duplicate": 1.0}) as cluster:
         got = Client(cluster, progress=False).get(dsk, "root")
@@ -179,8 +185,9 @@ def test_ctrl_c_stops_the_job_and_deletes_its_keys(client):
 def test_metadata_store_restarted_mid_job_is_a_clear_error():
     mds = RedisServer().start()
     try:
-        with LocalCluster(n_workers=2, mds_endpoint=mds.endpoint, kvs_endpoints=[mds.endpoint],
-                          redis_password=mds.password) as cluster:
+        with LocalCluster(
+            n_workers=2, mds_endpoint=mds.endpoint, kvs_endpoints=[mds.endpoint], redis_password=mds.password
+        ) as cluster:
             dsk, key = chain_of_sleeps(100, 0.05)
             port = mds.port
 

@@ -12,5 +12,14 @@ from wukong.errors import JobCancelled, JobFailed, TaskError, WukongError
 from wukong.graph import GraphError
 from wukong.storage import StorageError
 
-__all__ = ["Client", "GraphError", "JobCancelled", "JobFailed", "LocalCluster", "StorageError", "TaskError", "WukongError"]
+__all__ = [
+    "Client",
+    "GraphError",
+    "JobCancelled",
+    "JobFailed",
+    "LocalCluster",
+    "StorageError",
+    "TaskError",
+    "WukongError",
+]
 __version__ = "0.1.0"

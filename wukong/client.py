@@ -115,17 +115,18 @@ class Client:
 
 
 def group_leaves(leaves: list[int], ngroups: int | None) -> list[list[int]]:
-    """Deal leaf schedules round-robin into at most ``ngroups`` invocations.
+    """Cut the leaf schedules, in order, into at most ``ngroups`` invocations.
 
     One invocation per leaf costs a queue round trip and a start-up each; a
     backend with bounded concurrency gains nothing from more invocations than
-    it can run at once.  Round-robin keeps neighbouring leaves (which usually
-    meet at the same fan-in) on different executors, so fan-ins still
-    complete in parallel.  ``None``: one invocation per leaf (Lambda).
+    it can run at once.  Contiguous runs of leaves (ids follow the graph's
+    order) tend to share fan-ins, which then complete inside one executor
+    from its batched notifications.  ``None``: one invocation per leaf (Lambda).
     """
     if not ngroups or len(leaves) <= ngroups:
         return [[s] for s in leaves]
-    return [leaves[i::ngroups] for i in range(ngroups)]
+    size = -(-len(leaves) // ngroups)
+    return [leaves[i : i + size] for i in range(0, len(leaves), size)]
 
 
 def _nested(keys: Any, results: dict) -> Any:
@@ -203,8 +204,12 @@ class Job:
                 self.drain(DRAIN_S)
                 break
             if self.deadline is not None and time.monotonic() > self.deadline:
-                self.fail(JobFailed(f"job {self.keys.job} timed out after {self.timeout}s "
-                                    f"({self.done}/{self.plan.ntasks} tasks done)"))
+                self.fail(
+                    JobFailed(
+                        f"job {self.keys.job} timed out after {self.timeout}s "
+                        f"({self.done}/{self.plan.ntasks} tasks done)"
+                    )
+                )
                 continue
             self.read_events(BLOCK_MS)
             if time.monotonic() > self.next_watch:
@@ -219,10 +224,12 @@ class Job:
 
     def read_events(self, block_ms: int) -> None:
         try:
-            reply = self.store.mds.xread({self.keys.events: self.last_id}, count=10_000, block=block_ms)
+            reply: Any = self.store.mds.xread({self.keys.events: self.last_id}, count=10_000, block=block_ms)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
             name = self.store.name_of(self.store.mds_index)
-            raise StorageError(f"lost the metadata store (Redis at {name}) while waiting for job {self.keys.job}: {e}") from None
+            raise StorageError(
+                f"lost the metadata store (Redis at {name}) while waiting for job {self.keys.job}: {e}"
+            ) from None
         for _, entries in reply or ():
             for entry_id, fields in entries:
                 self.last_id = entry_id
@@ -276,12 +283,12 @@ class Job:
         handles = [batch.mds("exists", self.keys.lease(i)) for i in ids]
         batch.execute()
         lost = []
-        for inv_id, h in zip(ids, handles):
+        for inv_id, h in zip(ids, handles, strict=False):
             if batch[h]:
                 self.live[inv_id] = None
             elif self.live[inv_id] is None:
                 self.live[inv_id] = now
-            elif now - self.live[inv_id] > self.lost_after:
+            elif now - (self.live[inv_id] or now) > self.lost_after:
                 lost.append(inv_id)
         backlog = getattr(self.cluster, "backlog", None)
         if not lost or (backlog is not None and backlog() > 0):
@@ -289,14 +296,20 @@ class Job:
         invs = self.invocations(lost)
         for inv_id in lost:
             self.live[inv_id] = None  # give the new delivery time to start
-        resend(self.store, self.cluster.invoke, self.keys.job, invs, "an executor was lost",
-               getattr(self.cluster, "max_attempts", MAX_ATTEMPTS))
+        resend(
+            self.store,
+            self.cluster.invoke,
+            self.keys.job,
+            invs,
+            "an executor was lost",
+            getattr(self.cluster, "max_attempts", MAX_ATTEMPTS),
+        )
 
     def invocations(self, ids: list[str]) -> list[Invocation]:
         """What was sent as ``ids``: the client's own, or as stored by the executor that sent it."""
         stored = [i for i in ids if i not in self.starts]
         values = self.store.mds.mget([self.keys.invocation(i) for i in stored]) if stored else []
-        found = {i: decode_invocation(v) for i, v in zip(stored, values) if v is not None}
+        found = {i: decode_invocation(v) for i, v in zip(stored, values, strict=True) if v is not None}  # type: ignore[arg-type]
         return [self.starts[i] if i in self.starts else found[i] for i in ids if i in self.starts or i in found]
 
     def read_stored_result(self, tid: int) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import secrets
 import subprocess
 import sys
@@ -22,14 +21,12 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from wukong.executor import Invocation, decode_invocation
+from wukong.executor import LEASE_MS, Invocation, decode_invocation, parse_faults
 from wukong.processes import spawn, stop
+from wukong.recovery import MAX_ATTEMPTS, resend
 from wukong.redis_server import RedisServer
 from wukong.storage import DEFAULT_TTL, Batch, Endpoint, Store
-from wukong.executor import LEASE_MS, parse_faults
-from wukong.recovery import MAX_ATTEMPTS, resend
 from wukong.worker import STOP, local_invoker
-
 
 # One BLAS thread per worker process, as Dask's nanny does: N workers each
 # running a multi-threaded BLAS oversubscribe the cores, and idle BLAS threads
@@ -141,6 +138,8 @@ class LocalCluster:
         self.backend = backend
         self.memory_mb, self.architecture = memory_mb, architecture
         self.n_workers = (n_workers or os.cpu_count() or 1) if backend == "local" else 0
+        # see client.group_leaves; Lambda: one invocation per leaf, concurrency is not ours to bound
+        self.leaf_groups = LEAF_GROUPS_PER_WORKER * self.n_workers if backend == "local" else None
         self.inline_limit = inline_limit
         self.cluster_threshold = cluster_threshold
         self.retries, self.lease_ms, self.max_attempts = retries, lease_ms, max_attempts
@@ -272,7 +271,7 @@ class LocalCluster:
         """Send again what the dead worker was running (``wukong.recovery``)."""
         processing = f"{self.queue}:w:{wid}"
         try:
-            entries = self.store.mds.lrange(processing, 0, -1)
+            entries: Any = self.store.mds.lrange(processing, 0, -1)
             self.store.mds.delete(processing)
             by_job: dict[str, list[Invocation]] = {}
             for payload in entries:

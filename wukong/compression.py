@@ -43,9 +43,7 @@ _MASK64 = (1 << 64) - 1
 def _as_bytes(data: bytes | bytearray | memoryview) -> bytes:
     view = memoryview(data)
     if view.format != "B" or view.ndim != 1:
-        view = view.cast(
-            "B"
-        )  # raw bytes of any C-contiguous buffer (e.g. float64 arrays)
+        view = view.cast("B")  # raw bytes of any C-contiguous buffer (e.g. float64 arrays)
     return view.tobytes()
 
 
@@ -63,10 +61,7 @@ def is_compressible(data: bytes | bytearray | memoryview) -> bool:
     src = _as_bytes(data)
     if len(src) <= PROBE_WINDOWS * PROBE_WINDOW:
         return _pays_off(len(_lz4_compress_block(src)), len(src))
-    compressed = sum(
-        len(_lz4_compress_block(src[s : s + PROBE_WINDOW]))
-        for s in _probe_starts(len(src))
-    )
+    compressed = sum(len(_lz4_compress_block(src[s : s + PROBE_WINDOW])) for s in _probe_starts(len(src)))
     return _pays_off(compressed, PROBE_WINDOWS * PROBE_WINDOW)
 
 
@@ -89,9 +84,7 @@ def decompress(frame: bytes | memoryview) -> bytes:
     """The original bytes of ``frame``; ``ValueError`` if it is corrupt or truncated."""
     frame = _as_bytes(frame)
     if len(frame) < HEADER_LEN:
-        raise ValueError(
-            f"corrupt frame: {len(frame)} bytes, shorter than the 9-byte header"
-        )
+        raise ValueError(f"corrupt frame: {len(frame)} bytes, shorter than the 9-byte header")
     tag, length, payload = (
         frame[0],
         int.from_bytes(frame[1:HEADER_LEN], "little"),
@@ -99,25 +92,17 @@ def decompress(frame: bytes | memoryview) -> bytes:
     )
     if tag == TAG_RAW:
         if length != len(payload):
-            raise ValueError(
-                f"corrupt frame: raw payload has {len(payload)} bytes, header says {length}"
-            )
+            raise ValueError(f"corrupt frame: raw payload has {len(payload)} bytes, header says {length}")
         return payload
     if tag != TAG_LZ4:
-        raise ValueError(
-            f"corrupt frame: unknown tag {tag} (expected 0 = raw or 1 = lz4)"
-        )
+        raise ValueError(f"corrupt frame: unknown tag {tag} (expected 0 = raw or 1 = lz4)")
     if not payload:
         raise ValueError("corrupt frame: empty lz4 payload")
     if length > len(payload) * _MAX_LZ4_RATIO:
-        raise ValueError(
-            f"corrupt frame: header claims {length} bytes from {len(payload)} bytes of lz4 data"
-        )
+        raise ValueError(f"corrupt frame: header claims {length} bytes from {len(payload)} bytes of lz4 data")
     out = _lz4_decompress_block(payload, length)
     if len(out) != length:
-        raise ValueError(
-            f"corrupt frame: lz4 data decodes to {len(out)} bytes, header says {length}"
-        )
+        raise ValueError(f"corrupt frame: lz4 data decodes to {len(out)} bytes, header says {length}")
     return bytes(out)
 
 
@@ -186,9 +171,7 @@ def _lz4_compress_block(src: bytes) -> bytes:
             if src[candidate : candidate + 4] == src[cur : cur + 4]:
                 break
         offset = cur - candidate
-        while (
-            candidate > 0 and cur > literal_start and src[cur - 1] == src[candidate - 1]
-        ):
+        while candidate > 0 and cur > literal_start and src[cur - 1] == src[candidate - 1]:
             cur -= 1
             candidate -= 1
         lit_len = cur - literal_start
@@ -239,13 +222,9 @@ def _lz4_decompress_block(src: bytes, capacity: int) -> bytearray:
             extra, i = _read_length(src, i)
             lit_len += extra
         if lit_len > len(src) - i:
-            raise ValueError(
-                "corrupt frame: bad lz4 data: literal past the end of the block"
-            )
+            raise ValueError("corrupt frame: bad lz4 data: literal past the end of the block")
         if len(out) + lit_len > capacity:
-            raise ValueError(
-                "corrupt frame: bad lz4 data: output longer than the header says"
-            )
+            raise ValueError("corrupt frame: bad lz4 data: output longer than the header says")
         out += src[i : i + lit_len]
         i += lit_len
         if i >= len(src):
@@ -255,17 +234,13 @@ def _lz4_decompress_block(src: bytes, capacity: int) -> bytearray:
         offset = src[i] | (src[i + 1] << 8)
         i += 2
         if offset == 0 or offset > len(out):
-            raise ValueError(
-                f"corrupt frame: bad lz4 data: match offset {offset} out of bounds"
-            )
+            raise ValueError(f"corrupt frame: bad lz4 data: match offset {offset} out of bounds")
         match_len = (token & 0xF) + _MINMATCH
         if match_len == 0xF + _MINMATCH:
             extra, i = _read_length(src, i)
             match_len += extra
         if len(out) + match_len > capacity:
-            raise ValueError(
-                "corrupt frame: bad lz4 data: output longer than the header says"
-            )
+            raise ValueError("corrupt frame: bad lz4 data: output longer than the header says")
         start = len(out) - offset
         if offset >= match_len:
             out += out[start : start + match_len]

@@ -53,8 +53,16 @@ def examples() -> list[tuple[str, object]]:
         ("fan-in 3-node DAG", delayed(add_values)(delayed(incr)(3), delayed(decr)(7))),
         ("tree reduction of 1024 numbers", tree_reduction()),
         ("tall-and-skinny SVD 20000x100", da.linalg.svd(rs.random_sample((20000, 100), chunks=(2000, 100)))[2]),
-        ("svd_compressed 2000x2000, k=5", da.linalg.svd_compressed(rs.random_sample((2000, 2000), chunks=(500, 500)), k=5, seed=1)[1]),
-        ("GEMM 2000x2000 @ 2000x2000", da.matmul(rs.random_sample((2000, 2000), chunks=(500, 500)), rs.random_sample((2000, 2000), chunks=(500, 500)))),
+        (
+            "svd_compressed 2000x2000, k=5",
+            da.linalg.svd_compressed(rs.random_sample((2000, 2000), chunks=(500, 500)), k=5, seed=1)[1],
+        ),
+        (
+            "GEMM 2000x2000 @ 2000x2000",
+            da.matmul(
+                rs.random_sample((2000, 2000), chunks=(500, 500)), rs.random_sample((2000, 2000), chunks=(500, 500))
+            ),
+        ),
         ("QR 128x128", da.linalg.qr(rs.random_sample((128, 128), chunks=(16, 128)))[1]),
         ("TSQR 262144x128", da.linalg.tsqr(rs.random_sample((262_144, 128), chunks=(8192, 128)))[1]),
         ("Cholesky 100x100", cholesky()),

@@ -47,7 +47,7 @@ def task_error(key: Any, what: str, exc: BaseException | None, tb: str) -> BaseE
         typ = _types.get(type(exc)) or _subclass(type(exc))
     elif exc is not None:
         what = f"{what}: {type(exc).__name__}: {exc}"
-    err = typ.__new__(typ)
+    err: Any = typ.__new__(typ)  # type: ignore[call-overload]
     err.args = exc.args if typ is not TaskError and exc is not None else (what,)
     if typ is not TaskError:
         err.__dict__.update(getattr(exc, "__dict__", {}))

@@ -49,6 +49,8 @@ from wukong.storage import Batch, Keys, Store
 
 _U64 = struct.Struct("<Q")
 PROGRESS_EVERY = 0.5  # seconds between progress events on long chains
+DEFER_MAX = 64  # fan-in notifications an executor with local work may batch ...
+DEFER_S = 0.005  # ... and for how long at most
 CANCEL_CHECK_S = 0.05  # a cancelled job's executors stop before their next task, this late at most
 LEASE_MS = 3000  # an invocation's lease; renewed every third of it while the executor lives
 CRASH_EXIT = 77  # exit code of an injected crash
@@ -215,6 +217,9 @@ class _Run:
         self.nreported = 0
         self.current: Any = None  # key of the task being handled, for error messages
         self.last_report = self.last_check = time.monotonic()
+        # fan-in notifications held back while local work remains: (tid, blob, fan-ins)
+        self.deferred: list[tuple[int, bytes, list[Dependent]]] = []
+        self.deferred_since = 0.0
         self.token = f"{os.getpid()}-{time.monotonic_ns()}"  # this attempt's lease
         self.crash_after = ex.faults.crash_point() if ex.faults else None
 
@@ -277,7 +282,7 @@ class _Run:
             self.scheds[s] = Schedule(batch[h])
         for t, value in inv.inline.items():
             self.data[t] = serialization.loads(value)
-        for t, h in zip(inv.remote, h_remote):
+        for t, h in zip(inv.remote, h_remote, strict=False):
             self.data[t] = self.load_remote(t, batch[h])
         for s in reversed(inv.more):  # the stack runs them in order, after the first
             self.push(s, 0)
@@ -286,8 +291,12 @@ class _Run:
     def load_remote(self, tid: int, value: bytes | None) -> Any:
         if value is None:
             key = self.keys.data(tid)
-            raise Cancelled() if self.cancelled() else LookupError(
-                f"input {key!r} is missing from KV store {self.store.name_of(self.store.kvs_server(key))}"
+            raise (
+                Cancelled()
+                if self.cancelled()
+                else LookupError(
+                    f"input {key!r} is missing from KV store {self.store.name_of(self.store.kvs_server(key))}"
+                )
             )
         return serialization.loads(value)
 
@@ -300,7 +309,13 @@ class _Run:
         self.stack.append((sid, pos))
 
     def loop(self) -> None:
-        while self.stack:
+        while True:
+            if self.deferred and (
+                not self.stack or len(self.deferred) >= DEFER_MAX or time.monotonic() - self.deferred_since > DEFER_S
+            ):
+                self.flush_deferred()
+            if not self.stack:
+                return
             if self.crash_after is not None and self.ndone >= self.crash_after:
                 os._exit(CRASH_EXIT)  # fault injection: die mid-job, as a killed executor would
             if time.monotonic() - self.last_check > CANCEL_CHECK_S:
@@ -330,7 +345,7 @@ class _Run:
         for attempt in range(retries + 1):
             try:
                 with task_timeout(timeout, node.key):
-                    return node({k: data[d] for k, d in zip(dep_keys, rec.deps)})
+                    return node({k: data[d] for k, d in zip(dep_keys, rec.deps, strict=False)})
             except Exception as exc:
                 if attempt < retries:
                     continue
@@ -370,6 +385,11 @@ class _Run:
             return
         ready = [c for c in rec.dependents if c.ndeps == 1]
         fanins = [c for c in rec.dependents if c.ndeps > 1]
+        if fanins and not ready and self.stack:  # batch this notification with the next ones
+            blob = blob if blob is not None else self.dumps(rec, key, result)
+            if len(blob) <= self.ex.inline_limit:
+                self.defer(tid, blob, fanins, result)
+                return
         big = False
         batch = self.store.batch()
         if fanins or len(ready) > 1:
@@ -383,7 +403,7 @@ class _Run:
         ]
         if handles:
             batch = self.send(batch)
-            for c, h in zip(fanins, handles):
+            for c, h in zip(fanins, handles, strict=False):
                 reply = batch[h]
                 if reply == 0:
                     continue
@@ -413,6 +433,48 @@ class _Run:
         if self.refs[tid] == 0:
             del self.refs[tid], self.data[tid]
 
+    def defer(self, tid: int, blob: bytes, fanins: list[Dependent], result: Any) -> None:
+        if not self.deferred:
+            self.deferred_since = time.monotonic()
+        self.deferred.append((tid, blob, fanins))
+        self.data[tid] = result  # held until the notification is sent: a fan-in may complete here
+        self.refs[tid] = self.refs.get(tid, 0) + 1
+
+    def flush_deferred(self) -> None:
+        """Store the held outputs and notify their fan-ins: one round trip.
+
+        Fan-ins that complete run here (their inputs are mostly in this
+        executor's memory already); with grouped leaves, whole subtrees of a
+        reduction run without another round trip per task.
+        """
+        deferred, self.deferred = self.deferred, []
+        batch = self.store.batch()
+        calls = []
+        for tid, blob, fanins in deferred:
+            batch.kvs_set(self.keys.data(tid), blob)
+            for c in fanins:
+                want = c.sched not in self.scheds
+                calls.append((c, batch.fanin(self.keys, c.tid, tid, c.ndeps, c.sched, want, self.inv.id)))
+        batch = self.send(batch)
+        done = []
+        for c, h in calls:
+            reply = batch[h]
+            if reply == 0:
+                continue
+            if c.sched not in self.scheds:
+                if not reply[1]:
+                    raise JobGone()
+                self.scheds[c.sched] = Schedule(reply[1])
+            done.append(c)
+        for t, value in self.fetch_fanin_inputs(done).items():
+            self.data[t] = value
+        for c in reversed(done):
+            self.push(c.sched, c.pos)
+        for tid, _, _ in deferred:  # release the holds taken in ``defer``
+            self.refs[tid] -= 1
+            if self.refs[tid] == 0:
+                del self.refs[tid], self.data[tid]
+
     def fetch_fanin_inputs(self, local: list[Dependent]) -> dict[int, Any]:
         """One round trip for what the tasks about to run here lack.
 
@@ -430,11 +492,11 @@ class _Run:
         h_scheds = [batch.mds("get", self.keys.schedule(s)) for s in scheds]
         handles = batch.kvs_get_many([self.keys.data(t) for t in want])
         batch = self.send(batch)
-        for s, h in zip(scheds, h_scheds):
+        for s, h in zip(scheds, h_scheds, strict=False):
             if batch[h] is None:
                 raise JobGone()
             self.scheds[s] = Schedule(batch[h])
-        return {t: self.load_remote(t, batch[h]) for t, h in zip(want, handles)}
+        return {t: self.load_remote(t, batch[h]) for t, h in zip(want, handles, strict=False)}
 
     def send_away(self, batch: Batch, tid: int, blob: bytes | None, away: list[Dependent]) -> None:
         """Invoke executors for dependents that will not run here."""
@@ -464,7 +526,8 @@ class _Run:
 
     def exit(self, on_exit: Callable[[Batch], None] | None = None) -> None:
         self.counts(self.pending, exited=True)
-        self.pending.mds("set", self.keys.lease(self.inv.id), "done", self.store.ttl)
+        # XX: mark our lease done, but never recreate it once the job's keys are deleted
+        self.pending.mds("set", self.keys.lease(self.inv.id), "done", self.store.ttl, None, False, True)
         batch, self.pending = self.pending, self.store.batch()
         if on_exit is not None:
             on_exit(batch)

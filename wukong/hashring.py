@@ -59,9 +59,7 @@ class HashRing:
             raise ValueError("HashRing needs at least one node")
         self.nodes = list(nodes)
         placed = sorted(
-            (hash64(f"{name}#{v}".encode()), index)
-            for index, name in enumerate(self.nodes)
-            for v in range(vnodes)
+            (hash64(f"{name}#{v}".encode()), index) for index, name in enumerate(self.nodes) for v in range(vnodes)
         )
         self._points = [point for point, _ in placed]
         self._owners = [owner for _, owner in placed]

@@ -152,7 +152,7 @@ class LambdaInvoker:
             errors = list(self.pool().map(self.invoke_one, payloads))
         failed = [e for e in errors if e is not None]
         if failed:
-            self.report_failures(job, failed, [i for i, e in zip(ids, errors) if e is not None])
+            self.report_failures(job, failed, [i for i, e in zip(ids, errors, strict=False) if e is not None])
 
     def pool(self) -> ThreadPoolExecutor:
         with self._lock:

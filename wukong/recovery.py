@@ -40,7 +40,7 @@ def resend(
         return
     again = []
     batch = store.batch()
-    for inv, h in zip(invocations, handles):
+    for inv, h in zip(invocations, handles, strict=False):
         if counted[h] > max_attempts:
             what = f"{why}; schedule {inv.sched} (invocation {inv.id}) was lost {max_attempts} times, giving up"
             batch.mds("xadd", keys.events, {"k": "e", "v": pickle.dumps((None, what, None, ""))}, "*", None, True, True)

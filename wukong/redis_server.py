@@ -64,10 +64,29 @@ class RedisServer:
     def _start(self, port: int) -> bool:
         self.dir = tempfile.TemporaryDirectory(prefix="wukong-redis-")
         args = [
-            self.binary, "--port", str(port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", self.dir.name,
-            "--protected-mode", "yes", "--loglevel", "notice", "--daemonize", "no",
-            "--maxclients", "10000", "--tcp-backlog", "511", "--proto-max-bulk-len", "536870912",
+            self.binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            self.dir.name,
+            "--protected-mode",
+            "yes",
+            "--loglevel",
+            "notice",
+            "--daemonize",
+            "no",
+            "--maxclients",
+            "10000",
+            "--tcp-backlog",
+            "511",
+            "--proto-max-bulk-len",
+            "536870912",
         ]
         if self.password:
             args += ["--requirepass", self.password]

@@ -354,10 +354,11 @@ class Batch:
         return self.mds(
             "evalsha",
             self.store.fanin_sha,
-            3,
+            4,
             keys.fanin(tid),
             keys.schedule(sid),
             keys.owner(tid),
+            keys.events,
             parent,
             ndeps,
             self.store.ttl,

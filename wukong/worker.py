@@ -38,9 +38,9 @@ def serve(config: dict) -> None:
     _warm_imports()
     print("ready", flush=True)
     while True:
-        payload = blocking.blmove(queue, processing, 0, "LEFT", "RIGHT")
+        payload: bytes = blocking.blmove(queue, processing, 0, "LEFT", "RIGHT")  # type: ignore[assignment]
         if payload == STOP:
-            blocking.lrem(processing, 1, payload)
+            blocking.lrem(processing, 1, payload)  # type: ignore[arg-type]
             return
 
         def ack(batch: Batch, payload: bytes = payload) -> None:
