@@ -43,3 +43,44 @@ def redis_server():
 
 def children() -> list[psutil.Process]:
     return psutil.Process(os.getpid()).children(recursive=True)
+
+
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+
+@pytest.fixture(scope="session")
+def lambda_cluster():
+    """The lambda backend through boto3 against a Lambda-compatible endpoint on loopback."""
+    from wukong.lambda_local import LambdaLocal
+
+    old = {k: os.environ.get(k) for k in AWS_ENV}
+    os.environ.update(AWS_ENV)
+    with LambdaLocal({"wukong-executor": "wukong.lambda_backend:handler"}, workers=2, env=AWS_ENV) as lam:
+        with LocalCluster(backend="lambda", endpoint_url=lam.url, region="us-east-1", num_lambda_invokers=4) as c:
+            yield c
+    for k, v in old.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(params=["local", "lambda"])
+def any_client(request):
+    """A client on each backend: the test runs once per backend."""
+    cluster = request.getfixturevalue("cluster" if request.param == "local" else "lambda_cluster")
+    yield Client(cluster, progress=False)
+    assert job_keys(cluster) == [], "a job left keys behind"
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """After every fixture is torn down, no process we started may be left."""
+    left = [p for p in children() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    if left:
+        print(f"\nleftover child processes: {[(p.pid, p.name(), p.cmdline()[:3]) for p in left]}")
+        session.exitstatus = 1

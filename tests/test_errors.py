@@ -6,7 +6,13 @@ import pytest
 from dask import delayed
 from dask.task_spec import Task, TaskRef
 
-from wukong import GraphError, TaskError
+from wukong import Client, GraphError, LocalCluster, TaskError
+
+
+@pytest.fixture
+def client(any_client):
+    """Every test here runs on the local and on the lambda backend."""
+    return any_client
 
 
 def boom(x):
@@ -78,3 +84,24 @@ def test_client_usable_after_a_failed_job(client):
     with pytest.raises(ValueError):
         client.get({"x": (boom, 1)}, "x")
     assert client.get({"x": (inc, 1)}, "x") == 2
+
+
+def big(x):
+    import os
+
+    return os.urandom(200_000)  # incompressible: the serialized size stays above the limit
+
+
+def test_result_above_the_configured_limit_is_named(lambda_cluster, cluster):
+    """Each backend, its own cluster with a limit: the error names the task, nothing is left."""
+    for base in ("local", "lambda"):
+        kwargs = (
+            {"n_workers": 1}
+            if base == "local"
+            else {"backend": "lambda", "endpoint_url": lambda_cluster.lambda_invoker.endpoint, "region": "us-east-1"}
+        )
+        with LocalCluster(max_result_bytes=100_000, **kwargs) as limited:
+            with pytest.raises(
+                TaskError, match="task 'b' returned a result larger than the cluster's max_result_bytes"
+            ):
+                Client(limited, progress=False).get({"a": 1, "b": (big, "a")}, "b")

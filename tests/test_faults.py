@@ -203,3 +203,11 @@ def test_metadata_store_restarted_mid_job_is_a_clear_error():
             assert time.monotonic() - t < 15
     finally:
         mds.stop()
+
+
+def test_fan_ins_survive_a_flushed_script_cache(client):
+    """A restarted or flushed Redis forgets loaded scripts: EVALSHA is retried after loading."""
+    client.cluster.store.mds.script_flush()
+    dsk = {f"x{i}": (abs, -i) for i in range(8)}
+    dsk["total"] = (sum, [f"x{i}" for i in range(8)])
+    assert client.get(dsk, "total") == sum(range(8))

@@ -96,10 +96,9 @@ def main(argv: list[str] | None = None) -> int:
 
         return proxy_main(argv[1:])
     if argv[:1] == ["demo"]:
-        from wukong.demo import main as demo_main  # written separately
+        from wukong.demo import cli as demo_cli
 
-        sys.argv = ["wukong demo", *argv[1:]]
-        return demo_main() or 0
+        return demo_cli(argv[1:])
     args = parser().parse_args(argv)
     if not 128 <= args.memory <= 10240:
         parser().error(f"--memory must be 128..10240 MB, got {args.memory}")

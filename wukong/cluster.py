@@ -93,6 +93,22 @@ class LocalCluster:
         Attempts per invocation on throttling and transient errors.
     memory_mb, architecture : int, str
         What the function is deployed with; used for cost estimates.
+    proxy_address, proxy_port, use_local_proxy, max_task_fanout
+        The fan-out proxy (``wukong.proxy``): a task with at least
+        ``max_task_fanout`` dependents to start hands them to the proxy, which
+        invokes them in parallel; ``use_local_proxy`` starts one here.
+    retries : int
+        Default for ``client.get(..., retries=)``: re-runs of a failing task.
+    lease_ms : int
+        An invocation's lease in the metadata store; an executor that stops
+        renewing it (it died) has its invocation sent again after about twice this.
+    max_attempts : int
+        Deliveries of one invocation before its job fails.
+    max_result_bytes : int, optional
+        A requested result larger than this (serialized) fails its job, naming the task.
+    faults : dict or str, optional
+        Fault injection for tests and benchmarks (``{"crash": 0.1, "duplicate": 1,
+        "drop": 0.05}``; default from ``$WUKONG_FAULTS``; off when unset).
 
     Examples
     --------
@@ -128,6 +144,7 @@ class LocalCluster:
         lease_ms: int = LEASE_MS,
         max_attempts: int = MAX_ATTEMPTS,
         faults: dict | str | None = None,
+        max_result_bytes: int | None = None,
         proxy_address: str | None = None,
         proxy_port: int | None = None,
         use_local_proxy: bool = False,
@@ -143,6 +160,7 @@ class LocalCluster:
         self.inline_limit = inline_limit
         self.cluster_threshold = cluster_threshold
         self.retries, self.lease_ms, self.max_attempts = retries, lease_ms, max_attempts
+        self.max_result_bytes = max_result_bytes
         self.faults = parse_faults(faults) if isinstance(faults, str) else faults
         if faults is None:
             self.faults = parse_faults(os.environ.get("WUKONG_FAULTS"))
@@ -203,6 +221,7 @@ class LocalCluster:
             "cluster_threshold": self.cluster_threshold,
             "lease_ms": self.lease_ms,
             "faults": self.faults,
+            "max_result_bytes": self.max_result_bytes,
         }
 
     def _worker_config(self, wid: int) -> bytes:

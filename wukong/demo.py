@@ -97,5 +97,13 @@ def main(kvs_shards: int = 1) -> int:
     return 1 if failures else 0
 
 
+def cli(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="wukong demo", description=__doc__.splitlines()[0])
+    ap.add_argument("--kvs-shards", type=int, default=1, help="embedded Redis servers for intermediate data")
+    return main(ap.parse_args(argv).kvs_shards)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(cli())

@@ -141,6 +141,7 @@ class Executor:
         faults: dict | None = None,
         proxy: Callable[[str, int, list[Invocation]], bool] | None = None,
         max_task_fanout: int = 0,
+        max_result_bytes: int | None = None,
     ):
         self.store = store
         # wide fan-outs go through the proxy (wukong.proxy): proxy(job, tid, invs) -> handed over?
@@ -150,6 +151,7 @@ class Executor:
         self.cluster_threshold = cluster_threshold
         self.cache_jobs = cache_jobs
         self.lease_ms = lease_ms
+        self.max_result_bytes = max_result_bytes
         self.faults = Faults(faults) if faults else None
         self.invoke = self.faults.wrap(invoke) if self.faults else invoke
         self.jobs: OrderedDict[str, dict[int, Schedule]] = OrderedDict()
@@ -376,6 +378,11 @@ class _Run:
         blob = None
         if rec.flags & OUTPUT:
             blob = self.dumps(rec, key, result)
+            limit = self.ex.max_result_bytes
+            if limit is not None and len(blob) > limit:
+                size_error = ValueError(f"result is {len(blob):,} bytes serialized; the limit is {limit:,}")
+                self.fail(key, size_error, "returned a result larger than the cluster's max_result_bytes")
+                raise TaskFailed()
             if len(blob) > self.store.part_size:  # too long for a stream entry: the client reads the KVS
                 self.pending.kvs_set(self.keys.data(tid), blob)
                 self.event(self.pending, k="R", t=tid)

@@ -398,10 +398,11 @@ class Batch:
         mds = self.store.mds_index
         order = sorted(self.pipes, key=lambda s: s == mds)  # KVS first, MDS last
         for server in order:
+            commands = list(self.pipes[server].command_stack)  # execute() empties the stack
             replies = run(self.pipes[server], self.store.name_of(server))
             for i, reply in enumerate(replies):
                 if isinstance(reply, NoScriptError):  # server restarted or flushed its scripts
-                    replies[i] = self._rerun_script(server, self.pipes[server].command_stack[i])
+                    replies[i] = self._rerun_script(server, commands[i])
                 elif isinstance(reply, Exception):
                     raise StorageError(f"Redis at {self.store.name_of(server)}: {reply}")
             self.replies[server] = replies
