@@ -18,7 +18,7 @@ test: setup ## set up, then run the test suite, cargo test, clippy, ruff and myp
 	$(MAKE) --no-print-directory lint
 
 test-slow: setup ## the long-running tests only
-	$(PY) -m pytest -q -m slow
+	$(PY) -m pytest -q -m slow || [ $$? -eq 5 ]  # none marked slow today: pytest says 5
 
 lint: ## ruff (lint + format check) and mypy
 	ruff check wukong tests bench
