@@ -11,6 +11,7 @@ import os
 
 import psutil
 import pytest
+from hypothesis import strategies as st
 
 from wukong import Client, LocalCluster
 from wukong.redis_server import RedisServer
@@ -84,3 +85,21 @@ def pytest_sessionfinish(session, exitstatus):
     if left:
         print(f"\nleftover child processes: {[(p.pid, p.name(), p.cmdline()[:3]) for p in left]}")
         session.exitstatus = 1
+
+
+def combine(i, *parents):
+    """A task of the random DAGs: depends on every parent's value and on its position."""
+    return (i * 7 + sum(p * (j + 1) for j, p in enumerate(parents))) % 1_000_003
+
+
+@st.composite
+def dags(draw, max_tasks=300, max_parents=6, max_outputs=5):
+    """Random DAGs with fan-ins and fan-outs, as legacy dicts, and some keys to compute."""
+    n = draw(st.integers(1, max_tasks))
+    dsk = {}
+    for i in range(n):
+        k = draw(st.integers(0, min(i, max_parents)))
+        parents = sorted(draw(st.sets(st.integers(0, i - 1), min_size=k, max_size=k))) if i else []
+        dsk[f"t{i}"] = (combine, i, *[f"t{p}" for p in parents])
+    outputs = draw(st.lists(st.sampled_from(sorted(dsk)), min_size=1, max_size=max_outputs, unique=True))
+    return dsk, outputs

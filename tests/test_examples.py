@@ -8,21 +8,7 @@ import numpy as np
 import pytest
 from dask import delayed
 
-
-def incr(x):
-    return x + 1
-
-
-def decr(x):
-    return x - 1
-
-
-def double(x):
-    return x * 2
-
-
-def add_values(x, y):
-    return x + y
+from wukong.demo import add_values, decr, double, incr
 
 
 def test_single_node(client):

@@ -13,9 +13,8 @@ import time
 
 import dask
 import pytest
-from conftest import job_keys
+from conftest import dags, job_keys
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from wukong import Client, JobCancelled, JobFailed, LocalCluster, StorageError, TaskError
 from wukong.lambda_local import LambdaLocal
@@ -59,22 +58,6 @@ def make_cluster(backend, lam, faults):
     )
 
 
-def combine(i, *parents):
-    return (i * 7 + sum(p * (j + 1) for j, p in enumerate(parents))) % 1_000_003
-
-
-@st.composite
-def dags(draw):
-    n = draw(st.integers(1, 120))
-    dsk = {}
-    for i in range(n):
-        k = draw(st.integers(0, min(i, 5)))
-        parents = sorted(draw(st.sets(st.integers(0, i - 1), min_size=k, max_size=k))) if i else []
-        dsk[f"t{i}"] = (combine, i, *[f"t{p}" for p in parents])
-    outputs = draw(st.lists(st.sampled_from(sorted(dsk)), min_size=1, max_size=4, unique=True))
-    return dsk, outputs
-
-
 @pytest.mark.parametrize("backend", ["local", "lambda"])
 @pytest.mark.parametrize("fault", sorted(FAULTS))
 def test_random_dags_under_faults_equal_sync(backend, fault, lam):
@@ -82,7 +65,7 @@ def test_random_dags_under_faults_equal_sync(backend, fault, lam):
         client = Client(cluster, progress=False)
 
         @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
-        @given(dags())
+        @given(dags(max_tasks=120, max_parents=5, max_outputs=4))
         def check(dag):
             dsk, outputs = dag
             assert client.get(dsk, outputs, timeout=60) == dask.get(dsk, outputs)

@@ -13,6 +13,7 @@ from dask import delayed
 
 from wukong import Client, JobFailed, LocalCluster
 from wukong.cost import job_cost
+from wukong.demo import add_values, decr, double, incr
 
 try:
     from .conftest import job_keys
@@ -66,22 +67,6 @@ def cluster(lam):
 def client(cluster):
     yield Client(cluster, progress=False)
     assert job_keys(cluster) == [], "a job left keys behind"
-
-
-def incr(x):
-    return x + 1
-
-
-def decr(x):
-    return x - 1
-
-
-def double(x):
-    return x * 2
-
-
-def add_values(x, y):
-    return x + y
 
 
 def tree_sum(n):

@@ -293,6 +293,12 @@ class Job:
         backlog = getattr(self.cluster, "backlog", None)
         if not lost or (backlog is not None and backlog() > 0):
             return
+        running = getattr(self.cluster, "running", None)
+        if running is not None:
+            taken = running(self.keys.job)
+            lost = [i for i in lost if i not in taken]
+            if not lost:
+                return
         invs = self.invocations(lost)
         for inv_id in lost:
             self.live[inv_id] = None  # give the new delivery time to start

@@ -306,6 +306,18 @@ class LocalCluster:
         """Invocations queued and not yet taken by a worker (local backend)."""
         return int(self.store.mds.llen(self.queue)) if self.backend == "local" else 0
 
+    def running(self, job: str) -> set[str]:
+        """Ids of ``job``'s invocations that a live worker has taken (local backend):
+        not lost even before their lease exists; if the worker dies, ``_worker_died``
+        sends them again."""
+        if self.backend != "local":
+            return set()
+        pipe = self.store.mds.pipeline(transaction=False)
+        for wid in range(len(self.workers)):
+            pipe.lrange(f"{self.queue}:w:{wid}", 0, -1)
+        taken = [decode_invocation(p) for entries in pipe.execute() for p in entries]
+        return {inv.id for inv in taken if inv.job == job}
+
     # -- what clients use ------------------------------------------------------
     def invoke(self, batch: Batch, job: str, invocations: list[Invocation]) -> Callable[[], None] | None:
         """Queue ``invocations``: they are sent when ``batch`` executes, or (lambda

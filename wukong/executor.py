@@ -262,18 +262,14 @@ class _Run:
         inv = self.inv
         starts = [inv.sched, *inv.more]
         batch = self.store.batch()
-        lease = self.keys.lease(inv.id)
-        h_alive = batch.mds("exists", self.keys.events)  # the job's stream lives as long as the job
-        h_lease = batch.mds("set", lease, self.token, None, self.ex.lease_ms, True)  # NX PX
+        h_lease = batch.lease(self.keys, inv.id, self.token, self.ex.lease_ms)
         h_opts = batch.mds("get", self.keys.options) if inv.job not in self.ex.options else None
         h_scheds = [(s, batch.mds("get", self.keys.schedule(s))) for s in starts if s not in self.scheds]
         h_remote = batch.kvs_get_many([self.keys.data(t) for t in inv.remote])
         batch = self.send(batch)
-        if not batch[h_alive]:  # a delivery after the job ended: leave nothing behind
-            if batch[h_lease]:
-                self.store.mds.delete(lease)
+        if batch[h_lease] == -1:  # a delivery after the job ended: nothing was written
             raise JobGone()
-        if not batch[h_lease]:
+        if batch[h_lease] == 0:
             raise Duplicate()
         if h_opts is not None:
             self.ex.options[inv.job] = json.loads(batch[h_opts]) if batch[h_opts] else {}
@@ -404,21 +400,9 @@ class _Run:
             big = len(blob) > self.ex.cluster_threshold
             if fanins or (len(blob) > self.ex.inline_limit and not big):
                 batch.kvs_set(self.keys.data(tid), blob)
-        handles = [
-            batch.fanin(self.keys, c.tid, tid, c.ndeps, c.sched, c.sched not in self.scheds, self.inv.id)
-            for c in fanins
-        ]
-        if handles:
-            batch = self.send(batch)
-            for c, h in zip(fanins, handles, strict=False):
-                reply = batch[h]
-                if reply == 0:
-                    continue
-                if c.sched not in self.scheds:
-                    if not reply[1]:
-                        raise JobGone()
-                    self.scheds[c.sched] = Schedule(reply[1])
-                ready.append(c)
+        calls = [(c, self.notify(batch, tid, c)) for c in fanins]
+        if calls:
+            ready += self.completed(self.send(batch), calls)
             batch = self.store.batch()
         if not ready:
             return
@@ -440,6 +424,25 @@ class _Run:
         if self.refs[tid] == 0:
             del self.refs[tid], self.data[tid]
 
+    def notify(self, batch: Batch, parent: int, c: Dependent) -> tuple[int, int]:
+        """Add the fan-in script call for ``parent``'s arrival at ``c`` to ``batch``."""
+        want = c.sched not in self.scheds  # the reply carries c's schedule if we lack it
+        return batch.fanin(self.keys, c.tid, parent, c.ndeps, c.sched, want, self.inv.id)
+
+    def completed(self, batch: Batch, calls: list[tuple[Dependent, tuple[int, int]]]) -> list[Dependent]:
+        """The fan-ins this executor completed (their schedules cached from the replies)."""
+        done = []
+        for c, h in calls:
+            reply = batch[h]
+            if reply == 0:
+                continue
+            if c.sched not in self.scheds:
+                if not reply[1]:
+                    raise JobGone()
+                self.scheds[c.sched] = Schedule(reply[1])
+            done.append(c)
+        return done
+
     def defer(self, tid: int, blob: bytes, fanins: list[Dependent], result: Any) -> None:
         if not self.deferred:
             self.deferred_since = time.monotonic()
@@ -459,20 +462,8 @@ class _Run:
         calls = []
         for tid, blob, fanins in deferred:
             batch.kvs_set(self.keys.data(tid), blob)
-            for c in fanins:
-                want = c.sched not in self.scheds
-                calls.append((c, batch.fanin(self.keys, c.tid, tid, c.ndeps, c.sched, want, self.inv.id)))
-        batch = self.send(batch)
-        done = []
-        for c, h in calls:
-            reply = batch[h]
-            if reply == 0:
-                continue
-            if c.sched not in self.scheds:
-                if not reply[1]:
-                    raise JobGone()
-                self.scheds[c.sched] = Schedule(reply[1])
-            done.append(c)
+            calls += [(c, self.notify(batch, tid, c)) for c in fanins]
+        done = self.completed(self.send(batch), calls)
         for t, value in self.fetch_fanin_inputs(done).items():
             self.data[t] = value
         for c in reversed(done):
@@ -533,8 +524,7 @@ class _Run:
 
     def exit(self, on_exit: Callable[[Batch], None] | None = None) -> None:
         self.counts(self.pending, exited=True)
-        # XX: mark our lease done, but never recreate it once the job's keys are deleted
-        self.pending.mds("set", self.keys.lease(self.inv.id), "done", self.store.ttl, None, False, True)
+        self.pending.lease(self.keys, self.inv.id, "done", 0)  # never recreated once the job has ended
         batch, self.pending = self.pending, self.store.batch()
         if on_exit is not None:
             on_exit(batch)

@@ -128,6 +128,8 @@ def _load_script(name: str) -> bytes:
 
 
 FANIN_LUA = _load_script("fanin.lua")
+LEASE_LUA = _load_script("lease.lua")
+SCRIPTS = (FANIN_LUA, LEASE_LUA)
 
 
 class Keys:
@@ -198,6 +200,7 @@ class Store:
         self.ring = HashRing([ep.name for ep in kvs], RING_VNODES)
         self.ttl = ttl
         self.fanin_sha = redis.client.Script(None, FANIN_LUA).sha  # type: ignore[arg-type]
+        self.lease_sha = redis.client.Script(None, LEASE_LUA).sha  # type: ignore[arg-type]
 
     @classmethod
     def from_config(cls, config: dict) -> Store:
@@ -242,7 +245,8 @@ class Store:
             finally:
                 probe.close()
         try:
-            self.mds.script_load(FANIN_LUA)
+            for script in SCRIPTS:
+                self.mds.script_load(script)
         except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
             raise StorageError(f"lost the connection to Redis at {self.name_of(self.mds_index)}: {e}") from None
 
@@ -366,6 +370,10 @@ class Batch:
             invocation,
         )
 
+    def lease(self, keys: Keys, inv: str, value: str, px: int) -> tuple[int, int]:
+        """Take an invocation's lease (``px`` ms) or, with ``px=0``, mark it done (lease.lua)."""
+        return self.mds("evalsha", self.store.lease_sha, 2, keys.events, keys.lease(inv), value, px, self.store.ttl)
+
     def kvs_set(self, key: str, value: bytes | memoryview) -> tuple[int, int]:
         """Store ``value`` at ``key`` (a ``wk:<job>:...`` name), split if it is too long."""
         store = self.store
@@ -439,7 +447,8 @@ class Batch:
 
     def _rerun_script(self, server: int, command: Any) -> Any:
         r = self.store.servers[server]
-        r.script_load(FANIN_LUA)
+        for script in SCRIPTS:
+            r.script_load(script)
         args = command.args if hasattr(command, "args") else command[0]
         return r.execute_command(*args)
 
