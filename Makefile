@@ -32,7 +32,10 @@ bench-native: setup ## compiled vs reference: schedules, hashing, compression
 	$(PY) -m bench.core
 	$(PY) -m bench.native
 
-clean: ## remove build products
-	rm -rf build target wukong/_core/*.c wukong/_core/*.so *.egg-info
+lambda-zip: setup ## build the AWS Lambda deployment zip (x86_64) into dist/, with its glibc and size checks
+	$(PY) executor/build.py --arch x86_64 --out dist
 
-.PHONY: help setup demo test test-slow lint bench bench-native clean
+clean: ## remove build products
+	rm -rf build dist target wukong/_core/*.c wukong/_core/*.so *.egg-info
+
+.PHONY: help setup demo test test-slow lint bench bench-native lambda-zip clean

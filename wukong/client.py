@@ -5,8 +5,9 @@ One call is one job:
 1. ``graph.prepare`` converts, culls and validates the graph;
 2. ``scheduler.plan`` interns keys, builds the static schedules and encodes
    them with their pickled task bodies;
-3. the schedules go to the metadata store and one executor per leaf schedule
-   is invoked, all in one pipeline;
+3. the schedules go to the metadata store and the leaf schedules are invoked
+   (grouped a few per local worker; one invocation each on Lambda), all in
+   one pipeline;
 4. the client reads the job's event stream with blocking reads: results,
    errors, tasks done, and which invocations were made and which exited --
    by id, so a duplicated or re-run invocation never confuses the count;

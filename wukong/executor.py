@@ -18,12 +18,24 @@ executor then schedules itself:
   inline with the invocation, large ones are stored once in the KVS.  When the
   output is larger than ``cluster_threshold`` the executor runs all the ready
   dependents itself rather than ship the data (task clustering).
+* While it still has local work, a task whose dependents are all fan-ins
+  holds its notification back (``DEFER_MAX`` of them, ``DEFER_S`` at most) and
+  sends them together: fan-ins that complete then run here, so a group of
+  leaves reduces its own subtree without a round trip per task.
 * With nothing ready it exits: it never waits for another executor.
 
-Events for the client (results, errors, counts of tasks done, invocations
-made and executors exited) go on the job's stream in the same pipelines as
-the executor's other writes; the client uses the counts to know when every
-executor of the job has exited.
+Delivery may repeat and executors may die.  Each invocation has a
+deterministic id and takes a lease in the MDS first (``lease.lua``; renewed
+by a heartbeat thread, marked done at exit), so a second delivery of a
+running or finished invocation exits at once.  ``fanin.lua`` records which
+invocation completed a fan-in: if that invocation is run again after its
+executor died, its repeated arrival completes the fan-in again, and the lost
+task is not lost; for anyone else a repeat is a no-op.
+
+Events for the client (results, errors, tasks done, the ids of invocations
+made and of this one when it exits) go on the job's stream in the same
+pipelines as the executor's other writes; from the ids the client knows when
+every invocation of the job has ended, and which to send again if lost.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from typing import Any
 
 import cloudpickle
 
-from wukong.native import compress, decompress
+from wukong.native import HEADER_LEN, TAG_RAW, compress, decompress
 
 SMALL = 1024  # below this a value with no buffers is not framed
 _U32 = struct.Struct("<I")
@@ -55,11 +55,23 @@ def loads(data: bytes | memoryview) -> Any:
     (n,) = _U32.unpack_from(mv, 1)
     lengths = struct.unpack_from(f"<{n}Q", mv, 5)
     offset = 5 + 8 * n
-    frames = []
-    for size in lengths:
-        frames.append(decompress(mv[offset : offset + size]))
+    stream = decompress(mv[offset : offset + lengths[0]])
+    offset += lengths[0]
+    buffers = []
+    for size in lengths[1:]:
+        buffers.append(_writable(mv[offset : offset + size]))
         offset += size
-    return pickle.loads(frames[0], buffers=[bytearray(f) if isinstance(f, bytes) else f for f in frames[1:]])
+    return pickle.loads(stream, buffers=buffers)
+
+
+def _writable(frame: memoryview) -> bytearray:
+    """A buffer's frame as writable memory (tasks may modify their input arrays):
+    a raw frame is copied once, straight out of the value."""
+    if len(frame) >= HEADER_LEN and frame[0] == TAG_RAW:
+        (n,) = struct.unpack_from("<Q", frame, 1)
+        if n == len(frame) - HEADER_LEN:
+            return bytearray(frame[HEADER_LEN:])
+    return bytearray(decompress(frame))
 
 
 def dumps_function(obj: Any) -> bytes:

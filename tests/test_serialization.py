@@ -1,0 +1,54 @@
+"""Task outputs survive ``dumps``/``loads``: same value, arrays writable, large buffers framed."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from wukong import serialization
+
+
+def roundtrip(x):
+    return serialization.loads(serialization.dumps(x))
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.random.default_rng(0).random((300, 300)),  # incompressible: stored raw
+        np.zeros((400, 400)),  # compressible: lz4
+        np.arange(100_000, dtype=np.int32),
+        np.asfortranarray(np.random.default_rng(1).random((200, 100))),
+        np.array([], dtype=np.float64),
+    ],
+)
+def test_arrays_come_back_equal_and_writable(array):
+    back = roundtrip(array)
+    np.testing.assert_array_equal(back, array)
+    assert back.dtype == array.dtype and back.flags.writeable
+    back[...] = 0  # tasks may modify their inputs in place
+
+
+@settings(max_examples=50, deadline=None)
+@given(hnp.arrays(hnp.scalar_dtypes(), hnp.array_shapes(max_dims=3, max_side=40)))
+def test_any_dtype_round_trips(array):
+    np.testing.assert_array_equal(roundtrip(array), array)
+
+
+@given(
+    st.recursive(
+        st.none() | st.integers() | st.text() | st.binary(), lambda c: st.lists(c) | st.dictionaries(st.text(), c)
+    )
+)
+def test_plain_objects_round_trip(value):
+    assert roundtrip(value) == value
+
+
+def test_small_values_are_not_framed():
+    assert serialization.dumps(42)[:1] == b"p"
+
+
+def test_garbage_is_a_clear_error():
+    with pytest.raises(ValueError, match="not a wukong value"):
+        serialization.loads(b"?garbage")
