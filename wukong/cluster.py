@@ -21,6 +21,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from wukong import shm
 from wukong.executor import LEASE_MS, Invocation, decode_invocation, parse_faults
 from wukong.processes import spawn, stop
 from wukong.recovery import MAX_ATTEMPTS, resend
@@ -104,6 +105,9 @@ class LocalCluster:
         renewing it (it died) has its invocation sent again after about twice this.
     max_attempts : int
         Deliveries of one invocation before its job fails.
+    shared_memory : bool
+        Local backend: values of 1 MiB or more pass between processes through
+        files on ``/dev/shm`` (mapped copy-on-write) instead of through Redis.
     max_result_bytes : int, optional
         A requested result larger than this (serialized) fails its job, naming the task.
     faults : dict or str, optional
@@ -145,6 +149,7 @@ class LocalCluster:
         max_attempts: int = MAX_ATTEMPTS,
         faults: dict | str | None = None,
         max_result_bytes: int | None = None,
+        shared_memory: bool = True,
         proxy_address: str | None = None,
         proxy_port: int | None = None,
         use_local_proxy: bool = False,
@@ -165,6 +170,7 @@ class LocalCluster:
         if faults is None:
             self.faults = parse_faults(os.environ.get("WUKONG_FAULTS"))
         self.redis_servers: list[RedisServer] = []
+        self.shm_dir: str | None = None
         self.workers: list[subprocess.Popen | None] = []
         self.closed = False
         self._lock = threading.Lock()
@@ -173,6 +179,8 @@ class LocalCluster:
             self.store = Store(mds, kvs, connect_timeout=connect_timeout, socket_timeout=socket_timeout, ttl=ttl)
             self.store.check()
             self.id = secrets.token_hex(6)
+            if backend == "local" and shared_memory:  # every process is on this machine
+                self.store.shm_dir = self.shm_dir = shm.make_dir(self.id)
             self.queue = f"wk:cluster:{self.id}:q"
             from wukong.proxy import cluster_options  # the fan-out proxy: options for every executor
 
@@ -197,7 +205,9 @@ class LocalCluster:
         except BaseException:
             self.close()
             raise
-        self._finalizer = weakref.finalize(self, LocalCluster._cleanup, self.redis_servers, self.workers)
+        self._finalizer = weakref.finalize(
+            self, LocalCluster._cleanup, self.redis_servers, self.workers, False, self.shm_dir
+        )
 
     def _endpoints(self, redis_endpoints, password, mds, kvs, shards) -> tuple[Endpoint, list[Endpoint]]:
         if redis_endpoints:
@@ -349,7 +359,7 @@ class LocalCluster:
                 store.mds.rpush(self.queue, *[STOP] * len(self.workers))
             except Exception:
                 pass
-        LocalCluster._cleanup(self.redis_servers, self.workers, graceful=True)
+        LocalCluster._cleanup(self.redis_servers, self.workers, True, self.shm_dir)
         if store is not None and not self.redis_servers:
             try:  # on a shared Redis, leave none of the cluster's keys behind
                 store.mds.delete(self.queue, *[f"{self.queue}:w:{i}" for i in range(len(self.workers))])
@@ -359,7 +369,9 @@ class LocalCluster:
             store.close()
 
     @staticmethod
-    def _cleanup(redis_servers: list[RedisServer], workers: list, graceful: bool = False) -> None:
+    def _cleanup(
+        redis_servers: list[RedisServer], workers: list, graceful: bool = False, shm_dir: str | None = None
+    ) -> None:
         procs = [p for p in workers if p is not None]
         if graceful:
             for p in procs:
@@ -370,6 +382,7 @@ class LocalCluster:
         stop(procs)
         for s in redis_servers:
             s.stop()
+        shm.remove_dir(shm_dir)
 
     def __enter__(self) -> LocalCluster:
         return self

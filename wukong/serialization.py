@@ -8,7 +8,8 @@ the pickle.
 
     small:  b"p" + pickle
     framed: b"F" + u32 nframes + u64 length * nframes + frames
-            frame 0 is the pickle stream, frames 1.. the out-of-band buffers
+            frame 0 is the pickle stream, frames 1.. the out-of-band buffers,
+            each after zero padding that puts its data at a multiple of 64
 
 Task bodies use ``cloudpickle`` (the C pickler underneath), which sends
 lambdas and functions defined in ``__main__`` by value.
@@ -25,6 +26,7 @@ import cloudpickle
 from wukong.native import HEADER_LEN, TAG_RAW, compress, decompress
 
 SMALL = 1024  # below this a value with no buffers is not framed
+ALIGN = 64  # buffer data offsets within a value
 _U32 = struct.Struct("<I")
 
 
@@ -41,7 +43,19 @@ def dumps(obj: Any) -> bytes:
     frames = [compress(stream)]
     frames.extend(compress(b.raw()) for b in buffers)
     header = b"F" + _U32.pack(len(frames)) + struct.pack(f"<{len(frames)}Q", *map(len, frames))
-    return b"".join([header, *frames])
+    parts = [header, frames[0]]
+    offset = len(header) + len(frames[0])
+    for frame in frames[1:]:
+        pad = _padding(offset)
+        parts += [bytes(pad), frame]
+        offset += pad + len(frame)
+    return b"".join(parts)
+
+
+def _padding(offset: int) -> int:
+    """Zero bytes before a buffer frame, so its data starts 64-byte aligned
+    (from a page-aligned mapping, arrays used in place are aligned)."""
+    return -(offset + HEADER_LEN) % ALIGN
 
 
 def loads(data: bytes | memoryview) -> Any:
@@ -59,18 +73,22 @@ def loads(data: bytes | memoryview) -> Any:
     offset += lengths[0]
     buffers = []
     for size in lengths[1:]:
+        offset += _padding(offset)
         buffers.append(_writable(mv[offset : offset + size]))
         offset += size
     return pickle.loads(stream, buffers=buffers)
 
 
-def _writable(frame: memoryview) -> bytearray:
-    """A buffer's frame as writable memory (tasks may modify their input arrays):
-    a raw frame is copied once, straight out of the value."""
+def _writable(frame: memoryview) -> bytearray | memoryview:
+    """A buffer's frame as writable memory (tasks may modify their input arrays).
+
+    A raw frame in writable memory (a copy-on-write mapping of shared memory)
+    is used in place; one in a read-only ``bytes`` is copied once.
+    """
     if len(frame) >= HEADER_LEN and frame[0] == TAG_RAW:
         (n,) = struct.unpack_from("<Q", frame, 1)
         if n == len(frame) - HEADER_LEN:
-            return bytearray(frame[HEADER_LEN:])
+            return frame[HEADER_LEN:] if not frame.readonly else bytearray(frame[HEADER_LEN:])
     return bytearray(decompress(frame))
 
 

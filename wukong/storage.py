@@ -44,6 +44,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 from redis.retry import Retry
 
+from wukong import shm
 from wukong.native import HashRing
 
 DEFAULT_TTL = 24 * 3600  # seconds; keys normally die with their job, long before
@@ -182,10 +183,12 @@ class Store:
         socket_timeout: float | None = None,
         ttl: int = DEFAULT_TTL,
         part_size: int | None = None,
+        shm_dir: str | None = None,
     ):
         self.connect_timeout = connect_timeout
         self.socket_timeout = socket_timeout
         self.part_size = part_size or PART_SIZE
+        self.shm_dir = shm_dir  # local backend: large values go through shared memory (wukong.shm)
         self.endpoints: list[Endpoint] = []
         index: dict[tuple[str, int, int], int] = {}
         for ep in [mds, *kvs]:
@@ -211,6 +214,7 @@ class Store:
             socket_timeout=config.get("socket_timeout"),
             ttl=config.get("ttl", DEFAULT_TTL),
             part_size=config.get("part_size"),
+            shm_dir=config.get("shm_dir"),
         )
 
     def to_config(self) -> dict:
@@ -222,6 +226,7 @@ class Store:
             "socket_timeout": self.socket_timeout,
             "ttl": self.ttl,
             "part_size": self.part_size,
+            "shm_dir": self.shm_dir,
         }
 
     def check(self) -> None:
@@ -291,6 +296,7 @@ class Store:
         parts are deleted with the other servers' keys, no extra round trip
         (unless some part lives on the MDS itself).
         """
+        shm.remove_job(self.shm_dir, keys.job)
         by_server = all_job_keys(self, keys, ntasks, nschedules, fanins, invocations)
         mds_keys = by_server.pop(self.mds_index)
         pipe = self.mds.pipeline(transaction=False)
@@ -377,6 +383,12 @@ class Batch:
     def kvs_set(self, key: str, value: bytes | memoryview) -> tuple[int, int]:
         """Store ``value`` at ``key`` (a ``wk:<job>:...`` name), split if it is too long."""
         store = self.store
+        if store.shm_dir and len(value) >= shm.SHM_MIN:
+            try:
+                marker = shm.write(store.shm_dir, key, value)
+                return self.add(store.kvs_server(key), "set", key, marker, store.ttl)
+            except OSError:
+                pass  # no room on the RAM file system: Redis takes it
         if len(value) <= store.part_size and not _is_parts_header(value):
             return self.add(store.kvs_server(key), "set", key, value, store.ttl)
         # A value that merely looks like a header is stored as one part, so a
@@ -416,7 +428,15 @@ class Batch:
             self.replies[server] = replies
         if self.kvs_reads:
             self._join_parts()
+            self._map_shared()
         return self
+
+    def _map_shared(self) -> None:
+        """Replace the markers of values kept in shared memory with their mappings."""
+        for (server, i), _ in self.kvs_reads:
+            reply = self.replies[server][i]
+            if shm.is_marker(reply):
+                self.replies[server][i] = shm.read(reply)
 
     def _join_parts(self) -> None:
         """Replace the headers of split values read by this batch with the values."""

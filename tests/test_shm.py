@@ -1,0 +1,39 @@
+"""Large values between local processes go through shared memory, and leave nothing behind."""
+
+import os
+
+import dask.array as da
+import numpy as np
+
+from wukong import Client, LocalCluster
+
+
+def test_large_intermediates_use_shared_memory_and_are_removed():
+    x = da.random.RandomState(7).random_sample((2000, 2000), chunks=(1000, 1000))  # 8 MB blocks
+    y = (x @ x.T).sum(axis=0)
+    with LocalCluster(n_workers=2) as cluster:
+        assert cluster.shm_dir is not None and os.path.isdir(cluster.shm_dir)
+        client = Client(cluster, progress=False)
+        np.testing.assert_allclose(y.compute(scheduler=client.get), y.compute(scheduler="sync"))
+        assert os.listdir(cluster.shm_dir) == []  # the job's files went with its keys
+        # the 8 MB blocks never entered Redis: its peak memory stays under one block
+        assert cluster.store.mds.info("memory")["used_memory_peak"] < 8_000_000
+        shm_dir = cluster.shm_dir
+    assert not os.path.exists(shm_dir)
+
+
+def test_large_results_come_back_writable_through_shared_memory():
+    with LocalCluster(n_workers=1) as cluster:
+        out = Client(cluster, progress=False).get({"a": (np.ones, (1000, 1000))}, "a")
+        assert out.shape == (1000, 1000) and out.flags.writeable
+        out[0, 0] = 2.0
+
+
+def test_shared_memory_can_be_turned_off():
+    x = da.random.RandomState(7).random_sample((2000, 2000), chunks=(1000, 1000))
+    with LocalCluster(n_workers=1, shared_memory=False) as cluster:
+        assert cluster.shm_dir is None
+        np.testing.assert_allclose(
+            (x + x.T).compute(scheduler=Client(cluster, progress=False).get), (x + x.T).compute()
+        )
+        assert cluster.store.mds.info("memory")["used_memory_peak"] > 8_000_000  # the blocks went through Redis

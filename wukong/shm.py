@@ -1,0 +1,74 @@
+"""Large values between local processes, through shared memory instead of Redis.
+
+On the local backend every executor, and the client, run on one machine, so
+a large value (``SHM_MIN`` bytes or more) need not cross Redis: the writer
+puts it in a file of the cluster's directory on ``/dev/shm`` (one copy, into
+RAM) and stores a small marker under the key; a reader maps the file
+copy-on-write, so the arrays it unpickles are writable and no byte is copied
+until a task writes to one.  Files are named after the job
+(``wk-<job>-<kind>-<id>``); the client removes a job's files with its keys,
+and closing the cluster removes the directory.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+MARKER = b"\x00wukong-shm\x00"
+SHM_MIN = 1 << 20  # bytes; smaller values go through Redis, where a round trip costs less than a file
+
+
+def make_dir(cluster_id: str) -> str | None:
+    """The cluster's directory on a RAM file system, or None where there is none."""
+    base = "/dev/shm"
+    if not os.path.isdir(base) or not os.access(base, os.W_OK):
+        return None
+    return tempfile.mkdtemp(prefix=f"wukong-{cluster_id}-", dir=base)
+
+
+def remove_dir(path: str | None) -> None:
+    if path:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def filename(key: str) -> str:
+    return key.replace(":", "-")
+
+
+def write(directory: str, key: str, value: bytes | memoryview) -> bytes:
+    """Write ``value`` to the file of ``key``; returns the marker to store in Redis.
+
+    Written to a temporary name and renamed, so a reader never maps half a file.
+    """
+    path = os.path.join(directory, filename(key))
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(value)
+    os.replace(tmp, path)
+    return MARKER + path.encode()
+
+
+def is_marker(value: object) -> bool:
+    return isinstance(value, bytes) and value.startswith(MARKER)
+
+
+def read(marker: bytes) -> memoryview:
+    """The value behind ``marker``: a private (copy-on-write) mapping of its file."""
+    path = marker[len(MARKER) :].decode()
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return memoryview(b"")
+        return memoryview(mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY))
+
+
+def remove_job(directory: str | None, job: str) -> None:
+    """Delete the files of ``job`` (mappings still open stay valid until dropped)."""
+    if not directory:
+        return
+    for path in Path(directory).glob(f"wk-{job}-*"):
+        path.unlink(missing_ok=True)
