@@ -26,15 +26,17 @@ FAULTS = {
 }
 
 
-def combine(i, *parents):
+def combine(i, work_s, *parents):
+    if work_s:
+        time.sleep(work_s)  # stands for a task's computation
     return (i * 7 + sum(p * (j + 1) for j, p in enumerate(parents))) % 1_000_003
 
 
-def random_dag(rng: random.Random, n: int) -> tuple[dict, list]:
+def random_dag(rng: random.Random, n: int, work_s: float) -> tuple[dict, list]:
     dsk = {}
     for i in range(n):
         parents = rng.sample(range(i), min(i, rng.randint(0, 5))) if i else []
-        dsk[f"t{i}"] = (combine, i, *[f"t{p}" for p in sorted(parents)])
+        dsk[f"t{i}"] = (combine, i, work_s, *[f"t{p}" for p in sorted(parents)])
     return dsk, [f"t{n - 1}", f"t{n // 2}"]
 
 
@@ -50,9 +52,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--graphs", type=int, default=20)
     ap.add_argument("--tasks", type=int, default=120)
     ap.add_argument("--lease-ms", type=int, default=300)
+    ap.add_argument("--task-ms", type=float, default=0.0, help="work per task (a sleep), milliseconds")
     args = ap.parse_args(argv)
     rng = random.Random(42)
-    graphs = [random_dag(rng, args.tasks) for _ in range(args.graphs)]
+    graphs = [random_dag(rng, args.tasks, args.task_ms / 1000) for _ in range(args.graphs)]
     expected = [dask.get(dsk, out) for dsk, out in graphs]
     lam = None
     if args.backend == "lambda":
@@ -74,7 +77,10 @@ def main(argv: list[str] | None = None) -> None:
     if lam is not None:
         lam.stop()
     base = rows[0][1]
-    print(f"{args.graphs} random DAGs of {args.tasks} tasks, {args.backend} backend, lease {args.lease_ms} ms")
+    print(
+        f"{args.graphs} random DAGs of {args.tasks} tasks ({args.task_ms} ms each), "
+        f"{args.backend} backend, lease {args.lease_ms} ms"
+    )
     print(f"{'faults':<16} {'total s':>8} {'vs none':>8}")
     for name, secs in rows:
         print(f"{name:<16} {secs:8.2f} {secs / base:7.2f}x")

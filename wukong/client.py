@@ -160,6 +160,10 @@ class Job:
         self.durations: list[tuple[float, int]] = []
         lease_s = getattr(self.cluster, "lease_ms", 3000) / 1000
         self.watch_every, self.lost_after = lease_s / 2, 2 * lease_s
+        if hasattr(self.cluster, "running") and getattr(self.cluster, "backend", "local") == "local":
+            # the local queue and the workers' lists show every invocation in flight:
+            # one missing from all of them, with no lease, for two checks is lost
+            self.lost_after = 2 * self.watch_every
         self.next_watch = time.monotonic() + self.watch_every
 
     @property
