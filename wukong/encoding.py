@@ -63,7 +63,14 @@ def encode_schedules(
 
 
 def decode_schedule(meta: bytes) -> list[TaskRecord]:
-    """The chain of task records encoded by ``encode_schedules``."""
+    """The chain of task records encoded by ``encode_schedules``; ``ValueError`` if corrupt."""
+    try:
+        return _decode(meta)
+    except (IndexError, TypeError) as e:  # a count pointing past the end
+        raise ValueError(f"corrupt wukong schedule (truncated: {e})") from None
+
+
+def _decode(meta: bytes) -> list[TaskRecord]:
     a = array("q")
     a.frombytes(meta)
     if len(a) < 2 or a[0] != VERSION:
