@@ -40,6 +40,7 @@ class Sharded:
                 n_workers=2,
                 mds_endpoint=url(self.mds),
                 kvs_endpoints=[url(s) for s in self.kvs],
+                shared_memory=False,  # these tests are about Redis: large values must go through it
             )
 
     @property
@@ -247,7 +248,7 @@ def test_results_and_intermediates_larger_than_a_part_round_trip(sharded):
 
 def test_a_600mb_result_round_trips():
     size = 600 * 1024 * 1024
-    with LocalCluster(n_workers=1, kvs_shards=3) as cluster:
+    with LocalCluster(n_workers=1, kvs_shards=3, shared_memory=False) as cluster:  # split over Redis, not /dev/shm
 
         def make():
             return np.random.default_rng(7).bytes(size)  # incompressible: 3 parts of 256 MB

@@ -176,7 +176,8 @@ class Executor:
         if cache is None:
             cache = self.jobs[job] = {}
             while len(self.jobs) > self.cache_jobs:
-                self.jobs.popitem(last=False)
+                old, _ = self.jobs.popitem(last=False)
+                self.options.pop(old, None)
         self.jobs.move_to_end(job)
         return cache
 
@@ -391,12 +392,15 @@ class _Run:
                 size_error = ValueError(f"result is {len(blob):,} bytes serialized; the limit is {limit:,}")
                 self.fail(key, size_error, "returned a result larger than the cluster's max_result_bytes")
                 raise TaskFailed()
-            if len(blob) > self.store.part_size:  # too long for a stream entry: the client reads the KVS
-                self.pending.kvs_set(self.keys.data(tid), blob)
-                self.event(self.pending, k="R", t=tid)
-            else:
-                self.event(self.pending, k="r", t=tid, v=blob)
+        # a result too long for a stream entry goes to the KVS (once, below) and the client reads it there
+        stored_result = blob is not None and len(blob) > self.store.part_size
+        if blob is not None and not stored_result:
+            self.event(self.pending, k="r", t=tid, v=blob)
         if not rec.dependents:
+            if stored_result:
+                assert blob is not None
+                self.pending.kvs_set(self.keys.data(tid), blob)  # data before the event: KVS pipelines run first
+                self.event(self.pending, k="R", t=tid)
             return
         ready = [c for c in rec.dependents if c.ndeps == 1]
         fanins = [c for c in rec.dependents if c.ndeps > 1]
@@ -407,11 +411,17 @@ class _Run:
                 return
         big = False
         batch = self.store.batch()
+        shipped = False  # the output goes to the KVS for dependents elsewhere, in ``batch``
         if fanins or len(ready) > 1:
             blob = blob if blob is not None else self.dumps(rec, key, result)
             big = len(blob) > self.ex.cluster_threshold
-            if fanins or (len(blob) > self.ex.inline_limit and not big):
-                batch.kvs_set(self.keys.data(tid), blob)
+            shipped = bool(fanins) or (len(blob) > self.ex.inline_limit and not big)
+        if shipped or stored_result:
+            assert blob is not None
+            # once, and before the fan-in calls of the same round trip when dependents need it
+            (batch if shipped else self.pending).kvs_set(self.keys.data(tid), blob)
+            if stored_result:
+                self.event(self.pending, k="R", t=tid)  # sent with or after the write
         calls = [(c, self.notify(batch, tid, c)) for c in fanins]
         if calls:
             ready += self.completed(self.send(batch), calls)
@@ -535,11 +545,11 @@ class _Run:
             after()
 
     def exit(self, on_exit: Callable[[Batch], None] | None = None) -> None:
-        self.counts(self.pending, exited=True)
-        self.pending.lease(self.keys, self.inv.id, "done", 0)  # never recreated once the job has ended
         batch, self.pending = self.pending, self.store.batch()
-        if on_exit is not None:
+        if on_exit is not None:  # before the exit event: after it the client may stop reading
             on_exit(batch)
+        self.counts(batch, exited=True)
+        batch.lease(self.keys, self.inv.id, "done", 0)  # never recreated once the job has ended
         batch.execute()
 
 

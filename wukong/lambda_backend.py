@@ -277,15 +277,6 @@ def _executor_for(config: dict) -> tuple[Store, Executor]:
     return cached
 
 
-def _prepend_event(batch: Batch, events: str, fields: dict) -> None:
-    """Add an event before the others in ``batch`` (so before the executor's exit count,
-    after which the client may stop reading); ``NOMKSTREAM``: never recreate a deleted
-    stream."""
-    batch.mds("xadd", events, fields, "*", None, True, True)
-    stack = batch.pipes[batch.store.mds_index].command_stack
-    stack.insert(0, stack.pop())
-
-
 def handler(event: dict, context: Any) -> dict:
     """The Lambda entry point: run one executor invocation."""
     t0 = time.perf_counter()
@@ -303,7 +294,9 @@ def handler(event: dict, context: Any) -> dict:
 
     def report_duration(batch: Batch) -> None:
         ms = (time.perf_counter() - t0) * 1000
-        _prepend_event(batch, Keys(inv.job).events, {"k": "d", "ms": f"{ms:.3f}", "mem": memory})
+        # Executor.run adds this before the exit event; NOMKSTREAM: never recreate a deleted stream
+        fields = {"k": "d", "ms": f"{ms:.3f}", "mem": memory}
+        batch.mds("xadd", Keys(inv.job).events, fields, "*", None, True, True)
 
     ntasks = executor.run(inv, on_exit=report_duration)
     return {"tasks": ntasks, "duration_ms": (time.perf_counter() - t0) * 1000}
