@@ -14,10 +14,8 @@ if ! command -v redis-server >/dev/null 2>&1 && [ ! -x /usr/bin/redis-server ]; 
   $SUDO systemctl disable --now redis-server >/dev/null 2>&1 || $SUDO service redis-server stop >/dev/null 2>&1 || true
 fi
 
-echo "== python dependencies"
+echo "== python dependencies, and the cython extension (wukong._core, built in place)"
 $PY -m pip install -q --disable-pip-version-check -e ".[test,bench]"
 echo "== rust extension (wukong_native, PyO3 + maturin)"
 $PY -m pip install -q --disable-pip-version-check ./rust
-echo "== cython extension (wukong._core)"
-$PY setup.py -q build_ext --inplace >/dev/null
 $PY -c "import wukong, wukong._core.partition, wukong_native; print('wukong ready:', wukong.__version__)"
