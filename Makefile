@@ -20,10 +20,11 @@ test: setup ## set up, then run the test suite, cargo test, clippy, ruff and myp
 test-slow: setup ## the long-running tests only
 	$(PY) -m pytest -q -m slow || [ $$? -eq 5 ]  # none marked slow today: pytest says 5
 
-lint: ## ruff (lint + format check) and mypy
+lint: ## ruff (lint + format check), mypy, and cfn-lint on the CloudFormation templates
 	ruff check wukong tests bench
 	ruff format --check wukong tests bench
 	mypy
+	cfn-lint executor/*.yaml
 
 bench: setup ## the benchmark harness, small sizes (see bench/README.md)
 	$(PY) -m bench --size small

@@ -26,7 +26,9 @@ import time
 from collections.abc import Callable
 from types import SimpleNamespace
 
-from wukong import _core, encoding, partition
+from wukong import _core
+from wukong.protocol import OUTPUT
+from wukong.reference import encoding, partition
 
 REFERENCE = SimpleNamespace(
     intern=partition.intern,
@@ -108,7 +110,7 @@ def plan(impl, order: list, deps: list, outputs: list) -> list[bytes]:
     sched = impl.schedules(n, dep_ptr, dnt_ptr, dnt_idx)
     flags = bytearray(n)
     for k in outputs:
-        flags[ids[k]] = encoding.OUTPUT
+        flags[ids[k]] = OUTPUT
     return impl.encode_schedules(*sched, dep_ptr, dep_idx, dnt_ptr, dnt_idx, flags)
 
 

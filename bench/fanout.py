@@ -18,7 +18,7 @@ from dask import delayed
 
 from wukong import Client, LocalCluster
 from wukong.lambda_local import LambdaLocal
-from wukong.proxy import ProxyClient
+from wukong.proxy.client import ProxyClient
 
 FUNCTION = "wukong-executor"
 AWS_ENV = {
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-task-fanout", type=int, default=64)
     args = p.parse_args(argv)
     os.environ.update(AWS_ENV)
-    handler = {FUNCTION: "wukong.lambda_backend:handler"}
+    handler = {FUNCTION: "wukong.backends.aws_lambda:handler"}
     with LambdaLocal(handler, workers=args.workers, latency=args.latency, env=AWS_ENV) as lam:
         rows = [
             (mode, run(lam, args.width, mode == "proxy", args.repeat, args.max_task_fanout))

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
 
         for k, v in {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "x", "AWS_DEFAULT_REGION": "us-east-1"}.items():
             os.environ.setdefault(k, v)
-        lam = LambdaLocal({"wukong-executor": "wukong.lambda_backend:handler"}, workers=os.cpu_count() or 2)
+        lam = LambdaLocal({"wukong-executor": "wukong.backends.aws_lambda:handler"}, workers=os.cpu_count() or 2)
         lam.start()
     rows = []
     for name, faults in FAULTS.items():

@@ -3,7 +3,7 @@
     python -m bench.native [--quick]
 
 Hashing: keys placed per second by ``wukong_native.HashRing.nodes_for`` vs the pure-Python
-``wukong.hashring``. Compression: GB/s (of input bytes) for ``wukong_native.compress`` and
+``wukong.reference.hashring``. Compression: GB/s (of input bytes) for ``wukong_native.compress`` and
 ``decompress`` vs PyPI ``lz4.block`` / ``lz4.frame`` (C liblz4) and vs storing raw (one
 ``bytes`` copy), on compressible (int64 arange) and incompressible (random float64)
 buffers from 1 KiB to 256 MiB. Each cell is the best of several timed repetitions.
@@ -19,7 +19,7 @@ import lz4.frame
 import numpy as np
 import wukong_native
 
-from wukong import hashring
+from wukong.reference import hashring
 
 SIZES = [1 << 10, 64 << 10, 1 << 20, 16 << 20, 256 << 20]
 

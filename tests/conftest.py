@@ -14,7 +14,7 @@ import pytest
 from hypothesis import strategies as st
 
 from wukong import Client, LocalCluster
-from wukong.redis_server import RedisServer
+from wukong.store.server import RedisServer
 
 
 def job_keys(cluster: LocalCluster) -> list[bytes]:
@@ -61,7 +61,7 @@ def lambda_cluster():
 
     old = {k: os.environ.get(k) for k in AWS_ENV}
     os.environ.update(AWS_ENV)
-    with LambdaLocal({"wukong-executor": "wukong.lambda_backend:handler"}, workers=2, env=AWS_ENV) as lam:
+    with LambdaLocal({"wukong-executor": "wukong.backends.aws_lambda:handler"}, workers=2, env=AWS_ENV) as lam:
         with LocalCluster(backend="lambda", endpoint_url=lam.url, region="us-east-1", num_lambda_invokers=4) as c:
             yield c
     for k, v in old.items():

@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from wukong import Client, LocalCluster, StorageError, WukongError
-from wukong.redis_server import free_port
+from wukong.store.server import free_port
 
 
 def test_close_leaves_no_process():
@@ -89,7 +89,7 @@ def test_existing_redis_is_used_and_left_clean(redis_server):
 def test_missing_redis_server_binary_says_how_to_install(monkeypatch):
     monkeypatch.setenv("WUKONG_REDIS_SERVER", "/nonexistent/redis-server")
     monkeypatch.setenv("PATH", "/nonexistent")
-    import wukong.redis_server as rs
+    import wukong.store.server as rs
 
     monkeypatch.setattr(rs.os, "access", lambda p, mode: False)
     with pytest.raises(WukongError, match="apt-get install redis-server"):

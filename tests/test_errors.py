@@ -98,7 +98,7 @@ def test_result_above_the_configured_limit_is_named(lambda_cluster, cluster):
         kwargs = (
             {"n_workers": 1}
             if base == "local"
-            else {"backend": "lambda", "endpoint_url": lambda_cluster.lambda_invoker.endpoint, "region": "us-east-1"}
+            else {"backend": "lambda", "endpoint_url": lambda_cluster.backend.invoker.endpoint, "region": "us-east-1"}
         )
         with LocalCluster(max_result_bytes=100_000, **kwargs) as limited:
             with pytest.raises(

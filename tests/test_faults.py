@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 
 from wukong import Client, JobCancelled, JobFailed, LocalCluster, StorageError, TaskError
 from wukong.lambda_local import LambdaLocal
-from wukong.redis_server import RedisServer
+from wukong.store.server import RedisServer
 
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -39,7 +39,7 @@ LEASE_MS = 300  # short leases: lost executors are found within a second
 def lam():
     old = {k: os.environ.get(k) for k in AWS_ENV}
     os.environ.update(AWS_ENV)
-    with LambdaLocal({"wukong-executor": "wukong.lambda_backend:handler"}, workers=2, env=AWS_ENV) as server:
+    with LambdaLocal({"wukong-executor": "wukong.backends.aws_lambda:handler"}, workers=2, env=AWS_ENV) as server:
         yield server
     for k, v in old.items():
         os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)

@@ -23,7 +23,7 @@ except ImportError:
 from wukong.lambda_local import LambdaLocal
 
 FUNCTION = "wukong-executor"
-HANDLER = {FUNCTION: "wukong.lambda_backend:handler"}
+HANDLER = {FUNCTION: "wukong.backends.aws_lambda:handler"}
 # Fake credentials: LambdaLocal does not check signatures, botocore needs something to sign with.
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -84,7 +84,7 @@ def _same(x, y):
 
 
 def test_lambda_cluster_starts_no_local_workers(cluster):
-    assert cluster.workers == [] and cluster.n_workers == 0
+    assert cluster.backend.name == "lambda" and cluster.backend.children == [] and cluster.n_workers == 0
     assert "lambda" in repr(cluster) and cluster.redis_servers  # embedded Redis, as local
 
 
@@ -181,7 +181,7 @@ def test_large_invocation_is_spilled_to_the_store_and_cleaned_up(lam):
 
 def test_spilled_leaf_events_from_the_client(lam):
     with lambda_cluster(lam) as cluster:
-        small = len(cluster.lambda_invoker._config_json) + 100  # the ref fits, the invocation does not
+        small = len(cluster.backend.invoker._config_json) + 100  # the ref fits, the invocation does not
     with lambda_cluster(lam, max_event_payload=small) as cluster:
         client = Client(cluster, progress=False)
         assert (
@@ -198,7 +198,7 @@ def test_throttled_invocations_are_retried(aws_env):
             client = Client(cluster, progress=False)
             assert tree_sum(64).compute(scheduler=client.get) == sum(range(64))
             assert job_keys(cluster) == []
-            assert cluster.lambda_invoker.throttled > 0
+            assert cluster.backend.invoker.throttled > 0
         assert lam.stats()["throttles"] > 0
 
 
@@ -214,7 +214,7 @@ def test_unreachable_endpoint_gives_up_after_retries(aws_env):
     with LambdaLocal(HANDLER, workers=1) as lam:
         url = lam.url
     with LocalCluster(backend="lambda", endpoint_url=url, region="us-east-1", invoke_attempts=2) as cluster:
-        cluster.lambda_invoker.base_delay = 0.01
+        cluster.backend.invoker.base_delay = 0.01
         client = Client(cluster, progress=False)
         with pytest.raises(JobFailed, match="gave up after 2 attempts"):
             delayed(incr)(1).compute(scheduler=client.get)

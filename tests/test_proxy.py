@@ -15,10 +15,10 @@ import pytest
 from dask import delayed
 
 from wukong import Client, LocalCluster
-from wukong.executor import Invocation, decode_invocation
-from wukong.processes import spawn, stop
-from wukong.proxy import SECRET_ENV, ProxyClient, ProxyError, pack, unpack
-from wukong.storage import Keys
+from wukong.process import spawn, stop
+from wukong.protocol import Invocation, Keys, decode_invocation
+from wukong.proxy.client import ProxyClient
+from wukong.proxy.frames import SECRET_ENV, ProxyError, pack, unpack
 
 try:
     from .conftest import children, job_keys

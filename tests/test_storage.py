@@ -19,11 +19,14 @@ import numpy as np
 import pytest
 import redis
 from dask import delayed
+from wukong_native import HashRing
 
-from wukong import Client, LocalCluster, StorageError, storage
-from wukong.native import HashRing
-from wukong.redis_server import RedisServer, free_port
-from wukong.storage import Endpoint, Keys, Store
+from wukong import Client, LocalCluster, StorageError
+from wukong.protocol import Keys
+from wukong.store import Endpoint, Store
+from wukong.store import parts as value_parts
+from wukong.store import store as storage
+from wukong.store.server import RedisServer, free_port
 
 SMALL_PART = 256 * 1024
 
@@ -35,7 +38,7 @@ class Sharded:
         self.mds = RedisServer().start()
         self.kvs = [RedisServer().start() for _ in range(3)]
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(storage, "PART_SIZE", SMALL_PART)  # reaches the workers through Store.to_config
+            mp.setattr(value_parts, "PART_SIZE", SMALL_PART)  # reaches the workers through Store.to_config
             self.cluster = LocalCluster(
                 n_workers=2,
                 mds_endpoint=url(self.mds),
@@ -91,7 +94,7 @@ def hygiene(request):
         assert job_keys(sharded.servers) == [], "a job left keys behind"
         # the shared cluster's own processes (a restarted server included) live on
         before |= {s.proc.pid for s in sharded.servers if s.proc is not None}
-        before |= {w.pid for w in sharded.cluster.workers if w is not None}
+        before |= {w.pid for w in sharded.cluster.backend.workers if w is not None}
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         extra = [p for p in me.children(recursive=True) if p.pid not in before and p.is_running()]
@@ -198,7 +201,7 @@ def test_split_values_round_trip_in_one_batch(sharded):
     keys = Keys("splittest0000001")
     rng = np.random.default_rng(0)
     values = {0: rng.bytes(SMALL_PART * 3 + 17), 1: b"small", 2: rng.bytes(SMALL_PART), 3: rng.bytes(SMALL_PART + 1)}
-    values[4] = storage._PARTS_HEADER.pack(storage._PARTS_MAGIC, 2, 99)  # looks like a header: still a value
+    values[4] = value_parts.header(2, 99)  # looks like a header: still a value
     batch = store.batch()
     for t, v in values.items():
         batch.kvs_set(keys.data(t), v)

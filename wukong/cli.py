@@ -4,7 +4,7 @@
   (``--stack NAME``), or the executor function alone (``wukong.deploy``).
 * ``wukong lambda-local``: serve the Lambda Invoke API locally (``wukong.lambda_local``).
 * ``wukong demo``: the demo (``wukong.demo``).
-* ``wukong proxy``: run the fan-out proxy on this machine (``wukong.proxy``).
+* ``wukong proxy``: run the fan-out proxy on this machine (``wukong.proxy.server``).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return lambda_local_main(argv[1:])
     if argv[:1] == ["proxy"]:
-        from wukong.proxy import main as proxy_main
+        from wukong.proxy.server import main as proxy_main
 
         return proxy_main(argv[1:])
     if argv[:1] == ["demo"]:

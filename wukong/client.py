@@ -21,7 +21,6 @@ One call is one job:
 from __future__ import annotations
 
 import json
-import pickle
 import secrets
 import sys
 import time
@@ -29,15 +28,16 @@ from typing import Any
 
 import redis
 
-from wukong import serialization
-from wukong.cost import cost_summary, job_cost
+from wukong import protocol, serialization
+from wukong.backends.base import Backend, launch
+from wukong.cost import cost_summary
 from wukong.errors import JobCancelled, JobFailed, task_error
-from wukong.executor import Invocation, decode_invocation
 from wukong.graph import flatten_keys, prepare
 from wukong.progress import ProgressBar
-from wukong.recovery import MAX_ATTEMPTS, resend
+from wukong.protocol import Invocation, Keys, decode_invocation
+from wukong.recovery import resend
 from wukong.scheduler import Plan, plan
-from wukong.storage import Keys, StorageError, Store
+from wukong.store import StorageError, Store
 
 BLOCK_MS = 250  # a blocking read returns at least this often, to redraw progress
 DRAIN_S = 30.0  # after a failure, how long executors get to notice the cancel flag
@@ -63,6 +63,10 @@ class Client:
     def store(self) -> Store:
         return self.cluster.store
 
+    @property
+    def backend(self) -> Backend:
+        return self.cluster.backend
+
     def get(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
         """Compute ``keys`` of ``dsk``; the ``scheduler=`` entry point for Dask.
 
@@ -75,7 +79,7 @@ class Client:
         """
         progress = kwargs.pop("progress", self.progress)
         options = {
-            "retries": int(kwargs.pop("retries", getattr(self.cluster, "retries", 0))),
+            "retries": int(kwargs.pop("retries", self.cluster.retries)),
             "task_timeout": kwargs.pop("task_timeout", None),
         }
         timeout = kwargs.pop("timeout", None)
@@ -92,10 +96,11 @@ class Client:
             self.active.discard(job)
         t2 = time.perf_counter()
         self.last_job = {"tasks": len(order), "schedules": job_plan.nschedules, "plan_s": t1 - t0, "run_s": t2 - t1}
-        if getattr(self.cluster, "backend", "local") == "lambda":
-            self.last_job["cost"] = job_cost(job.durations, getattr(self.cluster, "architecture", "x86_64"))
+        cost = self.backend.job_cost(job.durations)
+        if cost is not None:
+            self.last_job["cost"] = cost
             if progress:
-                print(cost_summary(self.last_job["cost"]), file=sys.stderr)
+                print(cost_summary(cost), file=sys.stderr)
         return _nested(keys, results)
 
     def cancel(self) -> None:
@@ -142,6 +147,7 @@ class Job:
     def __init__(self, client: Client, job_plan: Plan, progress: bool, options: dict, timeout: float | None):
         self.client = client
         self.cluster = client.cluster
+        self.backend = client.backend
         self.store = client.store
         self.plan = job_plan
         self.options = options
@@ -158,11 +164,11 @@ class Job:
         self.done = 0
         self.last_id = b"0-0"
         self.durations: list[tuple[float, int]] = []
-        lease_s = getattr(self.cluster, "lease_ms", 3000) / 1000
+        lease_s = self.cluster.lease_ms / 1000
         self.watch_every, self.lost_after = lease_s / 2, 2 * lease_s
-        if hasattr(self.cluster, "running") and getattr(self.cluster, "backend", "local") == "local":
-            # the local queue and the workers' lists show every invocation in flight:
-            # one missing from all of them, with no lease, for two checks is lost
+        if self.backend.sees_in_flight:
+            # the backend shows every invocation in flight: one missing from all
+            # of them, with no lease, for two checks is lost
             self.lost_after = 2 * self.watch_every
         self.next_watch = time.monotonic() + self.watch_every
 
@@ -192,16 +198,12 @@ class Job:
             batch.mds("set", keys.schedule(sid), blob, store.ttl)
         starts = [
             Invocation(keys.job, group[0], 0, {}, (), tuple(group[1:]))
-            for group in group_leaves(p.leaf_schedules, getattr(self.cluster, "leaf_groups", None))
+            for group in group_leaves(p.leaf_schedules, self.backend.leaf_groups)
         ]
         self.starts = {inv.id: inv for inv in starts}
         self.live = dict.fromkeys(self.starts)
-        batch.mds("xadd", keys.events, {"k": "s"})
-        batch.mds("expire", keys.events, store.ttl)
-        after = self.cluster.invoke(batch, keys.job, starts)
-        batch.execute()
-        if after is not None:  # the lambda backend invokes once the schedules are stored
-            after()
+        protocol.emit_start(batch, keys, store.ttl)
+        launch(self.backend.invoke, batch, keys.job, starts)
 
     def wait(self) -> None:
         while self.live:
@@ -241,26 +243,23 @@ class Job:
                 self.handle(fields)
 
     def handle(self, f: dict) -> None:
-        kind = f[b"k"]
-        if kind == b"c":
-            self.done += int(f[b"n"])
-            if f[b"i"]:
-                for inv_id in f[b"i"].decode().split(","):
-                    if inv_id not in self.exited:
-                        self.live.setdefault(inv_id, None)
-            if f[b"x"]:
-                inv_id = f[b"x"].decode()
-                self.exited.add(inv_id)
-                self.live.pop(inv_id, None)
-        elif kind == b"d":  # an executor's duration and memory (lambda backend), for cost
-            self.durations.append((float(f[b"ms"]), int(f[b"mem"])))
-        elif kind == b"r":
-            key = self.plan.outputs[int(f[b"t"])]
-            self.results[key] = serialization.loads(f[b"v"])
-        elif kind == b"R":  # a result too long for the stream, stored in the KVS
-            self.read_stored_result(int(f[b"t"]))
-        elif kind == b"e" and self.error is None:
-            key, what, exc, tb = pickle.loads(f[b"v"])
+        ev = protocol.parse_event(f)
+        if ev.kind == "c":
+            self.done += ev.done
+            for inv_id in ev.invoked:
+                if inv_id not in self.exited:
+                    self.live.setdefault(inv_id, None)
+            if ev.exited:
+                self.exited.add(ev.exited)
+                self.live.pop(ev.exited, None)
+        elif ev.kind == "d":  # an executor's duration and memory (lambda backend), for cost
+            self.durations.append((ev.ms, ev.memory_mb))
+        elif ev.kind == "r":
+            self.results[self.plan.outputs[ev.tid]] = serialization.loads(ev.value)
+        elif ev.kind == "R":  # a result too long for the stream, stored in the KVS
+            self.read_stored_result(ev.tid)
+        elif ev.kind == "e" and self.error is None:
+            key, what, exc, tb = protocol.decode_error(ev.value)
             if key is None:
                 detail = f": {type(exc).__name__}: {exc}" if exc is not None else ""
                 trace = f"\n\nRemote traceback\n----------------\n{tb}" if tb else ""
@@ -295,26 +294,16 @@ class Job:
                 self.live[inv_id] = now
             elif now - (self.live[inv_id] or now) > self.lost_after:
                 lost.append(inv_id)
-        backlog = getattr(self.cluster, "backlog", None)
-        if not lost or (backlog is not None and backlog() > 0):
+        if not lost or self.backend.backlog() > 0:
             return
-        running = getattr(self.cluster, "running", None)
-        if running is not None:
-            taken = running(self.keys.job)
-            lost = [i for i in lost if i not in taken]
-            if not lost:
-                return
+        taken = self.backend.running(self.keys.job)
+        lost = [i for i in lost if i not in taken]
+        if not lost:
+            return
         invs = self.invocations(lost)
         for inv_id in lost:
             self.live[inv_id] = None  # give the new delivery time to start
-        resend(
-            self.store,
-            self.cluster.invoke,
-            self.keys.job,
-            invs,
-            "an executor was lost",
-            getattr(self.cluster, "max_attempts", MAX_ATTEMPTS),
-        )
+        resend(self.store, self.backend.invoke, self.keys.job, invs, "an executor was lost", self.cluster.max_attempts)
 
     def invocations(self, ids: list[str]) -> list[Invocation]:
         """What was sent as ``ids``: the client's own, or as stored by the executor that sent it."""
@@ -351,10 +340,7 @@ class Job:
 
     def cleanup(self) -> None:
         p = self.plan
-        cleanup_job = getattr(self.client.cluster, "cleanup_job", None)
         try:
-            if cleanup_job is not None:
-                cleanup_job(self.keys.job)
             ids = set(self.starts) | self.exited | set(self.live)
             self.store.delete_job(self.keys, p.ntasks, p.nschedules, p.fanins, ids)
         except Exception:

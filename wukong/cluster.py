@@ -1,43 +1,26 @@
-"""``LocalCluster``: where executors run and where their state lives.
+"""``LocalCluster``: the facade that picks where executors run and where state lives.
 
-The local backend (the default) runs ``n_workers`` warm executor processes
-(``wukong.worker``) that block on an invocation queue, a Redis list on the
-metadata store.  Storage is an embedded private Redis (``kvs_shards`` of them)
-unless endpoints are given.  Each worker is started and watched by its own
-thread: when a worker dies, the jobs it was running are told at once (an
-error event on their stream, so no client waits forever) and a fresh worker
-takes its place.
+Storage is an embedded private Redis (``kvs_shards`` of them) unless endpoints
+are given.  The backend is chosen once, here: ``LocalBackend`` (warm worker
+processes, the default) or ``LambdaBackend`` (invocations of a Lambda
+function); the client talks to it through the ``wukong.backends.base.Backend``
+surface only.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
-import subprocess
-import sys
-import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from wukong import shm
-from wukong.executor import LEASE_MS, Invocation, decode_invocation, parse_faults
-from wukong.processes import spawn, stop
-from wukong.recovery import MAX_ATTEMPTS, resend
-from wukong.redis_server import RedisServer
-from wukong.storage import DEFAULT_TTL, Batch, Endpoint, Store
-from wukong.worker import STOP, local_invoker
-
-# One BLAS thread per worker process, as Dask's nanny does: N workers each
-# running a multi-threaded BLAS oversubscribe the cores, and idle BLAS threads
-# spin.
-WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-
-
-# Leaf schedules are grouped into this many invocations per worker: enough
-# to balance load between workers, few enough that start-up costs vanish.
-LEAF_GROUPS_PER_WORKER = 4
+from wukong.backends.base import Backend
+from wukong.faults import parse_faults
+from wukong.process import stop
+from wukong.recovery import LEASE_MS, MAX_ATTEMPTS
+from wukong.store import DEFAULT_TTL, Endpoint, Store, shm
+from wukong.store.server import RedisServer
 
 
 class LocalCluster:
@@ -62,7 +45,7 @@ class LocalCluster:
         forms as ``redis_endpoints``).  Intermediate data is spread over the
         shards by a consistent-hash ring: adding one of N shards moves about
         1/N of the keys.  Values above Redis's 512 MB limit are split into
-        parts (``wukong.storage.PART_SIZE``).
+        parts (``wukong.store.PART_SIZE``).
     kvs_shards : int
         How many embedded Redis servers to start for intermediate data (the
         first is also the metadata store).
@@ -83,7 +66,7 @@ class LocalCluster:
         connection lives.  A server that dies is noticed at once either way.
     backend : {"local", "lambda"}
         ``"lambda"``: no local workers; executors are invocations of the Lambda
-        function ``function_name`` (see ``wukong.lambda_backend``), in ``region``
+        function ``function_name`` (see ``wukong.backends.aws_lambda``), in ``region``
         or at ``endpoint_url`` (e.g. a ``wukong lambda-local`` endpoint).  The
         Redis endpoints must be reachable from the function.
     num_lambda_invokers : int
@@ -157,11 +140,7 @@ class LocalCluster:
     ):
         if backend not in ("local", "lambda"):
             raise ValueError(f"backend must be 'local' or 'lambda', got {backend!r}")
-        self.backend = backend
-        self.memory_mb, self.architecture = memory_mb, architecture
         self.n_workers = (n_workers or os.cpu_count() or 1) if backend == "local" else 0
-        # see client.group_leaves; Lambda: one invocation per leaf, concurrency is not ours to bound
-        self.leaf_groups = LEAF_GROUPS_PER_WORKER * self.n_workers if backend == "local" else None
         self.inline_limit = inline_limit
         self.cluster_threshold = cluster_threshold
         self.retries, self.lease_ms, self.max_attempts = retries, lease_ms, max_attempts
@@ -171,9 +150,11 @@ class LocalCluster:
             self.faults = parse_faults(os.environ.get("WUKONG_FAULTS"))
         self.redis_servers: list[RedisServer] = []
         self.shm_dir: str | None = None
-        self.workers: list[subprocess.Popen | None] = []
+        self.local_proxy: Any = None
+        self.proxy: dict | None = None
+        self.backend: Backend | None = None
+        self.store: Store | None = None
         self.closed = False
-        self._lock = threading.Lock()
         try:
             mds, kvs = self._endpoints(redis_endpoints, redis_password, mds_endpoint, kvs_endpoints, kvs_shards)
             self.store = Store(mds, kvs, connect_timeout=connect_timeout, socket_timeout=socket_timeout, ttl=ttl)
@@ -181,12 +162,14 @@ class LocalCluster:
             self.id = secrets.token_hex(6)
             if backend == "local" and shared_memory:  # every process is on this machine
                 self.store.shm_dir = self.shm_dir = shm.make_dir(self.id)
-            self.queue = f"wk:cluster:{self.id}:q"
-            from wukong.proxy import cluster_options  # the fan-out proxy: options for every executor
+            if use_local_proxy or proxy_address:
+                from wukong.proxy.local import cluster_options
 
-            self.local_proxy, self.proxy = cluster_options(proxy_address, proxy_port, use_local_proxy, max_task_fanout)
+                self.local_proxy, self.proxy = cluster_options(
+                    proxy_address, proxy_port, use_local_proxy, max_task_fanout
+                )
             if backend == "lambda":
-                from wukong.lambda_backend import LambdaInvoker, lambda_config
+                from wukong.backends.aws_lambda import LambdaBackend, lambda_config
 
                 lam = lambda_config(
                     function_name,
@@ -196,18 +179,30 @@ class LocalCluster:
                     max_event_payload=max_event_payload,
                     attempts=invoke_attempts,
                 )
-                executor = self.executor_options()
-                config = {"store": self.store.to_config(), "executor": executor, "lambda": lam, "proxy": self.proxy}
-                self._invoke = self.lambda_invoker = LambdaInvoker(self.store, config)
+                config = {
+                    "store": self.store.to_config(),
+                    "executor": self.executor_options(),
+                    "lambda": lam,
+                    "proxy": self.proxy,
+                }
+                self.backend = LambdaBackend(self.store, config, memory_mb=memory_mb, architecture=architecture)
             else:
-                self._invoke = local_invoker(self.queue)
-                self._start_workers()
+                from wukong.backends.local import LocalBackend
+
+                self.backend = LocalBackend(
+                    self.store,
+                    self.id,
+                    self.n_workers,
+                    self.executor_options(),
+                    self.proxy,
+                    max_attempts,
+                    shared_redis=not self.redis_servers,
+                )
         except BaseException:
             self.close()
             raise
-        self._finalizer = weakref.finalize(
-            self, LocalCluster._cleanup, self.redis_servers, self.workers, False, self.shm_dir
-        )
+        children = self.backend.children if self.backend is not None else []
+        self._finalizer = weakref.finalize(self, _cleanup, self.redis_servers, children, self.shm_dir)
 
     def _endpoints(self, redis_endpoints, password, mds, kvs, shards) -> tuple[Endpoint, list[Endpoint]]:
         if redis_endpoints:
@@ -223,7 +218,6 @@ class LocalCluster:
         eps = [Endpoint(*s.endpoint, password=s.password) for s in self.redis_servers]
         return eps[0], eps
 
-    # -- workers ---------------------------------------------------------------
     def executor_options(self) -> dict:
         """Keyword arguments of every executor of this cluster (``Executor(...)``)."""
         return {
@@ -234,155 +228,18 @@ class LocalCluster:
             "max_result_bytes": self.max_result_bytes,
         }
 
-    def _worker_config(self, wid: int) -> bytes:
-        config = {
-            "store": self.store.to_config(),
-            "queue": self.queue,
-            "processing": f"{self.queue}:w:{wid}",
-            "executor": self.executor_options(),
-            "proxy": self.proxy,
-        }
-        return json.dumps(config).encode() + b"\n"
-
-    def _start_workers(self) -> None:
-        started = []
-        for wid in range(self.n_workers):
-            self.workers.append(None)
-            ready = threading.Event()
-            t = threading.Thread(target=self._watch, args=(wid, ready), name=f"wukong-worker-{wid}", daemon=True)
-            t.start()
-            started.append(ready)
-        for ready in started:
-            ready.wait()
-
-    def _spawn(self, wid: int) -> subprocess.Popen:
-        """Start a worker and wait until it is warm (imports done, Redis connected)."""
-        proc = spawn(
-            [sys.executable, "-c", "from wukong.worker import main; main()"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=self._worker_env(),
-        )
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(self._worker_config(wid))
-        proc.stdin.close()
-        proc.stdout.readline()  # "ready", or EOF if it died starting: _watch sees the exit
-        proc.stdout.close()
-        return proc
-
-    @staticmethod
-    def _worker_env() -> dict[str, str]:
-        """Our environment, one BLAS thread, and our ``sys.path``: task bodies
-        pickled by reference (functions of the user's own modules) import on
-        the workers as they do here."""
-        path = [os.path.abspath(p or os.curdir) for p in sys.path]
-        return {**os.environ, **WORKER_ENV, "PYTHONPATH": os.pathsep.join(dict.fromkeys(path))}
-
-    def _watch(self, wid: int, ready: threading.Event) -> None:
-        """Start worker ``wid``; whenever it dies, fail what it ran and restart it.
-
-        The worker is spawned from this thread, which lives as long as the
-        cluster, so the child's parent-death signal stays armed.
-        """
-        while True:
-            with self._lock:
-                if self.closed:
-                    ready.set()
-                    return
-                proc = self.workers[wid] = self._spawn(wid)
-            ready.set()
-            code = proc.wait()
-            if self.closed:
-                return
-            self._worker_died(wid, proc.pid, code)
-
-    def _worker_died(self, wid: int, pid: int, code: int) -> None:
-        """Send again what the dead worker was running (``wukong.recovery``)."""
-        processing = f"{self.queue}:w:{wid}"
-        try:
-            entries: Any = self.store.mds.lrange(processing, 0, -1)
-            self.store.mds.delete(processing)
-            by_job: dict[str, list[Invocation]] = {}
-            for payload in entries:
-                inv = decode_invocation(payload)
-                by_job.setdefault(inv.job, []).append(inv)
-            why = f"executor process {pid} died (exit code {code})"
-            for job, invs in by_job.items():
-                resend(self.store, self.invoke, job, invs, why, self.max_attempts)
-        except Exception as exc:  # Redis itself is gone: clients see that on their own
-            print(f"wukong: worker {pid} died and its jobs could not be told: {exc}", file=sys.stderr)
-
-    def backlog(self) -> int:
-        """Invocations queued and not yet taken by a worker (local backend)."""
-        return int(self.store.mds.llen(self.queue)) if self.backend == "local" else 0
-
-    def running(self, job: str) -> set[str]:
-        """Ids of ``job``'s invocations that a live worker has taken (local backend):
-        not lost even before their lease exists; if the worker dies, ``_worker_died``
-        sends them again."""
-        if self.backend != "local":
-            return set()
-        pipe = self.store.mds.pipeline(transaction=False)
-        for wid in range(len(self.workers)):
-            pipe.lrange(f"{self.queue}:w:{wid}", 0, -1)
-        taken = [decode_invocation(p) for entries in pipe.execute() for p in entries]
-        return {inv.id for inv in taken if inv.job == job}
-
-    # -- what clients use ------------------------------------------------------
-    def invoke(self, batch: Batch, job: str, invocations: list[Invocation]) -> Callable[[], None] | None:
-        """Queue ``invocations``: they are sent when ``batch`` executes, or (lambda
-        backend) by the returned callable, to be called after ``batch`` executes."""
-        return self._invoke(batch, job, invocations)
-
-    def cleanup_job(self, job: str) -> None:
-        """Delete the job's keys that only the backend knows of (spilled Lambda events)."""
-        if self.backend == "lambda":
-            from wukong.lambda_backend import cleanup_job
-
-            cleanup_job(self.store, job)
-
     def close(self) -> None:
-        """Stop the workers and embedded Redis servers; idempotent."""
-        with self._lock:
-            if self.closed:
-                return
-            self.closed = True
-        invoker = getattr(self, "lambda_invoker", None)
-        if invoker is not None:
-            invoker.close()
-        local_proxy = getattr(self, "local_proxy", None)
-        if local_proxy is not None:
-            local_proxy.stop()
-        store = getattr(self, "store", None)
-        if store is not None and self.workers:
-            try:  # workers idle on the queue leave at once; busy ones are terminated
-                store.mds.rpush(self.queue, *[STOP] * len(self.workers))
-            except Exception:
-                pass
-        LocalCluster._cleanup(self.redis_servers, self.workers, True, self.shm_dir)
-        if store is not None and not self.redis_servers:
-            try:  # on a shared Redis, leave none of the cluster's keys behind
-                store.mds.delete(self.queue, *[f"{self.queue}:w:{i}" for i in range(len(self.workers))])
-            except Exception:
-                pass
-        if store is not None:
-            store.close()
-
-    @staticmethod
-    def _cleanup(
-        redis_servers: list[RedisServer], workers: list, graceful: bool = False, shm_dir: str | None = None
-    ) -> None:
-        procs = [p for p in workers if p is not None]
-        if graceful:
-            for p in procs:
-                try:
-                    p.wait(2.0)
-                except subprocess.TimeoutExpired:
-                    pass
-        stop(procs)
-        for s in redis_servers:
-            s.stop()
-        shm.remove_dir(shm_dir)
+        """Stop the workers, the proxy and the embedded Redis servers; idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.backend is not None:
+            self.backend.close()
+        if self.local_proxy is not None:
+            self.local_proxy.stop()
+        _cleanup(self.redis_servers, self.backend.children if self.backend else [], self.shm_dir)
+        if self.store is not None:
+            self.store.close()
 
     def __enter__(self) -> LocalCluster:
         return self
@@ -392,8 +249,14 @@ class LocalCluster:
 
     def __repr__(self) -> str:
         where = "embedded" if self.redis_servers else "external"
-        if self.backend == "lambda":
-            lam = self.lambda_invoker
-            shards = len(self.store.kvs_index)
-            return f"<LocalCluster lambda {lam.function_name!r} at {lam.endpoint}, {shards} KV shard(s), {where} Redis>"
-        return f"<LocalCluster {self.n_workers} workers, {len(self.store.kvs_index)} KV shard(s), {where} Redis>"
+        shards = len(self.store.kvs_index) if self.store is not None else 0
+        what = self.backend.describe() if self.backend is not None else "closed"
+        return f"<LocalCluster {what}, {shards} KV shard(s), {where} Redis>"
+
+
+def _cleanup(redis_servers: list[RedisServer], children: list, shm_dir: str | None) -> None:
+    """What must never outlive the cluster: its child processes, embedded Redis, shared memory."""
+    stop([p for p in children if p is not None])
+    for s in redis_servers:
+        s.stop()
+    shm.remove_dir(shm_dir)

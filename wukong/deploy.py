@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
+from wukong import aws
+
 ARCHITECTURES = ("x86_64", "arm64")
 RUNTIME = "python3.12"
 HANDLER = "handler.handler"
@@ -54,10 +56,9 @@ class StackError(RuntimeError):
 
 
 def aws_client(service: str, region: str | None = None, endpoint_url: str | None = None) -> Any:
-    """A boto3 client for ``service`` (credentials and default region as boto3 finds them)."""
-    import boto3
-
-    return boto3.client(service, region_name=region, endpoint_url=endpoint_url)
+    """A boto3 client for ``service``; CloudFormation and Lambda's control plane have no
+    backoff of ours, so botocore's retries stay on."""
+    return aws.client(service, region=region, endpoint_url=endpoint_url, retries=5)
 
 
 # -- the whole stack ----------------------------------------------------------------------

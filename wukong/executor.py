@@ -42,78 +42,41 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
-import random
-import signal
-import struct
-import threading
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any, NamedTuple
+from collections.abc import Callable
+from typing import Any
 
-from wukong import serialization
-from wukong.encoding import OUTPUT, Dependent, TaskRecord
-from wukong.native import ScheduleView
-from wukong.storage import Batch, Keys, Store
+from wukong import protocol, serialization
+from wukong._core import ScheduleView
+from wukong.backends.base import Invoke, launch
+from wukong.faults import CRASH_EXIT, Faults
+from wukong.protocol import OUTPUT, Dependent, Invocation, Keys, TaskRecord
+from wukong.recovery import LEASE_MS, Heartbeat
+from wukong.store import Batch, Store
+from wukong.timeout import TaskTimeout, task_timeout
 
-_U64 = struct.Struct("<Q")
 PROGRESS_EVERY = 0.5  # seconds between progress events on long chains
 DEFER_MAX = 64  # fan-in notifications an executor with local work may batch ...
 DEFER_S = 0.005  # ... and for how long at most
 CANCEL_CHECK_S = 0.05  # a cancelled job's executors stop before their next task, this late at most
-LEASE_MS = 3000  # an invocation's lease; renewed every third of it while the executor lives
-CRASH_EXIT = 77  # exit code of an injected crash
-
-
-class Invocation(NamedTuple):
-    """What an executor is started with."""
-
-    job: str
-    sched: int
-    pos: int
-    inline: dict[int, bytes]  # dependency id -> serialized value
-    remote: tuple[int, ...]  # dependency ids to read from the KVS
-    more: tuple[int, ...] = ()  # further leaf schedules to run from position 0 (grouped leaves)
-
-    @property
-    def id(self) -> str:
-        """Deterministic: each task is started by at most one invocation, so a
-        repeated delivery or a re-run of the same invocation has the same id."""
-        return f"{self.sched}.{self.pos}"
-
-
-def encode_invocation(inv: Invocation) -> bytes:
-    return pickle.dumps(tuple(inv), protocol=5)
-
-
-def decode_invocation(payload: bytes) -> Invocation:
-    return Invocation(*pickle.loads(payload))
-
-
-def pack_schedule(meta: bytes, bodies: bytes) -> bytes:
-    """One stored schedule: its binary metadata and the pickle of its task bodies."""
-    return _U64.pack(len(meta)) + meta + bodies
 
 
 class Schedule:
     """A decoded schedule; task bodies are unpickled on first use."""
 
-    __slots__ = ("records", "_blob", "_offset", "_bodies")
+    __slots__ = ("records", "_pickled", "_bodies")
 
     def __init__(self, blob: bytes):
-        (n,) = _U64.unpack_from(blob)
-        self.records = ScheduleView(blob[8 : 8 + n])  # records decoded on first access
-        self._blob = blob
-        self._offset = 8 + n
+        meta, self._pickled = protocol.unpack_schedule(blob)
+        self.records = ScheduleView(meta)  # records decoded on first access
         self._bodies: list | None = None
 
     def body(self, pos: int) -> tuple[Any, tuple]:
         if self._bodies is None:
-            self._bodies = serialization.loads_function(memoryview(self._blob)[self._offset :])
-            self._blob = b""
+            self._bodies = serialization.loads_function(self._pickled)
+            self._pickled = memoryview(b"")
         return self._bodies[pos]
 
 
@@ -144,7 +107,7 @@ class Executor:
     def __init__(
         self,
         store: Store,
-        invoke: Callable[[Batch, str, list[Invocation]], Callable[[], None] | None],
+        invoke: Invoke,
         *,
         inline_limit: int = 64 * 1024,
         cluster_threshold: int = 64 * 1024 * 1024,
@@ -231,6 +194,7 @@ class _Run:
         self.ndone = 0
         self.nreported = 0
         self.current: Any = None  # key of the task being handled, for error messages
+        self.opts: dict = {}
         self.last_report = self.last_check = time.monotonic()
         # fan-in notifications held back while local work remains: (tid, blob, fan-ins)
         self.deferred: list[tuple[int, bytes, list[Dependent]]] = []
@@ -241,7 +205,9 @@ class _Run:
     # -- round trips ---------------------------------------------------------
     def send(self, batch: Batch) -> Batch:
         """Send ``batch`` with the pending events and a cancel check."""
-        batch = self.merge_pending(batch)
+        if self.pending:
+            pending, self.pending = self.pending, self.store.batch()
+            batch.extend(pending)  # after the batch's own commands: its handles stay valid
         h = batch.mds("exists", self.keys.cancel)
         batch.execute()
         self.last_check = time.monotonic()
@@ -249,25 +215,12 @@ class _Run:
             raise Cancelled()
         return batch
 
-    def merge_pending(self, batch: Batch) -> Batch:
-        """Append the pending events after ``batch``'s own commands (handles stay valid)."""
-        if self.pending:
-            pending, self.pending = self.pending, self.store.batch()
-            for server, pipe in pending.pipes.items():
-                batch._pipe(server).command_stack.extend(pipe.command_stack)
-                batch.counts[server] += len(pipe.command_stack)
-        return batch
-
-    def event(self, batch: Batch, **fields: Any) -> None:
-        # NOMKSTREAM: after the job ended (late duplicate, bounded drain) write nothing
-        batch.mds("xadd", self.keys.events, fields, "*", None, True, True)
-
-    def counts(self, batch: Batch, invoked: Sequence[str] = (), exited: bool = False) -> None:
+    def counts(self, batch: Batch, invoked: list[str] | tuple[()] = (), exited: bool = False) -> None:
         """Tasks done since the last report; invocations made (their ids); this one's exit."""
         n = self.ndone - self.nreported
         self.nreported = self.ndone
         self.last_report = time.monotonic()
-        self.event(batch, k="c", n=n, i=",".join(invoked), x=self.inv.id if exited else "")
+        protocol.emit_counts(batch, self.keys, n, invoked, self.inv.id if exited else "")
 
     # -- start, loop, exit ---------------------------------------------------
     def start(self) -> None:
@@ -367,78 +320,70 @@ class _Run:
 
     def fail(self, key: Any, exc: BaseException, what: str) -> None:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        try:
-            payload = pickle.dumps((key, what, exc, tb), protocol=5)
-        except Exception:
-            payload = pickle.dumps((key, what, None, tb), protocol=5)
-        self.event(self.pending, k="e", v=payload)
+        protocol.emit_error(self.pending, self.keys, key, what, exc, tb)
 
-    def dumps(self, rec: TaskRecord, node_key: Any, result: Any) -> bytes:
+    def dumps(self, key: Any, result: Any) -> bytes:
         try:
             return serialization.dumps(result)
         except Exception as exc:
-            self.fail(node_key, exc, "returned a result that cannot be pickled")
+            self.fail(key, exc, "returned a result that cannot be pickled")
             raise TaskFailed() from None
 
     def finish(self, sid: int, pos: int, rec: TaskRecord, result: Any) -> None:
-        """Publish a finished task's output and start its dependents."""
-        tid = rec.tid
-        key = self.scheds[sid].body(pos)[0].key
-        blob = None
-        if rec.flags & OUTPUT:
-            blob = self.dumps(rec, key, result)
-            limit = self.ex.max_result_bytes
-            if limit is not None and len(blob) > limit:
-                size_error = ValueError(f"result is {len(blob):,} bytes serialized; the limit is {limit:,}")
-                self.fail(key, size_error, "returned a result larger than the cluster's max_result_bytes")
-                raise TaskFailed()
-        # a result too long for a stream entry goes to the KVS (once, below) and the client reads it there
-        stored_result = blob is not None and len(blob) > self.store.part_size
-        if blob is not None and not stored_result:
-            self.event(self.pending, k="r", t=tid, v=blob)
-        if not rec.dependents:
-            if stored_result:
-                assert blob is not None
-                self.pending.kvs_set(self.keys.data(tid), blob)  # data before the event: KVS pipelines run first
-                self.event(self.pending, k="R", t=tid)
-            return
+        """A task is done: publish its output, notify its fan-ins, become a ready dependent."""
+        out = _Output(self, rec.tid, self.scheds[sid].body(pos)[0].key, result)
+        stored_result = self.publish(out) if rec.flags & OUTPUT else False
         ready = [c for c in rec.dependents if c.ndeps == 1]
         fanins = [c for c in rec.dependents if c.ndeps > 1]
-        if fanins and not ready and self.stack:  # batch this notification with the next ones
-            blob = blob if blob is not None else self.dumps(rec, key, result)
-            if len(blob) <= self.ex.inline_limit:
-                self.defer(tid, blob, fanins, result)
-                return
-        big = False
+        if fanins and not ready and self.stack and not stored_result and len(out.blob()) <= self.ex.inline_limit:
+            self.defer(out, fanins)  # batch this notification with the next ones
+            return
+        # Where the output goes: to the KVS once when dependents elsewhere read it
+        # (a fan-in's parents always store), inline in invocations when small, nowhere
+        # when it is too big to ship (then every ready dependent runs here).
+        wide = bool(fanins) or len(ready) > 1
+        big = wide and len(out.blob()) > self.ex.cluster_threshold
+        shipped = bool(fanins) or (len(ready) > 1 and not big and len(out.blob()) > self.ex.inline_limit)
         batch = self.store.batch()
-        shipped = False  # the output goes to the KVS for dependents elsewhere, in ``batch``
-        if fanins or len(ready) > 1:
-            blob = blob if blob is not None else self.dumps(rec, key, result)
-            big = len(blob) > self.ex.cluster_threshold
-            shipped = bool(fanins) or (len(blob) > self.ex.inline_limit and not big)
-        if shipped or stored_result:
-            assert blob is not None
-            # once, and before the fan-in calls of the same round trip when dependents need it
-            (batch if shipped else self.pending).kvs_set(self.keys.data(tid), blob)
-            if stored_result:
-                self.event(self.pending, k="R", t=tid)  # sent with or after the write
-        calls = [(c, self.notify(batch, tid, c)) for c in fanins]
-        if calls:
+        if shipped or stored_result:  # before the fan-in calls of the same round trip
+            (batch if shipped else self.pending).kvs_set(self.keys.data(out.tid), out.blob())
+        if stored_result:
+            protocol.emit_stored_result(self.pending, self.keys, out.tid)  # sent with or after the write
+        if fanins:
+            calls = [(c, self.notify(batch, out.tid, c)) for c in fanins]
             ready += self.completed(self.send(batch), calls)
             batch = self.store.batch()
-        if not ready:
-            return
+        if ready:
+            self.become(batch, sid, pos, out, ready, big)
+
+    def publish(self, out: _Output) -> bool:
+        """Send a requested result to the client on the job's stream; ``True`` when it is
+        too long for a stream entry and must be read from the KVS instead."""
+        blob = out.blob()
+        limit = self.ex.max_result_bytes
+        if limit is not None and len(blob) > limit:
+            size_error = ValueError(f"result is {len(blob):,} bytes serialized; the limit is {limit:,}")
+            self.fail(out.key, size_error, "returned a result larger than the cluster's max_result_bytes")
+            raise TaskFailed()
+        if len(blob) > self.store.part_size:
+            return True
+        protocol.emit_result(self.pending, self.keys, out.tid, blob)
+        return False
+
+    def become(self, batch: Batch, sid: int, pos: int, out: _Output, ready: list[Dependent], big: bool) -> None:
+        """Run one ready dependent here (all of them when the output is too big to ship); invoke the rest."""
         become = next(
             (c for c in ready if c.sched == sid and c.pos == pos + 1),
             next((c for c in ready if c.sched in self.scheds), ready[0]),
         )
         local = ready if big else [become]
         away = [c for c in ready if c not in local]
-        self.data[tid] = result
+        tid = out.tid
+        self.data[tid] = out.value
         self.refs.setdefault(tid, 0)
         missing = self.fetch_fanin_inputs(local)
         if away:
-            self.send_away(batch, tid, blob, away)
+            self.send_away(batch, out, away)
         for t, value in missing.items():
             self.data[t] = value
         for c in reversed(local):
@@ -465,12 +410,12 @@ class _Run:
             done.append(c)
         return done
 
-    def defer(self, tid: int, blob: bytes, fanins: list[Dependent], result: Any) -> None:
+    def defer(self, out: _Output, fanins: list[Dependent]) -> None:
         if not self.deferred:
             self.deferred_since = time.monotonic()
-        self.deferred.append((tid, blob, fanins))
-        self.data[tid] = result  # held until the notification is sent: a fan-in may complete here
-        self.refs[tid] = self.refs.get(tid, 0) + 1
+        self.deferred.append((out.tid, out.blob(), fanins))
+        self.data[out.tid] = out.value  # held until the notification is sent: a fan-in may complete here
+        self.refs[out.tid] = self.refs.get(out.tid, 0) + 1
 
     def flush_deferred(self) -> None:
         """Store the held outputs and notify their fan-ins: one round trip.
@@ -518,31 +463,29 @@ class _Run:
             self.scheds[s] = Schedule(batch[h])
         return {t: self.load_remote(t, batch[h]) for t, h in zip(want, handles, strict=False)}
 
-    def send_away(self, batch: Batch, tid: int, blob: bytes | None, away: list[Dependent]) -> None:
+    def send_away(self, batch: Batch, out: _Output, away: list[Dependent]) -> None:
         """Invoke executors for dependents that will not run here."""
+        job, tid = self.inv.job, out.tid
         invs = []
         for c in away:
             if c.ndeps == 1:
-                assert blob is not None
+                blob = out.blob()
                 if len(blob) <= self.ex.inline_limit:
-                    invs.append(Invocation(self.inv.job, c.sched, c.pos, {tid: blob}, ()))
+                    invs.append(Invocation(job, c.sched, c.pos, {tid: blob}, ()))
                 else:
-                    invs.append(Invocation(self.inv.job, c.sched, c.pos, {}, (tid,)))
+                    invs.append(Invocation(job, c.sched, c.pos, {}, (tid,)))
             else:
                 deps = self.scheds[c.sched].records[c.pos].deps
-                invs.append(Invocation(self.inv.job, c.sched, c.pos, {}, deps))
+                invs.append(Invocation(job, c.sched, c.pos, {}, deps))
         for inv in invs:  # kept so that a lost invocation can be sent again
-            batch.mds("set", self.keys.invocation(inv.id), encode_invocation(inv), self.store.ttl)
+            batch.mds("set", self.keys.invocation(inv.id), protocol.encode_invocation(inv), self.store.ttl)
         self.counts(batch, invoked=[inv.id for inv in invs])
         if self.ex.proxy is not None and len(invs) >= self.ex.max_task_fanout:
             self.send(batch)  # the parent's output and the count of invocations go first
-            if self.ex.proxy(self.inv.job, tid, invs):
+            if self.ex.proxy(job, tid, invs):
                 return
             batch = self.store.batch()  # the proxy failed and the fan-out is ours: invoke directly
-        after = self.ex.invoke(batch, self.inv.job, invs)
-        self.send(batch)
-        if after is not None:
-            after()
+        launch(self.ex.invoke, batch, job, invs, send=self.send)
 
     def exit(self, on_exit: Callable[[Batch], None] | None = None) -> None:
         batch, self.pending = self.pending, self.store.batch()
@@ -553,107 +496,16 @@ class _Run:
         batch.execute()
 
 
-class TaskTimeout(TimeoutError):
-    """A task ran longer than the job's ``task_timeout``."""
+class _Output:
+    """A finished task's output, serialized once, on first need."""
 
+    __slots__ = ("run", "tid", "key", "value", "_blob")
 
-@contextmanager
-def task_timeout(seconds: float | None, key: Any) -> Iterator[None]:
-    """Interrupt the task after ``seconds`` (SIGALRM: on the main thread only,
-    as in local workers and Lambda handlers; elsewhere the limit is not enforced)."""
-    if not seconds or threading.current_thread() is not threading.main_thread():
-        yield
-        return
+    def __init__(self, run: _Run, tid: int, key: Any, value: Any):
+        self.run, self.tid, self.key, self.value = run, tid, key, value
+        self._blob: bytes | None = None
 
-    def expire(signum: int, frame: Any) -> None:
-        raise TaskTimeout(f"task {key!r} ran longer than {seconds}s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
-class Heartbeat:
-    """Keeps the running invocation's lease alive from a background thread.
-
-    A lease that is not renewed (the process died, or froze) expires after
-    ``lease_ms``; the client's watchdog then sends the invocation again.
-    """
-
-    def __init__(self, store: Store, lease_ms: int):
-        self.store = store
-        self.lease_ms = lease_ms
-        self.key: str | None = None
-        self.token = ""
-        self.wake = threading.Event()
-        self.thread: threading.Thread | None = None
-
-    def hold(self, key: str, token: str) -> None:
-        self.key, self.token = key, token
-        if self.thread is None:
-            self.thread = threading.Thread(target=self._beat, name="wukong-heartbeat", daemon=True)
-            self.thread.start()
-
-    def release(self) -> None:
-        self.key = None
-
-    def _beat(self) -> None:
-        r = self.store.endpoints[self.store.mds_index].connect(socket_timeout=self.lease_ms / 1000)
-        while True:
-            self.wake.wait(self.lease_ms / 3000)
-            key = self.key
-            if key is None:
-                continue
-            try:
-                r.pexpire(key, self.lease_ms, xx=True)
-            except Exception:
-                pass  # the next round trip of the executor itself will report the trouble
-
-
-class Faults:
-    """Fault injection, for tests and benchmarks only (off unless configured).
-
-    ``{"crash": p, "duplicate": p, "drop": p, "seed": n}``: an invocation's
-    executor dies (``os._exit``) with probability ``crash`` after a random
-    number of its tasks; each invocation it makes is delivered twice with
-    probability ``duplicate`` and never delivered with probability ``drop``.
-    """
-
-    def __init__(self, spec: dict):
-        self.crash = float(spec.get("crash", 0))
-        self.duplicate = float(spec.get("duplicate", 0))
-        self.drop = float(spec.get("drop", 0))
-        self.random = random.Random(spec.get("seed", os.getpid() ^ time.monotonic_ns()))
-
-    def crash_point(self) -> int | None:
-        return self.random.randrange(4) if self.random.random() < self.crash else None
-
-    def wrap(self, invoke: Callable) -> Callable:
-        def faulty(batch: Batch, job: str, invocations: list[Invocation]) -> Any:
-            sent = []
-            for inv in invocations:
-                if self.random.random() < self.drop:
-                    continue
-                sent.append(inv)
-                if self.random.random() < self.duplicate:
-                    sent.append(inv)
-            return invoke(batch, job, sent) if sent else None
-
-        return faulty
-
-
-def parse_faults(spec: str | None) -> dict | None:
-    """``"crash=0.1,duplicate=1,drop=0.05"`` (the ``WUKONG_FAULTS`` variable) -> dict."""
-    if not spec:
-        return None
-    out = {}
-    for item in spec.split(","):
-        name, _, value = item.partition("=")
-        if name.strip() not in ("crash", "duplicate", "drop", "seed"):
-            raise ValueError(f"unknown fault {name.strip()!r} in {spec!r} (known: crash, duplicate, drop, seed)")
-        out[name.strip()] = float(value)
-    return out
+    def blob(self) -> bytes:
+        if self._blob is None:
+            self._blob = self.run.dumps(self.key, self.value)
+        return self._blob

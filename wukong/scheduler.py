@@ -1,9 +1,11 @@
 """The static scheduler: from a validated graph to the encoded job.
 
 ``plan`` interns the keys, builds the dependency and dependent arrays, cuts
-the graph into static schedules (``wukong.partition``; compiled in
-``wukong._core``), encodes their metadata (``wukong.encoding``) and pickles the task bodies of each schedule
-once, together: functions shared by a schedule's tasks are pickled once.
+the graph into static schedules and encodes their metadata (all compiled, in
+``wukong._core``; the algorithms are explained in their pure-Python oracles,
+``wukong.reference.partition`` and ``.encoding``), and pickles the task bodies
+of each schedule once, together: functions shared by a schedule's tasks are
+pickled once.  Each schedule is stored as one blob (``wukong.protocol``).
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ from dataclasses import dataclass
 
 from dask.task_spec import GraphNode
 
-from wukong import encoding, native, serialization
-from wukong.executor import pack_schedule
+from wukong import _core, serialization
 from wukong.graph import GraphError
+from wukong.protocol import OUTPUT, pack_schedule
 
 
 @dataclass
@@ -34,14 +36,14 @@ class Plan:
 def plan(order: Sequence[Hashable], graph: Mapping[Hashable, GraphNode], outputs: Sequence[Hashable]) -> Plan:
     deps = [tuple(graph[k].dependencies) for k in order]
     n = len(order)
-    ids, dep_ptr, dep_idx = native.intern(order, deps)
-    dnt_ptr, dnt_idx = native.dependents(n, dep_ptr, dep_idx)
-    sched_ptr, sched_idx, sched_of, pos_of = native.schedules(n, dep_ptr, dnt_ptr, dnt_idx)
+    ids, dep_ptr, dep_idx = _core.intern(order, deps)
+    dnt_ptr, dnt_idx = _core.dependents(n, dep_ptr, dep_idx)
+    sched_ptr, sched_idx, sched_of, pos_of = _core.schedules(n, dep_ptr, dnt_ptr, dnt_idx)
     flags = bytearray(n)
     out_ids = {ids[k]: k for k in outputs}
     for t in out_ids:
-        flags[t] = encoding.OUTPUT
-    metas = native.encode_schedules(sched_ptr, sched_idx, sched_of, pos_of, dep_ptr, dep_idx, dnt_ptr, dnt_idx, flags)
+        flags[t] = OUTPUT
+    metas = _core.encode_schedules(sched_ptr, sched_idx, sched_of, pos_of, dep_ptr, dep_idx, dnt_ptr, dnt_idx, flags)
     blobs = []
     leaves = []
     for s, meta in enumerate(metas):

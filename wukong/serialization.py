@@ -22,8 +22,7 @@ import struct
 from typing import Any
 
 import cloudpickle
-
-from wukong.native import HEADER_LEN, TAG_RAW, compress, decompress
+from wukong_native import HEADER_LEN, TAG_RAW, compress, decompress
 
 SMALL = 1024  # below this a value with no buffers is not framed
 ALIGN = 64  # buffer data offsets within a value

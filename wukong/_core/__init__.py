@@ -1,7 +1,7 @@
 """Compiled hot paths of static scheduling (Cython).
 
-Twins of the pure-Python references ``wukong.partition`` and
-``wukong.encoding``, with identical outputs; ``tests/test_core_parity.py``
+Twins of the pure-Python references ``wukong.reference.partition`` and
+``wukong.reference.encoding``, with identical outputs; ``tests/test_parity_cython.py``
 holds both to one specification.  ``ScheduleView`` has no reference twin: it
 is a lazy, zero-copy reader of one schedule's metadata for executors.
 Built by ``setup.py`` (``pip install -e .``).

@@ -1,10 +1,10 @@
-"""Type stubs for the compiled ``wukong._core`` (twins of wukong.partition / wukong.encoding)."""
+"""Type stubs for the compiled ``wukong._core`` (twins of wukong.reference.partition / .encoding)."""
 
 from array import array
 from collections.abc import Hashable, Iterator, Sequence
 from typing import Any
 
-from wukong.encoding import Dependent, TaskRecord
+from wukong.protocol import Dependent, TaskRecord
 
 __all__ = ["ScheduleView", "decode_schedule", "dependents", "encode_schedules", "intern", "schedules"]
 

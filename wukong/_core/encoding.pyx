@@ -1,7 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
-"""Compiled twin of ``wukong.encoding``: binary schedule metadata.
+"""Compiled twin of ``wukong.reference.encoding``: binary schedule metadata.
 
-The format is documented in ``wukong.encoding`` (the pure-Python oracle)::
+The format is documented in ``wukong.reference.encoding`` (the pure-Python oracle)::
 
     [VERSION, ntasks,
      then per task: tid, flags, ndeps, dep ids..., ndependents,
@@ -28,7 +28,7 @@ from libc.string cimport memcpy
 
 from wukong._core.partition cimport check_csr
 
-from wukong.encoding import OUTPUT, VERSION, Dependent, TaskRecord
+from wukong.protocol import OUTPUT, VERSION, Dependent, TaskRecord
 
 cdef long long _VERSION = VERSION
 cdef object _tuple_new = tuple.__new__  # NamedTuple instances without a Python-level __new__ frame
@@ -93,7 +93,7 @@ def encode_schedules(const long long[:] sched_ptr, const long long[:] sched_idx,
                      const unsigned char[:] flags):
     """The metadata of every schedule, in schedule order (``list[bytes]``).
 
-    Same outputs as ``wukong.encoding.encode_schedules``.  Each blob is
+    Same outputs as ``wukong.reference.encoding.encode_schedules``.  Each blob is
     written by C straight into a fresh, uninitialised ``bytes`` object of its
     exact size (sizes come from a first pass), so the metadata is written once
     and never copied.
@@ -292,7 +292,7 @@ cdef object _record_at(const unsigned char* p, Py_ssize_t i):
 def decode_schedule(meta):
     """The chain of task records encoded by ``encode_schedules`` (``list[TaskRecord]``).
 
-    Same output as ``wukong.encoding.decode_schedule``; ``ValueError`` when
+    Same output as ``wukong.reference.encoding.decode_schedule``; ``ValueError`` when
     ``meta`` is not a well-formed schedule.  Prefer ``ScheduleView`` when not
     every record is needed.
     """

@@ -37,9 +37,10 @@ which botocore's model does not list, so boto3 raises a plain ``ClientError``
 for it (not ``client.exceptions.RequestTooLargeException``); we do the same, so
 code written against this endpoint also works against AWS.
 
-Workers.  Each worker is ``python -m wukong.lambda_local --worker SPEC``
-connected to the loop by a socketpair.  It imports every registered handler
-once, says "ready", then answers one invocation at a time.  Frames:
+Workers (``wukong.lambda_local.worker``).  Each worker is
+``python -m wukong.lambda_local --worker SPEC`` connected to the loop by a
+socketpair.  It imports every registered handler once, says "ready", then
+answers one invocation at a time.  Frames:
 
 * loop -> worker: ``!II`` (meta length, payload length), meta JSON, payload
 * worker -> loop: ``!BdI`` (kind, handler seconds, body length), body; kind is
@@ -84,33 +85,29 @@ import asyncio
 import atexit
 import base64
 import collections
-import ctypes
-import importlib
 import json
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
-import traceback
 import urllib.parse
 import uuid
 import weakref
-from collections.abc import Callable
 from typing import Any
 
-__all__ = ["LambdaLocal", "LambdaContext", "main"]
+from wukong.lambda_local.worker import ERROR, FROM_WORKER, READY, TO_WORKER, error_body
+from wukong.lambda_local.worker import main as worker_main
+from wukong.process import spawn, stop
+
+__all__ = ["LambdaLocal", "main"]
 
 API_PREFIX = "/2015-03-31/functions/"
 API_SUFFIX = "/invocations"
 INVOCATION_TYPES = ("RequestResponse", "Event", "DryRun")
 
-_TO_WORKER = struct.Struct("!II")
-_FROM_WORKER = struct.Struct("!BdI")
-READY, OK, ERROR = 0, 1, 2
 
 _REASONS = {
     200: "OK",
@@ -163,7 +160,7 @@ class _Worker:
     async def call(self, job: _Job, meta: dict, timeout: float):
         self.current = fut = asyncio.get_running_loop().create_future()
         head = json.dumps(meta).encode()
-        self.writer.write(_TO_WORKER.pack(len(head), len(job.payload)) + head + job.payload)
+        self.writer.write(TO_WORKER.pack(len(head), len(job.payload)) + head + job.payload)
         try:
             return await asyncio.wait_for(fut, timeout)
         finally:
@@ -173,7 +170,7 @@ class _Worker:
         """Resolve the current call with each frame; on EOF fail it."""
         try:
             while True:
-                kind, seconds, size = _FROM_WORKER.unpack(await self.reader.readexactly(_FROM_WORKER.size))
+                kind, seconds, size = FROM_WORKER.unpack(await self.reader.readexactly(FROM_WORKER.size))
                 body = await self.reader.readexactly(size)
                 if kind == READY:
                     self.served = True
@@ -312,7 +309,7 @@ class LambdaLocal:
                 pass
             self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
-        _end_processes([w.proc for w in self._pool])
+        stop([w.proc for w in self._pool], timeout=2.0)
         self._loop.close()
         self._loop = self._thread = None
 
@@ -372,7 +369,7 @@ class LambdaLocal:
             "region": self.region,
             "account": self.account,
         }
-        proc = subprocess.Popen(
+        proc = spawn(
             [sys.executable, "-m", "wukong.lambda_local", "--worker", json.dumps(spec)],
             pass_fds=[child.fileno()],
             env=self._worker_env(),
@@ -441,7 +438,7 @@ class LambdaLocal:
         except TimeoutError:
             worker.kill()
             kind, seconds = ERROR, self.timeout
-            body = _error_body(
+            body = error_body(
                 f"RequestId: {job.request_id} Error: Task timed out after {self.timeout:.2f} seconds",
                 "Sandbox.Timedout",
             )
@@ -449,7 +446,7 @@ class LambdaLocal:
             status = await asyncio.get_running_loop().run_in_executor(None, worker.proc.wait)
             kind, seconds = ERROR, 0.0
             why = f"signal: {signal.Signals(-status).name}" if status < 0 else f"exit status {status}"
-            body = _error_body(
+            body = error_body(
                 f"RequestId: {job.request_id} Error: Runtime exited with error: {why}",
                 "Runtime.ExitError",
             )
@@ -601,19 +598,6 @@ def _stop_at_exit(ref: weakref.ref[LambdaLocal]) -> None:
         lam.stop()
 
 
-def _end_processes(procs: list[subprocess.Popen], grace: float = 2.0) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.terminate()
-    deadline = time.monotonic() + grace
-    for p in procs:
-        try:
-            p.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
-
-
 def _parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:
     lines = head.decode("latin-1").split("\r\n")
     method, target, version = lines[0].split(" ", 2)
@@ -651,11 +635,6 @@ def _aws_error(status, code, message, headers, message_key="message", **fields):
     return status, headers + [("x-amzn-ErrorType", code)], json.dumps(body).encode()
 
 
-def _error_body(message: str, error_type: str, stack: list[str] | None = None, **extra: str) -> bytes:
-    body = {"errorMessage": message, "errorType": error_type, **extra, "stackTrace": stack or []}
-    return json.dumps(body).encode()
-
-
 def _log_tail(rid: str, seconds: float, memory: int) -> str:
     ms = seconds * 1000
     log = (
@@ -666,96 +645,6 @@ def _log_tail(rid: str, seconds: float, memory: int) -> str:
     return base64.b64encode(log.encode()).decode()
 
 
-# --------------------------------------------------------------------------- worker
-
-
-class LambdaContext:
-    """The ``context`` argument handlers get, with the attributes AWS's Python runtime has."""
-
-    def __init__(self, function_name, request_id, deadline, memory, region, account, client_context=None):
-        self.function_name = function_name
-        self.function_version = "$LATEST"
-        self.invoked_function_arn = f"arn:aws:lambda:{region}:{account}:function:{function_name}"
-        self.memory_limit_in_mb = memory
-        self.aws_request_id = request_id
-        self.log_group_name = f"/aws/lambda/{function_name}"
-        self.log_stream_name = f"lambda-local/{os.getpid()}"
-        self.identity = None
-        self.client_context = client_context
-        self._deadline = deadline
-
-    def get_remaining_time_in_millis(self) -> int:
-        return max(0, int((self._deadline - time.time()) * 1000))
-
-
-def _load_handler(ref: str) -> Callable | bytes:
-    """The handler function, or the error body every invocation of it returns."""
-    module_name, _, attr = ref.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as e:
-        return _error_body(f"Unable to import module '{module_name}': {e}", "Runtime.ImportModuleError")
-    handler = getattr(module, attr, None)
-    if not callable(handler):
-        return _error_body(f"Handler '{attr}' missing on module '{module_name}'", "Runtime.HandlerNotFound")
-    return handler
-
-
-def _run_handler(handler: Callable | bytes, event: Any, context: LambdaContext) -> tuple[int, bytes]:
-    if isinstance(handler, bytes):
-        return ERROR, handler
-    try:
-        result = handler(event, context)
-    except Exception as e:
-        stack = traceback.format_list(traceback.extract_tb(e.__traceback__)[1:])
-        return ERROR, _error_body(str(e), type(e).__name__, stack, requestId=context.aws_request_id)
-    try:
-        return OK, json.dumps(result).encode()
-    except (TypeError, ValueError) as e:
-        return ERROR, _error_body(f"Unable to marshal response: {e}", "Runtime.MarshalError")
-
-
-def _die_with_parent(parent: int) -> None:
-    """Ask the kernel to SIGKILL us when our parent's spawning thread exits (Linux)."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    if os.getppid() != parent:  # parent already gone before prctl took effect
-        os._exit(1)
-
-
-def _worker_main(spec_json: str) -> None:
-    spec = json.loads(spec_json)
-    _die_with_parent(spec["parent"])
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the server's to handle
-    sys.path[:] = spec["path"] + [p for p in sys.path if p not in spec["path"]]
-    sock = socket.socket(fileno=spec["fd"])
-    handlers = {name: _load_handler(ref) for name, ref in spec["functions"].items()}
-    rfile = sock.makefile("rb")
-    sock.sendall(_FROM_WORKER.pack(READY, 0.0, 0))
-    while True:
-        head = rfile.read(_TO_WORKER.size)
-        if len(head) < _TO_WORKER.size:
-            return
-        meta_len, payload_len = _TO_WORKER.unpack(head)
-        meta = json.loads(rfile.read(meta_len))
-        event = json.loads(rfile.read(payload_len))
-        context = LambdaContext(
-            meta["fn"],
-            meta["rid"],
-            meta["deadline"],
-            spec["memory"],
-            spec["region"],
-            spec["account"],
-            meta["cc"] and json.loads(base64.b64decode(meta["cc"])),
-        )
-        start = time.perf_counter()
-        kind, body = _run_handler(handlers[meta["fn"]], event, context)
-        sock.sendall(_FROM_WORKER.pack(kind, time.perf_counter() - start, len(body)) + body)
-
-
 # --------------------------------------------------------------------------- CLI
 
 
@@ -763,7 +652,7 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m wukong.lambda_local --function NAME=module:handler [...]``."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:
-        _worker_main(argv[1])
+        worker_main(argv[1])
         return 0
     p = argparse.ArgumentParser(prog="wukong lambda-local", description="Serve the Lambda Invoke API locally.")
     p.add_argument("--function", action="append", required=True, metavar="NAME=MODULE:HANDLER")
@@ -799,7 +688,3 @@ def main(argv: list[str] | None = None) -> int:
         while not done.wait(1.0):
             pass
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

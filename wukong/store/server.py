@@ -16,7 +16,7 @@ import threading
 import time
 
 from wukong.errors import WukongError
-from wukong.processes import spawn, stop
+from wukong.process import spawn, stop
 
 INSTALL_HINT = (
     "wukong's local cluster needs the redis-server binary. Install it with "

@@ -1,5 +1,5 @@
-"""The compiled module (wukong_native) and its pure-Python references (wukong.hashring,
-wukong.compression) as one specification: every behaviour is checked on both, and the
+"""The compiled module (wukong_native) and its pure-Python references (wukong.reference.hashring,
+wukong.reference.compression) as one specification: every behaviour is checked on both, and the
 two must agree bit for bit (hash placements, raw/lz4 decisions, frames, decoded bytes).
 
 The pure-Python LZ4 encoder is slow, so inputs it compresses stay small; large inputs go
@@ -14,7 +14,7 @@ import wukong_native
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wukong import compression, hashring
+from wukong.reference import compression, hashring
 
 RING_IMPLS = [
     pytest.param(wukong_native.HashRing, id="compiled"),

@@ -1,4 +1,4 @@
-"""A warm local executor process: ``python -m wukong.worker`` (config on stdin).
+"""A warm local executor process: ``python -m wukong.backends.worker`` (config on stdin).
 
 It blocks on the cluster's invocation queue (a Redis list on the MDS) with
 BLMOVE, which atomically moves the invocation to this worker's own
@@ -11,20 +11,11 @@ from __future__ import annotations
 import json
 import sys
 
-from wukong.executor import Executor, Invocation, decode_invocation, encode_invocation
-from wukong.proxy import executor_options as proxy_options
-from wukong.storage import Batch, Store
-
-STOP = b"stop"
-
-
-def local_invoker(queue: str):
-    """Invoke executors by pushing to the queue, in the caller's pipeline."""
-
-    def invoke(batch: Batch, job: str, invocations: list[Invocation]) -> None:
-        batch.mds("rpush", queue, *[encode_invocation(i) for i in invocations])
-
-    return invoke
+from wukong.backends.local import STOP, queue_invoker
+from wukong.executor import Executor
+from wukong.protocol import decode_invocation
+from wukong.proxy.client import executor_options as proxy_options
+from wukong.store import Batch, Store
 
 
 def serve(config: dict) -> None:
@@ -32,7 +23,7 @@ def serve(config: dict) -> None:
     queue, processing = config["queue"], config["processing"]
     route = {"backend": "local", "store": config["store"], "queue": queue}  # where the proxy pushes
     proxy = proxy_options(config.get("proxy"), store, route)
-    executor = Executor(store, local_invoker(queue), **config["executor"], **proxy)
+    executor = Executor(store, queue_invoker(queue), **config["executor"], **proxy)
     blocking = store.endpoints[0].connect(socket_timeout=None)
     blocking.ping()
     _warm_imports()

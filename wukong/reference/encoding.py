@@ -1,4 +1,4 @@
-"""Binary encoding of static schedules (pure-Python reference; see ``wukong._core``).
+"""Binary encoding of static schedules: the pure-Python oracle of ``wukong._core.encoding``.
 
 A schedule's metadata is one little-endian int64 array, so an executor reads
 its chain without unpickling a Python object per task::
@@ -9,30 +9,16 @@ its chain without unpickling a Python object per task::
        then per dependent: cid, cid's ndeps, cid's schedule, cid's position]
 
 ``flags`` bit 0 marks a requested output.  The task bodies travel next to the
-metadata as one pickle per schedule (see ``wukong.scheduler``).
+metadata as one pickle per schedule (``wukong.protocol.pack_schedule``).
 """
 
 from __future__ import annotations
 
 from array import array
-from typing import NamedTuple
 
-VERSION = 0x574B0001  # "WK", format 1
-OUTPUT = 1
+from wukong.protocol import VERSION, Dependent, TaskRecord
 
-
-class Dependent(NamedTuple):
-    tid: int
-    ndeps: int
-    sched: int
-    pos: int
-
-
-class TaskRecord(NamedTuple):
-    tid: int
-    flags: int
-    deps: tuple[int, ...]
-    dependents: tuple[Dependent, ...]
+__all__ = ["VERSION", "Dependent", "TaskRecord", "decode_schedule", "encode_schedules"]
 
 
 def encode_schedules(

@@ -1,5 +1,5 @@
 """The compiled static-scheduling core (``wukong._core``) and its pure-Python references
-(``wukong.partition``, ``wukong.encoding``) as one specification.
+(``wukong.reference.partition``, ``wukong.reference.encoding``) as one specification.
 
 Parity: on random DAGs and on odd shapes the two give identical CSR arrays, schedules,
 encoded bytes and decoded records.  Specification (run on both): every task lies on exactly
@@ -20,8 +20,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wukong import _core, encoding, partition
-from wukong.encoding import VERSION, Dependent, TaskRecord
+from wukong import _core
+from wukong.protocol import OUTPUT, VERSION, Dependent, TaskRecord
+from wukong.reference import encoding, partition
 
 REFERENCE = SimpleNamespace(
     intern=partition.intern,
@@ -92,7 +93,7 @@ def run(impl, order, deps, outputs):
     sched = impl.schedules(n, dep_ptr, dnt_ptr, dnt_idx)
     flags = bytearray(n)
     for t in outputs:
-        flags[t] = encoding.OUTPUT
+        flags[t] = OUTPUT
     metas = impl.encode_schedules(*sched, dep_ptr, dep_idx, dnt_ptr, dnt_idx, flags)
     records = [impl.decode_schedule(m) for m in metas]
     return SimpleNamespace(
@@ -210,7 +211,7 @@ def test_chain_is_one_schedule(impl):
     (order, deps), outputs = SHAPES["chain-10000"]
     r = run(impl, order, deps, outputs)
     assert list(r.sched[0]) == [0, 10_000] and list(r.sched[1]) == list(range(10_000))
-    assert len(r.metas) == 1 and r.records[0][-1].flags == encoding.OUTPUT
+    assert len(r.metas) == 1 and r.records[0][-1].flags == OUTPUT
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -226,7 +227,7 @@ def test_fan_in_lies_on_the_first_leaf_schedule(impl):
     (order, deps), outputs = SHAPES["fan-in-5000-to-1"]
     r = run(impl, order, deps, outputs)
     assert list(r.sched[1][:2]) == [0, 5000] and len(r.metas) == 5000
-    assert r.records[0][1] == TaskRecord(5000, encoding.OUTPUT, tuple(range(5000)), ())
+    assert r.records[0][1] == TaskRecord(5000, OUTPUT, tuple(range(5000)), ())
     assert all(rec[0].dependents == (Dependent(5000, 5000, 0, 1),) for rec in r.records[1:])
 
 

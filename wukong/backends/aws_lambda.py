@@ -16,9 +16,9 @@ returns, so an executor must not leave invocations in flight).
 
 Large events.  An event over ``max_event_payload`` (Lambda's asynchronous
 limit, 1 MB) is spilled: the encoded invocation is written to the MDS under
-``wk:<job>:inv:<token>`` in ``batch`` (so before ``after`` runs), its key
-added to the set ``wk:<job>:invs``, and the event carries ``{"ref": key}``.
-The client deletes the set and its members with the job (``cleanup_job``).
+``Keys.spill`` in ``batch`` (so before ``after`` runs), its key added to the
+registry ``Keys.spills``, and the event carries ``{"ref": key}``.  The client
+deletes the registry and its members with the job (``Store.delete_job``).
 
 Failures.  Throttling (429) and transient errors (5xx, lost connections) are
 retried here with exponential backoff and full jitter; botocore's own retries
@@ -32,6 +32,8 @@ every event, which Lambda keeps (encrypted) while queued.  Use TLS
 (``rediss://``) and keep Redis and the function in one VPC; the password is
 never logged.
 
+``LambdaBackend`` is the cluster's face of all this (``wukong.backends.base``).
+
 The handler (``handler``; ``executor/handler.py`` re-exports it) caches one
 ``Store`` and one ``Executor`` per warm container and config, runs the
 invocation and adds a ``{"k": "d", "ms", "mem"}`` event (its duration and
@@ -43,7 +45,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import pickle
 import random
 import secrets
 import threading
@@ -52,8 +53,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from wukong.executor import Executor, Invocation, decode_invocation, encode_invocation
-from wukong.storage import Batch, Keys, Store
+from wukong import aws, protocol
+from wukong.cost import job_cost
+from wukong.executor import Executor
+from wukong.protocol import Invocation, Keys, decode_invocation, encode_invocation
+from wukong.store import Batch, Store
 
 MAX_EVENT_PAYLOAD = 1_048_576  # Lambda's limit for an asynchronous (Event) payload
 DEFAULT_FUNCTION = "wukong-executor"
@@ -67,15 +71,6 @@ RETRY_CODES = {
     "EC2ThrottledException",
     "ENILimitReachedException",
 }
-
-
-def spill_set(job: str) -> str:
-    """The MDS set naming the spilled invocation payloads of ``job``."""
-    return Keys(job).prefix + "invs"
-
-
-def spill_key(job: str) -> str:
-    return Keys(job).prefix + "inv:" + secrets.token_hex(8)
 
 
 class InvokeFailed(Exception):
@@ -132,11 +127,12 @@ class LambdaInvoker:
         payload = (head + ',"invocation":"' + base64.b64encode(blob).decode() + '"}').encode()
         if len(payload) <= self.max_event_payload:
             return payload
-        key = spill_key(job)
+        keys = Keys(job)
+        key = keys.spill(secrets.token_hex(8))
         ttl = self.store.ttl
         batch.mds("set", key, blob, ttl)
-        batch.mds("sadd", spill_set(job), key)
-        batch.mds("expire", spill_set(job), ttl)
+        batch.mds("sadd", keys.spills, key)
+        batch.mds("expire", keys.spills, ttl)
         payload = (head + ',"ref":' + json.dumps(key) + "}").encode()
         if len(payload) > self.max_event_payload:
             raise ValueError(
@@ -163,20 +159,8 @@ class LambdaInvoker:
     def client(self) -> Any:
         """This thread's boto3 Lambda client (sessions are not thread-safe; clients are cheap to keep)."""
         client = getattr(self._local, "client", None)
-        if client is None:
-            import boto3
-            from botocore.config import Config
-
-            config = Config(
-                retries={"max_attempts": 0, "mode": "standard"},  # our backoff is the one that acts
-                connect_timeout=10,
-                read_timeout=30,
-                max_pool_connections=4,
-                tcp_keepalive=True,
-            )
-            session = boto3.session.Session()
-            client = session.client("lambda", region_name=self.region, endpoint_url=self.endpoint_url, config=config)
-            self._local.client = client
+        if client is None:  # our backoff is the one that acts: botocore's retries are off
+            client = self._local.client = aws.client("lambda", region=self.region, endpoint_url=self.endpoint_url)
         return client
 
     def invoke_one(self, payload: bytes) -> str | None:
@@ -209,11 +193,11 @@ class LambdaInvoker:
         what = f"could not invoke Lambda function {self.function_name!r} at {self.endpoint}: {failed[0]}" + (
             f" (and {len(failed) - 1} more invocation(s) failed)" if len(failed) > 1 else ""
         )
-        events = Keys(job).events
+        keys = Keys(job)
         batch = self.store.batch()
-        batch.mds("xadd", events, {"k": "e", "v": pickle.dumps((None, what, None, ""))}, "*", None, True, True)
+        protocol.emit_error(batch, keys, None, what, None, "")
         for inv_id in ids:  # these executors will never start: their exits, for the client's accounting
-            batch.mds("xadd", events, {"k": "c", "n": 0, "i": "", "x": inv_id}, "*", None, True, True)
+            protocol.emit_counts(batch, keys, 0, exited=inv_id)
         batch.execute()
 
     def close(self) -> None:
@@ -251,11 +235,35 @@ def lambda_config(
     }
 
 
-def cleanup_job(store: Store, job: str) -> None:
-    """Delete the job's spilled invocation payloads (the rest of its keys go with ``all_job_keys``)."""
-    key = spill_set(job)
-    members = store.mds.smembers(key)
-    store.mds.unlink(key, *members)
+class LambdaBackend:
+    """Executors are asynchronous invocations of one Lambda function (the ``Backend`` surface)."""
+
+    name = "lambda"
+    leaf_groups = None  # one invocation per leaf: concurrency is not ours to bound
+    sees_in_flight = False  # an invocation in Lambda's queue is invisible: the watchdog waits for its lease
+    children: list = []  # no process of ours
+
+    def __init__(self, store: Store, config: dict, *, memory_mb: int = 3008, architecture: str = "x86_64"):
+        self.invoker = LambdaInvoker(store, config)
+        self.memory_mb, self.architecture = memory_mb, architecture
+
+    def invoke(self, batch: Batch, job: str, invocations: list[Invocation]) -> Callable[[], None] | None:
+        return self.invoker(batch, job, invocations)
+
+    def backlog(self) -> int:
+        return 0
+
+    def running(self, job: str) -> set[str]:
+        return set()
+
+    def job_cost(self, durations: Sequence[tuple[float, int]]) -> dict | None:
+        return job_cost(durations, self.architecture)
+
+    def describe(self) -> str:
+        return f"lambda {self.invoker.function_name!r} at {self.invoker.endpoint}"
+
+    def close(self) -> None:
+        self.invoker.close()
 
 
 # -- the Lambda side ---------------------------------------------------------------
@@ -269,7 +277,7 @@ def _executor_for(config: dict) -> tuple[Store, Executor]:
     if cached is None:
         store = Store.from_config(config["store"])
         invoker = LambdaInvoker(store, config, num_invokers=config["lambda"].get("executor_invokers", 8))
-        from wukong.proxy import executor_options as proxy_options
+        from wukong.proxy.client import executor_options as proxy_options
 
         route = {"backend": "lambda", "config": config}  # the proxy invokes as this invoker would
         executor = Executor(store, invoker, **config["executor"], **proxy_options(config.get("proxy"), store, route))
@@ -292,11 +300,8 @@ def handler(event: dict, context: Any) -> dict:
     inv = decode_invocation(blob)
     memory = int(getattr(context, "memory_limit_in_mb", 0) or os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", 0))
 
-    def report_duration(batch: Batch) -> None:
-        ms = (time.perf_counter() - t0) * 1000
-        # Executor.run adds this before the exit event; NOMKSTREAM: never recreate a deleted stream
-        fields = {"k": "d", "ms": f"{ms:.3f}", "mem": memory}
-        batch.mds("xadd", Keys(inv.job).events, fields, "*", None, True, True)
+    def report_duration(batch: Batch) -> None:  # Executor.run adds this before the exit event
+        protocol.emit_duration(batch, Keys(inv.job), (time.perf_counter() - t0) * 1000, memory)
 
     ntasks = executor.run(inv, on_exit=report_duration)
     return {"tasks": ntasks, "duration_ms": (time.perf_counter() - t0) * 1000}

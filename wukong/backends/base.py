@@ -1,0 +1,82 @@
+"""The surface of a backend: what the client and the executor rely on.
+
+A backend starts executors.  Its one verb is ``invoke(batch, job,
+invocations)``: it may add commands to ``batch`` (the local backend pushes to
+its queue there) and may return ``after``, a callable to run once ``batch``
+has executed (the Lambda backend sends its events then, so that schedules and
+inputs are stored before any executor can start).  ``launch`` is that
+sequence, written once; the client, the executor, recovery and the proxy all
+start executors through it.
+
+The client also asks a backend what it knows of invocations in flight
+(``backlog``, ``running``), how it groups leaves, and what a job cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from wukong.protocol import Invocation
+    from wukong.store import Batch
+
+After = Callable[[], None] | None
+Invoke = Callable[["Batch", str, list["Invocation"]], After]
+
+
+class Backend(Protocol):
+    """What ``LocalCluster`` hands the client: one object per cluster."""
+
+    @property
+    def name(self) -> str:
+        """``"local"`` or ``"lambda"``."""
+        ...
+
+    @property
+    def leaf_groups(self) -> int | None:
+        """Leaf schedules are cut into at most this many invocations (``None``: one each)."""
+        ...
+
+    @property
+    def sees_in_flight(self) -> bool:
+        """Every invocation in flight is visible (``backlog``, ``running``): lost ones are found fast."""
+        ...
+
+    @property
+    def children(self) -> list:
+        """Child processes that must not outlive the cluster (stopped at exit)."""
+        ...
+
+    def invoke(self, batch: Batch, job: str, invocations: list[Invocation]) -> After:
+        """Start executors for ``invocations`` (see the module docstring)."""
+        ...
+
+    def backlog(self) -> int:
+        """Invocations accepted and not yet taken by an executor (0 where unknown)."""
+        ...
+
+    def running(self, job: str) -> set[str]:
+        """Ids of ``job``'s invocations that a live executor has taken (empty where unknown)."""
+        ...
+
+    def job_cost(self, durations: Sequence[tuple[float, int]]) -> dict | None:
+        """What a job's executors cost (``None`` where nothing is billed)."""
+        ...
+
+    def describe(self) -> str:
+        """A few words for ``repr(cluster)``."""
+        ...
+
+    def close(self) -> None: ...
+
+
+def launch(invoke: Invoke, batch: Batch, job: str, invocations: list[Invocation], send: Any = None) -> None:
+    """Invoke ``invocations``, execute ``batch`` (or call ``send(batch)``), then finish the invoke."""
+    after = invoke(batch, job, invocations) if invocations else None
+    if send is None:
+        batch.execute()
+    else:
+        send(batch)
+    if after is not None:
+        after()

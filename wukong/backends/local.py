@@ -1,0 +1,205 @@
+"""The local backend: warm executor processes on this machine.
+
+``n_workers`` worker processes (``wukong.backends.worker``) block on the
+cluster's invocation queue, a Redis list on the metadata store
+(``protocol.cluster_queue``).  Invoking is one RPUSH in the caller's batch.
+A worker takes an invocation with BLMOVE into its own processing list
+(``protocol.worker_processing``), so the invocations in flight are always
+visible: queued (``backlog``) or taken by a live worker (``running``).
+
+Each worker is started and watched by its own thread: when a worker dies,
+what it was running is sent again at once (``wukong.recovery.resend``) and a
+fresh worker takes its place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from wukong import protocol
+from wukong.process import spawn, stop
+from wukong.protocol import Invocation, decode_invocation, encode_invocation
+from wukong.recovery import MAX_ATTEMPTS, resend
+from wukong.store import Batch, Store
+
+STOP = b"stop"  # a worker that takes this from the queue exits
+
+# One BLAS thread per worker process, as Dask's nanny does: N workers each
+# running a multi-threaded BLAS oversubscribe the cores, and idle BLAS threads
+# spin.
+WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+# Leaf schedules are grouped into this many invocations per worker: enough
+# to balance load between workers, few enough that start-up costs vanish.
+LEAF_GROUPS_PER_WORKER = 4
+
+
+def queue_invoker(queue: str):
+    """Invoke executors by pushing to the queue, in the caller's batch."""
+
+    def invoke(batch: Batch, job: str, invocations: list[Invocation]) -> None:
+        batch.mds("rpush", queue, *[encode_invocation(i) for i in invocations])
+
+    return invoke
+
+
+class LocalBackend:
+    """Warm worker processes fed by a Redis queue (see the module docstring)."""
+
+    name = "local"
+    sees_in_flight = True
+
+    def __init__(
+        self,
+        store: Store,
+        cluster_id: str,
+        n_workers: int,
+        executor_options: dict,
+        proxy: dict | None = None,
+        max_attempts: int = MAX_ATTEMPTS,
+        *,
+        shared_redis: bool = False,
+    ):
+        self.store = store
+        self.shared_redis = shared_redis  # on close, delete the queue keys
+        self.n_workers = n_workers
+        self.leaf_groups = LEAF_GROUPS_PER_WORKER * n_workers
+        self.queue = protocol.cluster_queue(cluster_id)
+        self.cluster_id = cluster_id
+        self.executor_options = executor_options
+        self.proxy = proxy
+        self.max_attempts = max_attempts
+        self.invoke = queue_invoker(self.queue)
+        self.workers: list[subprocess.Popen | None] = [None] * n_workers
+        self.children = self.workers  # what must not outlive the cluster
+        self.closed = False
+        self._lock = threading.Lock()
+        self._start_workers()
+
+    # -- workers ---------------------------------------------------------------
+    def _worker_config(self, wid: int) -> bytes:
+        config = {
+            "store": self.store.to_config(),
+            "queue": self.queue,
+            "processing": protocol.worker_processing(self.cluster_id, wid),
+            "executor": self.executor_options,
+            "proxy": self.proxy,
+        }
+        return json.dumps(config).encode() + b"\n"
+
+    def _start_workers(self) -> None:
+        started = []
+        for wid in range(self.n_workers):
+            ready = threading.Event()
+            t = threading.Thread(target=self._watch, args=(wid, ready), name=f"wukong-worker-{wid}", daemon=True)
+            t.start()
+            started.append(ready)
+        for ready in started:
+            ready.wait()
+
+    def _spawn(self, wid: int) -> subprocess.Popen:
+        """Start a worker and wait until it is warm (imports done, Redis connected)."""
+        proc = spawn(
+            [sys.executable, "-m", "wukong.backends.worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=worker_env(),
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(self._worker_config(wid))
+        proc.stdin.close()
+        proc.stdout.readline()  # "ready", or EOF if it died starting: _watch sees the exit
+        proc.stdout.close()
+        return proc
+
+    def _watch(self, wid: int, ready: threading.Event) -> None:
+        """Start worker ``wid``; whenever it dies, send again what it ran and restart it."""
+        while True:
+            with self._lock:
+                if self.closed:
+                    ready.set()
+                    return
+                proc = self.workers[wid] = self._spawn(wid)
+            ready.set()
+            code = proc.wait()
+            if self.closed:
+                return
+            self._worker_died(wid, proc.pid, code)
+
+    def _worker_died(self, wid: int, pid: int, code: int) -> None:
+        """Send again what the dead worker was running (``wukong.recovery``)."""
+        processing = protocol.worker_processing(self.cluster_id, wid)
+        try:
+            entries: Any = self.store.mds.lrange(processing, 0, -1)
+            self.store.mds.delete(processing)
+            by_job: dict[str, list[Invocation]] = {}
+            for payload in entries:
+                inv = decode_invocation(payload)
+                by_job.setdefault(inv.job, []).append(inv)
+            why = f"executor process {pid} died (exit code {code})"
+            for job, invs in by_job.items():
+                resend(self.store, self.invoke, job, invs, why, self.max_attempts)
+        except Exception as exc:  # Redis itself is gone: clients see that on their own
+            print(f"wukong: worker {pid} died and its jobs could not be told: {exc}", file=sys.stderr)
+
+    # -- the Backend surface ---------------------------------------------------
+    def backlog(self) -> int:
+        return int(self.store.mds.llen(self.queue))  # type: ignore[arg-type]
+
+    def running(self, job: str) -> set[str]:
+        """Not lost even before their lease exists; if the worker dies, ``_worker_died``
+        sends them again."""
+        pipe = self.store.mds.pipeline(transaction=False)
+        for wid in range(self.n_workers):
+            pipe.lrange(protocol.worker_processing(self.cluster_id, wid), 0, -1)
+        taken = [decode_invocation(p) for entries in pipe.execute() for p in entries]
+        return {inv.id for inv in taken if inv.job == job}
+
+    def job_cost(self, durations: Sequence[tuple[float, int]]) -> dict | None:
+        return None
+
+    def describe(self) -> str:
+        return f"{self.n_workers} workers"
+
+    def close(self) -> None:
+        """Stop the workers: idle ones leave at once, busy ones are terminated."""
+        with self._lock:
+            if self.closed:
+                return
+            self.closed = True
+        try:
+            self.store.mds.rpush(self.queue, *[STOP] * self.n_workers)
+        except Exception:
+            pass
+        stop_workers(self.workers, graceful=True)
+        if self.shared_redis:  # leave none of the cluster's keys behind
+            try:
+                lists = [protocol.worker_processing(self.cluster_id, w) for w in range(self.n_workers)]
+                self.store.mds.delete(self.queue, *lists)
+            except Exception:
+                pass
+
+
+def stop_workers(workers: list, graceful: bool = False) -> None:
+    procs = [p for p in workers if p is not None]
+    if graceful:
+        for p in procs:
+            try:
+                p.wait(2.0)
+            except subprocess.TimeoutExpired:
+                pass
+    stop(procs)
+
+
+def worker_env() -> dict[str, str]:
+    """Our environment, one BLAS thread, and our ``sys.path``: task bodies pickled
+    by reference (functions of the user's own modules) import on the workers as
+    they do here."""
+    path = [os.path.abspath(p or os.curdir) for p in sys.path]
+    return {**os.environ, **WORKER_ENV, "PYTHONPATH": os.pathsep.join(dict.fromkeys(path))}

@@ -1,0 +1,59 @@
+"""Fault injection, for tests and benchmarks only (off unless configured).
+
+``LocalCluster(faults={"crash": p, "duplicate": p, "drop": p, "seed": n})``
+or ``WUKONG_FAULTS=crash=0.1,duplicate=1,drop=0.05``: an invocation's
+executor dies (``os._exit(CRASH_EXIT)``) with probability ``crash`` after a
+random number of its tasks; each invocation it makes is delivered twice with
+probability ``duplicate`` and never delivered with probability ``drop``.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+CRASH_EXIT = 77  # exit code of an injected crash
+KNOWN = ("crash", "duplicate", "drop", "seed")
+
+
+class Faults:
+    def __init__(self, spec: dict):
+        self.crash = float(spec.get("crash", 0))
+        self.duplicate = float(spec.get("duplicate", 0))
+        self.drop = float(spec.get("drop", 0))
+        self.random = random.Random(spec.get("seed", os.getpid() ^ time.monotonic_ns()))
+
+    def crash_point(self) -> int | None:
+        """After how many tasks this invocation's executor dies (``None``: it does not)."""
+        return self.random.randrange(4) if self.random.random() < self.crash else None
+
+    def wrap(self, invoke: Callable) -> Callable:
+        """``invoke`` that drops and duplicates invocations."""
+
+        def faulty(batch: Any, job: str, invocations: list) -> Any:
+            sent = []
+            for inv in invocations:
+                if self.random.random() < self.drop:
+                    continue
+                sent.append(inv)
+                if self.random.random() < self.duplicate:
+                    sent.append(inv)
+            return invoke(batch, job, sent) if sent else None
+
+        return faulty
+
+
+def parse_faults(spec: str | None) -> dict | None:
+    """``"crash=0.1,duplicate=1,drop=0.05"`` (the ``WUKONG_FAULTS`` variable) -> dict."""
+    if not spec:
+        return None
+    out = {}
+    for item in spec.split(","):
+        name, _, value = item.partition("=")
+        if name.strip() not in KNOWN:
+            raise ValueError(f"unknown fault {name.strip()!r} in {spec!r} (known: {', '.join(KNOWN)})")
+        out[name.strip()] = float(value)
+    return out

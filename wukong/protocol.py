@@ -1,0 +1,264 @@
+"""The wire: everything one wukong process says to another, in one place.
+
+Whatever crosses a process boundary is defined here and nowhere else:
+
+* **Key names** (``Keys``).  Every key of a job starts with ``wk:``.  The
+  job's metadata keys (schedules, fan-in state, leases, invocations, the event
+  stream, the cancel flag, registries) share the hash tag ``{<job>}``, so on a
+  Redis Cluster every Lua call and multi-key pipeline of a job touches one
+  slot; intermediate values (``wk:<job>:d:<tid>``) carry no tag and spread
+  over every shard.  A local cluster's invocation queue and its workers'
+  processing lists are ``wk:cluster:<id>:...`` and live as long as the cluster.
+* **Invocations** (``Invocation``, ``encode_invocation``/``decode_invocation``):
+  what starts an executor.
+* **The schedule blob**: ``pack_schedule``/``unpack_schedule`` frame one
+  schedule's binary metadata (``VERSION``, ``OUTPUT``, ``TaskRecord``,
+  ``Dependent``: encoded by ``wukong._core.encoding``, whose pure-Python
+  oracle is ``wukong.reference.encoding``) with the pickle of its task bodies.
+* **Events** on a job's stream, written by executors, backends and the client
+  and read by the client: one ``emit_*`` function per kind, one ``parse_event``.
+  Every event is written with ``NOMKSTREAM`` (except the stream's creation by
+  ``emit_start``), so a late writer never recreates the stream of a job that
+  has ended.
+
+======  ====================  =================================================
+kind    written by            fields
+======  ====================  =================================================
+``s``   client                the stream's first entry (creates it)
+``c``   executor, backends    ``n`` tasks done since the last report, ``i``
+                              ids of invocations made, ``x`` this one's id on exit
+``d``   Lambda handler        ``ms`` duration and ``mem`` MB of one executor (cost)
+``r``   executor              ``t`` task id, ``v`` its serialized result
+``R``   executor              ``t`` task id; the result is in the KVS (too long)
+``e``   anyone                ``v`` = ``encode_error(key, what, exc, traceback)``
+======  ====================  =================================================
+
+Emitters take anything with ``mds(command, *args)`` (``wukong.store.Batch``).
+"""
+
+from __future__ import annotations
+
+import pickle
+import struct
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+# -- key names -------------------------------------------------------------------------
+
+
+class Keys:
+    """The names of one job's keys (see the module docstring)."""
+
+    __slots__ = ("job", "prefix", "data_prefix", "events", "cancel", "parts", "options", "attempts", "spills")
+
+    def __init__(self, job: str):
+        self.job = job
+        p = f"wk:{{{job}}}:"  # hash tag: a job's metadata lives in one cluster slot
+        self.prefix = p
+        self.data_prefix = f"wk:{job}:d:"  # no tag: values spread over the KV store
+        self.events = p + "ev"
+        self.cancel = p + "cancel"
+        self.parts = p + "parts"  # registry: parts of split values, proxy claims
+        self.options = p + "opts"
+        self.attempts = p + "attempts"
+        self.spills = p + "invs"  # registry: invocation payloads too large for a Lambda event
+
+    def schedule(self, sid: int) -> str:
+        return f"{self.prefix}s:{sid}"
+
+    def fanin(self, tid: int) -> str:
+        return f"{self.prefix}f:{tid}"
+
+    def owner(self, tid: int) -> str:
+        return f"{self.prefix}o:{tid}"
+
+    def lease(self, inv: str) -> str:
+        return f"{self.prefix}l:{inv}"
+
+    def invocation(self, inv: str) -> str:
+        return f"{self.prefix}i:{inv}"
+
+    def spill(self, token: str) -> str:
+        return f"{self.prefix}inv:{token}"
+
+    def proxy_claim(self, tid: int, token: str) -> str:
+        return f"{self.prefix}px:{tid}:{token}"
+
+    def data(self, tid: int) -> str:
+        return f"{self.data_prefix}{tid}"
+
+    def data_part(self, tid: int, i: int) -> str:
+        return f"{self.data_prefix}{tid}:p{i}"
+
+    @staticmethod
+    def job_of(key: str | bytes) -> str:
+        """The job a key belongs to: ``wk:{<job>}:...`` or ``wk:<job>:...``."""
+        name = key.decode() if isinstance(key, bytes) else key
+        job = name.split(":", 2)[1]
+        return job[1:-1] if job.startswith("{") else job
+
+    def part_names(self, key: str, n: int) -> list[str]:
+        """The names of the ``n`` parts of the split value at ``key``."""
+        return [f"{key}:p{i}" for i in range(n)]
+
+
+def cluster_queue(cluster_id: str) -> str:
+    """A local cluster's invocation queue (its workers block on it)."""
+    return f"wk:cluster:{cluster_id}:q"
+
+
+def worker_processing(cluster_id: str, wid: int) -> str:
+    """What worker ``wid`` has taken from the queue and not finished."""
+    return f"wk:cluster:{cluster_id}:q:w:{wid}"
+
+
+# -- invocations -------------------------------------------------------------------------
+
+
+class Invocation(NamedTuple):
+    """What an executor is started with."""
+
+    job: str
+    sched: int
+    pos: int
+    inline: dict[int, bytes]  # dependency id -> serialized value
+    remote: tuple[int, ...]  # dependency ids to read from the KVS
+    more: tuple[int, ...] = ()  # further leaf schedules to run from position 0 (grouped leaves)
+
+    @property
+    def id(self) -> str:
+        """Deterministic: each task is started by at most one invocation, so a
+        repeated delivery or a re-run of the same invocation has the same id."""
+        return f"{self.sched}.{self.pos}"
+
+
+def encode_invocation(inv: Invocation) -> bytes:
+    return pickle.dumps(tuple(inv), protocol=5)
+
+
+def decode_invocation(payload: bytes) -> Invocation:
+    return Invocation(*pickle.loads(payload))
+
+
+# -- the schedule blob -----------------------------------------------------------------------
+
+# A schedule's metadata is one native-endian int64 array, so an executor reads
+# its chain without unpickling a Python object per task:
+#
+#     [VERSION, ntasks,
+#      then per task on the chain, in order:
+#        tid, flags, ndeps, dep ids..., ndependents,
+#        then per dependent: cid, cid's ndeps, cid's schedule, cid's position]
+#
+# ``flags`` bit 0 (``OUTPUT``) marks a requested output.
+VERSION = 0x574B0001  # "WK", format 1
+OUTPUT = 1
+
+_U64 = struct.Struct("<Q")
+
+
+class Dependent(NamedTuple):
+    tid: int
+    ndeps: int
+    sched: int
+    pos: int
+
+
+class TaskRecord(NamedTuple):
+    tid: int
+    flags: int
+    deps: tuple[int, ...]
+    dependents: tuple[Dependent, ...]
+
+
+def pack_schedule(meta: bytes, bodies: bytes) -> bytes:
+    """One stored schedule: its binary metadata, then the pickle of its task bodies."""
+    return _U64.pack(len(meta)) + meta + bodies
+
+
+def unpack_schedule(blob: bytes) -> tuple[bytes, memoryview]:
+    """``pack_schedule``'s inverse: (metadata, task bodies' pickle)."""
+    (n,) = _U64.unpack_from(blob)
+    return blob[8 : 8 + n], memoryview(blob)[8 + n :]
+
+
+# -- events -----------------------------------------------------------------------------------
+
+
+class _Commands(Protocol):
+    def mds(self, command: str, *args: Any) -> Any: ...
+
+
+def _xadd(batch: _Commands, keys: Keys, fields: dict) -> None:
+    # NOMKSTREAM: after the job ended (a late duplicate, a bounded drain) write nothing
+    batch.mds("xadd", keys.events, fields, "*", None, True, True)
+
+
+def emit_start(batch: _Commands, keys: Keys, ttl: int) -> None:
+    """Create the job's stream: executors and leases see the job is alive."""
+    batch.mds("xadd", keys.events, {"k": "s"})
+    batch.mds("expire", keys.events, ttl)
+
+
+def emit_counts(batch: _Commands, keys: Keys, done: int, invoked: Any = (), exited: str = "") -> None:
+    """``done`` tasks finished; invocations made (their ids); an invocation's exit."""
+    _xadd(batch, keys, {"k": "c", "n": done, "i": ",".join(invoked), "x": exited})
+
+
+def emit_duration(batch: _Commands, keys: Keys, ms: float, memory_mb: int) -> None:
+    _xadd(batch, keys, {"k": "d", "ms": f"{ms:.3f}", "mem": memory_mb})
+
+
+def emit_result(batch: _Commands, keys: Keys, tid: int, value: bytes) -> None:
+    _xadd(batch, keys, {"k": "r", "t": tid, "v": value})
+
+
+def emit_stored_result(batch: _Commands, keys: Keys, tid: int) -> None:
+    """The result of ``tid`` is too long for the stream: read it at ``keys.data(tid)``."""
+    _xadd(batch, keys, {"k": "R", "t": tid})
+
+
+def emit_error(batch: _Commands, keys: Keys, key: Any, what: str, exc: BaseException | None, tb: str) -> None:
+    """A task (``key``) or the job (``key=None``) failed: ``what`` happened, ``exc``, traceback ``tb``."""
+    _xadd(batch, keys, {"k": "e", "v": encode_error(key, what, exc, tb)})
+
+
+def encode_error(key: Any, what: str, exc: BaseException | None, tb: str) -> bytes:
+    try:
+        return pickle.dumps((key, what, exc, tb), protocol=5)
+    except Exception:  # an exception that cannot be pickled: its text is in the traceback
+        return pickle.dumps((key, what, None, tb), protocol=5)
+
+
+def decode_error(payload: bytes) -> tuple[Any, str, BaseException | None, str]:
+    return pickle.loads(payload)
+
+
+@dataclass
+class Event:
+    """One entry of a job's stream, parsed (see the table in the module docstring)."""
+
+    kind: str
+    done: int = 0
+    invoked: tuple[str, ...] = ()
+    exited: str = ""
+    tid: int = -1
+    value: bytes = b""
+    ms: float = 0.0
+    memory_mb: int = 0
+
+
+def parse_event(f: dict[bytes, bytes]) -> Event:
+    kind = f[b"k"].decode()
+    if kind == "c":
+        invoked = tuple(f[b"i"].decode().split(",")) if f[b"i"] else ()
+        return Event(kind, done=int(f[b"n"]), invoked=invoked, exited=f[b"x"].decode())
+    if kind == "r":
+        return Event(kind, tid=int(f[b"t"]), value=f[b"v"])
+    if kind == "R":
+        return Event(kind, tid=int(f[b"t"]))
+    if kind == "e":
+        return Event(kind, value=f[b"v"])
+    if kind == "d":
+        return Event(kind, ms=float(f[b"ms"]), memory_mb=int(f[b"mem"]))
+    return Event(kind)

@@ -1,0 +1,15 @@
+"""Pure-Python oracles of the compiled hot paths, with the same module names.
+
+===========================  ===========================================
+oracle                       compiled twin
+===========================  ===========================================
+``reference.partition``      ``wukong._core.partition`` (Cython)
+``reference.encoding``       ``wukong._core.encoding`` (Cython)
+``reference.hashring``       ``wukong_native.HashRing`` (Rust)
+``reference.compression``    ``wukong_native.compress`` / ``decompress`` (Rust)
+===========================  ===========================================
+
+Small, obvious code that the parity tests (``tests/test_parity_cython.py``,
+``tests/test_parity_rust.py``) and ``bench/`` hold the compiled code to.  The
+runtime never imports this package.
+"""

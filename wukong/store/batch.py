@@ -1,0 +1,171 @@
+"""``Batch``: commands for several servers, sent as one pipeline per server.
+
+Each command added returns a handle; after ``execute`` the reply is
+``batch[handle]``.  KVS pipelines run first and the MDS pipeline last, so
+data is stored before a fan-in script announces it.  Reads of values come
+back whole: split values are joined (``wukong.store.parts``) and values kept
+in shared memory are mapped (``wukong.store.shm``).  A server that answers
+NOSCRIPT gets every Lua script loaded again and the command re-sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from redis.exceptions import NoScriptError
+
+from wukong.protocol import Keys
+from wukong.store import parts, scripts, shm
+from wukong.store.endpoint import StorageError, run
+
+if TYPE_CHECKING:
+    from wukong.store.store import Store
+
+Handle = tuple[int, int]  # (server, position in its pipeline)
+
+
+class Batch:
+    """Commands for several servers of one ``Store`` (see the module docstring)."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.pipes: dict[int, Any] = {}
+        self.counts: dict[int, int] = {}
+        self.replies: dict[int, list] = {}
+        self.kvs_reads: list[tuple[Handle, str]] = []  # (handle, key): may be split or shared values
+
+    def _pipe(self, server: int) -> Any:
+        pipe = self.pipes.get(server)
+        if pipe is None:
+            pipe = self.pipes[server] = self.store.servers[server].pipeline(transaction=False)
+            self.counts[server] = 0
+        return pipe
+
+    def add(self, server: int, command: str, *args: Any) -> Handle:
+        getattr(self._pipe(server), command)(*args)
+        n = self.counts[server]
+        self.counts[server] = n + 1
+        return server, n
+
+    def mds(self, command: str, *args: Any) -> Handle:
+        return self.add(self.store.mds_index, command, *args)
+
+    def script(self, server: int, script: scripts.Script, keys: tuple[str, ...], *argv: Any) -> Handle:
+        """Call a registered Lua script (EVALSHA; reloaded on NOSCRIPT by ``execute``)."""
+        pipe = self._pipe(server)
+        pipe.execute_command(*script.args(keys, argv))
+        n = self.counts[server]
+        self.counts[server] = n + 1
+        return server, n
+
+    def fanin(
+        self, keys: Keys, tid: int, parent: int, ndeps: int, sid: int, want_schedule: bool, invocation: str
+    ) -> Handle:
+        """Record ``parent``'s arrival at fan-in ``tid`` (``fanin.lua``)."""
+        k = (keys.fanin(tid), keys.schedule(sid), keys.owner(tid), keys.events)
+        argv = (parent, ndeps, self.store.ttl, int(want_schedule), invocation)
+        return self.script(self.store.mds_index, scripts.FANIN, k, *argv)
+
+    def lease(self, keys: Keys, inv: str, value: str, px: int) -> Handle:
+        """Take an invocation's lease (``px`` ms) or, with ``px=0``, mark it done (``lease.lua``)."""
+        k = (keys.events, keys.lease(inv))
+        return self.script(self.store.mds_index, scripts.LEASE, k, value, px, self.store.ttl)
+
+    def extend(self, other: Batch) -> None:
+        """Append ``other``'s commands after this batch's own (handles of both stay valid for this one)."""
+        for server, pipe in other.pipes.items():
+            self._pipe(server).command_stack.extend(pipe.command_stack)
+            self.counts[server] += len(pipe.command_stack)
+
+    def kvs_set(self, key: str, value: bytes | memoryview) -> Handle:
+        """Store ``value`` at ``key`` (a ``Keys.data`` name), split if it is too long."""
+        store = self.store
+        if store.shm_dir and len(value) >= shm.SHM_MIN:
+            try:
+                marker = shm.write(store.shm_dir, key, value)
+                return self.add(store.kvs_server(key), "set", key, marker, store.ttl)
+            except OSError:
+                pass  # no room on the RAM file system: Redis takes it
+        if len(value) <= store.part_size and not parts.is_header(value):
+            return self.add(store.kvs_server(key), "set", key, value, store.ttl)
+        view = memoryview(value).cast("B")
+        size = store.part_size
+        names = parts.names(key, max(1, -(-len(view) // size)))
+        for i, (server, name) in enumerate(zip(store.kvs_servers(names), names, strict=True)):
+            self.add(server, "set", name, view[i * size : (i + 1) * size], store.ttl)
+        registry = Keys(Keys.job_of(key)).parts
+        self.mds("sadd", registry, *names)
+        self.mds("expire", registry, store.ttl)
+        return self.add(store.kvs_server(key), "set", key, parts.header(len(names), len(view)), store.ttl)
+
+    def kvs_get_many(self, keys: Sequence[str]) -> list[Handle]:
+        """GET each key; after ``execute`` a split or shared value is whole again."""
+        servers = self.store.kvs_servers(keys)
+        handles = [self.add(s, "get", k) for s, k in zip(servers, keys, strict=True)]
+        self.kvs_reads.extend(zip(handles, keys, strict=True))
+        return handles
+
+    def __bool__(self) -> bool:
+        return bool(self.pipes)
+
+    def execute(self) -> Batch:
+        mds = self.store.mds_index
+        order = sorted(self.pipes, key=lambda s: s == mds)  # KVS first, MDS last
+        for server in order:
+            commands = list(self.pipes[server].command_stack)  # execute() empties the stack
+            replies = run(self.pipes[server], self.store.name_of(server))
+            for i, reply in enumerate(replies):
+                if isinstance(reply, NoScriptError):  # server restarted or flushed its scripts
+                    replies[i] = self._rerun_script(server, commands[i])
+                elif isinstance(reply, Exception):
+                    raise StorageError(f"Redis at {self.store.name_of(server)}: {reply}")
+            self.replies[server] = replies
+        if self.kvs_reads:
+            self._join_parts()
+            self._map_shared()
+        return self
+
+    def _map_shared(self) -> None:
+        """Replace the markers of values kept in shared memory with their mappings."""
+        for (server, i), _ in self.kvs_reads:
+            reply = self.replies[server][i]
+            if shm.is_marker(reply):
+                self.replies[server][i] = shm.read(reply)
+
+    def _join_parts(self) -> None:
+        """Replace the headers of split values read by this batch with the values."""
+        split = []
+        for (server, i), key in self.kvs_reads:
+            reply = self.replies[server][i]
+            if reply is not None and parts.is_header(reply):
+                n, total = parts.read_header(reply)
+                split.append(((server, i), key, parts.names(key, n), total))
+        if not split:
+            return
+        more = Batch(self.store)
+        where = [self.store.kvs_servers(names) for _, _, names, _ in split]
+        handles = [
+            [more.add(s, "get", name) for s, name in zip(servers, names, strict=True)]
+            for servers, (_, _, names, _) in zip(where, split, strict=True)
+        ]
+        more.execute()
+        for ((server, i), key, names, total), servers, hs in zip(split, where, handles, strict=True):
+            chunks = [more[h] for h in hs]
+            for s, name, chunk in zip(servers, names, chunks, strict=True):
+                if chunk is None:
+                    raise StorageError(f"part {name!r} of {key!r} is missing from Redis at {self.store.name_of(s)}")
+            value = b"".join(chunks)
+            if len(value) != total:
+                raise StorageError(f"the parts of {key!r} add up to {len(value)} bytes, not {total}")
+            self.replies[server][i] = value
+
+    def _rerun_script(self, server: int, command: Any) -> Any:
+        r = self.store.servers[server]
+        scripts.load_all(r)
+        args = command.args if hasattr(command, "args") else command[0]
+        return r.execute_command(*args)
+
+    def __getitem__(self, handle: Handle) -> Any:
+        server, i = handle
+        return self.replies[server][i]

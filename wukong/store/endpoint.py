@@ -1,0 +1,92 @@
+"""One Redis server's address and credentials, and the error that names it.
+
+``Endpoint.parse`` reads ``("host", port)``, ``"host:port"`` and URLs
+(``redis://user:password@host:6379/0``; ``rediss://`` for TLS).  The password
+is never part of ``repr``, ``name`` or an error message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlparse
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+
+class StorageError(ConnectionError):
+    """A Redis server could not be reached or refused us; names the server."""
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One Redis server: ``Endpoint.parse("rediss://user:pw@host:6380/0")``."""
+
+    host: str
+    port: int = 6379
+    password: str | None = field(default=None, repr=False)
+    username: str | None = None
+    tls: bool = False
+    db: int = 0
+    tls_ca_certs: str | None = None  # CA bundle to verify the server with (default: the system's)
+    tls_verify: bool = True  # False: accept any certificate (``?ssl_cert_reqs=none``)
+
+    @classmethod
+    def parse(cls, spec: Any, password: str | None = None) -> Endpoint:
+        if isinstance(spec, Endpoint):
+            return spec
+        if isinstance(spec, (tuple, list)):
+            return cls(str(spec[0]), int(spec[1]), password=password)
+        if isinstance(spec, str) and "://" in spec:
+            u = urlparse(spec)
+            if u.scheme not in ("redis", "rediss"):
+                raise ValueError(f"Redis URL must start with redis:// or rediss://: {spec!r}")
+            query = {k: v[-1] for k, v in parse_qs(u.query).items()}
+            return cls(
+                u.hostname or "127.0.0.1",
+                u.port or 6379,
+                password=unquote(u.password) if u.password else password,
+                username=unquote(u.username) if u.username else None,
+                tls=u.scheme == "rediss",
+                db=int(u.path.lstrip("/") or 0),
+                tls_ca_certs=query.get("ssl_ca_certs"),
+                tls_verify=query.get("ssl_cert_reqs", "required").lower() not in ("none", "optional"),
+            )
+        if isinstance(spec, str):
+            host, _, port = spec.rpartition(":")
+            return cls(host or spec, int(port) if host else 6379, password=password)
+        raise TypeError(f"cannot read a Redis endpoint from {spec!r}")
+
+    @property
+    def name(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def connect(self, connect_timeout: float = 5.0, socket_timeout: float | None = None) -> redis.Redis:
+        """A client with its own connection pool; it never retries a command by itself."""
+        return redis.Redis(
+            host=self.host,
+            port=self.port,
+            db=self.db,
+            username=self.username,
+            password=self.password,
+            ssl=self.tls,
+            ssl_ca_certs=self.tls_ca_certs,
+            ssl_cert_reqs="required" if self.tls_verify else "none",
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=socket_timeout,
+            socket_keepalive=True,
+            retry=Retry(NoBackoff(), 0),
+        )
+
+    def to_config(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def run(pipe: Any, name: str) -> list:
+    """Execute a pipeline; connection failures become ``StorageError`` naming the server."""
+    try:
+        return pipe.execute(raise_on_error=False)
+    except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+        raise StorageError(f"lost the connection to Redis at {name}: {e}") from None

@@ -1,0 +1,45 @@
+"""The Lua scripts, registered once and called one way.
+
+Each script is a ``lua/<name>.lua`` file whose first comment states its
+KEYS, ARGV and reply.  Every call goes through ``Script.call`` (one EVALSHA
+added to a pipeline or a ``Batch``); a server that answers NOSCRIPT (it was
+restarted or flushed its scripts) gets every script loaded again and the
+command re-sent, by ``Batch.execute`` (``reload``).  Full sources never
+travel on a hot path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+from typing import Any
+
+
+class Script:
+    """One ``.lua`` file: its source and SHA1."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.source = importlib.resources.files("wukong.store").joinpath("lua", f"{name}.lua").read_bytes()
+        self.sha = hashlib.sha1(self.source).hexdigest()
+
+    def args(self, keys: tuple[str, ...], argv: tuple[Any, ...]) -> tuple[Any, ...]:
+        """The EVALSHA command's arguments."""
+        return ("EVALSHA", self.sha, len(keys), *keys, *argv)
+
+    def __repr__(self) -> str:
+        return f"<Script {self.name} {self.sha[:8]}>"
+
+
+FANIN = Script("fanin")
+LEASE = Script("lease")
+PROXY_PUSH = Script("proxy_push")
+ALL = (FANIN, LEASE, PROXY_PUSH)
+
+
+def load_all(r: Any) -> None:
+    """Register every script on one server (``r``: a redis-py client)."""
+    pipe = r.pipeline(transaction=False)
+    for script in ALL:
+        pipe.script_load(script.source)
+    pipe.execute()

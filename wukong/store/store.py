@@ -1,0 +1,212 @@
+"""Where a job's state lives: the metadata store (MDS) and the KV store (KVS).
+
+* MDS -- one Redis: schedules, fan-in arrivals, leases, the event stream, the
+  cancel flag (and, on the local backend, the invocation queue).
+* KVS -- one or more Redis servers for intermediate data; a key's server is
+  chosen by the consistent-hash ring (``wukong_native.HashRing``).
+
+Connections are opened once per process and reused by every task.  Traffic is
+batched (``wukong.store.batch.Batch``): commands are gathered per server and
+each server gets one pipeline; KVS pipelines go first and the MDS pipeline
+last, so data is stored before the fan-in script that announces it runs.
+When the MDS is also a KVS shard (the embedded default) a fan-in is one
+round trip.
+
+Every key is named by ``wukong.protocol.Keys``, carries a TTL as a safety net,
+and is deleted by the client when the job ends (``delete_job``).  Values
+longer than a Redis string may hold are split (``wukong.store.parts``); on the
+local backend values of 1 MiB or more go through shared memory instead
+(``wukong.store.shm``).
+
+Failures.  Connections never retry on their own (a pipeline re-sent after a
+lost reply would repeat its XADDs); a lost server surfaces as
+``StorageError`` naming it (``host:port``), and the next command on that
+connection reconnects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import redis
+from wukong_native import HashRing
+
+from wukong.protocol import Keys
+from wukong.store import parts, scripts, shm
+from wukong.store.batch import Batch
+from wukong.store.endpoint import Endpoint, StorageError, run
+
+DEFAULT_TTL = 24 * 3600  # seconds; keys normally die with their job, long before
+RING_VNODES = 1024  # points per KVS server on the ring: shares stay within ~10% of even (160 gives ~20%)
+
+
+class Store:
+    """Connections to one cluster's MDS and KVS shards."""
+
+    def __init__(
+        self,
+        mds: Endpoint,
+        kvs: Sequence[Endpoint],
+        *,
+        connect_timeout: float = 5.0,
+        socket_timeout: float | None = None,
+        ttl: int = DEFAULT_TTL,
+        part_size: int | None = None,
+        shm_dir: str | None = None,
+    ):
+        self.connect_timeout = connect_timeout
+        self.socket_timeout = socket_timeout
+        self.part_size = part_size or parts.PART_SIZE
+        self.shm_dir = shm_dir  # local backend: large values go through shared memory (wukong.shm)
+        self.endpoints: list[Endpoint] = []
+        index: dict[tuple[str, int, int], int] = {}
+        for ep in [mds, *kvs]:
+            ident = (ep.host, ep.port, ep.db)
+            if ident not in index:
+                index[ident] = len(self.endpoints)
+                self.endpoints.append(ep)
+        self.servers = [ep.connect(connect_timeout, socket_timeout) for ep in self.endpoints]
+        self.mds_index = 0
+        self.mds = self.servers[0]
+        self.kvs_index = [index[(ep.host, ep.port, ep.db)] for ep in kvs]
+        self.ring = HashRing([ep.name for ep in kvs], RING_VNODES)
+        self.ttl = ttl
+
+    @classmethod
+    def from_config(cls, config: dict) -> Store:
+        return cls(
+            Endpoint(**config["mds"]),
+            [Endpoint(**e) for e in config["kvs"]],
+            connect_timeout=config.get("connect_timeout", 5.0),
+            socket_timeout=config.get("socket_timeout"),
+            ttl=config.get("ttl", DEFAULT_TTL),
+            part_size=config.get("part_size"),
+            shm_dir=config.get("shm_dir"),
+        )
+
+    def to_config(self) -> dict:
+        """Everything another process needs to open the same store (JSON-able)."""
+        return {
+            "mds": self.endpoints[0].to_config(),
+            "kvs": [self.endpoints[i].to_config() for i in self.kvs_index],
+            "connect_timeout": self.connect_timeout,
+            "socket_timeout": self.socket_timeout,
+            "ttl": self.ttl,
+            "part_size": self.part_size,
+            "shm_dir": self.shm_dir,
+        }
+
+    def check(self) -> None:
+        """Ping every server and load the scripts; raise ``StorageError`` naming a bad one.
+
+        The probe waits at most ``connect_timeout`` for each answer, even when
+        the store's own connections have no read timeout: a server that
+        accepts and then says nothing fails here, it does not hang us.
+        """
+        for ep in self.endpoints:
+            probe = ep.connect(self.connect_timeout, self.connect_timeout)
+            try:
+                probe.ping()
+            except redis.AuthenticationError as e:
+                raise StorageError(f"Redis at {ep.name} refused our credentials: {e}") from None
+            except redis.ResponseError as e:
+                raise StorageError(f"Redis at {ep.name} answered with an error: {e}") from None
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+                how = " over TLS" if ep.tls else ""
+                raise StorageError(f"cannot reach Redis at {ep.name}{how}: {e}") from None
+            finally:
+                probe.close()
+        try:
+            scripts.load_all(self.mds)
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+            raise StorageError(f"lost the connection to Redis at {self.name_of(self.mds_index)}: {e}") from None
+
+    def name_of(self, server: int) -> str:
+        return self.endpoints[server].name
+
+    def kvs_server(self, key: str) -> int:
+        return self.kvs_index[self.ring.node_for(key.encode())]
+
+    def kvs_servers(self, keys: Sequence[str | bytes]) -> list[int]:
+        kvs_index = self.kvs_index
+        names = [k if isinstance(k, bytes) else k.encode() for k in keys]
+        return [kvs_index[i] for i in self.ring.nodes_for(names)] if names else []
+
+    def batch(self) -> Batch:
+        return Batch(self)
+
+    def delete(self, keys_by_server: dict[int, list[str]], chunk: int = 10_000) -> None:
+        """UNLINK many keys, one pipeline per server.
+
+        A server that cannot be reached does not stop the others; the first
+        such error is raised at the end (the TTL removes what is left there).
+        """
+        errors = []
+        for server, keys in keys_by_server.items():
+            pipe = self.servers[server].pipeline(transaction=False)
+            for i in range(0, len(keys), chunk):
+                pipe.unlink(*keys[i : i + chunk])
+            try:
+                run(pipe, self.name_of(server))
+            except StorageError as e:
+                errors.append(e)
+        if errors:
+            raise errors[0]
+
+    def delete_job(
+        self, keys: Keys, ntasks: int, nschedules: int, fanins: Iterable[int], invocations: Iterable[str] = ()
+    ) -> None:
+        """Delete every key of a job, the parts of its split values and its spilled invocations included.
+
+        The MDS goes first: the same pipeline reads the registries, so the
+        parts are deleted with the other servers' keys, no extra round trip
+        (unless some part or spill lives on the MDS itself).
+        """
+        shm.remove_job(self.shm_dir, keys.job)
+        by_server = all_job_keys(self, keys, ntasks, nschedules, fanins, invocations)
+        mds_keys = by_server.pop(self.mds_index)
+        pipe = self.mds.pipeline(transaction=False)
+        pipe.smembers(keys.parts)
+        pipe.smembers(keys.spills)
+        pipe.unlink(*mds_keys)
+        error = None
+        try:
+            reply = run(pipe, self.name_of(self.mds_index))
+            split, spills = sorted(reply[0] or ()), sorted(reply[1] or ())
+        except StorageError as e:
+            error, split, spills = e, [], []
+        for server, name in zip(self.kvs_servers(split), split, strict=True):
+            by_server.setdefault(server, []).append(name)
+        if spills:  # invocations too large for a Lambda event, kept on the MDS
+            by_server.setdefault(self.mds_index, []).extend(s.decode() for s in spills)
+        try:
+            self.delete(by_server)
+        except StorageError as e:
+            error = error or e
+        if error is not None:
+            raise error
+
+    def close(self) -> None:
+        for r in self.servers:
+            r.close()
+
+
+def all_job_keys(
+    store: Store, keys: Keys, ntasks: int, nschedules: int, fanins: Iterable[int], invocations: Iterable[str] = ()
+) -> dict[int, list[str]]:
+    """Every key a job may have written, grouped by server.
+
+    The parts of split values are not listed: their names are in the
+    ``keys.parts`` registry (listed here), which ``Store.delete_job`` reads.
+    """
+    mds = [keys.events, keys.cancel, keys.parts, keys.spills, keys.options, keys.attempts]
+    mds += [keys.schedule(s) for s in range(nschedules)]
+    for t in fanins:
+        mds += [keys.fanin(t), keys.owner(t)]
+    for inv in invocations:
+        mds += [keys.lease(inv), keys.invocation(inv)]
+    out: dict[int, list[str]] = {store.mds_index: mds}
+    data = [keys.data(t) for t in range(ntasks)]
+    for server, key in zip(store.kvs_servers(data), data, strict=True):
+        out.setdefault(server, []).append(key)
+    return out
