@@ -24,19 +24,12 @@ import gc
 import multiprocessing as mp
 import time
 from collections.abc import Callable
-from types import SimpleNamespace
 
-from wukong import _core
+from wukong import _core, reference
 from wukong.protocol import OUTPUT
-from wukong.reference import encoding, partition
+from wukong.reference import encoding
 
-REFERENCE = SimpleNamespace(
-    intern=partition.intern,
-    dependents=partition.dependents,
-    schedules=partition.schedules,
-    encode_schedules=encoding.encode_schedules,
-    decode_schedule=encoding.decode_schedule,
-)
+REFERENCE = reference  # the same surface as wukong._core
 REFERENCE_LIMIT_S = 60.0
 
 Graph = tuple[list, list, list]  # order, dependencies, outputs

@@ -20,17 +20,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from wukong import _core
+from wukong import _core, reference
 from wukong.protocol import OUTPUT, VERSION, Dependent, TaskRecord
 from wukong.reference import encoding, partition
 
-REFERENCE = SimpleNamespace(
-    intern=partition.intern,
-    dependents=partition.dependents,
-    schedules=partition.schedules,
-    encode_schedules=encoding.encode_schedules,
-    decode_schedule=encoding.decode_schedule,
-)
+REFERENCE = reference  # the same surface as wukong._core
 IMPLS = [pytest.param(_core, id="compiled"), pytest.param(REFERENCE, id="reference")]
 
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])

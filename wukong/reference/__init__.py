@@ -13,3 +13,9 @@ Small, obvious code that the parity tests (``tests/test_parity_cython.py``,
 ``tests/test_parity_rust.py``) and ``bench/`` hold the compiled code to.  The
 runtime never imports this package.
 """
+
+from wukong.reference.encoding import decode_schedule, encode_schedules
+from wukong.reference.partition import dependents, intern, schedules
+
+# the same surface as ``wukong._core`` (less ``ScheduleView``, which has no oracle)
+__all__ = ["decode_schedule", "dependents", "encode_schedules", "intern", "schedules"]
