@@ -25,6 +25,9 @@ from wukong.protocol import Keys, decode_invocation, encode_invocation
 from wukong.proxy.frames import LEN, MAX_FRAME, SECRET_ENV, ProxyError, pack, unpack
 from wukong.proxy.local import MAX_IN_FLIGHT
 from wukong.store import Endpoint, Store, scripts
+from wukong.store.endpoint import redact
+
+REDIS_ENV = "WUKONG_PROXY_REDIS"  # the default store's URL, password included
 
 
 async def _read_frame(reader: asyncio.StreamReader) -> bytes | None:
@@ -252,7 +255,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8888, help="0 picks a free port")
-    p.add_argument("--redis", help="Redis URL for requests that name no store (checked at start-up)")
+    p.add_argument(
+        "--redis",
+        help=f"Redis URL, without a password, for requests that name no store (checked at start-up); "
+        f"a URL with a password goes in ${REDIS_ENV} or --redis-file, never on the command line",
+    )
+    p.add_argument("--redis-file", help="a file (mode 0600) holding that Redis URL")
     p.add_argument("--max-in-flight", type=int, default=MAX_IN_FLIGHT, help="invocations in flight at most")
     return p
 
@@ -263,8 +271,29 @@ def main(argv: list[str] | None = None) -> int:
     if not secret:
         print(f"wukong proxy: set ${SECRET_ENV} to the shared secret", file=sys.stderr)
         return 2
-    serve(secret, args.host, args.port, args.max_in_flight, args.redis)
+    try:
+        redis_url = redis_url_of(args.redis, args.redis_file)
+    except ValueError as exc:
+        print(f"wukong proxy: {exc}", file=sys.stderr)
+        return 2
+    serve(secret, args.host, args.port, args.max_in_flight, redis_url)
     return 0
+
+
+def redis_url_of(arg: str | None, path: str | None) -> str | None:
+    """The default store's URL: ``--redis`` (no password), ``--redis-file`` or ``$WUKONG_PROXY_REDIS``.
+
+    A password in argv is readable by every user of the machine
+    (``/proc/<pid>/cmdline``), so ``--redis`` refuses one.
+    """
+    if arg:
+        if Endpoint.parse(arg).password:
+            raise ValueError(f"--redis {redact(arg)} carries a password: put the URL in ${REDIS_ENV} or --redis-file")
+        return arg
+    if path:
+        with open(path) as f:
+            return f.read().strip() or None
+    return os.environ.get(REDIS_ENV) or None
 
 
 if __name__ == "__main__":
