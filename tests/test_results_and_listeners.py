@@ -12,13 +12,89 @@ import subprocess
 import sys
 import time
 
+import dask
+import dask.array as da
+import dask.bag as db
+import numpy as np
 import psutil
 import pytest
 from conftest import children
 
-from wukong import LocalCluster
+from wukong import Client, LocalCluster
 from wukong.errors import WukongError
+from wukong.graph import GraphError
 from wukong.store import Endpoint
+
+# -- shuffles and stores (points 9, 10) -------------------------------------------------
+
+
+def groups(pairs):
+    return sorted((k, sorted(v)) for k, v in pairs)
+
+
+def test_bag_groupby_built_while_a_client_is_open_returns_syncs_groups(cluster):
+    with Client(cluster, progress=False) as client:
+        bag = db.from_sequence(range(300), npartitions=6).groupby(lambda x: x % 7)
+        got = bag.compute(scheduler=client.get)
+    assert groups(got) == groups(bag.compute(scheduler="sync"))
+    assert sum(len(v) for _, v in got) == 300
+
+
+def test_dataframe_shuffle_built_while_a_client_is_open_returns_syncs_rows(cluster):
+    pd = pytest.importorskip("pandas")
+    dd = pytest.importorskip("dask.dataframe")
+    with Client(cluster, progress=False) as client:
+        df = dd.from_pandas(pd.DataFrame({"a": [i % 5 for i in range(200)], "b": range(200)}), npartitions=4)
+        shuffled = df.shuffle("a")
+        got = shuffled.compute(scheduler=client.get)
+    assert sorted(got["b"]) == list(range(200))
+    for _, part in got.groupby("a"):  # each group whole in one partition's rows, as sync gives
+        assert len(part) == 40
+
+
+def test_a_client_makes_task_shuffles_the_default_until_it_closes(cluster):
+    assert dask.config.get("dataframe.shuffle.method", None) is None
+    with Client(cluster, progress=False):
+        assert dask.config.get("dataframe.shuffle.method") == "tasks"
+        with dask.config.set({"dataframe.shuffle.method": "p2p"}):  # the user's choice wins
+            assert dask.config.get("dataframe.shuffle.method") == "p2p"
+    assert dask.config.get("dataframe.shuffle.method", None) is None
+
+
+def test_a_disk_shuffle_is_refused_naming_its_task(client):
+    bag = db.from_sequence(range(30), npartitions=3).groupby(lambda x: x % 4, shuffle="disk")
+    with pytest.raises(GraphError, match=r"task \('partd-.*shuffle='tasks'"):
+        bag.compute(scheduler=client.get)
+
+
+def test_store_into_a_numpy_array_in_the_clients_memory_is_refused(client):
+    x = da.ones((4, 4), chunks=2)
+    target = np.zeros((4, 4))
+    with pytest.raises(GraphError, match=r"task \('store-map-.*client's memory"):
+        da.store(x, target, scheduler=client.get)
+    stored = da.store(x, target, compute=False)
+    with pytest.raises(GraphError, match="client's memory"):
+        stored.compute(scheduler=client.get)
+    assert not target.any()
+
+
+class FileTarget:
+    """A store target the executors can reach: each chunk written as a file in a shared directory."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __setitem__(self, index, value):
+        name = "_".join(f"{s.start}-{s.stop}" for s in index)
+        np.save(os.path.join(self.path, name + ".npy"), value)
+
+
+def test_store_into_a_target_the_executors_reach_fills_it(client, tmp_path):
+    x = da.arange(16, chunks=4).reshape(4, 4).rechunk(2)
+    da.store(x, FileTarget(str(tmp_path)), lock=False, scheduler=client.get)
+    assert sorted(os.listdir(tmp_path)) == ["0-2_0-2.npy", "0-2_2-4.npy", "2-4_0-2.npy", "2-4_2-4.npy"]
+    assert (np.load(tmp_path / "2-4_2-4.npy") == np.arange(16).reshape(4, 4)[2:, 2:]).all()
+
 
 # -- secrets (point 13) ----------------------------------------------------------------
 
