@@ -18,7 +18,7 @@ import dask.bag as db
 import numpy as np
 import psutil
 import pytest
-from conftest import children
+from conftest import children, job_keys
 
 from wukong import Client, LocalCluster
 from wukong.errors import WukongError
@@ -94,6 +94,46 @@ def test_store_into_a_target_the_executors_reach_fills_it(client, tmp_path):
     da.store(x, FileTarget(str(tmp_path)), lock=False, scheduler=client.get)
     assert sorted(os.listdir(tmp_path)) == ["0-2_0-2.npy", "0-2_2-4.npy", "2-4_0-2.npy", "2-4_2-4.npy"]
     assert (np.load(tmp_path / "2-4_2-4.npy") == np.arange(16).reshape(4, 4)[2:, 2:]).all()
+
+
+# -- literals longer than a Redis string (point 11) --------------------------------------
+
+
+def total(a, b):
+    return float(a.sum() + b.sum())
+
+
+def subtract_slowly(a, b):
+    time.sleep(1.0)  # so that this chain completes the fan-in, which it does not hold the schedule of
+    return a - b
+
+
+def test_schedules_longer_than_part_size_are_split_and_joined(tmp_path):
+    """A schedule blob longer than ``part_size`` is split like a value: its first schedule
+    (read at start-up), a fan-in's (from the fan-in reply) and the parts all round-trip."""
+    from dask import delayed
+
+    with LocalCluster(n_workers=2, shared_memory=False) as cluster:
+        cluster.store.part_size = 64 * 1024  # the client splits what it writes; readers join any header
+        client = Client(cluster, progress=False)
+        big = np.arange(100_000, dtype="float64")  # 800 kB: 13 parts per blob
+        a = delayed(np.add)(big, 1)
+        b = delayed(np.multiply)(big, 2)
+        result = delayed(total)(a, delayed(subtract_slowly)(b, big))
+        expected = float((big + 1).sum() + big.sum())
+        assert result.compute(scheduler=client.get) == expected
+        assert job_keys(cluster) == []
+
+
+@pytest.mark.slow
+def test_a_literal_longer_than_a_redis_string_runs():
+    from dask import delayed
+
+    with LocalCluster(n_workers=1) as cluster:
+        client = Client(cluster, progress=False)
+        big = np.ones(600 * 1024 * 1024 // 8)  # 600 MB, above Redis's 512 MB string limit
+        assert delayed(np.sum)(big).compute(scheduler=client.get, timeout=600) == big.size
+        assert job_keys(cluster) == []
 
 
 # -- secrets (point 13) ----------------------------------------------------------------
