@@ -6,8 +6,12 @@ reproducer of what went wrong before.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
+import socket
 import stat
+import struct
 import subprocess
 import sys
 import time
@@ -23,6 +27,7 @@ from conftest import children, job_keys
 from wukong import Client, LocalCluster
 from wukong.errors import WukongError
 from wukong.graph import GraphError
+from wukong.proxy.frames import HEAD_TAG, MAX_FRAME, PREFIX, pack, unpack
 from wukong.store import Endpoint
 
 # -- shuffles and stores (points 9, 10) -------------------------------------------------
@@ -134,6 +139,101 @@ def test_a_literal_longer_than_a_redis_string_runs():
         big = np.ones(600 * 1024 * 1024 // 8)  # 600 MB, above Redis's 512 MB string limit
         assert delayed(np.sum)(big).compute(scheduler=client.get, timeout=600) == big.size
         assert job_keys(cluster) == []
+
+
+# -- the proxy's listener (point 12) -----------------------------------------------------
+
+PROXY_SECRET = "listener-test-secret"
+
+
+@pytest.fixture
+def proxy():
+    """A standalone proxy with short limits: (host, port, process)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "wukong.cli", "proxy", "--port", "0", "--max-connections", "3"]
+        + ["--idle-timeout", "1", "--frame-timeout", "1"],
+        env={**os.environ, "WUKONG_PROXY_SECRET": PROXY_SECRET},
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        host, port = proc.stdout.readline().split()[1].decode().rsplit(":", 1)
+        yield host, int(port), proc
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def connect(proxy) -> socket.socket:
+    sock = socket.create_connection(proxy[:2], timeout=10)
+    return sock
+
+
+def reply_of(sock: socket.socket) -> dict | None:
+    """The proxy's reply frame, or None when it closed the connection without one."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return unpack(PROXY_SECRET.encode(), data)[0] if data else None
+
+
+def rss_mb(proc) -> float:
+    return psutil.Process(proc.pid).memory_info().rss / 2**20
+
+
+def test_an_unauthenticated_length_is_refused_before_its_body_is_read(proxy):
+    before = rss_mb(proxy[2])
+    socks = []
+    for _ in range(4):  # each claims a 256 MiB frame and sends 16 MiB of it
+        sock = connect(proxy)
+        sock.sendall(PREFIX.pack(MAX_FRAME, b"\0" * 32, b"\0" * 32))
+        try:
+            sock.sendall(b"x" * (16 * 2**20))
+        except OSError:
+            pass  # the proxy already answered and closed: exactly what should happen
+        socks.append(sock)
+    for sock in socks:
+        assert reply_of(sock) == {"ok": False, "error": "authentication failed"}
+        sock.close()
+    assert rss_mb(proxy[2]) - before < 32  # it used to grow by ~480 MB here
+
+
+def test_an_authentic_frame_above_the_cap_is_refused_unread(proxy):
+    n = MAX_FRAME + 1
+    head = hmac.new(PROXY_SECRET.encode(), HEAD_TAG + struct.pack("!I", n), hashlib.sha256).digest()
+    with connect(proxy) as sock:
+        sock.sendall(PREFIX.pack(n, head, b"\0" * 32))
+        assert "exceeds the limit" in reply_of(sock)["error"]
+
+
+def test_an_idle_connection_is_closed(proxy):
+    with connect(proxy) as sock:
+        t0 = time.monotonic()
+        assert reply_of(sock) is None  # closed without a word
+        assert time.monotonic() - t0 < 8
+
+
+def test_a_half_sent_frame_is_answered_and_closed(proxy):
+    frame = pack(PROXY_SECRET.encode(), {"op": "stats"})
+    with connect(proxy) as sock:
+        sock.sendall(frame[:-3])
+        t0 = time.monotonic()
+        assert reply_of(sock) == {"ok": False, "error": "frame not received within 1s"}
+        assert time.monotonic() - t0 < 8
+
+
+def test_connections_beyond_the_cap_are_refused_and_the_proxy_keeps_serving(proxy):
+    held = [connect(proxy) for _ in range(3)]
+    time.sleep(0.2)  # let the proxy accept them
+    with connect(proxy) as sock:
+        assert reply_of(sock) == {"ok": False, "error": "too many connections (3)"}
+    for sock in held:
+        sock.close()
+    time.sleep(0.2)
+    with connect(proxy) as sock:
+        sock.sendall(pack(PROXY_SECRET.encode(), {"op": "stats"}))
+        sock.shutdown(socket.SHUT_WR)
+        assert reply_of(sock)["ok"] is True
 
 
 # -- secrets (point 13) ----------------------------------------------------------------
