@@ -236,6 +236,57 @@ def test_connections_beyond_the_cap_are_refused_and_the_proxy_keeps_serving(prox
         assert reply_of(sock)["ok"] is True
 
 
+# -- wukong lambda-local's HTTP listener (point 12) --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lambda_local():
+    from wukong.lambda_local import LambdaLocal
+
+    with LambdaLocal({"f": "wukong.backends.aws_lambda:handler"}, workers=1, idle_timeout=1, read_timeout=1) as lam:
+        yield lam
+
+
+def http(lam, data: bytes) -> bytes:
+    """What the endpoint answers to raw ``data`` before it closes the connection."""
+    host, port = lam.url.split("//")[1].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(data)
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+    return out
+
+
+@pytest.mark.parametrize(
+    "request_line", [b"GARBAGE\r\n\r\n", b"POST /x\r\n\r\n", b"\x16\x03\x01 TLS hello HTTP/9\r\n\r\n"]
+)
+def test_lambda_local_answers_a_malformed_request_line_with_400(lambda_local, request_line):
+    assert http(lambda_local, request_line).startswith(b"HTTP/1.1 400 ")
+
+
+@pytest.mark.parametrize("length", [b"abc", b"-5", b"1, 2", b""])
+def test_lambda_local_answers_a_malformed_content_length_with_400(lambda_local, length):
+    request = b"POST /2015-03-31/functions/f/invocations HTTP/1.1\r\nContent-Length: " + length + b"\r\n\r\n{}"
+    reply = http(lambda_local, request)
+    assert reply.startswith(b"HTTP/1.1 400 ") and b"Content-Length" in reply
+
+
+def test_lambda_local_answers_a_half_sent_request_with_408(lambda_local):
+    t0 = time.monotonic()
+    request = b"POST /2015-03-31/functions/f/invocations HTTP/1.1\r\nContent-Length: 100\r\n\r\n{"
+    assert http(lambda_local, request).startswith(b"HTTP/1.1 408 ")
+    assert time.monotonic() - t0 < 8
+
+
+def test_lambda_local_closes_an_idle_connection(lambda_local):
+    t0 = time.monotonic()
+    assert http(lambda_local, b"") == b""
+    assert time.monotonic() - t0 < 8
+    dry = b"POST /2015-03-31/functions/f/invocations HTTP/1.1\r\nX-Amz-Invocation-Type: DryRun\r\n"
+    assert http(lambda_local, dry + b"Connection: close\r\n\r\n").startswith(b"HTTP/1.1 204 ")  # still serving
+
+
 # -- secrets (point 13) ----------------------------------------------------------------
 
 
