@@ -24,6 +24,7 @@ import psutil
 import pytest
 from conftest import children, job_keys
 
+import wukong.graph
 from wukong import Client, LocalCluster
 from wukong.errors import WukongError
 from wukong.graph import GraphError
@@ -37,10 +38,9 @@ def groups(pairs):
     return sorted((k, sorted(v)) for k, v in pairs)
 
 
-def test_bag_groupby_built_while_a_client_is_open_returns_syncs_groups(cluster):
-    with Client(cluster, progress=False) as client:
-        bag = db.from_sequence(range(300), npartitions=6).groupby(lambda x: x % 7)
-        got = bag.compute(scheduler=client.get)
+def test_bag_groupby_built_while_a_client_is_open_returns_syncs_groups(any_client):
+    bag = db.from_sequence(range(300), npartitions=6).groupby(lambda x: x % 7)  # no shuffle= given
+    got = bag.compute(scheduler=any_client.get)
     assert groups(got) == groups(bag.compute(scheduler="sync"))
     assert sum(len(v) for _, v in got) == 300
 
@@ -57,13 +57,27 @@ def test_dataframe_shuffle_built_while_a_client_is_open_returns_syncs_rows(clust
         assert len(part) == 40
 
 
-def test_a_client_makes_task_shuffles_the_default_until_it_closes(cluster):
-    assert dask.config.get("dataframe.shuffle.method", None) is None
-    with Client(cluster, progress=False):
+def test_a_client_makes_task_shuffles_the_default_until_the_last_one_closes(cluster, monkeypatch):
+    monkeypatch.setattr(wukong.graph, "_open_clients", 0)  # as if no other client were open
+    monkeypatch.setattr(wukong.graph, "_applied", {})
+    with dask.config.set({"dataframe.shuffle.method": None}):
+        first, second = Client(cluster, progress=False), Client(cluster, progress=False)
+        assert dask.config.get("dataframe.shuffle.method") == "tasks"
+        first.close()
         assert dask.config.get("dataframe.shuffle.method") == "tasks"
         with dask.config.set({"dataframe.shuffle.method": "p2p"}):  # the user's choice wins
             assert dask.config.get("dataframe.shuffle.method") == "p2p"
-    assert dask.config.get("dataframe.shuffle.method", None) is None
+        second.close()
+        assert dask.config.get("dataframe.shuffle.method", None) is None
+
+
+def test_a_shuffle_method_the_user_chose_is_left_alone(cluster, monkeypatch):
+    monkeypatch.setattr(wukong.graph, "_open_clients", 0)
+    monkeypatch.setattr(wukong.graph, "_applied", {})
+    with dask.config.set({"dataframe.shuffle.method": "disk"}):
+        with Client(cluster, progress=False):
+            assert dask.config.get("dataframe.shuffle.method") == "disk"
+        assert dask.config.get("dataframe.shuffle.method") == "disk"
 
 
 def test_a_disk_shuffle_is_refused_naming_its_task(client):
@@ -113,21 +127,21 @@ def subtract_slowly(a, b):
     return a - b
 
 
-def test_schedules_longer_than_part_size_are_split_and_joined(tmp_path):
+def test_schedules_longer_than_part_size_are_split_and_joined(any_client):
     """A schedule blob longer than ``part_size`` is split like a value: its first schedule
     (read at start-up), a fan-in's (from the fan-in reply) and the parts all round-trip."""
     from dask import delayed
 
-    with LocalCluster(n_workers=2, shared_memory=False) as cluster:
-        cluster.store.part_size = 64 * 1024  # the client splits what it writes; readers join any header
-        client = Client(cluster, progress=False)
+    store = any_client.cluster.store
+    old, store.part_size = store.part_size, 64 * 1024  # the client splits what it writes; readers join any header
+    try:
         big = np.arange(100_000, dtype="float64")  # 800 kB: 13 parts per blob
         a = delayed(np.add)(big, 1)
         b = delayed(np.multiply)(big, 2)
         result = delayed(total)(a, delayed(subtract_slowly)(b, big))
-        expected = float((big + 1).sum() + big.sum())
-        assert result.compute(scheduler=client.get) == expected
-        assert job_keys(cluster) == []
+        assert result.compute(scheduler=any_client.get) == float((big + 1).sum() + big.sum())
+    finally:
+        store.part_size = old
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import sys
+import threading
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 from typing import Any
 
@@ -147,6 +148,7 @@ STORE_FUNCS = frozenset({"load_store_chunk", "store_chunk"})  # in dask.array.co
 DASK_DEFAULTS = {"dataframe.shuffle.method": "tasks"}  # bags read this key too
 _open_clients = 0
 _applied: dict[str, Any] = {}  # what we set, so closing the last client removes only that
+_clients_lock = threading.Lock()
 
 
 def dask_defaults() -> dict[str, Any]:
@@ -157,22 +159,24 @@ def dask_defaults() -> dict[str, Any]:
 def acquire_dask_defaults() -> None:
     """A client opened: apply ``DASK_DEFAULTS`` (the first one does) for graphs built from now on."""
     global _open_clients
-    _open_clients += 1
-    if _open_clients == 1:
-        _applied.update(dask_defaults())
-        if _applied:
-            dask.config.set(_applied)
+    with _clients_lock:
+        _open_clients += 1
+        if _open_clients == 1:
+            _applied.update(dask_defaults())
+            if _applied:
+                dask.config.set(_applied)
 
 
 def release_dask_defaults() -> None:
     """A client closed: the last one removes what the first set, unless the user changed it since."""
     global _open_clients
-    _open_clients = max(0, _open_clients - 1)
-    if _open_clients == 0:
-        for k, v in _applied.items():
-            if dask.config.get(k, None) == v:
-                dask.config.set({k: None})
-        _applied.clear()
+    with _clients_lock:
+        _open_clients = max(0, _open_clients - 1)
+        if _open_clients == 0:
+            for k, v in _applied.items():
+                if dask.config.get(k, None) == v:
+                    dask.config.set({k: None})
+            _applied.clear()
 
 
 def check_process_local(graph: Mapping[Key, GraphNode]) -> None:
