@@ -86,14 +86,18 @@ def test_a_disk_shuffle_is_refused_naming_its_task(client):
         bag.compute(scheduler=client.get)
 
 
-def test_store_into_a_numpy_array_in_the_clients_memory_is_refused(client):
-    x = da.ones((4, 4), chunks=2)
-    target = np.zeros((4, 4))
-    with pytest.raises(GraphError, match=r"task \('store-map-.*client's memory"):
+@pytest.mark.parametrize("shape, chunks", [((4, 4), 2), ((400, 400), 100), ((1000,), 1000)])
+def test_store_into_a_numpy_array_in_the_clients_memory_is_refused(client, shape, chunks):
+    """Small targets travel inside the fused store tasks, large ones as keys of their own."""
+    x = da.ones(shape, chunks=chunks)
+    target = np.zeros(shape)
+    with pytest.raises(GraphError, match=r"task .*store-map-.*client's memory"):
         da.store(x, target, scheduler=client.get)
     stored = da.store(x, target, compute=False)
     with pytest.raises(GraphError, match="client's memory"):
         stored.compute(scheduler=client.get)
+    with pytest.raises(GraphError, match="client's memory"):
+        da.store(x, target, compute=False, return_stored=True).compute(scheduler=client.get)
     assert not target.any()
 
 

@@ -187,6 +187,7 @@ def check_process_local(graph: Mapping[Key, GraphNode]) -> None:
     target is followed from the fused task's literal inputs.
     """
     kinds: dict[int, str] = {}  # id(callable) -> its kind (``_kind``): each callable is looked at once
+    literals = _GraphLiterals(graph)  # a large literal, such as a store's target, is a key of its own
     for key, node in graph.items():
         if not isinstance(node, Task):
             continue
@@ -195,10 +196,10 @@ def check_process_local(graph: Mapping[Key, GraphNode]) -> None:
         if kind is None:
             kind = kinds[id(func)] = _kind(func)
         if kind == "subgraph" or _holds_tasks(node):
-            for inner_func, task, env in _tasks_within(node):
+            for inner_func, task, env in _tasks_within(node, literals):
                 _check_task(key, _kind(inner_func), task, env)
         elif kind:
-            _check_task(key, kind, node, {})
+            _check_task(key, kind, node, literals)
 
 
 def _kind(func: Any) -> str:
@@ -220,7 +221,7 @@ def _holds_tasks(task: Task) -> bool:
     return False
 
 
-def _check_task(key: Key, kind: str, task: Task, env: dict) -> None:
+def _check_task(key: Key, kind: str, task: Task, env: Mapping) -> None:
     if kind == "partd":
         raise GraphError(
             f"task {key!r} opens a partd store in a temporary directory of the process that "
@@ -237,14 +238,14 @@ def _check_task(key: Key, kind: str, task: Task, env: dict) -> None:
         )
 
 
-def _tasks_within(node: Any) -> Iterator[tuple[Any, Any, dict]]:
+def _tasks_within(node: Any, literals: Mapping) -> Iterator[tuple[Any, Any, Mapping]]:
     """(callable, task, literal inputs by inner key) of ``node`` and of every task nested in it.
 
     A fused subgraph, ``_execute_subgraph(inner, outkey, inkeys, *inputs)``,
     runs ``inner``'s tasks with ``inkeys[i]`` bound to ``inputs[i]``: ``env``
     maps those names to the inputs that are literals.
     """
-    stack: list[tuple[Any, dict]] = [(node, {})]
+    stack: list[tuple[Any, Mapping]] = [(node, literals)]
     while stack:
         task, env = stack.pop()
         func = task.func
@@ -257,7 +258,26 @@ def _tasks_within(node: Any) -> Iterator[tuple[Any, Any, dict]]:
         stack.extend((a, env) for a in (*task.args, *task.kwargs.values()) if isinstance(a, Task))
 
 
-def _literal(arg: Any, env: dict) -> Any:
+class _GraphLiterals(Mapping):
+    """The graph's literal nodes by key (``DataNode`` values); other keys are absent."""
+
+    def __init__(self, graph: Mapping[Key, GraphNode]):
+        self.graph = graph
+
+    def __getitem__(self, key: Key) -> Any:
+        node = self.graph.get(key)
+        if not isinstance(node, DataNode):
+            raise KeyError(key)
+        return node.value
+
+    def __iter__(self) -> Iterator[Key]:
+        return (k for k, node in self.graph.items() if isinstance(node, DataNode))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def _literal(arg: Any, env: Mapping) -> Any:
     """The value of a task argument when it is a literal (directly or bound in ``env``), else None."""
     if isinstance(arg, DataNode):
         return arg.value
