@@ -108,7 +108,7 @@ def raw_request(address: str, data: bytes) -> bytes:
 
 
 def read_reply(secret: str, reply: bytes) -> dict:
-    header, _ = unpack(secret.encode(), reply[4:])
+    header, _ = unpack(secret.encode(), reply)
     return header
 
 

@@ -24,15 +24,17 @@ import json
 import secrets
 import sys
 import time
+import weakref
 from typing import Any
 
+import dask
 import redis
 
 from wukong import protocol, serialization
 from wukong.backends.base import Backend, launch
 from wukong.cost import cost_summary
 from wukong.errors import JobCancelled, JobFailed, task_error
-from wukong.graph import flatten_keys, prepare
+from wukong.graph import acquire_dask_defaults, dask_defaults, flatten_keys, prepare, release_dask_defaults
 from wukong.progress import ProgressBar
 from wukong.protocol import Invocation, Keys, decode_invocation
 from wukong.recovery import resend
@@ -51,6 +53,13 @@ class Client:
     cluster : LocalCluster
     progress : bool
         Show a progress bar on jobs that take longer than about a second.
+
+    While a client is open, Dask builds shuffles (``bag.groupby``,
+    ``df.shuffle``, ``merge``) task-based, as with a distributed client:
+    ``dataframe.shuffle.method`` is ``"tasks"`` unless set by the user
+    (``wukong.graph.DASK_DEFAULTS``).  Dask's disk shuffle keeps its data in
+    one process's temporary directory, which executors do not share; a graph
+    built with it fails with ``GraphError``.
     """
 
     def __init__(self, cluster: Any, *, progress: bool = True):
@@ -58,6 +67,8 @@ class Client:
         self.progress = progress
         self.last_job: dict[str, Any] = {}
         self.active: set[Job] = set()
+        acquire_dask_defaults()
+        self._release = weakref.finalize(self, release_dask_defaults)
 
     @property
     def store(self) -> Store:
@@ -85,7 +96,8 @@ class Client:
         timeout = kwargs.pop("timeout", None)
         kwargs.pop("num_workers", None)
         t0 = time.perf_counter()
-        order, graph = prepare(dsk, keys)
+        with dask.config.set(dask_defaults()):  # an expression is lowered here
+            order, graph = prepare(dsk, keys)
         job_plan = plan(order, graph, flatten_keys(keys))
         t1 = time.perf_counter()
         job = Job(self, job_plan, progress, options, timeout)
@@ -111,7 +123,8 @@ class Client:
             job.cancel(by_user=True)
 
     def close(self) -> None:
-        """The client holds no resources of its own; the cluster is closed separately."""
+        """Give back Dask's defaults (``DASK_DEFAULTS``); the cluster is closed separately."""
+        self._release()
 
     def __enter__(self) -> Client:
         return self
@@ -195,7 +208,7 @@ class Job:
         batch = store.batch()
         batch.mds("set", keys.options, json.dumps(self.options), store.ttl)
         for sid, blob in enumerate(p.schedules):
-            batch.mds("set", keys.schedule(sid), blob, store.ttl)
+            batch.set_value(store.mds_index, keys.schedule(sid), blob)  # split if a literal makes it huge
         starts = [
             Invocation(keys.job, group[0], 0, {}, (), tuple(group[1:]))
             for group in group_leaves(p.leaf_schedules, self.backend.leaf_groups)

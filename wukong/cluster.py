@@ -57,6 +57,9 @@ class LocalCluster:
     ttl : int
         Seconds every job key lives at most (a safety net; keys are deleted
         when their job ends).
+    startup_timeout : float
+        Seconds an embedded ``redis-server`` gets to become ready before
+        ``LocalCluster()`` fails, naming it and quoting its last output.
     connect_timeout : float
         Seconds to wait for a Redis server to accept a connection (and, when
         the cluster starts, to answer) before naming it in an error.
@@ -116,6 +119,7 @@ class LocalCluster:
         inline_limit: int = 64 * 1024,
         cluster_threshold: int = 64 * 1024 * 1024,
         ttl: int = DEFAULT_TTL,
+        startup_timeout: float = 10.0,
         connect_timeout: float = 5.0,
         socket_timeout: float | None = None,
         backend: str = "local",
@@ -155,6 +159,7 @@ class LocalCluster:
         self.backend: Backend | None = None
         self.store: Store | None = None
         self.closed = False
+        self.startup_timeout = startup_timeout
         try:
             mds, kvs = self._endpoints(redis_endpoints, redis_password, mds_endpoint, kvs_endpoints, kvs_shards)
             self.store = Store(mds, kvs, connect_timeout=connect_timeout, socket_timeout=socket_timeout, ttl=ttl)
@@ -214,7 +219,7 @@ class LocalCluster:
         if shards < 1:
             raise ValueError(f"kvs_shards must be at least 1, got {shards}")
         for _ in range(shards):
-            self.redis_servers.append(RedisServer().start())
+            self.redis_servers.append(RedisServer(startup_timeout=self.startup_timeout).start())
         eps = [Endpoint(*s.endpoint, password=s.password) for s in self.redis_servers]
         return eps[0], eps
 

@@ -230,7 +230,9 @@ class _Run:
         batch = self.store.batch()
         h_lease = batch.lease(self.keys, inv.id, self.token, self.ex.lease_ms)
         h_opts = batch.mds("get", self.keys.options) if inv.job not in self.ex.options else None
-        h_scheds = [(s, batch.mds("get", self.keys.schedule(s))) for s in starts if s not in self.scheds]
+        h_scheds = [
+            (s, batch.get_value(self.store.mds_index, self.keys.schedule(s))) for s in starts if s not in self.scheds
+        ]
         h_remote = batch.kvs_get_many([self.keys.data(t) for t in inv.remote])
         batch = self.send(batch)
         if batch[h_lease] == -1:  # a delivery after the job ended: nothing was written
@@ -406,7 +408,7 @@ class _Run:
             if c.sched not in self.scheds:
                 if not reply[1]:
                     raise JobGone()
-                self.scheds[c.sched] = Schedule(reply[1])
+                self.scheds[c.sched] = Schedule(self.store.whole(self.keys.schedule(c.sched), reply[1]))
             done.append(c)
         return done
 
@@ -454,7 +456,7 @@ class _Run:
         if not want and not scheds:
             return {}
         batch = self.store.batch()
-        h_scheds = [batch.mds("get", self.keys.schedule(s)) for s in scheds]
+        h_scheds = [batch.get_value(self.store.mds_index, self.keys.schedule(s)) for s in scheds]
         handles = batch.kvs_get_many([self.keys.data(t) for t in want])
         batch = self.send(batch)
         for s, h in zip(scheds, h_scheds, strict=False):

@@ -8,6 +8,12 @@ runs:
 * every requested key is in the graph (``KeyError`` otherwise, as Dask does);
 * every dependency a node names is in the graph (``missing dependency``);
 * the graph is acyclic (the error names one cycle);
+* no task relies on state that lives only in one process
+  (``check_process_local``): Dask's disk shuffle (partd files in a temporary
+  directory of whichever process runs the task) and ``da.store`` into an
+  array in the client's memory.  On one machine with one process these work;
+  across executors they would silently lose data, so they are refused,
+  naming the task and what to do instead;
 
 and finally lays the keys out in a topological order, which becomes the
 dense integer id of each key (``intern``): dependencies always get smaller ids
@@ -19,11 +25,14 @@ Only public Dask API is used, except ``convert_legacy_graph`` which lives in
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Mapping
+import functools
+import sys
+import threading
+from collections.abc import Hashable, Iterable, Iterator, Mapping
 from typing import Any
 
 import dask
-from dask.task_spec import GraphNode
+from dask.task_spec import DataNode, GraphNode, Task, TaskRef
 
 SUPPORTED_DASK = ((2025, 1), (2027, 0))  # [from, to): task-spec era
 _dask_version = tuple(int(p) for p in dask.__version__.split(".")[:2] if p.isdigit())
@@ -118,8 +127,187 @@ def find_cycle(dsk: Mapping[Key, GraphNode], remaining: Mapping[Key, int]) -> li
     return cycle + [cycle[0]]
 
 
+DISK_SHUFFLE_HINT = (
+    "wukong's executors share no disk: use a task-based shuffle (shuffle='tasks' for "
+    "bag.groupby, shuffle_method='tasks' for dataframes, or "
+    "dask.config.set({'dataframe.shuffle.method': 'tasks'}), which a wukong Client sets by default)"
+)
+STORE_FUNCS = frozenset({"load_store_chunk", "store_chunk"})  # in dask.array.core
+
+
+# -- how Dask builds graphs for wukong ----------------------------------------------------
+#
+# Dask picks a collection's shuffle when the graph is *built* (``bag.groupby``,
+# ``df.shuffle``, ``df.merge`` ...), before ``compute`` reaches ``Client.get``.
+# Without a distributed client its default is the disk shuffle, which cannot
+# work across executors.  So, as creating a distributed ``Client`` does, a
+# wukong ``Client`` makes task-based shuffles the default for as long as it is
+# open (unless the user chose a method), and ``Client.get`` applies the same
+# defaults around the conversion of a not yet lowered expression.
+
+DASK_DEFAULTS = {"dataframe.shuffle.method": "tasks"}  # bags read this key too
+_open_clients = 0
+_applied: dict[str, Any] = {}  # what we set, so closing the last client removes only that
+_clients_lock = threading.Lock()
+
+
+def dask_defaults() -> dict[str, Any]:
+    """The entries of ``DASK_DEFAULTS`` the user has not set."""
+    return {k: v for k, v in DASK_DEFAULTS.items() if dask.config.get(k, None) is None}
+
+
+def acquire_dask_defaults() -> None:
+    """A client opened: apply ``DASK_DEFAULTS`` (the first one does) for graphs built from now on."""
+    global _open_clients
+    with _clients_lock:
+        _open_clients += 1
+        if _open_clients == 1:
+            _applied.update(dask_defaults())
+            if _applied:
+                dask.config.set(_applied)
+
+
+def release_dask_defaults() -> None:
+    """A client closed: the last one removes what the first set, unless the user changed it since."""
+    global _open_clients
+    with _clients_lock:
+        _open_clients = max(0, _open_clients - 1)
+        if _open_clients == 0:
+            for k, v in _applied.items():
+                if dask.config.get(k, None) == v:
+                    dask.config.set({k: None})
+            _applied.clear()
+
+
+def check_process_local(graph: Mapping[Key, GraphNode]) -> None:
+    """Refuse tasks whose effect stays in the process that runs them (see the module docstring).
+
+    Tasks nested in a task's arguments and in fused subgraphs (Dask's
+    blockwise fusion) are looked at too, by their callable; a store task's
+    target is followed from the fused task's literal inputs.
+    """
+    kinds: dict[int, str] = {}  # id(callable) -> its kind (``_kind``): each callable is looked at once
+    literals = _GraphLiterals(graph)  # a large literal, such as a store's target, is a key of its own
+    for key, node in graph.items():
+        if not isinstance(node, Task):
+            continue
+        func = node.func
+        kind = kinds.get(id(func))
+        if kind is None:
+            kind = kinds[id(func)] = _kind(func)
+        if kind == "subgraph" or _holds_tasks(node):
+            for inner_func, task, env in _tasks_within(node, literals):
+                _check_task(key, _kind(inner_func), task, env)
+        elif kind:
+            _check_task(key, kind, node, literals)
+
+
+def _kind(func: Any) -> str:
+    """ "partd", "store", "subgraph" (a fused subgraph's runner) or "" (anything else)."""
+    if _opens_partd(func):
+        return "partd"
+    if _is_store(func):
+        return "store"
+    return "subgraph" if getattr(func, "__name__", None) == "_execute_subgraph" else ""
+
+
+def _holds_tasks(task: Task) -> bool:
+    for a in task.args:
+        if isinstance(a, Task):
+            return True
+    for a in task.kwargs.values():
+        if isinstance(a, Task):
+            return True
+    return False
+
+
+def _check_task(key: Key, kind: str, task: Task, env: Mapping) -> None:
+    if kind == "partd":
+        raise GraphError(
+            f"task {key!r} opens a partd store in a temporary directory of the process that "
+            f"runs it (Dask's disk shuffle); the tasks that write and read it run in other "
+            f"processes, so items would be lost. {DISK_SHUFFLE_HINT}"
+        )
+    if kind == "store" and _in_client_memory(_literal(task.args[1], env) if len(task.args) > 1 else None):
+        raise GraphError(
+            f"task {key!r} stores into a numpy array that lives in the client's memory "
+            f"(da.store(x, target) with an in-memory target): executors write into their own "
+            f"copy, so the target would stay unchanged. Compute the array instead "
+            f"(target[...] = x.compute(scheduler=client.get)), or store into something the "
+            f"executors can reach (a zarr or HDF5 file, an object store)"
+        )
+
+
+def _tasks_within(node: Any, literals: Mapping) -> Iterator[tuple[Any, Any, Mapping]]:
+    """(callable, task, literal inputs by inner key) of ``node`` and of every task nested in it.
+
+    A fused subgraph, ``_execute_subgraph(inner, outkey, inkeys, *inputs)``,
+    runs ``inner``'s tasks with ``inkeys[i]`` bound to ``inputs[i]``: ``env``
+    maps those names to the inputs that are literals.
+    """
+    stack: list[tuple[Any, Mapping]] = [(node, literals)]
+    while stack:
+        task, env = stack.pop()
+        func = task.func
+        if _kind(func) == "subgraph" and len(task.args) >= 3:
+            inner, _, inkeys, *inputs = task.args
+            inner_env = {k: _literal(v, env) for k, v in zip(inkeys, inputs, strict=False)}
+            stack.extend((t, inner_env) for t in inner.values() if isinstance(t, Task))
+            continue
+        yield func, task, env
+        stack.extend((a, env) for a in (*task.args, *task.kwargs.values()) if isinstance(a, Task))
+
+
+class _GraphLiterals(Mapping):
+    """The graph's literal nodes by key (``DataNode`` values); other keys are absent."""
+
+    def __init__(self, graph: Mapping[Key, GraphNode]):
+        self.graph = graph
+
+    def __getitem__(self, key: Key) -> Any:
+        node = self.graph.get(key)
+        if not isinstance(node, DataNode):
+            raise KeyError(key)
+        return node.value
+
+    def __iter__(self) -> Iterator[Key]:
+        return (k for k, node in self.graph.items() if isinstance(node, DataNode))
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+def _literal(arg: Any, env: Mapping) -> Any:
+    """The value of a task argument when it is a literal (directly or bound in ``env``), else None."""
+    if isinstance(arg, DataNode):
+        return arg.value
+    if isinstance(arg, TaskRef):
+        return env.get(arg.key)
+    return None if isinstance(arg, GraphNode) else arg
+
+
+def _opens_partd(func: Any) -> bool:
+    """A partd constructor (bag's disk groupby) or dask.dataframe's ``maybe_buffered_partd``."""
+    while isinstance(func, functools.partial):
+        func = func.func
+    module = getattr(func, "__module__", None) or ""
+    name = getattr(func, "__qualname__", None) or type(func).__qualname__
+    return module.split(".")[0] == "partd" or name == "maybe_buffered_partd"
+
+
+def _is_store(func: Any) -> bool:
+    """``dask.array.core.load_store_chunk(x, out, ...)``: what ``da.store`` runs per chunk."""
+    return getattr(func, "__module__", None) == "dask.array.core" and getattr(func, "__name__", None) in STORE_FUNCS
+
+
+def _in_client_memory(target: Any) -> bool:
+    np = sys.modules.get("numpy")  # an array target implies numpy is loaded; never import it here
+    return np is not None and isinstance(target, np.ndarray)
+
+
 def prepare(dsk: Any, keys: Any) -> tuple[list[Key], dict[Key, GraphNode]]:
     """Convert, cull and validate; return keys in topological order and the graph."""
     graph = to_task_graph(dsk)
     graph = cull(graph, flatten_keys(keys))
+    check_process_local(graph)
     return topological_order(graph), graph

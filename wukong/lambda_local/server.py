@@ -29,6 +29,8 @@ handler raised / worker died / timeout  200   ``FunctionError: Unhandled``
 unknown function or qualifier           404   ``ResourceNotFoundException``
 payload too large                       413   ``RequestEntityTooLargeException``
 payload is not JSON                     400   ``InvalidRequestContentException``
+malformed request line, Content-Length  400   (the connection is closed)
+request not whole within read_timeout   408   (the connection is closed)
 over the concurrency limit              429   ``TooManyRequestsException``
 ======================================  ====  =================================
 
@@ -115,6 +117,7 @@ _REASONS = {
     204: "No Content",
     400: "Bad Request",
     404: "Not Found",
+    408: "Request Timeout",
     411: "Length Required",
     413: "Request Entity Too Large",
     429: "Too Many Requests",
@@ -122,6 +125,12 @@ _REASONS = {
 }
 _MAX_HEAD = 64 * 1024
 _MAX_DISCARD = 256 * 1024 * 1024  # read and drop bigger bodies up to this, then hang up
+IDLE_TIMEOUT_S = 120.0  # a keep-alive connection with no request begun for this long is closed
+READ_TIMEOUT_S = 60.0  # a request begun must be received whole within this, else 408
+
+
+class _BadRequest(ValueError):
+    """A request line or header we cannot read: answered with 400."""
 
 
 # --------------------------------------------------------------------------- server
@@ -219,6 +228,10 @@ class LambdaLocal:
         Times a failed ``Event`` invocation is run again.
     port : int
         0 picks a free port.
+    idle_timeout, read_timeout : float
+        Seconds a connection may wait for its next request, and seconds a
+        request may take to arrive once begun (then 408 and the connection
+        is closed).  A malformed request line or ``Content-Length`` gets 400.
 
     Examples
     --------
@@ -245,6 +258,8 @@ class LambdaLocal:
         port: int = 0,
         region: str = "us-east-1",
         account: str = "123456789012",
+        idle_timeout: float = IDLE_TIMEOUT_S,
+        read_timeout: float = READ_TIMEOUT_S,
     ):
         for name, ref in functions.items():
             if ":" not in ref:
@@ -260,6 +275,7 @@ class LambdaLocal:
         self.max_sync_payload = max_sync_payload
         self.env = dict(env or {})
         self.timeout = timeout
+        self.idle_timeout, self.read_timeout = idle_timeout, read_timeout
         self.memory = memory
         self.throttle_events = concurrency is not None if throttle_events is None else throttle_events
         self.event_retries = event_retries
@@ -482,29 +498,45 @@ class LambdaLocal:
     async def _serve_request(self, reader, writer) -> bool:
         """Answer one request; return whether the connection stays open."""
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
-        except asyncio.IncompleteReadError:
+            first = await asyncio.wait_for(reader.readexactly(1), self.idle_timeout)
+        except (asyncio.IncompleteReadError, TimeoutError):
+            return False  # closed, or idle too long: hang up without a word
+        try:
+            async with asyncio.timeout(self.read_timeout):
+                request = await self._read_request(first, reader, writer)
+        except TimeoutError:
+            writer.write(_http(408, [], b"", keep=False))
             return False
-        except asyncio.LimitOverrunError:
-            writer.write(_http(431, [], b"", keep=False))
+        except _BadRequest as exc:
+            writer.write(_http(400, [], json.dumps({"message": str(exc)}).encode(), keep=False))
             return False
-        method, target, version, headers = _parse_head(head)
-        if "chunked" in headers.get("transfer-encoding", ""):
-            writer.write(_http(411, [], b"", keep=False))
+        if isinstance(request, int):
+            writer.write(_http(request, [], b"", keep=False))
             return False
-        length = int(headers.get("content-length", "0"))
-        if headers.get("expect", "").lower() == "100-continue":
-            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        body = await _read_body(reader, length, max(self.max_sync_payload, self.max_event_payload))
-        if body is None and length > _MAX_DISCARD:
-            writer.write(_http(413, [], b"", keep=False))
-            return False
+        method, target, version, headers, body, length = request
         keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
         status, extra, payload = await self._route(method, target, headers, body, length)
         writer.write(_http(status, extra, payload, keep))
         if writer.transport.get_write_buffer_size() > 2**16:
             await writer.drain()
         return keep
+
+    async def _read_request(self, first: bytes, reader, writer) -> tuple | int:
+        """(method, target, version, headers, body, length), or the status that refuses it."""
+        try:
+            head = first + await reader.readuntil(b"\r\n\r\n")
+        except asyncio.LimitOverrunError:
+            return 431
+        method, target, version, headers = _parse_head(head)
+        if "chunked" in headers.get("transfer-encoding", ""):
+            return 411
+        length = _content_length(headers)
+        if headers.get("expect", "").lower() == "100-continue":
+            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        body = await _read_body(reader, length, max(self.max_sync_payload, self.max_event_payload))
+        if body is None and length > _MAX_DISCARD:
+            return 413
+        return method, target, version, headers, body, length
 
     async def _route(self, method, target, headers, body, length):
         path, _, query = target.partition("?")
@@ -600,13 +632,23 @@ def _stop_at_exit(ref: weakref.ref[LambdaLocal]) -> None:
 
 def _parse_head(head: bytes) -> tuple[str, str, str, dict[str, str]]:
     lines = head.decode("latin-1").split("\r\n")
-    method, target, version = lines[0].split(" ", 2)
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[0].isalpha() or not parts[2].startswith("HTTP/1."):
+        raise _BadRequest(f"malformed request line {lines[0][:200]!r}")
+    method, target, version = parts
     headers = {}
     for line in lines[1:]:
         key, sep, value = line.partition(":")
         if sep:
             headers[key.strip().lower()] = value.strip()
     return method, target, version, headers
+
+
+def _content_length(headers: dict[str, str]) -> int:
+    value = headers.get("content-length", "0")
+    if not value.isdigit():  # digits only: no sign, no spaces, no list of lengths
+        raise _BadRequest(f"malformed Content-Length {value[:100]!r}")
+    return int(value)
 
 
 async def _read_body(reader: asyncio.StreamReader, length: int, limit: int) -> bytes | None:
@@ -663,6 +705,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency", type=float, default=0.0)
     p.add_argument("--timeout", type=float, default=900.0)
     p.add_argument("--memory", type=int, default=3008)
+    p.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT_S, help="seconds a connection may idle")
+    p.add_argument("--read-timeout", type=float, default=READ_TIMEOUT_S, help="seconds to receive a request")
     args = p.parse_args(argv)
     functions = {}
     for item in args.function:
@@ -680,6 +724,8 @@ def main(argv: list[str] | None = None) -> int:
         latency=args.latency,
         timeout=args.timeout,
         memory=args.memory,
+        idle_timeout=args.idle_timeout,
+        read_timeout=args.read_timeout,
         host=args.host,
         port=args.port,
     )

@@ -8,8 +8,11 @@ proxy starts them with up to ``max_in_flight`` invocations at once.
 
 Protocol (``frames``).  One TCP connection carries any number of request/reply frames::
 
-    frame  = !I length of what follows | HMAC-SHA256(secret, body) (32 bytes) | body
+    frame  = !I n | MAC of n (32 bytes) | MAC of n and body (32 bytes) | body (n bytes)
     body   = !I header length | header (JSON) | blob | child invocations
+
+The length is authenticated before the body is read (``frames``); the
+server caps connections and closes idle and half-sent ones (``server``).
 
 A request's header is ``{"job", "claim", "route", "tid", "children": [[size,
 inline], ...]}``.  The parent's output ``blob`` travels once: each child

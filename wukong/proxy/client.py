@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 
 from wukong.protocol import Invocation, Keys, encode_invocation
-from wukong.proxy.frames import LEN, MAX_FRAME, ProxyError, pack, recv_exactly, unpack
+from wukong.proxy.frames import ProxyError, pack, recv_frame
 from wukong.store import Store
 
 RETRY_AFTER_S = 5.0  # after a failure, executors invoke directly this long before trying the proxy again
@@ -61,10 +61,7 @@ class ProxyClient:
     def roundtrip(self, frame: bytes) -> dict:
         sock = self.connect()
         sock.sendall(frame)
-        (n,) = LEN.unpack(recv_exactly(sock, LEN.size))
-        if n > MAX_FRAME:
-            raise ProxyError(f"reply of {n} bytes")
-        reply, _ = unpack(self.secret, recv_exactly(sock, n))
+        reply = recv_frame(sock, self.secret)
         if not reply.get("ok"):
             raise ProxyError(reply.get("error", "error"))
         return reply

@@ -22,29 +22,43 @@ from wukong import aws
 from wukong.backends.aws_lambda import LambdaInvoker
 from wukong.backends.base import launch
 from wukong.protocol import Keys, decode_invocation, encode_invocation
-from wukong.proxy.frames import LEN, MAX_FRAME, SECRET_ENV, ProxyError, pack, unpack
+from wukong.proxy.frames import PREFIX, SECRET_ENV, ProxyError, pack, read_body, read_prefix
 from wukong.proxy.local import MAX_IN_FLIGHT
 from wukong.store import Endpoint, Store, scripts
+from wukong.store.endpoint import redact
+
+REDIS_ENV = "WUKONG_PROXY_REDIS"  # the default store's URL, password included
 
 
-async def _read_frame(reader: asyncio.StreamReader) -> bytes | None:
-    """The next frame's bytes after its length prefix; ``None`` at a clean end."""
+async def _read_frame(
+    reader: asyncio.StreamReader, secret: bytes, idle_timeout: float, frame_timeout: float
+) -> tuple[dict, memoryview] | None:
+    """The next frame (header, rest); ``None`` at a clean end or after ``idle_timeout`` without a byte.
+
+    The prefix (length and its MAC) is checked before the body is read, so an
+    unauthenticated peer never makes us buffer more than the prefix; a frame
+    begun must be complete within ``frame_timeout`` (``TimeoutError``).
+    """
     try:
-        head = await reader.readexactly(LEN.size)
-    except asyncio.IncompleteReadError as exc:
-        if exc.partial:
-            raise ProxyError("truncated frame") from None
+        first = await asyncio.wait_for(reader.readexactly(1), idle_timeout)
+    except (asyncio.IncompleteReadError, TimeoutError):
         return None
-    (n,) = LEN.unpack(head)
-    if n > MAX_FRAME:
-        raise ProxyError(f"frame of {n} bytes exceeds the limit of {MAX_FRAME}")
     try:
-        return await reader.readexactly(n)
+        async with asyncio.timeout(frame_timeout):
+            n, body_mac = read_prefix(secret, first + await reader.readexactly(PREFIX.size - 1))
+            body = await reader.readexactly(n)
     except asyncio.IncompleteReadError:
         raise ProxyError("truncated frame") from None
+    return read_body(secret, body_mac, body)
 
 
 # -- the service ---------------------------------------------------------------------
+
+
+MAX_CONNECTIONS = 1024
+IDLE_TIMEOUT_S = 300.0  # a connection with no frame begun for this long is closed
+FRAME_TIMEOUT_S = 60.0  # a frame begun must be received whole within this
+STREAM_LIMIT = 256 * 1024  # bytes asyncio buffers ahead of what we read, per connection
 
 
 class ProxyServer:
@@ -53,6 +67,12 @@ class ProxyServer:
     Requests run on ``requests`` threads; a lambda route's invocations on its
     invoker's pool of ``max_in_flight`` threads (one invoker per cluster
     config), so at most that many invocations per cluster are in flight.
+
+    Listener limits: at most ``max_connections`` at once (one more gets an
+    error reply and is closed); a connection idle for ``idle_timeout`` is
+    closed, and one whose frame is not whole ``frame_timeout`` after its first
+    byte gets an error reply and is closed.  Unauthenticated peers cost at
+    most the frame prefix plus ``STREAM_LIMIT`` of read-ahead each.
     """
 
     def __init__(
@@ -63,7 +83,13 @@ class ProxyServer:
         port: int = 0,
         max_in_flight: int = MAX_IN_FLIGHT,
         redis: str | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+        idle_timeout: float = IDLE_TIMEOUT_S,
+        frame_timeout: float = FRAME_TIMEOUT_S,
     ):
+        self.max_connections = max_connections
+        self.idle_timeout, self.frame_timeout = idle_timeout, frame_timeout
+        self.connections = 0
         self.secret = secret.encode() if isinstance(secret, str) else secret
         if not self.secret:
             raise ValueError("the proxy needs a non-empty shared secret")
@@ -79,23 +105,32 @@ class ProxyServer:
         self.handover: list[float] = []  # seconds to hand over each of the last 100 requests
 
     async def start(self) -> asyncio.AbstractServer:
-        server = await asyncio.start_server(self._connection, self.host, self.port, limit=1 << 20)
+        server = await asyncio.start_server(self._connection, self.host, self.port, limit=STREAM_LIMIT)
         self.host, self.port = server.sockets[0].getsockname()[:2]
         return server
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         loop = asyncio.get_running_loop()
+        self.connections += 1
         try:
+            if self.connections > self.max_connections:
+                self.refused += 1
+                await self._reply(writer, {"ok": False, "error": f"too many connections ({self.max_connections})"})
+                return
             while True:
                 try:
-                    frame = await _read_frame(reader)
+                    frame = await _read_frame(reader, self.secret, self.idle_timeout, self.frame_timeout)
                     if frame is None:
                         return
-                    header, rest = unpack(self.secret, frame)
-                except ProxyError as exc:  # cannot trust the stream any further: answer, then hang up
+                    header, rest = frame
+                except (ProxyError, TimeoutError) as exc:  # cannot trust the stream any further: answer, hang up
                     self.refused += 1
-                    writer.write(pack(self.secret, {"ok": False, "error": str(exc)}))
-                    await writer.drain()
+                    error = (
+                        str(exc)
+                        if isinstance(exc, ProxyError)
+                        else f"frame not received within {self.frame_timeout:g}s"
+                    )
+                    await self._reply(writer, {"ok": False, "error": error})
                     return
                 try:
                     if header.get("op") == "stats":  # health check, and what tests look at
@@ -103,6 +138,7 @@ class ProxyServer:
                             "ok": True,
                             "served": self.served,
                             "refused": self.refused,
+                            "connections": self.connections,
                             "handover_s": self.handover,
                         }
                     else:
@@ -113,12 +149,17 @@ class ProxyServer:
                         self.handover = [*self.handover[-99:], time.perf_counter() - t0]
                 except Exception as exc:  # one job's failure is that job's: keep serving
                     reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-                writer.write(pack(self.secret, reply))
-                await writer.drain()
+                await self._reply(writer, reply)
         except (ConnectionError, OSError):
             pass
         finally:
+            self.connections -= 1
             writer.close()
+
+    async def _reply(self, writer: asyncio.StreamWriter, reply: dict) -> None:
+        writer.write(pack(self.secret, reply))
+        async with asyncio.timeout(self.frame_timeout):  # a peer that does not read is not waited on forever
+            await writer.drain()
 
     # -- one request (a request thread) ------------------------------------------------
     def handle(self, header: dict, rest: memoryview) -> int:
@@ -225,9 +266,12 @@ class _SharedClientInvoker(LambdaInvoker):
             return self._client
 
 
-def serve(secret: str, host: str, port: int, max_in_flight: int, redis: str | None) -> None:
-    """Run the service until interrupted; print ``listening host:port`` once ready."""
-    server = ProxyServer(secret, host=host, port=port, max_in_flight=max_in_flight, redis=redis)
+def serve(secret: str, host: str, port: int, max_in_flight: int, redis: str | None, **limits: Any) -> None:
+    """Run the service until interrupted; print ``listening host:port`` once ready.
+
+    ``limits``: ``max_connections``, ``idle_timeout``, ``frame_timeout`` (``ProxyServer``).
+    """
+    server = ProxyServer(secret, host=host, port=port, max_in_flight=max_in_flight, redis=redis, **limits)
     if server.default_store is not None:
         server.store(server.default_store).check()
 
@@ -252,8 +296,18 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8888, help="0 picks a free port")
-    p.add_argument("--redis", help="Redis URL for requests that name no store (checked at start-up)")
+    p.add_argument(
+        "--redis",
+        help=f"Redis URL, without a password, for requests that name no store (checked at start-up); "
+        f"a URL with a password goes in ${REDIS_ENV} or --redis-file, never on the command line",
+    )
+    p.add_argument("--redis-file", help="a file (mode 0600) holding that Redis URL")
     p.add_argument("--max-in-flight", type=int, default=MAX_IN_FLIGHT, help="invocations in flight at most")
+    p.add_argument("--max-connections", type=int, default=MAX_CONNECTIONS, help="connections at once at most")
+    p.add_argument(
+        "--idle-timeout", type=float, default=IDLE_TIMEOUT_S, help="seconds before an idle connection is closed"
+    )
+    p.add_argument("--frame-timeout", type=float, default=FRAME_TIMEOUT_S, help="seconds to receive a frame once begun")
     return p
 
 
@@ -263,8 +317,34 @@ def main(argv: list[str] | None = None) -> int:
     if not secret:
         print(f"wukong proxy: set ${SECRET_ENV} to the shared secret", file=sys.stderr)
         return 2
-    serve(secret, args.host, args.port, args.max_in_flight, args.redis)
+    try:
+        redis_url = redis_url_of(args.redis, args.redis_file)
+    except ValueError as exc:
+        print(f"wukong proxy: {exc}", file=sys.stderr)
+        return 2
+    limits = {
+        "max_connections": args.max_connections,
+        "idle_timeout": args.idle_timeout,
+        "frame_timeout": args.frame_timeout,
+    }
+    serve(secret, args.host, args.port, args.max_in_flight, redis_url, **limits)
     return 0
+
+
+def redis_url_of(arg: str | None, path: str | None) -> str | None:
+    """The default store's URL: ``--redis`` (no password), ``--redis-file`` or ``$WUKONG_PROXY_REDIS``.
+
+    A password in argv is readable by every user of the machine
+    (``/proc/<pid>/cmdline``), so ``--redis`` refuses one.
+    """
+    if arg:
+        if Endpoint.parse(arg).password:
+            raise ValueError(f"--redis {redact(arg)} carries a password: put the URL in ${REDIS_ENV} or --redis-file")
+        return arg
+    if path:
+        with open(path) as f:
+            return f.read().strip() or None
+    return os.environ.get(REDIS_ENV) or None
 
 
 if __name__ == "__main__":

@@ -87,17 +87,34 @@ class Batch:
                 return self.add(store.kvs_server(key), "set", key, marker, store.ttl)
             except OSError:
                 pass  # no room on the RAM file system: Redis takes it
+        return self.set_value(store.kvs_server(key), key, value)
+
+    def set_value(self, server: int, key: str, value: bytes | memoryview) -> Handle:
+        """SET ``value`` at ``key`` on ``server``; longer than ``part_size``, it is split.
+
+        The parts go to the ring's servers, ``key`` keeps the header and the
+        part names join the job's registry (``wukong.store.parts``).  Used for
+        data (``kvs_set``) and for schedule blobs, which a large literal in a
+        task can make longer than a Redis string may be.
+        """
+        store = self.store
         if len(value) <= store.part_size and not parts.is_header(value):
-            return self.add(store.kvs_server(key), "set", key, value, store.ttl)
+            return self.add(server, "set", key, value, store.ttl)
         view = memoryview(value).cast("B")
         size = store.part_size
         names = parts.names(key, max(1, -(-len(view) // size)))
-        for i, (server, name) in enumerate(zip(store.kvs_servers(names), names, strict=True)):
-            self.add(server, "set", name, view[i * size : (i + 1) * size], store.ttl)
+        for i, (part_server, name) in enumerate(zip(store.kvs_servers(names), names, strict=True)):
+            self.add(part_server, "set", name, view[i * size : (i + 1) * size], store.ttl)
         registry = Keys(Keys.job_of(key)).parts
         self.mds("sadd", registry, *names)
         self.mds("expire", registry, store.ttl)
-        return self.add(store.kvs_server(key), "set", key, parts.header(len(names), len(view)), store.ttl)
+        return self.add(server, "set", key, parts.header(len(names), len(view)), store.ttl)
+
+    def get_value(self, server: int, key: str) -> Handle:
+        """GET what ``set_value`` stored; after ``execute`` a split value is whole again."""
+        handle = self.add(server, "get", key)
+        self.kvs_reads.append((handle, key))
+        return handle
 
     def kvs_get_many(self, keys: Sequence[str]) -> list[Handle]:
         """GET each key; after ``execute`` a split or shared value is whole again."""
@@ -139,26 +156,11 @@ class Batch:
         for (server, i), key in self.kvs_reads:
             reply = self.replies[server][i]
             if reply is not None and parts.is_header(reply):
-                n, total = parts.read_header(reply)
-                split.append(((server, i), key, parts.names(key, n), total))
-        if not split:
-            return
-        more = Batch(self.store)
-        where = [self.store.kvs_servers(names) for _, _, names, _ in split]
-        handles = [
-            [more.add(s, "get", name) for s, name in zip(servers, names, strict=True)]
-            for servers, (_, _, names, _) in zip(where, split, strict=True)
-        ]
-        more.execute()
-        for ((server, i), key, names, total), servers, hs in zip(split, where, handles, strict=True):
-            chunks = [more[h] for h in hs]
-            for s, name, chunk in zip(servers, names, chunks, strict=True):
-                if chunk is None:
-                    raise StorageError(f"part {name!r} of {key!r} is missing from Redis at {self.store.name_of(s)}")
-            value = b"".join(chunks)
-            if len(value) != total:
-                raise StorageError(f"the parts of {key!r} add up to {len(value)} bytes, not {total}")
-            self.replies[server][i] = value
+                split.append(((server, i), key, reply))
+        if split:
+            values = join(self.store, [(key, header) for _, key, header in split])
+            for ((server, i), _, _), value in zip(split, values, strict=True):
+                self.replies[server][i] = value
 
     def _rerun_script(self, server: int, command: Any) -> Any:
         r = self.store.servers[server]
@@ -169,3 +171,33 @@ class Batch:
     def __getitem__(self, handle: Handle) -> Any:
         server, i = handle
         return self.replies[server][i]
+
+
+def join(store: Store, split: Sequence[tuple[str, bytes]]) -> list[bytes]:
+    """The whole values of split ones, given (key, header) each: one pipeline per server holding parts."""
+    batch = Batch(store)
+    wanted = []
+    for key, header in split:
+        n, total = parts.read_header(header)
+        names = parts.names(key, n)
+        servers = store.kvs_servers(names)
+        wanted.append(
+            (key, total, names, servers, [batch.add(s, "get", name) for s, name in zip(servers, names, strict=True)])
+        )
+    batch.execute()
+    values = []
+    for key, total, names, servers, handles in wanted:
+        chunks = [batch[h] for h in handles]
+        for s, name, chunk in zip(servers, names, chunks, strict=True):
+            if chunk is None:
+                raise StorageError(f"part {name!r} of {key!r} is missing from Redis at {store.name_of(s)}")
+        value = b"".join(chunks)
+        if len(value) != total:
+            raise StorageError(f"the parts of {key!r} add up to {len(value)} bytes, not {total}")
+        values.append(value)
+    return values
+
+
+def whole(store: Store, key: str, value: bytes) -> bytes:
+    """``value`` as read from ``key`` elsewhere (a script's reply): joined again if it is a split value's header."""
+    return join(store, [(key, value)])[0] if parts.is_header(value) else value

@@ -7,6 +7,7 @@ is never part of ``repr``, ``name`` or an error message.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
@@ -14,6 +15,8 @@ from urllib.parse import parse_qs, unquote, urlparse
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+_CREDENTIALS = re.compile(r"(\w+://[^:/@\s]*:)[^\s/?#]*@")  # scheme://user:PASSWORD@
 
 
 class StorageError(ConnectionError):
@@ -40,24 +43,31 @@ class Endpoint:
         if isinstance(spec, (tuple, list)):
             return cls(str(spec[0]), int(spec[1]), password=password)
         if isinstance(spec, str) and "://" in spec:
-            u = urlparse(spec)
-            if u.scheme not in ("redis", "rediss"):
-                raise ValueError(f"Redis URL must start with redis:// or rediss://: {spec!r}")
-            query = {k: v[-1] for k, v in parse_qs(u.query).items()}
-            return cls(
-                u.hostname or "127.0.0.1",
-                u.port or 6379,
-                password=unquote(u.password) if u.password else password,
-                username=unquote(u.username) if u.username else None,
-                tls=u.scheme == "rediss",
-                db=int(u.path.lstrip("/") or 0),
-                tls_ca_certs=query.get("ssl_ca_certs"),
-                tls_verify=query.get("ssl_cert_reqs", "required").lower() not in ("none", "optional"),
-            )
+            try:
+                return cls._parse_url(spec, password)
+            except ValueError as exc:  # urllib's messages may quote the URL, password and all
+                raise ValueError(f"cannot read a Redis URL from {redact(spec)!r}: {redact(str(exc))}") from None
         if isinstance(spec, str):
             host, _, port = spec.rpartition(":")
             return cls(host or spec, int(port) if host else 6379, password=password)
         raise TypeError(f"cannot read a Redis endpoint from {spec!r}")
+
+    @classmethod
+    def _parse_url(cls, spec: str, password: str | None) -> Endpoint:
+        u = urlparse(spec)
+        if u.scheme not in ("redis", "rediss"):
+            raise ValueError("it must start with redis:// or rediss://")
+        query = {k: v[-1] for k, v in parse_qs(u.query).items()}
+        return cls(
+            u.hostname or "127.0.0.1",
+            u.port or 6379,
+            password=unquote(u.password) if u.password else password,
+            username=unquote(u.username) if u.username else None,
+            tls=u.scheme == "rediss",
+            db=int(u.path.lstrip("/") or 0),
+            tls_ca_certs=query.get("ssl_ca_certs"),
+            tls_verify=query.get("ssl_cert_reqs", "required").lower() not in ("none", "optional"),
+        )
 
     @property
     def name(self) -> str:
@@ -82,6 +92,11 @@ class Endpoint:
 
     def to_config(self) -> dict:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every URL in it replaced by ``***``."""
+    return _CREDENTIALS.sub(r"\1***@", text)
 
 
 def run(pipe: Any, name: str) -> list:

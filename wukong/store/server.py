@@ -1,7 +1,9 @@
 """A private Redis server: a ``redis-server`` child on a free loopback port.
 
 Random password, no persistence (no RDB, no AOF), its own temporary
-directory, ``maxmemory`` unset; it dies with us (``wukong.processes``).
+directory, ``maxmemory`` unset; it dies with us (``wukong.process``).  Its
+configuration goes to ``redis-server -`` on stdin, so the password is never in
+its argv; readiness is awaited by the clock (``startup_timeout``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections import deque
+from typing import Any
 
 from wukong.errors import WukongError
 from wukong.process import spawn, stop
@@ -41,7 +45,15 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """``with RedisServer() as r: r.port, r.password``."""
+    """``with RedisServer() as r: r.port, r.password``.
+
+    The configuration, password included, goes to ``redis-server -`` on its
+    stdin: it never appears in the child's argv (``/proc/<pid>/cmdline`` is
+    readable by every user).  Readiness is awaited by the clock: a server that
+    neither says "Ready to accept connections" nor exits within
+    ``startup_timeout`` seconds is stopped and ``start`` raises, naming its
+    last log lines.
+    """
 
     def __init__(self, password: str | None = None, port: int | None = None, startup_timeout: float = 10.0):
         self.binary = find_redis_server()
@@ -50,65 +62,61 @@ class RedisServer:
         self.startup_timeout = startup_timeout
         self.proc: subprocess.Popen | None = None
         self.dir: tempfile.TemporaryDirectory | None = None
+        self.last_log = ""
 
     def start(self) -> RedisServer:
+        deadline = time.monotonic() + self.startup_timeout
+        port = self.port
         for _ in range(5):  # a free port may be taken between probing and binding
             port = self.port or free_port()
-            if self._start(port):
+            outcome = self._start(port, deadline)
+            if outcome == "ready":
                 self.port = port
                 return self
-            if self.port:
+            if self.port or outcome == "timeout":
                 break
+        if outcome == "timeout":
+            raise WukongError(
+                f"redis-server ({self.binary}) on 127.0.0.1:{port} was not ready after "
+                f"{self.startup_timeout:g}s (startup_timeout); its last output: {self.last_log or '(none)'}"
+            )
         raise WukongError(f"could not start redis-server on 127.0.0.1 (last port tried {port}): {self.last_log}")
 
-    def _start(self, port: int) -> bool:
-        self.dir = tempfile.TemporaryDirectory(prefix="wukong-redis-")
-        args = [
-            self.binary,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            self.dir.name,
-            "--protected-mode",
-            "yes",
-            "--loglevel",
-            "notice",
-            "--daemonize",
-            "no",
-            "--maxclients",
-            "10000",
-            "--tcp-backlog",
-            "511",
-            "--proto-max-bulk-len",
-            "536870912",
+    def config(self, port: int, directory: str) -> str:
+        """The server's configuration file (what ``redis-server -`` reads on stdin)."""
+        lines = [
+            f"port {port}",
+            "bind 127.0.0.1",
+            'save ""',
+            "appendonly no",
+            f"dir {_quote(directory)}",
+            "protected-mode yes",
+            "loglevel notice",
+            "daemonize no",
+            "maxclients 10000",
+            "tcp-backlog 511",
+            "proto-max-bulk-len 536870912",
         ]
         if self.password:
-            args += ["--requirepass", self.password]
-        self.proc = spawn(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        assert self.proc.stdout is not None
-        lines = []
-        deadline = time.monotonic() + self.startup_timeout
-        for raw in self.proc.stdout:  # blocks until redis logs readiness or exits
-            line = raw.decode(errors="replace").rstrip()
-            lines.append(line)
-            if "Ready to accept connections" in line:
-                threading.Thread(target=self._drain, args=(self.proc.stdout,), daemon=True).start()
-                return True
-            if time.monotonic() > deadline:
-                break
-        self.last_log = "\n".join(lines[-5:])
-        self.stop()
-        return False
+            lines.append(f"requirepass {_quote(self.password)}")
+        return "\n".join(lines) + "\n"
 
-    def _drain(self, pipe) -> None:  # redis must never block on a full log pipe
-        for _ in pipe:
-            pass
+    def _start(self, port: int, deadline: float) -> str:
+        """One attempt on ``port``: "ready", "exited" (e.g. the port was taken) or "timeout"."""
+        self.dir = tempfile.TemporaryDirectory(prefix="wukong-redis-")
+        self.proc = spawn([self.binary, "-"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.PIPE)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(self.config(port, self.dir.name).encode())
+            self.proc.stdin.close()
+        except OSError:
+            pass  # it exited already: its log says why
+        log = _Log(self.proc.stdout)
+        outcome = log.wait_ready(self.proc, deadline)
+        self.last_log = log.tail()
+        if outcome != "ready":
+            self.stop()
+        return outcome
 
     @property
     def endpoint(self) -> tuple[str, int]:
@@ -128,3 +136,43 @@ class RedisServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _quote(value: str) -> str:
+    """A configuration-file string: double quotes, with ``\\`` and ``"`` escaped."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class _Log:
+    """Reads a server's output on a thread for its whole life (it must never block
+    on a full pipe), keeping the last lines and noting readiness."""
+
+    def __init__(self, pipe: Any):
+        self.lines: deque[str] = deque(maxlen=20)
+        self.ready = threading.Event()
+        self.ended = threading.Event()
+        threading.Thread(target=self._read, args=(pipe,), name="wukong-redis-log", daemon=True).start()
+
+    def _read(self, pipe: Any) -> None:
+        try:
+            for raw in pipe:
+                line = raw.decode(errors="replace").rstrip()
+                self.lines.append(line)
+                if "Ready to accept connections" in line:
+                    self.ready.set()
+        except (OSError, ValueError):
+            pass
+        finally:
+            self.ended.set()
+
+    def wait_ready(self, proc: subprocess.Popen, deadline: float) -> str:
+        while not self.ready.is_set():
+            if self.ended.is_set() or proc.poll() is not None:
+                return "ready" if self.ready.is_set() else "exited"
+            if time.monotonic() >= deadline:
+                return "timeout"
+            self.ready.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+        return "ready"
+
+    def tail(self, n: int = 5) -> str:
+        return "\n".join(list(self.lines)[-n:])

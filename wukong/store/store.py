@@ -33,7 +33,7 @@ from wukong_native import HashRing
 
 from wukong.protocol import Keys
 from wukong.store import parts, scripts, shm
-from wukong.store.batch import Batch
+from wukong.store.batch import Batch, whole
 from wukong.store.endpoint import Endpoint, StorageError, run
 
 DEFAULT_TTL = 24 * 3600  # seconds; keys normally die with their job, long before
@@ -134,6 +134,10 @@ class Store:
 
     def batch(self) -> Batch:
         return Batch(self)
+
+    def whole(self, key: str, value: bytes) -> bytes:
+        """A value of ``key`` read by a script: joined again if it was split (``Batch.set_value``)."""
+        return whole(self, key, value)
 
     def delete(self, keys_by_server: dict[int, list[str]], chunk: int = 10_000) -> None:
         """UNLINK many keys, one pipeline per server.
