@@ -86,6 +86,8 @@ class Client:
         kwargs.pop("num_workers", None)
         t0 = time.perf_counter()
         order, graph = prepare(dsk, keys)
+        if not order:  # nothing to run (``get({}, [])``): what Dask's own schedulers return
+            return _nested(keys, {})
         job_plan = plan(order, graph, flatten_keys(keys))
         t1 = time.perf_counter()
         job = Job(self, job_plan, progress, options, timeout)
@@ -202,6 +204,7 @@ class Job:
         ]
         self.starts = {inv.id: inv for inv in starts}
         self.live = dict.fromkeys(self.starts)
+        self.check_backend()
         protocol.emit_start(batch, keys, store.ttl)
         launch(self.backend.invoke, batch, keys.job, starts)
 
@@ -282,6 +285,7 @@ class Job:
         """
         now = time.monotonic()
         self.next_watch = now + self.watch_every
+        self.check_backend()
         ids = list(self.live)
         batch = self.store.batch()
         handles = [batch.mds("exists", self.keys.lease(i)) for i in ids]
@@ -304,6 +308,11 @@ class Job:
         for inv_id in lost:
             self.live[inv_id] = None  # give the new delivery time to start
         resend(self.store, self.backend.invoke, self.keys.job, invs, "an executor was lost", self.cluster.max_attempts)
+
+    def check_backend(self) -> None:
+        why = self.backend.unavailable()
+        if why is not None:
+            raise JobFailed(f"job {self.keys.job} cannot run: {why}")
 
     def invocations(self, ids: list[str]) -> list[Invocation]:
         """What was sent as ``ids``: the client's own, or as stored by the executor that sent it."""
@@ -333,7 +342,8 @@ class Job:
         """After a failure: wait, bounded, until every executor of the job has exited."""
         deadline = time.monotonic() + timeout
         try:
-            while self.outstanding > 0 and time.monotonic() < deadline:
+            # with no executor to run them, invocations still queued never exit
+            while self.outstanding > 0 and time.monotonic() < deadline and self.backend.unavailable() is None:
                 self.read_events(BLOCK_MS)
         except Exception:
             pass

@@ -1,0 +1,177 @@
+"""Ordinary task code and ordinary faults: nothing hangs, nothing is silently wrong (issue 12).
+
+Each test reproduces one way a new user broke wukong: a task that prints,
+warns, raises its own exception class, kills its process or never returns; a
+worker that cannot start, is frozen, or outlives its client; an empty graph.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import dask
+import psutil
+import pytest
+from dask.local import get_sync
+
+from tests.conftest import job_keys
+from wukong import Client, LocalCluster, WukongError
+from wukong.errors import JobFailed
+
+# -- point 1: a task's output ---------------------------------------------------------------
+
+
+def shout(x):
+    print(f"task says {x}")
+    return x + 1
+
+
+def test_a_task_that_prints_works_and_its_output_reaches_the_client(client, capsys):
+    assert client.get({"a": (shout, 1)}, "a") == 2
+    deadline = time.monotonic() + 5
+    out = ""
+    while "task says 1" not in out and time.monotonic() < deadline:  # copied by a thread
+        out += capsys.readouterr().out
+        time.sleep(0.05)
+    assert "[wukong worker" in out and "] task says 1" in out
+
+
+def print_lots(n):
+    sys.stdout.write("y" * n)
+    print()
+    print("z\n" * 1000, end="")
+    return n
+
+
+@pytest.mark.slow
+def test_a_task_that_prints_100_mb_works(client, capsys):
+    assert client.get({"a": (print_lots, 100_000_000)}, "a") == 100_000_000
+
+
+# -- point 5: workers that cannot start ----------------------------------------------------
+
+SITECUSTOMIZE = textwrap.dedent(
+    """
+    import os, sys, time
+
+    class Broken:
+        def find_spec(self, name, path=None, target=None):
+            if name == "dask":
+                raise ImportError("site-packages broken on purpose")
+
+    if os.path.exists({flag!r}):
+        if open({flag!r}).read() == "raise":
+            sys.meta_path.insert(0, Broken())  # the worker's own `import dask` fails
+        else:
+            time.sleep(3600)
+    """
+)
+
+
+@pytest.fixture
+def broken_site(tmp_path, monkeypatch):
+    """A ``sitecustomize`` on the workers' path that breaks them once ``flag`` says how."""
+    flag = tmp_path / "flag"
+    (tmp_path / "sitecustomize.py").write_text(SITECUSTOMIZE.format(flag=str(flag)))
+    monkeypatch.syspath_prepend(str(tmp_path))  # local workers get our sys.path
+    return flag
+
+
+def test_workers_that_cannot_import_fail_the_cluster_quoting_their_stderr(broken_site):
+    broken_site.write_text("raise")
+    t0 = time.monotonic()
+    with pytest.raises(WukongError, match="site-packages broken on purpose"):
+        LocalCluster(n_workers=2)
+    assert time.monotonic() - t0 < 30
+
+
+def test_workers_that_hang_before_ready_fail_the_cluster_after_the_start_timeout(broken_site):
+    broken_site.write_text("hang")
+    t0 = time.monotonic()
+    with pytest.raises(WukongError, match="not ready after 2"):
+        LocalCluster(n_workers=2, worker_start_timeout=2)
+    assert time.monotonic() - t0 < 20
+
+
+def test_workers_start_in_parallel():
+    t0 = time.monotonic()
+    with LocalCluster(n_workers=1):
+        one = time.monotonic() - t0
+    t0 = time.monotonic()
+    with LocalCluster(n_workers=4) as cluster:
+        four = time.monotonic() - t0
+        assert all(slot.state == "ready" for slot in cluster.backend.slots)
+    print(f"start-up: 1 worker {one:.2f}s, 4 workers {four:.2f}s")
+
+
+def test_a_job_with_no_live_worker_fails_quoting_their_stderr(broken_site):
+    with LocalCluster(n_workers=1) as cluster, Client(cluster, progress=False) as client:
+        broken_site.write_text("raise")  # restarts fail from now on
+        for proc in cluster.backend.workers:
+            proc.kill()
+        t0 = time.monotonic()
+        with pytest.raises(JobFailed, match="site-packages broken on purpose"):
+            client.get({"a": (shout, 1)}, "a")
+        assert time.monotonic() - t0 < 15
+        assert job_keys(cluster) == []
+
+
+# -- point 7: the client is killed ------------------------------------------------------------
+
+KILLED_CLIENT = textwrap.dedent(
+    """
+    import sys, threading, time
+    import psutil
+    from wukong import Client, LocalCluster
+    cluster = LocalCluster(n_workers=2, redis_endpoints=[sys.argv[1]], redis_password=sys.argv[2])
+    client = Client(cluster, progress=False)
+    threading.Thread(target=client.get, args=({"a": (time.sleep, 120)}, "a"), daemon=True).start()
+    time.sleep(1.0)  # the task is running
+    print(" ".join(str(p.pid) for p in psutil.Process().children(recursive=True)), flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def _alive(pids):
+    out = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def test_workers_die_promptly_with_their_killed_client_while_a_task_runs(redis_server):
+    host, port = redis_server.endpoint
+    argv = [sys.executable, "-c", KILLED_CLIENT, f"{host}:{port}", redis_server.password]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 2  # the two workers (Redis is ours)
+    proc.kill()
+    proc.wait()
+    t0 = time.monotonic()
+    while _alive(pids) and time.monotonic() - t0 < 10:
+        time.sleep(0.05)
+    assert _alive(pids) == [], f"workers still alive {time.monotonic() - t0:.1f}s after their client was killed"
+
+
+# -- point 8: empty graphs -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dsk, keys",
+    [({}, []), ({}, [[]]), ({"a": 1}, []), ({"a": (shout, 1)}, [[], []])],
+)
+def test_empty_graphs_return_what_dask_returns(client, dsk, keys):
+    assert client.get(dsk, keys) == get_sync(dsk, keys)
+
+
+def test_compute_of_nothing_returns_what_dask_returns(client):
+    assert dask.compute(scheduler=client.get) == dask.compute(scheduler="sync")
