@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import dask
@@ -20,7 +21,7 @@ from dask.local import get_sync
 
 from tests.conftest import job_keys
 from wukong import Client, LocalCluster, WukongError
-from wukong.errors import JobFailed
+from wukong.errors import JobFailed, TaskError
 
 # -- point 1: a task's output ---------------------------------------------------------------
 
@@ -175,3 +176,61 @@ def test_empty_graphs_return_what_dask_returns(client, dsk, keys):
 
 def test_compute_of_nothing_returns_what_dask_returns(client):
     assert dask.compute(scheduler=client.get) == dask.compute(scheduler="sync")
+
+
+# -- point 2: exceptions ----------------------------------------------------------------------
+
+MAIN_CLASS = textwrap.dedent(
+    """
+    from wukong import Client, LocalCluster
+
+    class MyError(Exception):
+        pass
+
+    def fail(x):
+        raise MyError(f"bad {x}")
+
+    with LocalCluster(n_workers=1) as cluster:
+        try:
+            Client(cluster, progress=False).get({"a": (fail, 1)}, "a")
+        except MyError as e:
+            print("caught", type(e).__name__, e.args, e.key, flush=True)
+    """
+)
+
+
+def test_an_exception_class_of_main_is_raised_as_that_very_class():
+    out = subprocess.run([sys.executable, "-c", MAIN_CLASS], capture_output=True, text=True, timeout=120)
+    assert "caught" in out.stdout, out.stderr[-2000:]
+    assert "MyError ('bad 1',) a" in out.stdout
+
+
+class CarriesALock(ValueError):
+    pass
+
+
+def raise_with_a_lock(x):
+    raise CarriesALock("cannot pickle my args", threading.Lock())
+
+
+def test_an_exception_whose_args_cannot_be_pickled_keeps_its_type(client):
+    with pytest.raises(CarriesALock, match="cannot pickle my args") as info:
+        client.get({"a": (raise_with_a_lock, 1)}, "a")
+    assert isinstance(info.value, TaskError) and info.value.key == "a"
+    assert "raise_with_a_lock" in info.value.remote_traceback
+
+
+class TwoArgs(Exception):
+    def __init__(self, a, b):  # pickles fine, cannot be unpickled: TwoArgs("x-y") lacks b
+        super().__init__(f"{a}-{b}")
+
+
+def raise_two_args(x):
+    raise TwoArgs("x", "y")
+
+
+def test_an_exception_that_cannot_be_unpickled_becomes_a_task_error_naming_the_task(client):
+    with pytest.raises(TaskError, match="could not be unpickled") as info:
+        client.get({"a": (raise_two_args, 1)}, "a")
+    assert info.value.key == "a" and "x-y" in str(info.value)
+    assert "raise_two_args" in info.value.remote_traceback

@@ -224,14 +224,52 @@ def emit_error(batch: _Commands, keys: Keys, key: Any, what: str, exc: BaseExcep
 
 
 def encode_error(key: Any, what: str, exc: BaseException | None, tb: str) -> bytes:
-    try:
-        return pickle.dumps((key, what, exc, tb), protocol=5)
-    except Exception:  # an exception that cannot be pickled: its text is in the traceback
-        return pickle.dumps((key, what, None, tb), protocol=5)
+    """A failure, for the client.  The exception is pickled on its own with
+    cloudpickle, so a class of the user's ``__main__`` (or a notebook) travels
+    by value and is re-created as that very class; when the exception itself
+    cannot be pickled (its args), its type and message are sent instead."""
+    import cloudpickle  # light `import wukong`: only executors and backends encode errors
+
+    exc_blob = type_blob = b""
+    name = message = ""
+    if exc is not None:
+        name, message = f"{type(exc).__module__}.{type(exc).__qualname__}", _str(exc)
+        try:
+            exc_blob = cloudpickle.dumps(exc, protocol=5)
+        except Exception:
+            try:
+                type_blob = cloudpickle.dumps(type(exc), protocol=5)
+            except Exception:  # the type's name is in the traceback
+                pass
+    return pickle.dumps((key, what, exc_blob, type_blob, name, message, tb), protocol=5)
 
 
 def decode_error(payload: bytes) -> tuple[Any, str, BaseException | None, str]:
-    return pickle.loads(payload)
+    """``(key, what, exception, traceback)``; never fails on the exception: one
+    that cannot be unpickled here comes back as ``None``, its text in ``what``."""
+    key, what, exc_blob, type_blob, name, message, tb = pickle.loads(payload)
+    if exc_blob:
+        try:
+            return key, what, pickle.loads(exc_blob), tb
+        except Exception as e:
+            why = f"the exception could not be unpickled here: {type(e).__name__}: {_str(e)}"
+            return key, f"{what} {name}: {message} ({why})", None, tb
+    if type_blob:
+        try:
+            typ = pickle.loads(type_blob)
+            exc = typ.__new__(typ)  # its args could not be pickled: keep the type, carry the message
+            exc.args = (message,)
+            return key, what, exc, tb
+        except Exception:
+            pass
+    return key, f"{what} {name}: {message}" if name else what, None, tb
+
+
+def _str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return "<str() failed>"
 
 
 @dataclass
