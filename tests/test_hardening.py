@@ -234,3 +234,114 @@ def test_an_exception_that_cannot_be_unpickled_becomes_a_task_error_naming_the_t
         client.get({"a": (raise_two_args, 1)}, "a")
     assert info.value.key == "a" and "x-y" in str(info.value)
     assert "raise_two_args" in info.value.remote_traceback
+
+
+# -- point 3: a task that kills its process -------------------------------------------------
+
+
+def count_and_exit(path, how, x):
+    with open(path, "a") as f:
+        f.write("run\n")
+    if how == "os._exit":
+        os._exit(3)
+    if how == "segfault":
+        import ctypes
+
+        ctypes.string_at(0)
+    if how == "SystemExit":
+        sys.exit(3)
+    raise KeyboardInterrupt
+
+
+@pytest.fixture(scope="module")
+def fragile_cluster():
+    """Lost executors are found fast and given up after two runs."""
+    with LocalCluster(n_workers=2, lease_ms=500, max_attempts=2) as cluster:
+        yield cluster
+
+
+@pytest.mark.parametrize("how", ["os._exit", "segfault", "SystemExit", "KeyboardInterrupt"])
+def test_a_task_that_kills_its_process_fails_the_job_naming_it(fragile_cluster, tmp_path, how):
+    runs = tmp_path / "runs"
+    dsk = {"a": 1, "b": (count_and_exit, str(runs), how, "a"), "c": (shout, "b")}
+    t0 = time.monotonic()
+    with pytest.raises(TaskError) as info, Client(fragile_cluster, progress=False) as client:
+        client.get(dsk, "c")
+    print(f"{how}: error after {time.monotonic() - t0:.1f}s: {str(info.value).splitlines()[0]}")
+    assert info.value.key == "b"
+    assert runs.read_text().count("run") <= 2
+    assert job_keys(fragile_cluster) == []
+
+
+def test_a_task_that_kills_its_lambda_executor_fails_the_job_naming_it(tmp_path):
+    from tests.conftest import AWS_ENV
+    from wukong.lambda_local import LambdaLocal
+
+    runs = tmp_path / "runs"
+    dsk = {"a": 1, "b": (count_and_exit, str(runs), "os._exit", "a"), "c": (shout, "b")}
+    os.environ.update(AWS_ENV)
+    handlers = {"wukong-executor": "wukong.backends.aws_lambda:handler"}
+    with LambdaLocal(handlers, workers=1, env=AWS_ENV) as lam:
+        options = {"endpoint_url": lam.url, "region": "us-east-1", "lease_ms": 500, "max_attempts": 2}
+        with LocalCluster(backend="lambda", **options) as cluster, Client(cluster, progress=False) as client:
+            t0 = time.monotonic()
+            with pytest.raises(TaskError) as info:
+                client.get(dsk, "c")
+            print(f"lambda: error after {time.monotonic() - t0:.1f}s: {str(info.value).splitlines()[0]}")
+            assert info.value.key == "b"
+            assert runs.read_text().count("run") <= 2
+            assert job_keys(cluster) == []
+
+
+class Recorded:
+    """A ProgressBar that remembers what it was told."""
+
+    last: list = []
+
+    def __init__(self, total):
+        self.total = total
+        Recorded.last = []
+
+    def update(self, done):
+        Recorded.last.append(done)
+
+    def finish(self, done):
+        Recorded.last.append(done)
+
+
+def slow_then_exit_once(path, x):
+    time.sleep(0.3)
+    if x == 3 and not os.path.exists(path):
+        open(path, "w").close()
+        os._exit(3)
+    return x + 1
+
+
+def test_the_progress_bar_counts_a_rerun_task_once(fragile_cluster, tmp_path, monkeypatch):
+    monkeypatch.setattr("wukong.client.ProgressBar", Recorded)
+    flag = str(tmp_path / "died")
+    dsk = {"t0": 0, **{f"t{i}": (slow_then_exit_once, flag, f"t{i - 1}") for i in range(1, 8)}}
+    with Client(fragile_cluster, progress=True) as client:
+        assert client.get(dsk, "t7") == 7
+    assert os.path.exists(flag)  # the chain was cut and run again
+    assert max(Recorded.last) == len(dsk)
+
+
+# -- point 1: a task's warnings ------------------------------------------------------------
+
+
+class TaskWarning(UserWarning):
+    pass
+
+
+def warn_and_return(x):
+    import warnings
+
+    warnings.warn(f"careful with {x}", TaskWarning, stacklevel=1)
+    return x
+
+
+def test_a_task_warning_is_issued_again_on_the_client(client):
+    with pytest.warns(TaskWarning, match="careful with 41") as record:
+        assert client.get({"a": (warn_and_return, 41)}, "a") == 41
+    assert record[0].filename == __file__

@@ -24,6 +24,7 @@ import json
 import secrets
 import sys
 import time
+import warnings
 from typing import Any
 
 import redis
@@ -164,6 +165,7 @@ class Job:
         self.exited: set[str] = set()
         self.starts: dict[str, Invocation] = {}
         self.done = 0
+        self.done_by: dict[str, dict[str, int]] = {}  # invocation id -> attempt -> tasks done
         self.last_id = b"0-0"
         self.durations: list[tuple[float, int]] = []
         lease_s = self.cluster.lease_ms / 1000
@@ -248,7 +250,7 @@ class Job:
     def handle(self, f: dict) -> None:
         ev = protocol.parse_event(f)
         if ev.kind == "c":
-            self.done += ev.done
+            self.count_done(ev.attempt, ev.done)
             for inv_id in ev.invoked:
                 if inv_id not in self.exited:
                     self.live.setdefault(inv_id, None)
@@ -259,6 +261,9 @@ class Job:
             self.durations.append((ev.ms, ev.memory_mb))
         elif ev.kind == "r":
             self.results[self.plan.outputs[ev.tid]] = serialization.loads(ev.value)
+        elif ev.kind == "w":  # a task's warnings, issued again here as Dask's local schedulers would
+            for message, category, filename, lineno in protocol.decode_warnings(ev.value):
+                warnings.warn_explicit(message, category, filename, lineno)
         elif ev.kind == "R":  # a result too long for the stream, stored in the KVS
             self.read_stored_result(ev.tid)
         elif ev.kind == "e" and self.error is None:
@@ -269,6 +274,19 @@ class Job:
                 self.fail(JobFailed(f"job {self.keys.job}: {what}{detail}{trace}"))
             else:
                 self.fail(task_error(key, what, exc, tb))
+
+    def count_done(self, attempt: str, n: int) -> None:
+        """Progress: a re-run invocation's tasks count once (its busiest attempt counts)."""
+        inv_id, _, token = attempt.partition("@")
+        if not n:
+            return
+        if not token:
+            self.done += n
+            return
+        attempts = self.done_by.setdefault(inv_id, {})
+        before = max(attempts.values(), default=0)
+        attempts[token] = attempts.get(token, 0) + n
+        self.done += max(attempts.values()) - before
 
     def fail(self, error: BaseException) -> None:
         if self.error is None:

@@ -42,13 +42,14 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from wukong import protocol, serialization
+from wukong import protocol, serialization, task_warnings
 from wukong._core import ScheduleView
 from wukong.backends.base import Invoke, launch
 from wukong.faults import CRASH_EXIT, Faults
@@ -156,6 +157,7 @@ class Executor:
         exit (the local worker acknowledges its queue entry there).
         """
         run = _Run(self, inv)
+        task_warnings.collect(run.warned)
         try:
             run.start()
             self.heartbeat.hold(run.keys.lease(inv.id), run.token)
@@ -174,6 +176,7 @@ class Executor:
             run.fail(run.current, exc, "could not be run by its executor")
         finally:
             self.heartbeat.release()
+            task_warnings.collect(None)
         run.exit(on_exit)
         return run.ndone
 
@@ -200,6 +203,10 @@ class _Run:
         self.deferred: list[tuple[int, bytes, list[Dependent]]] = []
         self.deferred_since = 0.0
         self.token = f"{os.getpid()}-{time.monotonic_ns()}"  # this attempt's lease
+        self.warned: list = []  # warnings of the task just run (``task_warnings``)
+        # A re-run of an invocation whose executor died records each task before
+        # running it (one round trip each), so a task that kills its process is named.
+        self.careful = False
         self.crash_after = ex.faults.crash_point() if ex.faults else None
 
     # -- round trips ---------------------------------------------------------
@@ -220,7 +227,8 @@ class _Run:
         n = self.ndone - self.nreported
         self.nreported = self.ndone
         self.last_report = time.monotonic()
-        protocol.emit_counts(batch, self.keys, n, invoked, self.inv.id if exited else "")
+        attempt = f"{self.inv.id}@{self.token}"
+        protocol.emit_counts(batch, self.keys, n, invoked, self.inv.id if exited else "", attempt)
 
     # -- start, loop, exit ---------------------------------------------------
     def start(self) -> None:
@@ -229,6 +237,7 @@ class _Run:
         starts = [inv.sched, *inv.more]
         batch = self.store.batch()
         h_lease = batch.lease(self.keys, inv.id, self.token, self.ex.lease_ms)
+        h_attempts = batch.mds("hget", self.keys.attempts, inv.id)  # sent again after a loss?
         h_opts = batch.mds("get", self.keys.options) if inv.job not in self.ex.options else None
         h_scheds = [(s, batch.mds("get", self.keys.schedule(s))) for s in starts if s not in self.scheds]
         h_remote = batch.kvs_get_many([self.keys.data(t) for t in inv.remote])
@@ -237,6 +246,7 @@ class _Run:
             raise JobGone()
         if batch[h_lease] == 0:
             raise Duplicate()
+        self.careful = bool(batch[h_attempts])
         if h_opts is not None:
             self.ex.options[inv.job] = json.loads(batch[h_opts]) if batch[h_opts] else {}
         self.opts = self.ex.options[inv.job]
@@ -289,8 +299,13 @@ class _Run:
             rec = sched.records[pos]
             body = sched.body(pos)
             self.current = body[0].key
+            if self.careful:
+                self.store.mds.set(self.keys.current(self.inv.id), pickle.dumps(self.current), ex=self.store.ttl)
             result = self.execute(rec, body)
             self.ndone += 1
+            if self.warned:
+                protocol.emit_warnings(self.pending, self.keys, rec.tid, self.warned)
+                self.warned.clear()
             for d in rec.deps:
                 self.refs[d] -= 1
                 if self.refs[d] == 0:
@@ -310,7 +325,7 @@ class _Run:
             try:
                 with task_timeout(timeout, node.key):
                     return node({k: data[d] for k, d in zip(dep_keys, rec.deps, strict=False)})
-            except Exception as exc:
+            except (Exception, SystemExit, KeyboardInterrupt) as exc:  # a task's exit is its failure
                 if attempt < retries:
                     continue
                 what = f"exceeded its timeout of {timeout}s" if isinstance(exc, TaskTimeout) else "raised"

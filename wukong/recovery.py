@@ -9,11 +9,14 @@ for too long (an executor that died on Lambda, or an invocation that was
 never delivered).  Both call ``resend``: it counts the attempt, clears the
 stale lease so the new delivery can take it, and invokes again -- or, past
 ``max_attempts``, fails the job with an error that says what happened, so the
-client never waits forever.
+client never waits forever.  A re-run invocation records each task before
+running it (``Keys.current``), so when the last attempt dies too, the error
+names the task that killed it.
 """
 
 from __future__ import annotations
 
+import pickle
 import threading
 
 from wukong import protocol
@@ -42,17 +45,27 @@ def resend(
     if not counted[h_alive]:  # the job has ended: nothing to recover
         store.mds.delete(keys.attempts)
         return
-    again = []
+    lost = [inv for inv, h in zip(invocations, handles, strict=True) if counted[h] >= max_attempts]
+    given_up = {inv.id for inv in lost}
+    again = [inv for inv in invocations if inv.id not in given_up]
     batch = store.batch()
-    for inv, h in zip(invocations, handles, strict=False):
-        if counted[h] > max_attempts:
-            what = f"{why}; schedule {inv.sched} (invocation {inv.id}) was lost {max_attempts} times, giving up"
-            protocol.emit_error(batch, keys, None, what, None, "")
-            protocol.emit_counts(batch, keys, 0, exited=inv.id)
+    for inv, task in zip(lost, _current_tasks(store, keys, lost), strict=True):
+        runs = f"invocation {inv.id} of schedule {inv.sched} ran {max_attempts} times, giving up"
+        if task is not None:  # a task kills its executor, every time
+            protocol.emit_error(batch, keys, pickle.loads(task), f"killed its executor ({why}); {runs}", None, "")
         else:
-            batch.mds("delete", keys.lease(inv.id))
-            again.append(inv)
+            protocol.emit_error(batch, keys, None, f"{why}; {runs}", None, "")
+        protocol.emit_counts(batch, keys, 0, exited=inv.id)
+    for inv in again:
+        batch.mds("delete", keys.lease(inv.id))
     launch(invoke, batch, job, again)
+
+
+def _current_tasks(store: Store, keys: Keys, invocations: list[Invocation]) -> list[bytes | None]:
+    """The task each invocation was running when it was last lost, where a re-run recorded it."""
+    if not invocations:
+        return []
+    return store.mds.mget([keys.current(inv.id) for inv in invocations])  # type: ignore[return-value]
 
 
 class Heartbeat:
