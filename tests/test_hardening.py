@@ -21,7 +21,7 @@ from dask.local import get_sync
 
 from tests.conftest import job_keys
 from wukong import Client, LocalCluster, WukongError
-from wukong.errors import JobFailed, TaskError
+from wukong.errors import JobCancelled, JobFailed, TaskError
 
 # -- point 1: a task's output ---------------------------------------------------------------
 
@@ -345,3 +345,68 @@ def test_a_task_warning_is_issued_again_on_the_client(client):
     with pytest.warns(TaskWarning, match="careful with 41") as record:
         assert client.get({"a": (warn_and_return, 41)}, "a") == 41
     assert record[0].filename == __file__
+
+
+# -- point 4: stopping work that is running --------------------------------------------------
+
+
+def sleep_then(seconds, x=None):
+    time.sleep(seconds)
+    return seconds
+
+
+def ignore_timeouts(seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(seconds)
+        except BaseException:  # swallows the TaskTimeout: only ending the process stops it
+            pass
+    return seconds
+
+
+@pytest.fixture(scope="module")
+def one_worker():
+    with LocalCluster(n_workers=1) as cluster:
+        yield cluster
+
+
+def _next_job_runs_at_once(cluster):
+    t0 = time.monotonic()
+    with Client(cluster, progress=False) as client:
+        assert client.get({"a": (shout, 1)}, "a") == 2
+    assert time.monotonic() - t0 < 20  # not behind the 60 s task
+    assert job_keys(cluster) == []
+
+
+def test_cancel_stops_a_running_task(one_worker):
+    client = Client(one_worker, progress=False)
+    threading.Timer(1.0, client.cancel).start()
+    t0 = time.monotonic()
+    with pytest.raises(JobCancelled):
+        client.get({"a": (sleep_then, 60)}, "a")
+    print(f"cancel: ended {time.monotonic() - t0 - 1.0:.1f}s after the cancel")
+    assert time.monotonic() - t0 < 15
+    _next_job_runs_at_once(one_worker)
+
+
+def test_a_job_timeout_stops_a_running_task(one_worker):
+    t0 = time.monotonic()
+    with pytest.raises(JobFailed, match="timed out"), Client(one_worker, progress=False) as client:
+        client.get({"a": (sleep_then, 60)}, "a", timeout=1)
+    print(f"timeout=1: error after {time.monotonic() - t0:.1f}s")
+    assert time.monotonic() - t0 < 15
+    _next_job_runs_at_once(one_worker)
+
+
+def test_a_task_that_ignores_its_task_timeout_is_ended(one_worker):
+    t0 = time.monotonic()
+    with (
+        pytest.raises(TaskError, match="exceeded its timeout of 1s") as info,
+        Client(one_worker, progress=False) as client,
+    ):
+        client.get({"a": (ignore_timeouts, 60)}, "a", task_timeout=1)
+    print(f"task_timeout=1 ignored: error after {time.monotonic() - t0:.1f}s")
+    assert info.value.key == "a"
+    assert time.monotonic() - t0 < 15
+    _next_job_runs_at_once(one_worker)

@@ -56,7 +56,7 @@ from wukong.faults import CRASH_EXIT, Faults
 from wukong.protocol import OUTPUT, Dependent, Invocation, Keys, TaskRecord
 from wukong.recovery import LEASE_MS, Heartbeat
 from wukong.store import Batch, Store
-from wukong.timeout import TaskTimeout, task_timeout
+from wukong.timeout import STUCK_EXIT, Guard, TaskTimeout, task_timeout
 
 PROGRESS_EVERY = 0.5  # seconds between progress events on long chains
 DEFER_MAX = 64  # fan-in notifications an executor with local work may batch ...
@@ -160,7 +160,7 @@ class Executor:
         task_warnings.collect(run.warned)
         try:
             run.start()
-            self.heartbeat.hold(run.keys.lease(inv.id), run.token)
+            self.heartbeat.hold(run.keys.lease(inv.id), run.token, run.guard(on_exit))
             run.loop()
         except (JobGone, Duplicate) as exc:
             if isinstance(exc, JobGone):
@@ -261,6 +261,30 @@ class _Run:
         for s in reversed(inv.more):  # the stack runs them in order, after the first
             self.push(s, 0)
         self.push(inv.sched, inv.pos)
+
+    def guard(self, on_exit: Callable[[Batch], None] | None) -> Guard:
+        """Ends this process when the running task must stop and will not (``wukong.timeout``)."""
+        return Guard(
+            self.keys.cancel,
+            self.opts.get("task_timeout"),
+            lambda: (self.ndone, self.current),
+            lambda why: self.abandon(why, on_exit),
+        )
+
+    def abandon(self, why: str | None, on_exit: Callable[[Batch], None] | None) -> None:
+        """From the heartbeat thread: report this invocation's end (and ``why`` its task
+        failed), then end the process; a local worker is replaced at once."""
+        try:
+            batch = self.store.batch()
+            if why is not None:
+                protocol.emit_error(batch, self.keys, self.current, why, None, "")
+            if on_exit is not None:
+                on_exit(batch)
+            self.counts(batch, exited=True)
+            batch.lease(self.keys, self.inv.id, "done", 0)
+            batch.execute()
+        finally:
+            os._exit(STUCK_EXIT)
 
     def load_remote(self, tid: int, value: bytes | None) -> Any:
         if value is None:

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import pickle
 import threading
+import time
 
 from wukong import protocol
 from wukong.backends.base import Invoke, launch
 from wukong.protocol import Invocation, Keys
 from wukong.store import Store
+from wukong.timeout import Guard
 
 LEASE_MS = 3000  # an invocation's lease; renewed every third of it while the executor lives
 MAX_ATTEMPTS = 4  # deliveries of one invocation before its job fails
@@ -72,7 +74,9 @@ class Heartbeat:
     """Keeps the running invocation's lease alive from a background thread.
 
     A lease that is not renewed (the process died, or froze) expires after
-    ``lease_ms``; the client's watchdog then sends the invocation again.
+    ``lease_ms``; the client's watchdog then sends the invocation again.  The
+    same beat checks the job's cancel flag for the ``Guard`` of the running
+    invocation (``wukong.timeout``).
     """
 
     def __init__(self, store: Store, lease_ms: int):
@@ -80,26 +84,34 @@ class Heartbeat:
         self.lease_ms = lease_ms
         self.key: str | None = None
         self.token = ""
+        self.guard: Guard | None = None
         self.wake = threading.Event()
         self.thread: threading.Thread | None = None
 
-    def hold(self, key: str, token: str) -> None:
-        self.key, self.token = key, token
+    def hold(self, key: str, token: str, guard: Guard | None = None) -> None:
+        self.key, self.token, self.guard = key, token, guard
         if self.thread is None:
             self.thread = threading.Thread(target=self._beat, name="wukong-heartbeat", daemon=True)
             self.thread.start()
 
     def release(self) -> None:
         self.key = None
+        self.guard = None
 
     def _beat(self) -> None:
         r = self.store.endpoints[self.store.mds_index].connect(socket_timeout=self.lease_ms / 1000)
         while True:
             self.wake.wait(self.lease_ms / 3000)
-            key = self.key
+            key, guard = self.key, self.guard
             if key is None:
                 continue
             try:
-                r.pexpire(key, self.lease_ms, xx=True)
+                pipe = r.pipeline(transaction=False)
+                pipe.pexpire(key, self.lease_ms, xx=True)
+                if guard is not None:
+                    pipe.exists(guard.cancel_key)
+                replies = pipe.execute()
             except Exception:
-                pass  # the next round trip of the executor itself will report the trouble
+                continue  # the next round trip of the executor itself will report the trouble
+            if guard is not None and self.key == key:
+                guard.beat(bool(replies[1]), time.monotonic())
