@@ -8,6 +8,7 @@ worker that cannot start, is frozen, or outlives its client; an empty graph.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -410,3 +411,37 @@ def test_a_task_that_ignores_its_task_timeout_is_ended(one_worker):
     assert info.value.key == "a"
     assert time.monotonic() - t0 < 15
     _next_job_runs_at_once(one_worker)
+
+
+# -- point 6: a frozen worker ---------------------------------------------------------------
+
+
+def note_pid_and_sleep(path, seconds):
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_stopped_worker_s_invocation_is_sent_again_and_the_job_finishes(tmp_path):
+    pids = tmp_path / "pids"
+    with LocalCluster(n_workers=2, lease_ms=500) as cluster, Client(cluster, progress=False) as client:
+        stopped = []
+
+        def stop_the_worker():
+            while not pids.exists() or not pids.read_text():
+                time.sleep(0.02)
+            stopped.append(int(pids.read_text().split()[0]))
+            os.kill(stopped[0], signal.SIGSTOP)  # and never resumed
+
+        threading.Thread(target=stop_the_worker, daemon=True).start()
+        t0 = time.monotonic()
+        try:
+            assert client.get({"a": (note_pid_and_sleep, str(pids), 2)}, "a") == 2
+            print(f"SIGSTOP: job finished after {time.monotonic() - t0:.1f}s")
+            ran = [int(p) for p in pids.read_text().split()]
+            assert len(ran) == 2 and ran[1] != stopped[0]
+            assert job_keys(cluster) == []
+        finally:
+            for pid in stopped:
+                os.kill(pid, signal.SIGKILL)
