@@ -445,3 +445,33 @@ def test_a_stopped_worker_s_invocation_is_sent_again_and_the_job_finishes(tmp_pa
         finally:
             for pid in stopped:
                 os.kill(pid, signal.SIGKILL)
+
+
+CTRL_C = textwrap.dedent(
+    """
+    import sys, time
+    from wukong import Client, LocalCluster
+    with LocalCluster(n_workers=1) as cluster:
+        client = Client(cluster, progress=False)
+        print("ready", flush=True)
+        t0 = time.monotonic()
+        try:
+            client.get({"a": (time.sleep, 60)}, "a")
+        except KeyboardInterrupt:
+            print(f"interrupted {time.monotonic() - t0:.1f}", flush=True)
+        t0 = time.monotonic()
+        print(f"next {client.get({'a': (sum, [1, 2])}, 'a')} {time.monotonic() - t0:.1f}", flush=True)
+    """
+)
+
+
+def test_ctrl_c_stops_a_running_task_and_the_next_job_runs():
+    proc = subprocess.Popen([sys.executable, "-c", CTRL_C], stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(1.5)  # the task is running
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    print(f"Ctrl-C: process done {time.monotonic() - t0:.1f}s after SIGINT: {out.split()}")
+    assert "interrupted" in out and "next 3" in out
+    assert time.monotonic() - t0 < 30
