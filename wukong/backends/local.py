@@ -17,6 +17,7 @@ stderr, when no worker is up or starting (``unavailable``).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -114,7 +115,7 @@ class LocalBackend:
             Slot(
                 wid,
                 argv,
-                lambda wid=wid: self._worker_config(wid),
+                functools.partial(self._worker_config, wid),
                 env,
                 self.workers,
                 self._lock,
