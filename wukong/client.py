@@ -24,6 +24,7 @@ import json
 import secrets
 import sys
 import time
+import warnings
 import weakref
 from typing import Any
 
@@ -98,6 +99,8 @@ class Client:
         t0 = time.perf_counter()
         with dask.config.set(dask_defaults()):  # an expression is lowered here
             order, graph = prepare(dsk, keys)
+        if not order:  # nothing to run (``get({}, [])``): what Dask's own schedulers return
+            return _nested(keys, {})
         job_plan = plan(order, graph, flatten_keys(keys))
         t1 = time.perf_counter()
         job = Job(self, job_plan, progress, options, timeout)
@@ -173,8 +176,10 @@ class Job:
         self.user_cancel = False
         self.live: dict[str, float | None] = {}  # invocation id -> since when its lease is missing
         self.exited: set[str] = set()
+        self.leased: set[str] = set()  # invocations whose lease was seen (an executor took them)
         self.starts: dict[str, Invocation] = {}
         self.done = 0
+        self.done_by: dict[str, dict[str, int]] = {}  # invocation id -> attempt -> tasks done
         self.last_id = b"0-0"
         self.durations: list[tuple[float, int]] = []
         lease_s = self.cluster.lease_ms / 1000
@@ -215,6 +220,7 @@ class Job:
         ]
         self.starts = {inv.id: inv for inv in starts}
         self.live = dict.fromkeys(self.starts)
+        self.check_backend()
         protocol.emit_start(batch, keys, store.ttl)
         launch(self.backend.invoke, batch, keys.job, starts)
 
@@ -258,7 +264,7 @@ class Job:
     def handle(self, f: dict) -> None:
         ev = protocol.parse_event(f)
         if ev.kind == "c":
-            self.done += ev.done
+            self.count_done(ev.attempt, ev.done)
             for inv_id in ev.invoked:
                 if inv_id not in self.exited:
                     self.live.setdefault(inv_id, None)
@@ -269,6 +275,9 @@ class Job:
             self.durations.append((ev.ms, ev.memory_mb))
         elif ev.kind == "r":
             self.results[self.plan.outputs[ev.tid]] = serialization.loads(ev.value)
+        elif ev.kind == "w":  # a task's warnings, issued again here as Dask's local schedulers would
+            for message, category, filename, lineno in protocol.decode_warnings(ev.value):
+                warnings.warn_explicit(message, category, filename, lineno)
         elif ev.kind == "R":  # a result too long for the stream, stored in the KVS
             self.read_stored_result(ev.tid)
         elif ev.kind == "e" and self.error is None:
@@ -279,6 +288,19 @@ class Job:
                 self.fail(JobFailed(f"job {self.keys.job}: {what}{detail}{trace}"))
             else:
                 self.fail(task_error(key, what, exc, tb))
+
+    def count_done(self, attempt: str, n: int) -> None:
+        """Progress: a re-run invocation's tasks count once (its busiest attempt counts)."""
+        inv_id, _, token = attempt.partition("@")
+        if not n:
+            return
+        if not token:
+            self.done += n
+            return
+        attempts = self.done_by.setdefault(inv_id, {})
+        before = max(attempts.values(), default=0)
+        attempts[token] = attempts.get(token, 0) + n
+        self.done += max(attempts.values()) - before
 
     def fail(self, error: BaseException) -> None:
         if self.error is None:
@@ -291,10 +313,12 @@ class Job:
         A lease exists while an executor runs an invocation and says "done"
         after; one missing means not started yet, or lost.  Invocations still
         queued on a local cluster are not lost, so nothing is sent while the
-        queue holds any.
+        queue holds any; nor are those a live worker has just taken, unless
+        their lease was seen and then lapsed (the worker froze).
         """
         now = time.monotonic()
         self.next_watch = now + self.watch_every
+        self.check_backend()
         ids = list(self.live)
         batch = self.store.batch()
         handles = [batch.mds("exists", self.keys.lease(i)) for i in ids]
@@ -303,20 +327,29 @@ class Job:
         for inv_id, h in zip(ids, handles, strict=False):
             if batch[h]:
                 self.live[inv_id] = None
+                self.leased.add(inv_id)
             elif self.live[inv_id] is None:
                 self.live[inv_id] = now
             elif now - (self.live[inv_id] or now) > self.lost_after:
                 lost.append(inv_id)
         if not lost or self.backend.backlog() > 0:
             return
+        # Taken by a live worker and not yet leased is not lost; but a lease that
+        # lapsed was held by an executor that froze (SIGSTOP) or died: lost.
         taken = self.backend.running(self.keys.job)
-        lost = [i for i in lost if i not in taken]
+        lost = [i for i in lost if i in self.leased or i not in taken]
         if not lost:
             return
         invs = self.invocations(lost)
         for inv_id in lost:
             self.live[inv_id] = None  # give the new delivery time to start
+            self.leased.discard(inv_id)
         resend(self.store, self.backend.invoke, self.keys.job, invs, "an executor was lost", self.cluster.max_attempts)
+
+    def check_backend(self) -> None:
+        why = self.backend.unavailable()
+        if why is not None:
+            raise JobFailed(f"job {self.keys.job} cannot run: {why}")
 
     def invocations(self, ids: list[str]) -> list[Invocation]:
         """What was sent as ``ids``: the client's own, or as stored by the executor that sent it."""
@@ -346,7 +379,8 @@ class Job:
         """After a failure: wait, bounded, until every executor of the job has exited."""
         deadline = time.monotonic() + timeout
         try:
-            while self.outstanding > 0 and time.monotonic() < deadline:
+            # with no executor to run them, invocations still queued never exit
+            while self.outstanding > 0 and time.monotonic() < deadline and self.backend.unavailable() is None:
                 self.read_events(BLOCK_MS)
         except Exception:
             pass

@@ -94,6 +94,11 @@ class LocalCluster:
     shared_memory : bool
         Local backend: values of 1 MiB or more pass between processes through
         files on ``/dev/shm`` (mapped copy-on-write) instead of through Redis.
+    worker_start_timeout : float
+        Local backend: seconds a worker may take to start (imports, Redis) before it
+        is replaced; a worker that keeps failing to start is given up after a few
+        tries with a back-off, and ``LocalCluster()`` fails, quoting the workers'
+        stderr, when none of them starts.
     max_result_bytes : int, optional
         A requested result larger than this (serialized) fails its job, naming the task.
     faults : dict or str, optional
@@ -141,6 +146,7 @@ class LocalCluster:
         proxy_port: int | None = None,
         use_local_proxy: bool = False,
         max_task_fanout: int = 64,
+        worker_start_timeout: float = 60.0,
     ):
         if backend not in ("local", "lambda"):
             raise ValueError(f"backend must be 'local' or 'lambda', got {backend!r}")
@@ -202,6 +208,7 @@ class LocalCluster:
                     self.proxy,
                     max_attempts,
                     shared_redis=not self.redis_servers,
+                    start_timeout=worker_start_timeout,
                 )
         except BaseException:
             self.close()

@@ -42,20 +42,21 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from wukong import protocol, serialization
+from wukong import protocol, serialization, task_warnings
 from wukong._core import ScheduleView
 from wukong.backends.base import Invoke, launch
 from wukong.faults import CRASH_EXIT, Faults
 from wukong.protocol import OUTPUT, Dependent, Invocation, Keys, TaskRecord
 from wukong.recovery import LEASE_MS, Heartbeat
 from wukong.store import Batch, Store
-from wukong.timeout import TaskTimeout, task_timeout
+from wukong.timeout import STUCK_EXIT, Guard, TaskTimeout, task_timeout
 
 PROGRESS_EVERY = 0.5  # seconds between progress events on long chains
 DEFER_MAX = 64  # fan-in notifications an executor with local work may batch ...
@@ -156,9 +157,10 @@ class Executor:
         exit (the local worker acknowledges its queue entry there).
         """
         run = _Run(self, inv)
+        task_warnings.collect(run.warned)
         try:
             run.start()
-            self.heartbeat.hold(run.keys.lease(inv.id), run.token)
+            self.heartbeat.hold(run.keys.lease(inv.id), run.token, run.guard(on_exit))
             run.loop()
         except (JobGone, Duplicate) as exc:
             if isinstance(exc, JobGone):
@@ -174,6 +176,7 @@ class Executor:
             run.fail(run.current, exc, "could not be run by its executor")
         finally:
             self.heartbeat.release()
+            task_warnings.collect(None)
         run.exit(on_exit)
         return run.ndone
 
@@ -200,6 +203,10 @@ class _Run:
         self.deferred: list[tuple[int, bytes, list[Dependent]]] = []
         self.deferred_since = 0.0
         self.token = f"{os.getpid()}-{time.monotonic_ns()}"  # this attempt's lease
+        self.warned: list = []  # warnings of the task just run (``task_warnings``)
+        # A re-run of an invocation whose executor died records each task before
+        # running it (one round trip each), so a task that kills its process is named.
+        self.careful = False
         self.crash_after = ex.faults.crash_point() if ex.faults else None
 
     # -- round trips ---------------------------------------------------------
@@ -220,7 +227,8 @@ class _Run:
         n = self.ndone - self.nreported
         self.nreported = self.ndone
         self.last_report = time.monotonic()
-        protocol.emit_counts(batch, self.keys, n, invoked, self.inv.id if exited else "")
+        attempt = f"{self.inv.id}@{self.token}"
+        protocol.emit_counts(batch, self.keys, n, invoked, self.inv.id if exited else "", attempt)
 
     # -- start, loop, exit ---------------------------------------------------
     def start(self) -> None:
@@ -229,6 +237,7 @@ class _Run:
         starts = [inv.sched, *inv.more]
         batch = self.store.batch()
         h_lease = batch.lease(self.keys, inv.id, self.token, self.ex.lease_ms)
+        h_attempts = batch.mds("hget", self.keys.attempts, inv.id)  # sent again after a loss?
         h_opts = batch.mds("get", self.keys.options) if inv.job not in self.ex.options else None
         h_scheds = [
             (s, batch.get_value(self.store.mds_index, self.keys.schedule(s))) for s in starts if s not in self.scheds
@@ -239,6 +248,7 @@ class _Run:
             raise JobGone()
         if batch[h_lease] == 0:
             raise Duplicate()
+        self.careful = bool(batch[h_attempts])
         if h_opts is not None:
             self.ex.options[inv.job] = json.loads(batch[h_opts]) if batch[h_opts] else {}
         self.opts = self.ex.options[inv.job]
@@ -253,6 +263,30 @@ class _Run:
         for s in reversed(inv.more):  # the stack runs them in order, after the first
             self.push(s, 0)
         self.push(inv.sched, inv.pos)
+
+    def guard(self, on_exit: Callable[[Batch], None] | None) -> Guard:
+        """Ends this process when the running task must stop and will not (``wukong.timeout``)."""
+        return Guard(
+            self.keys.cancel,
+            self.opts.get("task_timeout"),
+            lambda: (self.ndone, self.current),
+            lambda why: self.abandon(why, on_exit),
+        )
+
+    def abandon(self, why: str | None, on_exit: Callable[[Batch], None] | None) -> None:
+        """From the heartbeat thread: report this invocation's end (and ``why`` its task
+        failed), then end the process; a local worker is replaced at once."""
+        try:
+            batch = self.store.batch()
+            if why is not None:
+                protocol.emit_error(batch, self.keys, self.current, why, None, "")
+            if on_exit is not None:
+                on_exit(batch)
+            self.counts(batch, exited=True)
+            batch.lease(self.keys, self.inv.id, "done", 0)
+            batch.execute()
+        finally:
+            os._exit(STUCK_EXIT)
 
     def load_remote(self, tid: int, value: bytes | None) -> Any:
         if value is None:
@@ -291,8 +325,13 @@ class _Run:
             rec = sched.records[pos]
             body = sched.body(pos)
             self.current = body[0].key
+            if self.careful:
+                self.store.mds.set(self.keys.current(self.inv.id), pickle.dumps(self.current), ex=self.store.ttl)
             result = self.execute(rec, body)
             self.ndone += 1
+            if self.warned:
+                protocol.emit_warnings(self.pending, self.keys, rec.tid, self.warned)
+                self.warned.clear()
             for d in rec.deps:
                 self.refs[d] -= 1
                 if self.refs[d] == 0:
@@ -312,7 +351,7 @@ class _Run:
             try:
                 with task_timeout(timeout, node.key):
                     return node({k: data[d] for k, d in zip(dep_keys, rec.deps, strict=False)})
-            except Exception as exc:
+            except (Exception, SystemExit, KeyboardInterrupt) as exc:  # a task's exit is its failure
                 if attempt < retries:
                     continue
                 what = f"exceeded its timeout of {timeout}s" if isinstance(exc, TaskTimeout) else "raised"

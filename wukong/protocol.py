@@ -25,8 +25,11 @@ Whatever crosses a process boundary is defined here and nowhere else:
 kind    written by            fields
 ======  ====================  =================================================
 ``s``   client                the stream's first entry (creates it)
-``c``   executor, backends    ``n`` tasks done since the last report, ``i``
-                              ids of invocations made, ``x`` this one's id on exit
+``c``   executor, backends    ``n`` tasks done since the last report by ``a``
+                              (``<invocation id>@<attempt>``), ``i`` ids of
+                              invocations made, ``x`` this one's id on exit
+``w``   executor              ``t`` task id, ``v`` = ``encode_warnings`` of the
+                              warnings it issued
 ``d``   Lambda handler        ``ms`` duration and ``mem`` MB of one executor (cost)
 ``r``   executor              ``t`` task id, ``v`` its serialized result
 ``R``   executor              ``t`` task id; the result is in the KVS (too long)
@@ -77,6 +80,10 @@ class Keys:
 
     def invocation(self, inv: str) -> str:
         return f"{self.prefix}i:{inv}"
+
+    def current(self, inv: str) -> str:
+        """The task a re-run invocation is running (its executor may die of it)."""
+        return f"{self.prefix}t:{inv}"
 
     def spill(self, token: str) -> str:
         return f"{self.prefix}inv:{token}"
@@ -200,9 +207,46 @@ def emit_start(batch: _Commands, keys: Keys, ttl: int) -> None:
     batch.mds("expire", keys.events, ttl)
 
 
-def emit_counts(batch: _Commands, keys: Keys, done: int, invoked: Any = (), exited: str = "") -> None:
-    """``done`` tasks finished; invocations made (their ids); an invocation's exit."""
-    _xadd(batch, keys, {"k": "c", "n": done, "i": ",".join(invoked), "x": exited})
+def emit_counts(
+    batch: _Commands, keys: Keys, done: int, invoked: Any = (), exited: str = "", attempt: str = ""
+) -> None:
+    """``done`` tasks finished by ``attempt``; invocations made (their ids); an invocation's exit.
+
+    ``attempt`` (``<invocation id>@<token>``) lets the client count a re-run
+    invocation's tasks once: it keeps, per invocation, its busiest attempt.
+    """
+    _xadd(batch, keys, {"k": "c", "n": done, "i": ",".join(invoked), "x": exited, "a": attempt})
+
+
+def emit_warnings(batch: _Commands, keys: Keys, tid: int, caught: list) -> None:
+    """Task ``tid`` issued the ``warnings.WarningMessage``s ``caught``: the client re-issues them."""
+    _xadd(batch, keys, {"k": "w", "t": tid, "v": encode_warnings(caught)})
+
+
+def encode_warnings(caught: list) -> bytes:
+    """``(message text, category, filename, lineno)`` each; the category by cloudpickle
+    (a ``__main__`` class travels by value), ``None`` when it cannot be pickled."""
+    import cloudpickle
+
+    out = []
+    for w in caught:
+        try:
+            category = cloudpickle.dumps(w.category, protocol=5)
+        except Exception:
+            category = None
+        out.append((str(w.message), category, w.filename, w.lineno))
+    return pickle.dumps(out, protocol=5)
+
+
+def decode_warnings(payload: bytes) -> list[tuple[str, type[Warning], str, int]]:
+    out = []
+    for message, blob, filename, lineno in pickle.loads(payload):
+        try:
+            category = pickle.loads(blob) if blob else UserWarning
+        except Exception:
+            category = UserWarning
+        out.append((message, category, filename, lineno))
+    return out
 
 
 def emit_duration(batch: _Commands, keys: Keys, ms: float, memory_mb: int) -> None:
@@ -224,14 +268,52 @@ def emit_error(batch: _Commands, keys: Keys, key: Any, what: str, exc: BaseExcep
 
 
 def encode_error(key: Any, what: str, exc: BaseException | None, tb: str) -> bytes:
-    try:
-        return pickle.dumps((key, what, exc, tb), protocol=5)
-    except Exception:  # an exception that cannot be pickled: its text is in the traceback
-        return pickle.dumps((key, what, None, tb), protocol=5)
+    """A failure, for the client.  The exception is pickled on its own with
+    cloudpickle, so a class of the user's ``__main__`` (or a notebook) travels
+    by value and is re-created as that very class; when the exception itself
+    cannot be pickled (its args), its type and message are sent instead."""
+    import cloudpickle  # light `import wukong`: only executors and backends encode errors
+
+    exc_blob = type_blob = b""
+    name = message = ""
+    if exc is not None:
+        name, message = f"{type(exc).__module__}.{type(exc).__qualname__}", _str(exc)
+        try:
+            exc_blob = cloudpickle.dumps(exc, protocol=5)
+        except Exception:
+            try:
+                type_blob = cloudpickle.dumps(type(exc), protocol=5)
+            except Exception:  # the type's name is in the traceback
+                pass
+    return pickle.dumps((key, what, exc_blob, type_blob, name, message, tb), protocol=5)
 
 
 def decode_error(payload: bytes) -> tuple[Any, str, BaseException | None, str]:
-    return pickle.loads(payload)
+    """``(key, what, exception, traceback)``; never fails on the exception: one
+    that cannot be unpickled here comes back as ``None``, its text in ``what``."""
+    key, what, exc_blob, type_blob, name, message, tb = pickle.loads(payload)
+    if exc_blob:
+        try:
+            return key, what, pickle.loads(exc_blob), tb
+        except Exception as e:
+            why = f"the exception could not be unpickled here: {type(e).__name__}: {_str(e)}"
+            return key, f"{what} {name}: {message} ({why})", None, tb
+    if type_blob:
+        try:
+            typ = pickle.loads(type_blob)
+            exc = typ.__new__(typ)  # its args could not be pickled: keep the type, carry the message
+            exc.args = (message,)
+            return key, what, exc, tb
+        except Exception:
+            pass
+    return key, f"{what} {name}: {message}" if name else what, None, tb
+
+
+def _str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:
+        return "<str() failed>"
 
 
 @dataclass
@@ -242,6 +324,7 @@ class Event:
     done: int = 0
     invoked: tuple[str, ...] = ()
     exited: str = ""
+    attempt: str = ""
     tid: int = -1
     value: bytes = b""
     ms: float = 0.0
@@ -252,8 +335,11 @@ def parse_event(f: dict[bytes, bytes]) -> Event:
     kind = f[b"k"].decode()
     if kind == "c":
         invoked = tuple(f[b"i"].decode().split(",")) if f[b"i"] else ()
-        return Event(kind, done=int(f[b"n"]), invoked=invoked, exited=f[b"x"].decode())
+        attempt = f[b"a"].decode() if b"a" in f else ""
+        return Event(kind, done=int(f[b"n"]), invoked=invoked, exited=f[b"x"].decode(), attempt=attempt)
     if kind == "r":
+        return Event(kind, tid=int(f[b"t"]), value=f[b"v"])
+    if kind == "w":
         return Event(kind, tid=int(f[b"t"]), value=f[b"v"])
     if kind == "R":
         return Event(kind, tid=int(f[b"t"]))

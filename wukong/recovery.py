@@ -9,17 +9,22 @@ for too long (an executor that died on Lambda, or an invocation that was
 never delivered).  Both call ``resend``: it counts the attempt, clears the
 stale lease so the new delivery can take it, and invokes again -- or, past
 ``max_attempts``, fails the job with an error that says what happened, so the
-client never waits forever.
+client never waits forever.  A re-run invocation records each task before
+running it (``Keys.current``), so when the last attempt dies too, the error
+names the task that killed it.
 """
 
 from __future__ import annotations
 
+import pickle
 import threading
+import time
 
 from wukong import protocol
 from wukong.backends.base import Invoke, launch
 from wukong.protocol import Invocation, Keys
 from wukong.store import Store
+from wukong.timeout import Guard
 
 LEASE_MS = 3000  # an invocation's lease; renewed every third of it while the executor lives
 MAX_ATTEMPTS = 4  # deliveries of one invocation before its job fails
@@ -42,24 +47,36 @@ def resend(
     if not counted[h_alive]:  # the job has ended: nothing to recover
         store.mds.delete(keys.attempts)
         return
-    again = []
+    lost = [inv for inv, h in zip(invocations, handles, strict=True) if counted[h] >= max_attempts]
+    given_up = {inv.id for inv in lost}
+    again = [inv for inv in invocations if inv.id not in given_up]
     batch = store.batch()
-    for inv, h in zip(invocations, handles, strict=False):
-        if counted[h] > max_attempts:
-            what = f"{why}; schedule {inv.sched} (invocation {inv.id}) was lost {max_attempts} times, giving up"
-            protocol.emit_error(batch, keys, None, what, None, "")
-            protocol.emit_counts(batch, keys, 0, exited=inv.id)
+    for inv, task in zip(lost, _current_tasks(store, keys, lost), strict=True):
+        runs = f"invocation {inv.id} of schedule {inv.sched} ran {max_attempts} times, giving up"
+        if task is not None:  # a task kills its executor, every time
+            protocol.emit_error(batch, keys, pickle.loads(task), f"killed its executor ({why}); {runs}", None, "")
         else:
-            batch.mds("delete", keys.lease(inv.id))
-            again.append(inv)
+            protocol.emit_error(batch, keys, None, f"{why}; {runs}", None, "")
+        protocol.emit_counts(batch, keys, 0, exited=inv.id)
+    for inv in again:
+        batch.mds("delete", keys.lease(inv.id))
     launch(invoke, batch, job, again)
+
+
+def _current_tasks(store: Store, keys: Keys, invocations: list[Invocation]) -> list[bytes | None]:
+    """The task each invocation was running when it was last lost, where a re-run recorded it."""
+    if not invocations:
+        return []
+    return store.mds.mget([keys.current(inv.id) for inv in invocations])  # type: ignore[return-value]
 
 
 class Heartbeat:
     """Keeps the running invocation's lease alive from a background thread.
 
     A lease that is not renewed (the process died, or froze) expires after
-    ``lease_ms``; the client's watchdog then sends the invocation again.
+    ``lease_ms``; the client's watchdog then sends the invocation again.  The
+    same beat checks the job's cancel flag for the ``Guard`` of the running
+    invocation (``wukong.timeout``).
     """
 
     def __init__(self, store: Store, lease_ms: int):
@@ -67,26 +84,34 @@ class Heartbeat:
         self.lease_ms = lease_ms
         self.key: str | None = None
         self.token = ""
+        self.guard: Guard | None = None
         self.wake = threading.Event()
         self.thread: threading.Thread | None = None
 
-    def hold(self, key: str, token: str) -> None:
-        self.key, self.token = key, token
+    def hold(self, key: str, token: str, guard: Guard | None = None) -> None:
+        self.key, self.token, self.guard = key, token, guard
         if self.thread is None:
             self.thread = threading.Thread(target=self._beat, name="wukong-heartbeat", daemon=True)
             self.thread.start()
 
     def release(self) -> None:
         self.key = None
+        self.guard = None
 
     def _beat(self) -> None:
         r = self.store.endpoints[self.store.mds_index].connect(socket_timeout=self.lease_ms / 1000)
         while True:
             self.wake.wait(self.lease_ms / 3000)
-            key = self.key
+            key, guard = self.key, self.guard
             if key is None:
                 continue
             try:
-                r.pexpire(key, self.lease_ms, xx=True)
+                pipe = r.pipeline(transaction=False)
+                pipe.pexpire(key, self.lease_ms, xx=True)
+                if guard is not None:
+                    pipe.exists(guard.cancel_key)
+                replies = pipe.execute()
             except Exception:
-                pass  # the next round trip of the executor itself will report the trouble
+                continue  # the next round trip of the executor itself will report the trouble
+            if guard is not None and self.key == key:
+                guard.beat(bool(replies[1]), time.monotonic())

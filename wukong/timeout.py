@@ -1,10 +1,10 @@
-"""A task's time limit (``client.get(..., task_timeout=)``)."""
+"""A task's time limit (``client.get(..., task_timeout=)``), and ending a task that must stop."""
 
 from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -31,3 +31,50 @@ def task_timeout(seconds: float | None, key: Any) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+GRACE_S = 2.0  # a task that must stop gets this long before its executor is ended
+STUCK_EXIT = 78  # exit code of an executor ended because its task would not stop
+
+
+class Guard:
+    """Ends an executor whose running task must stop and will not.
+
+    ``Client.cancel``, a job's ``timeout=``, Ctrl-C and a failed task set the
+    job's cancel flag; executors stop before their next task, but a task
+    that is running (in Python or in C: a deadlock, a long native call) is not
+    interrupted by that, and ``task_timeout``'s SIGALRM reaches only a main
+    thread that returns to Python.  The heartbeat thread calls ``beat`` about
+    every third of a lease; when the job has been cancelled for ``GRACE_S``,
+    or the same task has run ``GRACE_S`` past its ``task_timeout``, ``abandon``
+    reports the invocation's end (naming the task, for a timeout) and ends the
+    process: the local backend starts a fresh worker at once.
+
+    ``running()`` returns something that changes whenever a new task starts.
+    """
+
+    def __init__(
+        self,
+        cancel_key: str,
+        timeout: float | None,
+        running: Callable[[], Any],
+        abandon: Callable[[str | None], None],
+    ):
+        self.cancel_key = cancel_key
+        self.timeout = timeout
+        self.running = running
+        self.abandon = abandon
+        self.task: Any = None
+        self.since = 0.0  # when ``task`` was first seen running
+        self.cancelled_at: float | None = None
+
+    def beat(self, cancelled: bool, now: float) -> None:
+        task = self.running()
+        if task != self.task:
+            self.task, self.since = task, now
+        if cancelled and self.cancelled_at is None:
+            self.cancelled_at = now
+        if self.cancelled_at is not None and now - self.cancelled_at >= GRACE_S:
+            self.abandon(None)
+        elif self.timeout and now - self.since > self.timeout + GRACE_S:
+            self.abandon(f"exceeded its timeout of {self.timeout}s and did not stop; its executor was ended")

@@ -256,6 +256,9 @@ class LambdaBackend:
     def running(self, job: str) -> set[str]:
         return set()
 
+    def unavailable(self) -> str | None:
+        return None  # Lambda answers each invoke: its errors are reported per invocation
+
     def job_cost(self, durations: Sequence[tuple[float, int]]) -> dict | None:
         return job_cost(durations, self.architecture)
 

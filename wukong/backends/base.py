@@ -60,6 +60,10 @@ class Backend(Protocol):
         """Ids of ``job``'s invocations that a live executor has taken (empty where unknown)."""
         ...
 
+    def unavailable(self) -> str | None:
+        """Why no invocation can run now (e.g. no local worker is up), or ``None``."""
+        ...
+
     def job_cost(self, durations: Sequence[tuple[float, int]]) -> dict | None:
         """What a job's executors cost (``None`` where nothing is billed)."""
         ...

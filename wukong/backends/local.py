@@ -7,13 +7,17 @@ A worker takes an invocation with BLMOVE into its own processing list
 (``protocol.worker_processing``), so the invocations in flight are always
 visible: queued (``backlog``) or taken by a live worker (``running``).
 
-Each worker is started and watched by its own thread: when a worker dies,
-what it was running is sent again at once (``wukong.recovery.resend``) and a
-fresh worker takes its place.
+Each worker is started and watched by its own thread
+(``wukong.backends.supervise``): when a worker dies, what it was running is
+sent again at once (``wukong.recovery.resend``) and a fresh worker takes its
+place.  Workers start in parallel; one that fails to start is retried with a
+back-off and finally given up; a job fails at once, quoting the workers'
+stderr, when no worker is up or starting (``unavailable``).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -23,17 +27,22 @@ from collections.abc import Sequence
 from typing import Any
 
 from wukong import protocol
-from wukong.process import spawn, stop
+from wukong.backends.supervise import Slot
+from wukong.errors import WukongError
+from wukong.process import stop
 from wukong.protocol import Invocation, decode_invocation, encode_invocation
 from wukong.recovery import MAX_ATTEMPTS, resend
 from wukong.store import Batch, Store
 
 STOP = b"stop"  # a worker that takes this from the queue exits
+START_TIMEOUT = 60.0  # seconds a worker may take to import and connect before it is replaced
 
 # One BLAS thread per worker process, as Dask's nanny does: N workers each
 # running a multi-threaded BLAS oversubscribe the cores, and idle BLAS threads
 # spin.
 WORKER_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+# A task's print reaches the client as it happens, and is not lost when the task kills its process.
+WORKER_ENV["PYTHONUNBUFFERED"] = "1"
 
 # Leaf schedules are grouped into this many invocations per worker: enough
 # to balance load between workers, few enough that start-up costs vanish.
@@ -65,6 +74,7 @@ class LocalBackend:
         max_attempts: int = MAX_ATTEMPTS,
         *,
         shared_redis: bool = False,
+        start_timeout: float = START_TIMEOUT,
     ):
         self.store = store
         self.shared_redis = shared_redis  # on close, delete the queue keys
@@ -76,10 +86,13 @@ class LocalBackend:
         self.proxy = proxy
         self.max_attempts = max_attempts
         self.invoke = queue_invoker(self.queue)
+        self.start_timeout = start_timeout
         self.workers: list[subprocess.Popen | None] = [None] * n_workers
         self.children = self.workers  # what must not outlive the cluster
         self.closed = False
         self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self.slots: list[Slot] = []
         self._start_workers()
 
     # -- workers ---------------------------------------------------------------
@@ -90,47 +103,42 @@ class LocalBackend:
             "processing": protocol.worker_processing(self.cluster_id, wid),
             "executor": self.executor_options,
             "proxy": self.proxy,
+            "parent": os.getpid(),  # the worker dies with us (``process.die_with_parent``)
         }
         return json.dumps(config).encode() + b"\n"
 
     def _start_workers(self) -> None:
-        started = []
-        for wid in range(self.n_workers):
-            ready = threading.Event()
-            t = threading.Thread(target=self._watch, args=(wid, ready), name=f"wukong-worker-{wid}", daemon=True)
-            t.start()
-            started.append(ready)
-        for ready in started:
-            ready.wait()
+        """Start every worker at once; wait (bounded) for each first start; fail if none came up."""
+        argv = [sys.executable, "-m", "wukong.backends.worker"]
+        env = worker_env()
+        self.slots = [
+            Slot(
+                wid,
+                argv,
+                functools.partial(self._worker_config, wid),
+                env,
+                self.workers,
+                self._lock,
+                self._closing,
+                self._worker_died,
+                self.start_timeout,
+            ).start()
+            for wid in range(self.n_workers)
+        ]
+        for slot in self.slots:
+            slot.first_start.wait()
+        if not any(slot.failures == 0 for slot in self.slots):
+            raise WukongError(self._failures())
 
-    def _spawn(self, wid: int) -> subprocess.Popen:
-        """Start a worker and wait until it is warm (imports done, Redis connected)."""
-        proc = spawn(
-            [sys.executable, "-m", "wukong.backends.worker"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=worker_env(),
-        )
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(self._worker_config(wid))
-        proc.stdin.close()
-        proc.stdout.readline()  # "ready", or EOF if it died starting: _watch sees the exit
-        proc.stdout.close()
-        return proc
+    def unavailable(self) -> str | None:
+        """Why no invocation can run now (no worker is up, each one's last start failed), or ``None``."""
+        if any(slot.state == "ready" or slot.failures == 0 for slot in self.slots):
+            return None
+        return self._failures()
 
-    def _watch(self, wid: int, ready: threading.Event) -> None:
-        """Start worker ``wid``; whenever it dies, send again what it ran and restart it."""
-        while True:
-            with self._lock:
-                if self.closed:
-                    ready.set()
-                    return
-                proc = self.workers[wid] = self._spawn(wid)
-            ready.set()
-            code = proc.wait()
-            if self.closed:
-                return
-            self._worker_died(wid, proc.pid, code)
+    def _failures(self) -> str:
+        reports = [f"{slot.name} {slot.why or 'stopped'}; its last stderr lines:\n{slot.tail()}" for slot in self.slots]
+        return "no worker of the local cluster is running:\n" + "\n".join(reports)
 
     def _worker_died(self, wid: int, pid: int, code: int) -> None:
         """Send again what the dead worker was running (``wukong.recovery``)."""
@@ -173,6 +181,7 @@ class LocalBackend:
             if self.closed:
                 return
             self.closed = True
+            self._closing.set()  # slots in a back-off wake up and leave; none starts another worker
         try:
             self.store.mds.rpush(self.queue, *[STOP] * self.n_workers)
         except Exception:

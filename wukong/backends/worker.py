@@ -9,10 +9,13 @@ running.  The entry is removed in the same pipeline that reports the exit.
 from __future__ import annotations
 
 import json
+import signal
 import sys
 
 from wukong.backends.local import STOP, queue_invoker
+from wukong.backends.supervise import READY
 from wukong.executor import Executor
+from wukong.process import die_with_parent
 from wukong.protocol import decode_invocation
 from wukong.proxy.client import executor_options as proxy_options
 from wukong.store import Batch, Store
@@ -27,7 +30,8 @@ def serve(config: dict) -> None:
     blocking = store.endpoints[0].connect(socket_timeout=None)
     blocking.ping()
     _warm_imports()
-    print("ready", flush=True)
+    sys.stdout.buffer.write(READY)
+    sys.stdout.flush()
     while True:
         payload: bytes = blocking.blmove(queue, processing, 0, "LEFT", "RIGHT")  # type: ignore[assignment]
         if payload == STOP:
@@ -48,6 +52,8 @@ def _warm_imports() -> None:
 
 def main() -> None:
     config = json.loads(sys.stdin.readline())
+    # SIGKILL: it cannot be caught or deferred by a running task (or a blocking BLMOVE)
+    die_with_parent(config["parent"], signal.SIGKILL)
     try:
         serve(config)
     except KeyboardInterrupt:

@@ -208,7 +208,7 @@ def all_job_keys(
     for t in fanins:
         mds += [keys.fanin(t), keys.owner(t)]
     for inv in invocations:
-        mds += [keys.lease(inv), keys.invocation(inv)]
+        mds += [keys.lease(inv), keys.invocation(inv), keys.current(inv)]
     out: dict[int, list[str]] = {store.mds_index: mds}
     data = [keys.data(t) for t in range(ntasks)]
     for server, key in zip(store.kvs_servers(data), data, strict=True):

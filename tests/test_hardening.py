@@ -1,0 +1,477 @@
+"""Ordinary task code and ordinary faults: nothing hangs, nothing is silently wrong (issue 12).
+
+Each test reproduces one way a new user broke wukong: a task that prints,
+warns, raises its own exception class, kills its process or never returns; a
+worker that cannot start, is frozen, or outlives its client; an empty graph.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import dask
+import psutil
+import pytest
+from dask.local import get_sync
+
+from tests.conftest import job_keys
+from wukong import Client, LocalCluster, WukongError
+from wukong.errors import JobCancelled, JobFailed, TaskError
+
+# -- point 1: a task's output ---------------------------------------------------------------
+
+
+def shout(x):
+    print(f"task says {x}")
+    return x + 1
+
+
+def test_a_task_that_prints_works_and_its_output_reaches_the_client(client, capsys):
+    assert client.get({"a": (shout, 1)}, "a") == 2
+    deadline = time.monotonic() + 5
+    out = ""
+    while "task says 1" not in out and time.monotonic() < deadline:  # copied by a thread
+        out += capsys.readouterr().out
+        time.sleep(0.05)
+    assert "[wukong worker" in out and "] task says 1" in out
+
+
+def print_lots(n):
+    sys.stdout.write("y" * n)
+    print()
+    print("z\n" * 1000, end="")
+    return n
+
+
+@pytest.mark.slow
+def test_a_task_that_prints_100_mb_works(client, capsys):
+    assert client.get({"a": (print_lots, 100_000_000)}, "a") == 100_000_000
+
+
+# -- point 5: workers that cannot start ----------------------------------------------------
+
+SITECUSTOMIZE = textwrap.dedent(
+    """
+    import os, sys, time
+
+    class Broken:
+        def find_spec(self, name, path=None, target=None):
+            if name == "dask":
+                raise ImportError("site-packages broken on purpose")
+
+    if os.path.exists({flag!r}):
+        if open({flag!r}).read() == "raise":
+            sys.meta_path.insert(0, Broken())  # the worker's own `import dask` fails
+        else:
+            time.sleep(3600)
+    """
+)
+
+
+@pytest.fixture
+def broken_site(tmp_path, monkeypatch):
+    """A ``sitecustomize`` on the workers' path that breaks them once ``flag`` says how."""
+    flag = tmp_path / "flag"
+    (tmp_path / "sitecustomize.py").write_text(SITECUSTOMIZE.format(flag=str(flag)))
+    monkeypatch.syspath_prepend(str(tmp_path))  # local workers get our sys.path
+    return flag
+
+
+def test_workers_that_cannot_import_fail_the_cluster_quoting_their_stderr(broken_site):
+    broken_site.write_text("raise")
+    t0 = time.monotonic()
+    with pytest.raises(WukongError, match="site-packages broken on purpose"):
+        LocalCluster(n_workers=2)
+    assert time.monotonic() - t0 < 30
+
+
+def test_workers_that_hang_before_ready_fail_the_cluster_after_the_start_timeout(broken_site):
+    broken_site.write_text("hang")
+    t0 = time.monotonic()
+    with pytest.raises(WukongError, match="not ready after 2"):
+        LocalCluster(n_workers=2, worker_start_timeout=2)
+    assert time.monotonic() - t0 < 20
+
+
+def test_workers_start_in_parallel():
+    t0 = time.monotonic()
+    with LocalCluster(n_workers=1):
+        one = time.monotonic() - t0
+    t0 = time.monotonic()
+    with LocalCluster(n_workers=4) as cluster:
+        four = time.monotonic() - t0
+        assert all(slot.state == "ready" for slot in cluster.backend.slots)
+    print(f"start-up: 1 worker {one:.2f}s, 4 workers {four:.2f}s")
+
+
+def test_a_job_with_no_live_worker_fails_quoting_their_stderr(broken_site):
+    with LocalCluster(n_workers=1) as cluster, Client(cluster, progress=False) as client:
+        broken_site.write_text("raise")  # restarts fail from now on
+        for proc in cluster.backend.workers:
+            proc.kill()
+        t0 = time.monotonic()
+        with pytest.raises(JobFailed, match="site-packages broken on purpose"):
+            client.get({"a": (shout, 1)}, "a")
+        assert time.monotonic() - t0 < 15
+        assert job_keys(cluster) == []
+
+
+# -- point 7: the client is killed ------------------------------------------------------------
+
+KILLED_CLIENT = textwrap.dedent(
+    """
+    import sys, threading, time
+    import psutil
+    from wukong import Client, LocalCluster
+    cluster = LocalCluster(n_workers=2, redis_endpoints=[sys.argv[1]], redis_password=sys.argv[2])
+    client = Client(cluster, progress=False)
+    threading.Thread(target=client.get, args=({"a": (time.sleep, 120)}, "a"), daemon=True).start()
+    time.sleep(1.0)  # the task is running
+    print(" ".join(str(p.pid) for p in psutil.Process().children(recursive=True)), flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def _alive(pids):
+    out = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def test_workers_die_promptly_with_their_killed_client_while_a_task_runs(redis_server):
+    host, port = redis_server.endpoint
+    argv = [sys.executable, "-c", KILLED_CLIENT, f"{host}:{port}", redis_server.password]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+    pids = [int(p) for p in proc.stdout.readline().split()]
+    assert len(pids) == 2  # the two workers (Redis is ours)
+    proc.kill()
+    proc.wait()
+    t0 = time.monotonic()
+    while _alive(pids) and time.monotonic() - t0 < 10:
+        time.sleep(0.05)
+    assert _alive(pids) == [], f"workers still alive {time.monotonic() - t0:.1f}s after their client was killed"
+
+
+# -- point 8: empty graphs -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "dsk, keys",
+    [({}, []), ({}, [[]]), ({"a": 1}, []), ({"a": (shout, 1)}, [[], []])],
+)
+def test_empty_graphs_return_what_dask_returns(client, dsk, keys):
+    assert client.get(dsk, keys) == get_sync(dsk, keys)
+
+
+def test_compute_of_nothing_returns_what_dask_returns(client):
+    assert dask.compute(scheduler=client.get) == dask.compute(scheduler="sync")
+
+
+# -- point 2: exceptions ----------------------------------------------------------------------
+
+MAIN_CLASS = textwrap.dedent(
+    """
+    from wukong import Client, LocalCluster
+
+    class MyError(Exception):
+        pass
+
+    def fail(x):
+        raise MyError(f"bad {x}")
+
+    with LocalCluster(n_workers=1) as cluster:
+        try:
+            Client(cluster, progress=False).get({"a": (fail, 1)}, "a")
+        except MyError as e:
+            print("caught", type(e).__name__, e.args, e.key, flush=True)
+    """
+)
+
+
+def test_an_exception_class_of_main_is_raised_as_that_very_class():
+    out = subprocess.run([sys.executable, "-c", MAIN_CLASS], capture_output=True, text=True, timeout=120)
+    assert "caught" in out.stdout, out.stderr[-2000:]
+    assert "MyError ('bad 1',) a" in out.stdout
+
+
+class CarriesALock(ValueError):
+    pass
+
+
+def raise_with_a_lock(x):
+    raise CarriesALock("cannot pickle my args", threading.Lock())
+
+
+def test_an_exception_whose_args_cannot_be_pickled_keeps_its_type(client):
+    with pytest.raises(CarriesALock, match="cannot pickle my args") as info:
+        client.get({"a": (raise_with_a_lock, 1)}, "a")
+    assert isinstance(info.value, TaskError) and info.value.key == "a"
+    assert "raise_with_a_lock" in info.value.remote_traceback
+
+
+class TwoArgs(Exception):
+    def __init__(self, a, b):  # pickles fine, cannot be unpickled: TwoArgs("x-y") lacks b
+        super().__init__(f"{a}-{b}")
+
+
+def raise_two_args(x):
+    raise TwoArgs("x", "y")
+
+
+def test_an_exception_that_cannot_be_unpickled_becomes_a_task_error_naming_the_task(client):
+    with pytest.raises(TaskError, match="could not be unpickled") as info:
+        client.get({"a": (raise_two_args, 1)}, "a")
+    assert info.value.key == "a" and "x-y" in str(info.value)
+    assert "raise_two_args" in info.value.remote_traceback
+
+
+# -- point 3: a task that kills its process -------------------------------------------------
+
+
+def count_and_exit(path, how, x):
+    with open(path, "a") as f:
+        f.write("run\n")
+    if how == "os._exit":
+        os._exit(3)
+    if how == "segfault":
+        import ctypes
+
+        ctypes.string_at(0)
+    if how == "SystemExit":
+        sys.exit(3)
+    raise KeyboardInterrupt
+
+
+@pytest.fixture(scope="module")
+def fragile_cluster():
+    """Lost executors are found fast and given up after two runs."""
+    with LocalCluster(n_workers=2, lease_ms=500, max_attempts=2) as cluster:
+        yield cluster
+
+
+@pytest.mark.parametrize("how", ["os._exit", "segfault", "SystemExit", "KeyboardInterrupt"])
+def test_a_task_that_kills_its_process_fails_the_job_naming_it(fragile_cluster, tmp_path, how):
+    runs = tmp_path / "runs"
+    dsk = {"a": 1, "b": (count_and_exit, str(runs), how, "a"), "c": (shout, "b")}
+    t0 = time.monotonic()
+    with pytest.raises(TaskError) as info, Client(fragile_cluster, progress=False) as client:
+        client.get(dsk, "c")
+    print(f"{how}: error after {time.monotonic() - t0:.1f}s: {str(info.value).splitlines()[0]}")
+    assert info.value.key == "b"
+    assert runs.read_text().count("run") <= 2
+    assert job_keys(fragile_cluster) == []
+
+
+def test_a_task_that_kills_its_lambda_executor_fails_the_job_naming_it(tmp_path):
+    from tests.conftest import AWS_ENV
+    from wukong.lambda_local import LambdaLocal
+
+    runs = tmp_path / "runs"
+    dsk = {"a": 1, "b": (count_and_exit, str(runs), "os._exit", "a"), "c": (shout, "b")}
+    os.environ.update(AWS_ENV)
+    handlers = {"wukong-executor": "wukong.backends.aws_lambda:handler"}
+    with LambdaLocal(handlers, workers=1, env=AWS_ENV) as lam:
+        options = {"endpoint_url": lam.url, "region": "us-east-1", "lease_ms": 500, "max_attempts": 2}
+        with LocalCluster(backend="lambda", **options) as cluster, Client(cluster, progress=False) as client:
+            t0 = time.monotonic()
+            with pytest.raises(TaskError) as info:
+                client.get(dsk, "c")
+            print(f"lambda: error after {time.monotonic() - t0:.1f}s: {str(info.value).splitlines()[0]}")
+            assert info.value.key == "b"
+            assert runs.read_text().count("run") <= 2
+            assert job_keys(cluster) == []
+
+
+class Recorded:
+    """A ProgressBar that remembers what it was told."""
+
+    last: list = []
+
+    def __init__(self, total):
+        self.total = total
+        Recorded.last = []
+
+    def update(self, done):
+        Recorded.last.append(done)
+
+    def finish(self, done):
+        Recorded.last.append(done)
+
+
+def slow_then_exit_once(path, x):
+    time.sleep(0.3)
+    if x == 3 and not os.path.exists(path):
+        open(path, "w").close()
+        os._exit(3)
+    return x + 1
+
+
+def test_the_progress_bar_counts_a_rerun_task_once(fragile_cluster, tmp_path, monkeypatch):
+    monkeypatch.setattr("wukong.client.ProgressBar", Recorded)
+    flag = str(tmp_path / "died")
+    dsk = {"t0": 0, **{f"t{i}": (slow_then_exit_once, flag, f"t{i - 1}") for i in range(1, 8)}}
+    with Client(fragile_cluster, progress=True) as client:
+        assert client.get(dsk, "t7") == 7
+    assert os.path.exists(flag)  # the chain was cut and run again
+    assert max(Recorded.last) == len(dsk)
+
+
+# -- point 1: a task's warnings ------------------------------------------------------------
+
+
+class TaskWarning(UserWarning):
+    pass
+
+
+def warn_and_return(x):
+    import warnings
+
+    warnings.warn(f"careful with {x}", TaskWarning, stacklevel=1)
+    return x
+
+
+def test_a_task_warning_is_issued_again_on_the_client(client):
+    with pytest.warns(TaskWarning, match="careful with 41") as record:
+        assert client.get({"a": (warn_and_return, 41)}, "a") == 41
+    assert record[0].filename == __file__
+
+
+# -- point 4: stopping work that is running --------------------------------------------------
+
+
+def sleep_then(seconds, x=None):
+    time.sleep(seconds)
+    return seconds
+
+
+def ignore_timeouts(seconds):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(seconds)
+        except BaseException:  # swallows the TaskTimeout: only ending the process stops it
+            pass
+    return seconds
+
+
+@pytest.fixture(scope="module")
+def one_worker():
+    with LocalCluster(n_workers=1) as cluster:
+        yield cluster
+
+
+def _next_job_runs_at_once(cluster):
+    t0 = time.monotonic()
+    with Client(cluster, progress=False) as client:
+        assert client.get({"a": (shout, 1)}, "a") == 2
+    assert time.monotonic() - t0 < 20  # not behind the 60 s task
+    assert job_keys(cluster) == []
+
+
+def test_cancel_stops_a_running_task(one_worker):
+    client = Client(one_worker, progress=False)
+    threading.Timer(1.0, client.cancel).start()
+    t0 = time.monotonic()
+    with pytest.raises(JobCancelled):
+        client.get({"a": (sleep_then, 60)}, "a")
+    print(f"cancel: ended {time.monotonic() - t0 - 1.0:.1f}s after the cancel")
+    assert time.monotonic() - t0 < 15
+    _next_job_runs_at_once(one_worker)
+
+
+def test_a_job_timeout_stops_a_running_task(one_worker):
+    t0 = time.monotonic()
+    with pytest.raises(JobFailed, match="timed out"), Client(one_worker, progress=False) as client:
+        client.get({"a": (sleep_then, 60)}, "a", timeout=1)
+    print(f"timeout=1: error after {time.monotonic() - t0:.1f}s")
+    assert time.monotonic() - t0 < 15
+    _next_job_runs_at_once(one_worker)
+
+
+def test_a_task_that_ignores_its_task_timeout_is_ended(one_worker):
+    t0 = time.monotonic()
+    with (
+        pytest.raises(TaskError, match="exceeded its timeout of 1s") as info,
+        Client(one_worker, progress=False) as client,
+    ):
+        client.get({"a": (ignore_timeouts, 60)}, "a", task_timeout=1)
+    print(f"task_timeout=1 ignored: error after {time.monotonic() - t0:.1f}s")
+    assert info.value.key == "a"
+    assert time.monotonic() - t0 < 15
+    _next_job_runs_at_once(one_worker)
+
+
+# -- point 6: a frozen worker ---------------------------------------------------------------
+
+
+def note_pid_and_sleep(path, seconds):
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    time.sleep(seconds)
+    return seconds
+
+
+def test_a_stopped_worker_s_invocation_is_sent_again_and_the_job_finishes(tmp_path):
+    pids = tmp_path / "pids"
+    with LocalCluster(n_workers=2, lease_ms=500) as cluster, Client(cluster, progress=False) as client:
+        stopped = []
+
+        def stop_the_worker():
+            while not pids.exists() or not pids.read_text():
+                time.sleep(0.02)
+            stopped.append(int(pids.read_text().split()[0]))
+            os.kill(stopped[0], signal.SIGSTOP)  # and never resumed
+
+        threading.Thread(target=stop_the_worker, daemon=True).start()
+        t0 = time.monotonic()
+        try:
+            assert client.get({"a": (note_pid_and_sleep, str(pids), 2)}, "a") == 2
+            print(f"SIGSTOP: job finished after {time.monotonic() - t0:.1f}s")
+            ran = [int(p) for p in pids.read_text().split()]
+            assert len(ran) == 2 and ran[1] != stopped[0]
+            assert job_keys(cluster) == []
+        finally:
+            for pid in stopped:
+                os.kill(pid, signal.SIGKILL)
+
+
+CTRL_C = textwrap.dedent(
+    """
+    import sys, time
+    from wukong import Client, LocalCluster
+    with LocalCluster(n_workers=1) as cluster:
+        client = Client(cluster, progress=False)
+        print("ready", flush=True)
+        t0 = time.monotonic()
+        try:
+            client.get({"a": (time.sleep, 60)}, "a")
+        except KeyboardInterrupt:
+            print(f"interrupted {time.monotonic() - t0:.1f}", flush=True)
+        t0 = time.monotonic()
+        print(f"next {client.get({'a': (sum, [1, 2])}, 'a')} {time.monotonic() - t0:.1f}", flush=True)
+    """
+)
+
+
+def test_ctrl_c_stops_a_running_task_and_the_next_job_runs():
+    proc = subprocess.Popen([sys.executable, "-c", CTRL_C], stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(1.5)  # the task is running
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    print(f"Ctrl-C: process done {time.monotonic() - t0:.1f}s after SIGINT: {out.split()}")
+    assert "interrupted" in out and "next 3" in out
+    assert time.monotonic() - t0 < 30
