@@ -28,7 +28,7 @@ from typing import Any
 
 import redis
 
-from wukong import protocol, serialization
+from wukong import protocol, serialization, versions
 from wukong.backends.base import Backend, launch
 from wukong.cost import cost_summary
 from wukong.errors import JobCancelled, JobFailed, task_error
@@ -84,6 +84,7 @@ class Client:
         }
         timeout = kwargs.pop("timeout", None)
         kwargs.pop("num_workers", None)
+        versions.check_backend(self.backend)  # before any task runs: a mismatch fails here
         t0 = time.perf_counter()
         order, graph = prepare(dsk, keys)
         job_plan = plan(order, graph, flatten_keys(keys))

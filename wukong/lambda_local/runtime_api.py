@@ -203,7 +203,8 @@ class Runtime:
 
     def command(self, handler: str) -> list[str]:
         """argv of one environment (the loop thread's pid is checked by the launcher)."""
-        return [self.python, "-S", "-c", _LAUNCHER, str(os.getpid()), str(self.task_root), str(self.runtime_dir), handler]
+        where = [str(os.getpid()), str(self.task_root), str(self.runtime_dir)]
+        return [self.python, "-S", "-c", _LAUNCHER, *where, handler]
 
     def close(self) -> None:
         """Remove the unzipped package."""
@@ -384,7 +385,10 @@ class RuntimeEnvironment:
         if outcome == "error":
             self.current.set_result((ERROR, seconds, body))
         elif len(body) > MAX_RESPONSE:
-            msg = f"Response payload size ({len(body)} bytes) exceeded maximum allowed payload size ({MAX_RESPONSE} bytes)."
+            msg = (
+                f"Response payload size ({len(body)} bytes) exceeded maximum allowed payload size "
+                f"({MAX_RESPONSE} bytes)."
+            )
             self.current.set_result((ERROR, seconds, error_body(msg, "Function.ResponseSizeTooLarge")))
             return _runtime_error(413, "RequestEntityTooLarge", msg)
         else:
@@ -434,4 +438,3 @@ def _response(status: int, headers: list[tuple[str, str]], body: bytes) -> bytes
 
 def _runtime_error(status: int, error_type: str, message: str) -> tuple[int, list, bytes]:
     return status, [], json.dumps({"errorMessage": message, "errorType": error_type}).encode()
-
