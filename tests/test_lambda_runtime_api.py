@@ -69,7 +69,8 @@ def test_function_error_timeout_and_exit_as_on_lambda(runtime):
         assert invoke(lam, {"seconds": 0}) == (None, 0)  # a fresh environment took over
     with serve(runtime, "lambda_handlers.exit_process") as lam:
         error, got = invoke(lam, {"status": 3})
-        assert error == "Unhandled" and got["errorType"] == "Runtime.ExitError" and "exit status 3" in got["errorMessage"]
+        assert error == "Unhandled" and got["errorType"] == "Runtime.ExitError"
+        assert "exit status 3" in got["errorMessage"]
 
 
 @pytest.mark.parametrize(
