@@ -43,7 +43,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON_VERSION = "3.12"
 MAX_GLIBC = (2, 34)  # Amazon Linux 2023, the python3.12 runtime
 MAX_UNZIPPED = 250 * 1024 * 1024
-DEPENDENCIES = ["dask", "numpy", "cloudpickle", "redis", "hiredis", "orjson", "toolz", "partd", "fsspec", "pyyaml"]
+DEPENDENCIES = ["dask", "numpy", "scipy", "cloudpickle", "redis", "hiredis", "orjson", "toolz", "partd", "fsspec", "pyyaml"]
+# scipy: dask.array.linalg needs it (cholesky, solve_triangular: a seed example failed without it)
 # Wheels the runtime's glibc (2.34) can load: manylinux2014 up to manylinux_2_34.
 PLATFORMS = {
     arch: [f"manylinux2014_{m}", f"manylinux_2_28_{m}", f"manylinux_2_34_{m}"]

@@ -54,3 +54,38 @@ def exit_process(event, context):
 
 def unserializable(event, context):
     return {1, 2}
+
+
+def inspect_environment(event, context):
+    """What an execution environment sees: path, variables, and whether it can write where."""
+    import sys
+
+    def writable(directory):
+        path = os.path.join(directory, f"probe-{os.getpid()}")
+        try:
+            with open(path, "w") as f:
+                f.write("x")
+        except OSError as e:
+            return f"{type(e).__name__}: {e.strerror}"
+        os.remove(path)
+        return "ok"
+
+    return {
+        "path": sys.path,
+        "env": dict(os.environ),
+        "task_root": writable(os.environ.get("LAMBDA_TASK_ROOT", ".")),
+        "tmp": writable("/tmp"),
+        "version": list(sys.version_info[:2]),
+    }
+
+
+def fake_versions(event, context):
+    """wukong's executor, answering the version probe with $FAKE_VERSIONS laid over its own."""
+    import json
+
+    from wukong.backends.aws_lambda import handler
+
+    result = handler(event, context)
+    if event.get("wukong_probe"):
+        result.update(json.loads(os.environ.get("FAKE_VERSIONS", "{}")))
+    return result

@@ -31,7 +31,7 @@ from typing import Any
 import dask
 import redis
 
-from wukong import protocol, serialization
+from wukong import protocol, serialization, versions
 from wukong.backends.base import Backend, launch
 from wukong.cost import cost_summary
 from wukong.errors import JobCancelled, JobFailed, task_error
@@ -96,6 +96,7 @@ class Client:
         }
         timeout = kwargs.pop("timeout", None)
         kwargs.pop("num_workers", None)
+        versions.check_backend(self.backend)  # before any task runs: a mismatch fails here
         t0 = time.perf_counter()
         with dask.config.set(dask_defaults()):  # an expression is lowered here
             order, graph = prepare(dsk, keys)

@@ -53,8 +53,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from wukong import aws, protocol
+from wukong import aws, protocol, versions
 from wukong.cost import job_cost
+from wukong.errors import JobFailed
 from wukong.executor import Executor
 from wukong.protocol import Invocation, Keys, decode_invocation, encode_invocation
 from wukong.store import Batch, Store
@@ -165,13 +166,18 @@ class LambdaInvoker:
 
     def invoke_one(self, payload: bytes) -> str | None:
         """Invoke with retries; ``None`` on success, else what went wrong."""
+        return self.request(payload, "Event")[1]
+
+    def request(self, payload: bytes, kind: str) -> tuple[Any, str | None]:
+        """Invoke (``kind``: ``"Event"`` or ``"RequestResponse"``) with retries: ``(response, None)``
+        on success, else ``(None, what went wrong)``."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         for attempt in range(self.attempts):
             try:
-                self.client().invoke(FunctionName=self.function_name, InvocationType="Event", Payload=payload)
-                self.invoked += 1
-                return None
+                response = self.client().invoke(FunctionName=self.function_name, InvocationType=kind, Payload=payload)
+                self.invoked += kind == "Event"
+                return response, None
             except ClientError as exc:
                 err = exc.response.get("Error", {})
                 status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
@@ -179,14 +185,14 @@ class LambdaInvoker:
                 if status == 429:
                     self.throttled += 1
                 if status not in RETRY_STATUS and err.get("Code") not in RETRY_CODES:
-                    return what
+                    return None, what
             except (BotoCoreError, OSError) as exc:  # connection errors, timeouts
                 if "Credentials" in type(exc).__name__ or "Region" in type(exc).__name__:
-                    return f"{type(exc).__name__}: {exc}"
+                    return None, f"{type(exc).__name__}: {exc}"
                 what = f"{type(exc).__name__}: {exc}"
             if attempt + 1 < self.attempts:
                 time.sleep(random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt)))
-        return f"{what} (gave up after {self.attempts} attempts)"
+        return None, f"{what} (gave up after {self.attempts} attempts)"
 
     def report_failures(self, job: str, failed: list[str], ids: Sequence[str] = ()) -> None:
         """Tell the client: an error, and an exit for each executor that never started."""
@@ -246,6 +252,7 @@ class LambdaBackend:
     def __init__(self, store: Store, config: dict, *, memory_mb: int = 3008, architecture: str = "x86_64"):
         self.invoker = LambdaInvoker(store, config)
         self.memory_mb, self.architecture = memory_mb, architecture
+        self._versions: dict[str, str] | None = None
 
     def invoke(self, batch: Batch, job: str, invocations: list[Invocation]) -> Callable[[], None] | None:
         return self.invoker(batch, job, invocations)
@@ -264,6 +271,17 @@ class LambdaBackend:
 
     def describe(self) -> str:
         return f"lambda {self.invoker.function_name!r} at {self.invoker.endpoint}"
+
+    def executor_versions(self) -> dict[str, str]:
+        """Asked once, by a ``RequestResponse`` probe invocation (``wukong.versions``)."""
+        if self._versions is None:
+            inv = self.invoker
+            response, error = inv.request(json.dumps(versions.PROBE).encode(), "RequestResponse")
+            if error is not None:
+                raise JobFailed(f"could not invoke Lambda function {inv.function_name!r} at {inv.endpoint}: {error}")
+            payload = json.loads(response["Payload"].read() or b"null")
+            self._versions = versions.from_probe(payload, response.get("FunctionError"), self.describe())
+        return self._versions
 
     def close(self) -> None:
         self.invoker.close()
@@ -290,6 +308,8 @@ def _executor_for(config: dict) -> tuple[Store, Executor]:
 
 def handler(event: dict, context: Any) -> dict:
     """The Lambda entry point: run one executor invocation."""
+    if event.get("wukong_probe") == "versions":  # versions.PROBE: what this executor runs
+        return versions.report()
     t0 = time.perf_counter()
     config = event["config"]
     store, executor = _executor_for(config)

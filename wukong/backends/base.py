@@ -72,6 +72,10 @@ class Backend(Protocol):
         """A few words for ``repr(cluster)``."""
         ...
 
+    def executor_versions(self) -> dict[str, str] | None:
+        """What the executors run (``wukong.versions.report``), asked once; ``None``: this interpreter."""
+        ...
+
     def close(self) -> None: ...
 
 

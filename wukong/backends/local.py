@@ -172,6 +172,9 @@ class LocalBackend:
     def job_cost(self, durations: Sequence[tuple[float, int]]) -> dict | None:
         return None
 
+    def executor_versions(self) -> None:
+        return None  # the workers run sys.executable with this sys.path
+
     def describe(self) -> str:
         return f"{self.n_workers} workers"
 

@@ -100,6 +100,7 @@ import uuid
 import weakref
 from typing import Any
 
+from wukong.lambda_local.runtime_api import EnvironmentExit, Runtime, RuntimeEnvironment, environment_variables
 from wukong.lambda_local.worker import ERROR, FROM_WORKER, READY, TO_WORKER, error_body
 from wukong.lambda_local.worker import main as worker_main
 from wukong.process import spawn, stop
@@ -150,8 +151,7 @@ class _Job:
         self.attempt = 0
 
 
-class _WorkerExit(Exception):
-    """The worker process running an invocation went away."""
+_WorkerExit = EnvironmentExit  # the worker process running an invocation went away
 
 
 class _Worker:
@@ -232,6 +232,13 @@ class LambdaLocal:
         Seconds a connection may wait for its next request, and seconds a
         request may take to arrive once begun (then 408 and the connection
         is closed).  A malformed request line or ``Content-Length`` gets 400.
+    runtime : Runtime, optional
+        Run a deployment package the way AWS does: each execution environment
+        is AWS's runtime interface client under the runtime's Python, fed over
+        the Lambda Runtime API (``wukong.lambda_local.runtime_api``).  One
+        function, whose handler is given as Lambda names it (``handler.handler``).
+        Without it (the default, fast for tests) handlers run in our worker
+        processes under this Python, from this source tree.
 
     Examples
     --------
@@ -260,9 +267,12 @@ class LambdaLocal:
         account: str = "123456789012",
         idle_timeout: float = IDLE_TIMEOUT_S,
         read_timeout: float = READ_TIMEOUT_S,
+        runtime: Runtime | None = None,
     ):
+        if runtime is not None and len(functions) != 1:
+            raise ValueError(f"a runtime serves one function (its deployment package), got {sorted(functions)}")
         for name, ref in functions.items():
-            if ":" not in ref:
+            if runtime is None and ":" not in ref:
                 raise ValueError(f"handler for {name!r} must be 'module:function', got {ref!r}")
         if concurrency is not None and concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
@@ -281,6 +291,7 @@ class LambdaLocal:
         self.event_retries = event_retries
         self.host, self.port = host, port
         self.region, self.account = region, account
+        self.runtime = runtime
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -375,6 +386,25 @@ class LambdaLocal:
                 await asyncio.wait(pending, timeout=1)
 
     async def _add_worker(self):
+        if self.runtime is not None:
+            [(name, handler)] = self.functions.items()
+            env = environment_variables(name, self.memory, self.region, self._function_env())
+            worker: Any = await RuntimeEnvironment.start(
+                self.runtime, name, handler, env, self.memory, self.region, self.account
+            )
+        else:
+            worker = await self._start_worker()
+        self._pool.append(worker)
+        asyncio.get_running_loop().create_task(self._watch(worker))
+        try:
+            await worker.ready
+        except _WorkerExit:
+            status = worker.proc.wait()
+            raise RuntimeError(f"lambda-local worker exited with status {status} during start-up") from None
+        self._idle.append(worker)
+        self._pump()
+
+    async def _start_worker(self) -> _Worker:
         parent, child = socket.socketpair()
         spec = {
             "functions": self.functions,
@@ -393,15 +423,18 @@ class LambdaLocal:
         )
         child.close()
         reader, writer = await asyncio.open_connection(sock=parent, limit=2**20)
-        worker = _Worker(proc, reader, writer)
-        self._pool.append(worker)
-        asyncio.get_running_loop().create_task(self._watch(worker))
-        try:
-            await worker.ready
-        except _WorkerExit:
-            raise RuntimeError(f"lambda-local worker exited with status {proc.wait()} during start-up") from None
-        self._idle.append(worker)
-        self._pump()
+        return _Worker(proc, reader, writer)
+
+    def _function_env(self) -> dict[str, str]:
+        """A runtime-mode function's configured variables: how its boto3 reaches this
+        endpoint (as on AWS it reaches AWS), and ``env``; none of the caller's."""
+        env = {"AWS_ENDPOINT_URL_LAMBDA": self.url}
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):  # the execution role's
+            if key in os.environ:
+                env[key] = os.environ[key]
+        env.setdefault("AWS_ACCESS_KEY_ID", "lambda-local")
+        env.setdefault("AWS_SECRET_ACCESS_KEY", "lambda-local")
+        return {**env, **self.env}
 
     def _worker_env(self) -> dict[str, str]:
         package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -697,7 +730,10 @@ def main(argv: list[str] | None = None) -> int:
         worker_main(argv[1])
         return 0
     p = argparse.ArgumentParser(prog="wukong lambda-local", description="Serve the Lambda Invoke API locally.")
-    p.add_argument("--function", action="append", required=True, metavar="NAME=MODULE:HANDLER")
+    p.add_argument("--function", action="append", metavar="NAME=MODULE:HANDLER")
+    p.add_argument("--zip", help="serve this deployment package through the Runtime API, run by awslambdaric")
+    p.add_argument("--runtime-python", help="the runtime's Python for --zip (default: a python3.12 found here)")
+    p.add_argument("--runtime-dir", help="awslambdaric and boto3 for --zip (installed there if missing)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--workers", type=int)
@@ -708,6 +744,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--idle-timeout", type=float, default=IDLE_TIMEOUT_S, help="seconds a connection may idle")
     p.add_argument("--read-timeout", type=float, default=READ_TIMEOUT_S, help="seconds to receive a request")
     args = p.parse_args(argv)
+    if args.zip:
+        args.function = args.function or ["wukong-executor=handler.handler"]
+    elif not args.function:
+        p.error("give --function NAME=module:handler, or --zip")
     functions = {}
     for item in args.function:
         name, sep, ref = item.partition("=")
@@ -717,6 +757,7 @@ def main(argv: list[str] | None = None) -> int:
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
+    runtime = Runtime(args.zip, args.runtime_python, args.runtime_dir) if args.zip else None
     lam = LambdaLocal(
         functions,
         workers=args.workers,
@@ -728,9 +769,14 @@ def main(argv: list[str] | None = None) -> int:
         read_timeout=args.read_timeout,
         host=args.host,
         port=args.port,
+        runtime=runtime,
     )
-    with lam:
-        print(lam.url, flush=True)
-        while not done.wait(1.0):
-            pass
+    try:
+        with lam:
+            print(lam.url, flush=True)
+            while not done.wait(1.0):
+                pass
+    finally:
+        if runtime is not None:
+            runtime.close()
     return 0
