@@ -50,12 +50,13 @@ def resend(
     if not counted[h_alive]:  # the job has ended: nothing to recover
         store.mds.delete(keys.attempts, *[keys.current(inv.id) for inv in invocations])
         return
-    lost = [inv for inv, h in zip(invocations, handles, strict=True) if counted[h] >= max_attempts]
+    losses = {inv.id: counted[h] for inv, h in zip(invocations, handles, strict=True)}
+    lost = [inv for inv in invocations if losses[inv.id] > max_attempts]  # re-run max_attempts times
     given_up = {inv.id for inv in lost}
     again = [inv for inv in invocations if inv.id not in given_up]
     batch = store.batch()
     for inv, task in zip(lost, _current_tasks(store, keys, lost), strict=True):
-        runs = f"invocation {inv.id} of schedule {inv.sched} ran {max_attempts} times, giving up"
+        runs = f"invocation {inv.id} of schedule {inv.sched} was lost {losses[inv.id]} times, giving up"
         if task is not None:  # a task kills its executor, every time
             protocol.emit_error(batch, keys, pickle.loads(task), f"killed its executor ({why}); {runs}", None, "")
         else:
