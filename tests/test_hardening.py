@@ -256,8 +256,8 @@ def count_and_exit(path, how, x):
 
 @pytest.fixture(scope="module")
 def fragile_cluster():
-    """Lost executors are found fast and given up after two runs."""
-    with LocalCluster(n_workers=2, lease_ms=500, max_attempts=2) as cluster:
+    """Lost executors are found fast; an invocation is re-run once at most."""
+    with LocalCluster(n_workers=2, lease_ms=500, max_attempts=1) as cluster:
         yield cluster
 
 
@@ -270,7 +270,7 @@ def test_a_task_that_kills_its_process_fails_the_job_naming_it(fragile_cluster, 
         client.get(dsk, "c")
     print(f"{how}: error after {time.monotonic() - t0:.1f}s: {str(info.value).splitlines()[0]}")
     assert info.value.key == "b"
-    assert runs.read_text().count("run") <= 2
+    assert runs.read_text().count("run") <= 2  # re-run max_attempts times at most
     assert job_keys(fragile_cluster) == []
 
 
@@ -283,14 +283,14 @@ def test_a_task_that_kills_its_lambda_executor_fails_the_job_naming_it(tmp_path)
     os.environ.update(AWS_ENV)
     handlers = {"wukong-executor": "wukong.backends.aws_lambda:handler"}
     with LambdaLocal(handlers, workers=1, env=AWS_ENV) as lam:
-        options = {"endpoint_url": lam.url, "region": "us-east-1", "lease_ms": 500, "max_attempts": 2}
+        options = {"endpoint_url": lam.url, "region": "us-east-1", "lease_ms": 500, "max_attempts": 1}
         with LocalCluster(backend="lambda", **options) as cluster, Client(cluster, progress=False) as client:
             t0 = time.monotonic()
             with pytest.raises(TaskError) as info:
                 client.get(dsk, "c")
             print(f"lambda: error after {time.monotonic() - t0:.1f}s: {str(info.value).splitlines()[0]}")
             assert info.value.key == "b"
-            assert runs.read_text().count("run") <= 2
+            assert runs.read_text().count("run") <= 2  # re-run max_attempts times at most
             assert job_keys(cluster) == []
 
 

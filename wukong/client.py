@@ -177,7 +177,6 @@ class Job:
         self.user_cancel = False
         self.live: dict[str, float | None] = {}  # invocation id -> since when its lease is missing
         self.exited: set[str] = set()
-        self.leased: set[str] = set()  # invocations whose lease was seen (an executor took them)
         self.starts: dict[str, Invocation] = {}
         self.done = 0
         self.done_by: dict[str, dict[str, int]] = {}  # invocation id -> attempt -> tasks done
@@ -314,8 +313,7 @@ class Job:
         A lease exists while an executor runs an invocation and says "done"
         after; one missing means not started yet, or lost.  Invocations still
         queued on a local cluster are not lost, so nothing is sent while the
-        queue holds any; nor are those a live worker has just taken, unless
-        their lease was seen and then lapsed (the worker froze).
+        queue holds any.
         """
         now = time.monotonic()
         self.next_watch = now + self.watch_every
@@ -328,23 +326,19 @@ class Job:
         for inv_id, h in zip(ids, handles, strict=False):
             if batch[h]:
                 self.live[inv_id] = None
-                self.leased.add(inv_id)
             elif self.live[inv_id] is None:
                 self.live[inv_id] = now
             elif now - (self.live[inv_id] or now) > self.lost_after:
                 lost.append(inv_id)
         if not lost or self.backend.backlog() > 0:
             return
-        # Taken by a live worker and not yet leased is not lost; but a lease that
-        # lapsed was held by an executor that froze (SIGSTOP) or died: lost.
         taken = self.backend.running(self.keys.job)
-        lost = [i for i in lost if i in self.leased or i not in taken]
+        lost = [i for i in lost if i not in taken]
         if not lost:
             return
         invs = self.invocations(lost)
         for inv_id in lost:
             self.live[inv_id] = None  # give the new delivery time to start
-            self.leased.discard(inv_id)
         resend(self.store, self.backend.invoke, self.keys.job, invs, "an executor was lost", self.cluster.max_attempts)
 
     def check_backend(self) -> None:

@@ -326,7 +326,8 @@ class _Run:
             body = sched.body(pos)
             self.current = body[0].key
             if self.careful:
-                self.store.mds.set(self.keys.current(self.inv.id), pickle.dumps(self.current), ex=self.store.ttl)
+                # XX: the key exists from the re-send while the job lives; never recreated after it
+                self.store.mds.set(self.keys.current(self.inv.id), pickle.dumps(self.current), xx=True, keepttl=True)
             result = self.execute(rec, body)
             self.ndone += 1
             if self.warned:

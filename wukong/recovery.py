@@ -19,6 +19,7 @@ from __future__ import annotations
 import pickle
 import threading
 import time
+from typing import Any
 
 from wukong import protocol
 from wukong.backends.base import Invoke, launch
@@ -43,16 +44,19 @@ def resend(
     h_alive = counted.mds("exists", keys.events)
     handles = [counted.mds("hincrby", keys.attempts, inv.id, 1) for inv in invocations]
     counted.mds("expire", keys.attempts, store.ttl)
+    for inv in invocations:  # where the re-run records its tasks (only ever overwritten: SET XX)
+        counted.mds("execute_command", "SET", keys.current(inv.id), b"", "EX", store.ttl, "NX")
     counted.execute()
     if not counted[h_alive]:  # the job has ended: nothing to recover
-        store.mds.delete(keys.attempts)
+        store.mds.delete(keys.attempts, *[keys.current(inv.id) for inv in invocations])
         return
-    lost = [inv for inv, h in zip(invocations, handles, strict=True) if counted[h] >= max_attempts]
+    losses = {inv.id: counted[h] for inv, h in zip(invocations, handles, strict=True)}
+    lost = [inv for inv in invocations if losses[inv.id] > max_attempts]  # re-run max_attempts times
     given_up = {inv.id for inv in lost}
     again = [inv for inv in invocations if inv.id not in given_up]
     batch = store.batch()
     for inv, task in zip(lost, _current_tasks(store, keys, lost), strict=True):
-        runs = f"invocation {inv.id} of schedule {inv.sched} ran {max_attempts} times, giving up"
+        runs = f"invocation {inv.id} of schedule {inv.sched} was lost {losses[inv.id]} times, giving up"
         if task is not None:  # a task kills its executor, every time
             protocol.emit_error(batch, keys, pickle.loads(task), f"killed its executor ({why}); {runs}", None, "")
         else:
@@ -67,7 +71,8 @@ def _current_tasks(store: Store, keys: Keys, invocations: list[Invocation]) -> l
     """The task each invocation was running when it was last lost, where a re-run recorded it."""
     if not invocations:
         return []
-    return store.mds.mget([keys.current(inv.id) for inv in invocations])  # type: ignore[return-value]
+    values: Any = store.mds.mget([keys.current(inv.id) for inv in invocations])
+    return [v or None for v in values]
 
 
 class Heartbeat:

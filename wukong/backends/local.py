@@ -162,9 +162,11 @@ class LocalBackend:
 
     def running(self, job: str) -> set[str]:
         """Not lost even before their lease exists; if the worker dies, ``_worker_died``
-        sends them again."""
+        sends them again.  A frozen worker's (SIGSTOP) do not count: their lease
+        lapses and the client's watchdog sends them again."""
+        awake = [wid for wid, proc in enumerate(self.workers) if proc is not None and not _frozen(proc.pid)]
         pipe = self.store.mds.pipeline(transaction=False)
-        for wid in range(self.n_workers):
+        for wid in awake:
             pipe.lrange(protocol.worker_processing(self.cluster_id, wid), 0, -1)
         taken = [decode_invocation(p) for entries in pipe.execute() for p in entries]
         return {inv.id for inv in taken if inv.job == job}
@@ -207,6 +209,16 @@ def stop_workers(workers: list, graceful: bool = False) -> None:
             except subprocess.TimeoutExpired:
                 pass
     stop(procs)
+
+
+def _frozen(pid: int) -> bool:
+    """The process is stopped (SIGSTOP, a debugger): state ``T`` or ``t`` in ``/proc/<pid>/stat``."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return False  # gone (its death is handled) or not Linux
+    return state in (b"T", b"t")
 
 
 def worker_env() -> dict[str, str]:
