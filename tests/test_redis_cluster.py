@@ -10,11 +10,12 @@ job runs.  No key of a job is ever left behind.
 
 from __future__ import annotations
 
+import json
 import threading
 
 import dask
 import pytest
-from conftest import combine, job_keys
+from conftest import combine, job_keys, lambda_local
 from test_examples import *  # noqa: F403  -- the seed examples, on a Redis Cluster
 from test_random_dags import *  # noqa: F403  -- the random DAGs, on a Redis Cluster
 
@@ -124,3 +125,42 @@ def test_a_master_killed_mid_job_fails_it_naming_a_node_or_keeps_it_correct(redi
         assert result == expected
     redis_cluster.wait_ok()
     assert client.get(dsk, outputs) == expected  # the next job runs
+
+
+def test_from_stack_runs_on_lambda_with_the_cluster_and_the_secret_it_names(redis_cluster, monkeypatch):
+    """The stack's outputs name the function, the Redis Cluster (no credentials) and the
+    secret; client and functions read the password from the secret (a local stand-in)."""
+    import boto3
+    from botocore.stub import Stubber
+
+    import wukong.deploy
+
+    cfn = boto3.session.Session().client(
+        "cloudformation", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+    )
+    port = redis_cluster.url.rsplit(":", 1)[1]
+    monkeypatch.setattr(wukong.deploy, "aws_client", lambda service, region=None, endpoint_url=None: cfn)
+    with lambda_local({"wukong-executor": "wukong.backends.aws_lambda:handler"}, workers=2) as lam:
+        arn = lam.put_secret("wukong-redis", json.dumps({"username": "default", "password": redis_cluster.password}))
+        outputs = {
+            "FunctionName": "wukong-executor",
+            "Region": "us-east-1",
+            "RedisClusterUrl": f"redis://127.0.0.1:{port}",
+            "RedisSecretArn": arn,
+        }
+        stack = {
+            "StackName": "wk",
+            "CreationTime": "2026-01-01T00:00:00Z",
+            "StackStatus": "CREATE_COMPLETE",
+            "Outputs": [{"OutputKey": k, "OutputValue": v} for k, v in outputs.items()],
+        }
+        with Stubber(cfn) as stub:
+            stub.add_response("describe_stacks", {"Stacks": [stack]}, {"StackName": "wk"})
+            cluster = LocalCluster.from_stack("wk", endpoint_url=lam.url, num_lambda_invokers=4)
+        with cluster:
+            assert cluster.store.cluster is not None and cluster.backend.name == "lambda"
+            client = Client(cluster, progress=False)
+            dsk, outputs_ = wide_fan_in()
+            assert client.get(dsk, outputs_) == dask.get(dsk, outputs_)
+            assert job_keys(cluster) == []
+            assert redis_cluster.password not in cluster.backend.invoker._config_json

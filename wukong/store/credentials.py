@@ -20,7 +20,7 @@ variable                       what
 
 The client reads the same secret (``LocalCluster(redis_secret_arn=...)``).  A
 local stand-in for the secret store is an endpoint given to boto3 the usual way
-(``AWS_ENDPOINT_URL_SECRETSMANAGER``; ``wukong.lambda_local`` serves one).
+(``AWS_ENDPOINT_URL_SECRETS_MANAGER``; ``wukong.lambda_local`` serves one).
 """
 
 from __future__ import annotations
@@ -172,9 +172,7 @@ class IAMCredentialProvider:
             self.session.get_credentials(),
             self.session.get_component("event_emitter"),
         )
-        url = signer.generate_presigned_url(
-            request, self.region, expires_in=IAM_TOKEN_SECONDS, operation_name="connect"
-        )
+        url = signer.generate_presigned_url(request, "connect", expires_in=IAM_TOKEN_SECONDS, region_name=self.region)
         return url.removeprefix("https://")
 
     def __repr__(self) -> str:
