@@ -116,3 +116,18 @@ def test_a_credential_provider_is_asked_by_every_new_connection(redis_server):
     r = ep.connect()
     assert r.ping() and Provider.asked == 1
     r.close()
+
+
+def test_no_local_child_has_the_password_in_its_argv_or_environment():
+    """The embedded redis-server reads it on stdin, the workers read the store config on stdin."""
+    import psutil
+
+    from wukong import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, use_local_proxy=True) as cluster:
+        password = cluster.redis_servers[0].password
+        assert Client(cluster, progress=False).get({"a": (abs, -3)}, "a") == 3
+        procs = psutil.Process().children(recursive=True)
+        seen = [" ".join(p.cmdline()) + repr(p.environ()) for p in procs]
+    assert len(procs) >= 4 and password  # redis-server, two workers, the proxy
+    assert not [s for s in seen if password in s]
