@@ -132,7 +132,7 @@ class Store:
         """Everything another process needs to open the same store (JSON-able).
 
         ``secrets=False`` leaves the passwords out: the other process reads them
-        from where it is configured to (``wukong.credentials``).
+        from where it is configured to (``wukong.store.credentials``).
         """
         if self.cluster is not None:
             where: dict = {"cluster": self.cluster.to_config(secrets=secrets)}
