@@ -49,6 +49,7 @@ import json
 import os
 import random
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -284,7 +285,14 @@ def _executor_for(config: dict) -> tuple[Store, Executor]:
         route = {"backend": "lambda", "config": config}  # the proxy invokes as this invoker would
         proxy = config.get("proxy")
         if proxy and not proxy.get("secret"):  # events carry no secret: the function's own configuration does
-            proxy = {**proxy, "secret": credentials.proxy_secret_from_environment()}
+            secret = credentials.proxy_secret_from_environment()
+            if not secret:
+                print(
+                    f"wukong: the cluster uses the proxy at {proxy['address']} but this function has no "
+                    f"${credentials.PROXY_SECRET_ARN_ENV}: invoking directly",
+                    file=sys.stderr,
+                )
+            proxy = {**proxy, "secret": secret} if secret else None
         executor = Executor(store, invoker, **config["executor"], **proxy_options(proxy, store, route))
         cached = _warm[ident] = (store, executor)
     return cached
