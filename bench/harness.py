@@ -41,6 +41,7 @@ TIMEOUT_S = {"tiny": 20.0, "small": 120.0, "full": 1800.0}  # per run; a run pas
 SYSTEMS = ["wukong", "wukong-ring3", "wukong-cluster3", "sync", "threads", "processes", "distributed", "ray"]
 # wukong on other storage than its one embedded Redis (``--storage``): not run by default
 STORAGE = {"standalone": "wukong", "ring3": "wukong-ring3", "cluster3": "wukong-cluster3"}
+OTHER_STORAGE = ("wukong-ring3", "wukong-cluster3")
 
 
 @dataclass
@@ -143,8 +144,8 @@ def available_systems() -> list[str]:
     try:
         import ray  # noqa: F401
     except ImportError:
-        return [s for s in SYSTEMS if s not in ("ray", *STORAGE.values())]
-    return [s for s in SYSTEMS if s not in STORAGE.values()]
+        return [s for s in SYSTEMS if s not in ("ray", *OTHER_STORAGE)]
+    return [s for s in SYSTEMS if s not in OTHER_STORAGE]
 
 
 # --- machine -----------------------------------------------------------------------------
