@@ -1,6 +1,11 @@
 """``python -m bench``: the seed's workloads on wukong and on Dask's schedulers.
 
-    python -m bench [--size tiny|small|full] [--only W1,W2] [--systems S1,S2] [--repeat N] [--out DIR] [--timeout S]
+    python -m bench [--size tiny|small|full] [--only W1,W2] [--systems S1,S2] [--storage K1,K2]
+                    [--repeat N] [--out DIR] [--timeout S]
+
+``--storage standalone,ring3,cluster3`` runs wukong once per storage, side by
+side: its one embedded Redis, three embedded Redis as consistent-hash ring
+shards, a private 3-master Redis Cluster (cluster mode, no replicas).
 
 Prints a table per workload and writes ``<out>/<timestamp>.json`` (every raw run, the
 machine), ``<out>/<timestamp>.txt`` (the tables) and ``<out>/<timestamp>-<workload>.png``.
@@ -33,7 +38,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--size", choices=["tiny", "small", "full"], default="small")
     parser.add_argument("--only", help=f"workloads, comma-separated (default all: {','.join(workloads.BUILDERS)})")
     parser.add_argument(
-        "--systems", help=f"systems, comma-separated (default all available: {','.join(harness.SYSTEMS)})"
+        "--systems",
+        help=f"systems, comma-separated (default all available: {','.join(harness.available_systems())})",
+    )
+    parser.add_argument(
+        "--storage",
+        help=f"wukong's storage, comma-separated: {','.join(harness.STORAGE)} (default standalone)",
     )
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per cell after one warm-up (default 3)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
@@ -46,6 +56,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.only = _names(args.only, list(workloads.BUILDERS), "workload", parser)
     available = harness.available_systems()
     args.systems = _names(args.systems, available, "system", parser)
+    if args.storage is not None:
+        storage = _names(args.storage, list(harness.STORAGE), "storage", parser)
+        wukongs = [harness.STORAGE[k] for k in storage]
+        args.systems = [s for s in args.systems if s != "wukong"] + wukongs
     return args
 
 

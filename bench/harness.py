@@ -38,7 +38,10 @@ import dask
 from bench import report, workloads
 
 TIMEOUT_S = {"tiny": 20.0, "small": 120.0, "full": 1800.0}  # per run; a run past it is a failure
-SYSTEMS = ["wukong", "sync", "threads", "processes", "distributed", "ray"]
+SYSTEMS = ["wukong", "wukong-ring3", "wukong-cluster3", "sync", "threads", "processes", "distributed", "ray"]
+# wukong on other storage than its one embedded Redis (``--storage``): not run by default
+STORAGE = {"standalone": "wukong", "ring3": "wukong-ring3", "cluster3": "wukong-cluster3"}
+OTHER_STORAGE = ("wukong-ring3", "wukong-cluster3")
 
 
 @dataclass
@@ -60,14 +63,28 @@ def _cores() -> int:
     return os.cpu_count() or 1
 
 
-def _start_wukong() -> System:
+def _start_wukong(storage: str = "standalone") -> System:
+    """wukong with its embedded Redis (``standalone``), three embedded Redis as ring shards
+    (``ring3``), or a private 3-master Redis Cluster without replicas (``cluster3``)."""
     from wukong import Client, LocalCluster
+    from wukong.store.server import RedisClusterServers
 
     t0 = time.perf_counter()
-    cluster = LocalCluster()
+    servers = None
+    if storage == "cluster3":
+        servers = RedisClusterServers(masters=3, replicas=0).start()
+        cluster = LocalCluster(redis_cluster=servers.url)
+    else:
+        cluster = LocalCluster(kvs_shards=3 if storage == "ring3" else 1)
     client = Client(cluster, progress=False)
     startup = time.perf_counter() - t0
-    return System("wukong", client.get, {}, startup, cluster.close, lambda: dict(client.last_job))
+
+    def close() -> None:
+        cluster.close()
+        if servers is not None:
+            servers.stop()
+
+    return System(STORAGE[storage], client.get, {}, startup, close, lambda: dict(client.last_job))
 
 
 def _start_processes() -> System:
@@ -112,6 +129,8 @@ def _start_ray() -> System:
 
 STARTERS: dict[str, Callable[[], System]] = {
     "wukong": _start_wukong,
+    "wukong-ring3": lambda: _start_wukong("ring3"),
+    "wukong-cluster3": lambda: _start_wukong("cluster3"),
     "sync": lambda: System("sync", "sync"),
     "threads": lambda: System("threads", "threads", {"num_workers": _cores()}),
     "processes": _start_processes,
@@ -125,8 +144,8 @@ def available_systems() -> list[str]:
     try:
         import ray  # noqa: F401
     except ImportError:
-        return [s for s in SYSTEMS if s != "ray"]
-    return list(SYSTEMS)
+        return [s for s in SYSTEMS if s not in ("ray", *OTHER_STORAGE)]
+    return [s for s in SYSTEMS if s not in OTHER_STORAGE]
 
 
 # --- machine -----------------------------------------------------------------------------

@@ -115,13 +115,16 @@ def table(name: str, record: dict) -> str:
 
 def _summary(record: dict, medians: dict[str, float]) -> list[str]:
     lines = []
-    peers = {k: v for k, v in medians.items() if k != "wukong"}
+    peers = {k: v for k, v in medians.items() if not k.startswith("wukong")}
     wk = medians.get("wukong")
     if wk and peers:
         peer = min(peers, key=peers.__getitem__)
         ratio = wk / peers[peer]
         verdict = "faster" if ratio < 1 else "slower"
         lines.append(f"  wukong / best peer ({peer}, {_fmt_s(peers[peer])} s) = {ratio:.2f}×  (wukong {verdict})")
+    for name, t in medians.items():  # the same wukong on other storage (python -m bench --storage)
+        if wk and name.startswith("wukong-"):
+            lines.append(f"  {name} / wukong (one standalone Redis) = {t / wk:.2f}×")
     limit = record.get("limit")
     if limit and "seconds" in limit:
         line = f"  limit: one {limit['what']} = {_fmt_s(limit['seconds'])} s"

@@ -7,7 +7,9 @@ is left in the cluster's Redis (``wk:<job>:...``; the cluster's own queue keys
 
 from __future__ import annotations
 
+import json
 import os
+from contextlib import contextmanager
 
 import psutil
 import pytest
@@ -54,21 +56,48 @@ AWS_ENV = {
 }
 
 
+def secret_arn(name: str) -> str:
+    """The ARN ``LambdaLocal.put_secret(name, ...)`` gives (its default region and account)."""
+    return f"arn:aws:secretsmanager:us-east-1:123456789012:secret:{name}"
+
+
+REDIS_SECRET_ARN = secret_arn("wukong-redis")
+PROXY_SECRET_ARN = secret_arn("wukong-proxy")
+
+
+@contextmanager
+def lambda_local(functions: dict, **kwargs):
+    """A Lambda-compatible endpoint and a private Redis whose credentials live, as on
+    AWS, only in a secret: the functions are configured with its ARN
+    (``WUKONG_REDIS_SECRET_ARN``) and read it from the endpoint's Secrets Manager
+    stand-in; so does the client.  ``lam.cluster_options``: ``LocalCluster`` kwargs."""
+    from wukong.lambda_local import LambdaLocal
+    from wukong.store.credentials import PROXY_SECRET_ARN_ENV, SECRET_ARN_ENV
+
+    env = {**AWS_ENV, SECRET_ARN_ENV: REDIS_SECRET_ARN, PROXY_SECRET_ARN_ENV: PROXY_SECRET_ARN}
+    with RedisServer() as redis, LambdaLocal(functions, env=env, **kwargs) as lam:
+        old = {k: os.environ.get(k) for k in [*AWS_ENV, "AWS_ENDPOINT_URL_SECRETS_MANAGER"]}
+        os.environ.update({**AWS_ENV, "AWS_ENDPOINT_URL_SECRETS_MANAGER": lam.url})
+        try:
+            arn = lam.put_secret("wukong-redis", json.dumps({"username": None, "password": redis.password}))
+            lam.cluster_options = {"redis_endpoints": [redis.endpoint], "redis_secret_arn": arn}
+            lam.redis = redis
+            yield lam
+        finally:
+            for k, v in old.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+
 @pytest.fixture(scope="session")
 def lambda_cluster():
     """The lambda backend through boto3 against a Lambda-compatible endpoint on loopback."""
-    from wukong.lambda_local import LambdaLocal
-
-    old = {k: os.environ.get(k) for k in AWS_ENV}
-    os.environ.update(AWS_ENV)
-    with LambdaLocal({"wukong-executor": "wukong.backends.aws_lambda:handler"}, workers=2, env=AWS_ENV) as lam:
-        with LocalCluster(backend="lambda", endpoint_url=lam.url, region="us-east-1", num_lambda_invokers=4) as c:
+    with lambda_local({"wukong-executor": "wukong.backends.aws_lambda:handler"}, workers=2) as lam:
+        options = {"endpoint_url": lam.url, "region": "us-east-1", "num_lambda_invokers": 4}
+        with LocalCluster(backend="lambda", **options, **lam.cluster_options) as c:
             yield c
-    for k, v in old.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
 
 
 @pytest.fixture(params=["local", "lambda"])

@@ -87,3 +87,13 @@ def test_writes_the_tables(bench_run, capsys):
     for name in bench_run["workloads"]:
         assert f"\n{name} — " in text
     assert "wukong / best peer" in text
+
+
+def test_storage_option_runs_wukong_once_per_storage():
+    from bench.__main__ import parse
+
+    args = parse(["--systems", "sync,wukong", "--storage", "standalone,ring3,cluster3"])
+    assert args.systems == ["sync", "wukong", "wukong-ring3", "wukong-cluster3"]
+    assert parse(["--systems", "wukong,sync"]).systems == ["wukong", "sync"]  # default: the embedded Redis only
+    with pytest.raises(SystemExit):
+        parse(["--storage", "ring7"])

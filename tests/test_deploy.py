@@ -360,4 +360,6 @@ def test_the_stack_template_fits_in_one_request_and_gives_what_wukong_reads():
     assert set(REQUIRED_OUTPUTS) <= set(template["Outputs"])
     env = template["Resources"]["Executor"]["Properties"]["Environment"]["Variables"]
     assert {"WUKONG_REDIS_SECRET_ARN", "WUKONG_REDIS_CLUSTER"} <= set(env)
+    # events carry no secret: with the proxy on, the executors read its shared secret themselves
+    assert "WUKONG_PROXY_SECRET_ARN" in env
     assert template["Resources"]["RedisUser"]["Properties"]["AccessString"].startswith("on ~wk:* ")

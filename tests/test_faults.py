@@ -13,19 +13,12 @@ import time
 
 import dask
 import pytest
-from conftest import dags, job_keys
+from conftest import dags, job_keys, lambda_local
 from hypothesis import HealthCheck, given, settings
 
 from wukong import Client, JobCancelled, JobFailed, LocalCluster, StorageError, TaskError
-from wukong.lambda_local import LambdaLocal
 from wukong.store.server import RedisServer
 
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
 FAULTS = {
     "crash": {"crash": 0.1},
     "duplicate": {"duplicate": 1.0},
@@ -37,12 +30,8 @@ LEASE_MS = 300  # short leases: lost executors are found within a second
 
 @pytest.fixture(scope="module")
 def lam():
-    old = {k: os.environ.get(k) for k in AWS_ENV}
-    os.environ.update(AWS_ENV)
-    with LambdaLocal({"wukong-executor": "wukong.backends.aws_lambda:handler"}, workers=2, env=AWS_ENV) as server:
+    with lambda_local({"wukong-executor": "wukong.backends.aws_lambda:handler"}, workers=2) as server:
         yield server
-    for k, v in old.items():
-        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 def make_cluster(backend, lam, faults):
@@ -55,6 +44,7 @@ def make_cluster(backend, lam, faults):
         num_lambda_invokers=4,
         faults=faults,
         lease_ms=LEASE_MS,
+        **lam.cluster_options,
     )
 
 

@@ -16,9 +16,9 @@ from wukong.cost import job_cost
 from wukong.demo import add_values, decr, double, incr
 
 try:
-    from .conftest import job_keys
+    from .conftest import children, job_keys, lambda_local
 except ImportError:
-    from conftest import job_keys
+    from conftest import children, job_keys, lambda_local
 
 from wukong.lambda_local import LambdaLocal
 
@@ -47,14 +47,15 @@ def aws_env():
 
 @pytest.fixture(scope="module")
 def lam(aws_env):
-    with LambdaLocal(HANDLER, workers=2, env=AWS_ENV) as server:
+    with lambda_local(HANDLER, workers=2) as server:
         yield server
 
 
 def lambda_cluster(lam, **kwargs):
     kwargs.setdefault("function_name", FUNCTION)
     kwargs.setdefault("num_lambda_invokers", 4)
-    return LocalCluster(backend="lambda", region="us-east-1", endpoint_url=lam.url, **kwargs)
+    options = {**lam.cluster_options, **kwargs}  # Redis credentials from the secret, as on AWS
+    return LocalCluster(backend="lambda", region="us-east-1", endpoint_url=lam.url, **options)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +86,31 @@ def _same(x, y):
 
 def test_lambda_cluster_starts_no_local_workers(cluster):
     assert cluster.backend.name == "lambda" and cluster.backend.children == [] and cluster.n_workers == 0
-    assert "lambda" in repr(cluster) and cluster.redis_servers  # embedded Redis, as local
+    assert "lambda" in repr(cluster)
+
+
+def test_no_event_log_line_argv_or_environment_holds_the_password(capfd):
+    """The Redis password lives in the secret only: the client and every function read it there."""
+    with lambda_local(HANDLER, workers=2) as lam:
+        password = lam.redis.password
+        bodies: list[bytes] = []
+        invoke = lam._invoke
+
+        async def recording(name, qualifier, headers, body, length):  # every event, the executors' too
+            bodies.append(bytes(body))
+            return await invoke(name, qualifier, headers, body, length)
+
+        lam._invoke = recording
+        with lambda_cluster(lam) as cluster:
+            client = Client(cluster, progress=False)
+            assert tree_sum(64).compute(scheduler=client.get) == sum(range(64))
+            procs = children()
+            seen = [" ".join(p.cmdline()) + repr(p.environ()) for p in procs if p.is_running()]
+        assert len(bodies) > 8 and lam.stats()["secret_reads"] >= 2  # the client's, and each container's
+    out, err = capfd.readouterr()
+    assert procs and all(password not in s for s in seen)
+    assert not any(password.encode() in b for b in bodies)
+    assert password not in out + err
 
 
 def test_single_node(client):
@@ -193,7 +218,7 @@ def test_spilled_leaf_events_from_the_client(lam):
 
 
 def test_throttled_invocations_are_retried(aws_env):
-    with LambdaLocal(HANDLER, workers=2, concurrency=2, env=AWS_ENV) as lam:
+    with lambda_local(HANDLER, workers=2, concurrency=2) as lam:
         with lambda_cluster(lam, num_lambda_invokers=8, invoke_attempts=12) as cluster:
             client = Client(cluster, progress=False)
             assert tree_sum(64).compute(scheduler=client.get) == sum(range(64))

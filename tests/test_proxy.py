@@ -21,13 +21,12 @@ from wukong.proxy.client import ProxyClient
 from wukong.proxy.frames import SECRET_ENV, ProxyError, pack, unpack
 
 try:
-    from .conftest import children, job_keys
+    from .conftest import children, job_keys, lambda_local
     from .test_lambda_backend import AWS_ENV, HANDLER, lambda_cluster
 except ImportError:
-    from conftest import children, job_keys
+    from conftest import children, job_keys, lambda_local
     from test_lambda_backend import AWS_ENV, HANDLER, lambda_cluster
 
-from wukong.lambda_local import LambdaLocal
 
 FANOUT = 16  # max_task_fanout of these clusters
 
@@ -220,8 +219,12 @@ def test_standalone_proxy_by_address(monkeypatch):
 def test_lambda_backend_fan_out_through_the_proxy(monkeypatch):
     for k, v in AWS_ENV.items():
         monkeypatch.setenv(k, v)
-    with LambdaLocal(HANDLER, workers=3, env=AWS_ENV) as lam:
+    with lambda_local(HANDLER, workers=3) as lam:
+        # the proxy reads Redis's password from the secret, as the functions do
+        monkeypatch.setenv("WUKONG_REDIS_SECRET_ARN", lam.cluster_options["redis_secret_arn"])
+        monkeypatch.setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", lam.url)
         with lambda_cluster(lam, use_local_proxy=True, max_task_fanout=FANOUT) as cluster:
+            lam.put_secret("wukong-proxy", cluster.proxy["secret"])  # the functions' WUKONG_PROXY_SECRET_ARN
             with Client(cluster, progress=False) as client:
                 assert fan_out(120).compute(scheduler=client.get) == expected(120)
                 assert stats(cluster)["served"] == 1

@@ -20,6 +20,7 @@ from wukong.faults import parse_faults
 from wukong.process import stop
 from wukong.recovery import LEASE_MS, MAX_ATTEMPTS
 from wukong.store import DEFAULT_TTL, Endpoint, Store, shm
+from wukong.store.credentials import read_secret
 from wukong.store.server import RedisServer
 
 
@@ -40,6 +41,19 @@ class LocalCluster:
         ``?ssl_cert_reqs=none``.  Workers connect with the same settings.
     redis_password : str, optional
         Password for endpoints given without one.
+    redis_cluster : str, optional
+        A Redis Cluster (``redis[s]://[user:pw@]host:port``, any node; e.g.
+        ElastiCache Serverless, a cluster-mode replication group, Valkey) to
+        hold both the metadata store and the intermediate data, instead of
+        ``redis_endpoints``.  Keys are placed by slot: a job's metadata keys
+        share a hash tag, values spread over every shard.
+    redis_secret_arn : str, optional
+        A Secrets Manager secret (``{"username", "password"}``) with the
+        credentials for Redis, read here with ``GetSecretValue``.  On the
+        lambda backend no password travels in an event either way: the
+        function reads its own (``wukong.store.credentials``).
+    proxy_secret_arn : str, optional
+        A Secrets Manager secret holding the proxy's shared secret.
     mds_endpoint, kvs_endpoints : optional
         The metadata store and the KV-store shards, given separately (same
         forms as ``redis_endpoints``).  Intermediate data is spread over the
@@ -118,6 +132,9 @@ class LocalCluster:
         *,
         redis_endpoints: Sequence[Any] | None = None,
         redis_password: str | None = None,
+        redis_cluster: str | None = None,
+        redis_secret_arn: str | None = None,
+        proxy_secret_arn: str | None = None,
         mds_endpoint: Any = None,
         kvs_endpoints: Sequence[Any] | None = None,
         kvs_shards: int = 1,
@@ -167,8 +184,21 @@ class LocalCluster:
         self.closed = False
         self.startup_timeout = startup_timeout
         try:
-            mds, kvs = self._endpoints(redis_endpoints, redis_password, mds_endpoint, kvs_endpoints, kvs_shards)
-            self.store = Store(mds, kvs, connect_timeout=connect_timeout, socket_timeout=socket_timeout, ttl=ttl)
+            timeouts: dict[str, Any] = {
+                "connect_timeout": connect_timeout,
+                "socket_timeout": socket_timeout,
+                "ttl": ttl,
+            }
+            credentials = read_secret(redis_secret_arn, region) if redis_secret_arn else None
+            if redis_cluster:
+                if redis_endpoints or mds_endpoint or kvs_endpoints:
+                    raise ValueError("give either redis_cluster or Redis endpoints, not both")
+                seed = Endpoint.parse(redis_cluster, redis_password).with_credentials(credentials)
+                self.store = Store(None, cluster=seed, **timeouts)
+            else:
+                mds, kvs = self._endpoints(redis_endpoints, redis_password, mds_endpoint, kvs_endpoints, kvs_shards)
+                mds, kvs = mds.with_credentials(credentials), [e.with_credentials(credentials) for e in kvs]
+                self.store = Store(mds, kvs, **timeouts)
             self.store.check()
             self.id = secrets.token_hex(6)
             if backend == "local" and shared_memory:  # every process is on this machine
@@ -176,8 +206,9 @@ class LocalCluster:
             if use_local_proxy or proxy_address:
                 from wukong.proxy.local import cluster_options
 
+                proxy_secret = read_secret(proxy_secret_arn, region)["password"] if proxy_secret_arn else None
                 self.local_proxy, self.proxy = cluster_options(
-                    proxy_address, proxy_port, use_local_proxy, max_task_fanout
+                    proxy_address, proxy_port, use_local_proxy, max_task_fanout, proxy_secret
                 )
             if backend == "lambda":
                 from wukong.backends.aws_lambda import LambdaBackend, lambda_config
@@ -190,11 +221,11 @@ class LocalCluster:
                     max_event_payload=max_event_payload,
                     attempts=invoke_attempts,
                 )
-                config = {
-                    "store": self.store.to_config(),
+                config = {  # sent in every event: no secret (the function reads its own)
+                    "store": self.store.to_config(secrets=False),
                     "executor": self.executor_options(),
                     "lambda": lam,
-                    "proxy": self.proxy,
+                    "proxy": {**self.proxy, "secret": None} if self.proxy else None,
                 }
                 self.backend = LambdaBackend(self.store, config, memory_mb=memory_mb, architecture=architecture)
             else:
@@ -215,6 +246,18 @@ class LocalCluster:
             raise
         children = self.backend.children if self.backend is not None else []
         self._finalizer = weakref.finalize(self, _cleanup, self.redis_servers, children, self.shm_dir)
+
+    @classmethod
+    def from_stack(cls, name: str, *, region: str | None = None, **kwargs: Any) -> LocalCluster:
+        """A cluster on the AWS stack ``name`` (``wukong deploy --stack``); ``kwargs`` override.
+
+        The stack's outputs name the function, the Redis Cluster and the secrets
+        (``wukong.deploy.cluster_options_from_stack``); the credentials are read
+        from Secrets Manager, never written anywhere.
+        """
+        from wukong.deploy import cluster_options_from_stack
+
+        return cls(**{**cluster_options_from_stack(name, region=region), **kwargs})
 
     def _endpoints(self, redis_endpoints, password, mds, kvs, shards) -> tuple[Endpoint, list[Endpoint]]:
         if redis_endpoints:
@@ -260,9 +303,11 @@ class LocalCluster:
         self.close()
 
     def __repr__(self) -> str:
+        what = self.backend.describe() if self.backend is not None else "closed"
+        if self.store is not None and self.store.cluster is not None:
+            return f"<LocalCluster {what}, {self.store.name_of(0)}>"
         where = "embedded" if self.redis_servers else "external"
         shards = len(self.store.kvs_index) if self.store is not None else 0
-        what = self.backend.describe() if self.backend is not None else "closed"
         return f"<LocalCluster {what}, {shards} KV shard(s), {where} Redis>"
 
 

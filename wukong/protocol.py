@@ -8,7 +8,8 @@ Whatever crosses a process boundary is defined here and nowhere else:
   Redis Cluster every Lua call and multi-key pipeline of a job touches one
   slot; intermediate values (``wk:<job>:d:<tid>``) carry no tag and spread
   over every shard.  A local cluster's invocation queue and its workers'
-  processing lists are ``wk:cluster:<id>:...`` and live as long as the cluster.
+  processing lists are ``wk:cluster:{<id>}:...`` (one slot, for BLMOVE) and
+  live as long as the cluster.
 * **Invocations** (``Invocation``, ``encode_invocation``/``decode_invocation``):
   what starts an executor.
 * **The schedule blob**: ``pack_schedule``/``unpack_schedule`` frame one
@@ -111,12 +112,12 @@ class Keys:
 
 def cluster_queue(cluster_id: str) -> str:
     """A local cluster's invocation queue (its workers block on it)."""
-    return f"wk:cluster:{cluster_id}:q"
+    return f"wk:cluster:{{{cluster_id}}}:q"  # hash tag: one slot with the processing lists (BLMOVE)
 
 
 def worker_processing(cluster_id: str, wid: int) -> str:
     """What worker ``wid`` has taken from the queue and not finished."""
-    return f"wk:cluster:{cluster_id}:q:w:{wid}"
+    return f"wk:cluster:{{{cluster_id}}}:q:w:{wid}"
 
 
 # -- invocations -------------------------------------------------------------------------

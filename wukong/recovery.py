@@ -104,7 +104,7 @@ class Heartbeat:
         self.guard = None
 
     def _beat(self) -> None:
-        r = self.store.endpoints[self.store.mds_index].connect(socket_timeout=self.lease_ms / 1000)
+        r = self.store.connect_mds(socket_timeout=self.lease_ms / 1000)
         while True:
             self.wake.wait(self.lease_ms / 3000)
             key, guard = self.key, self.guard

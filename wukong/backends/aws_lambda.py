@@ -27,10 +27,12 @@ on the job's event stream as an error naming the function and the endpoint,
 plus an exit count for the executor that never started, so the client raises
 instead of waiting.
 
-Security.  The store config -- Redis endpoints and password -- travels in
-every event, which Lambda keeps (encrypted) while queued.  Use TLS
-(``rediss://``) and keep Redis and the function in one VPC; the password is
-never logged.
+Security.  No secret travels in an event: the store config in it names the
+Redis endpoints (or the Redis Cluster) without credentials, and the proxy's
+options without its shared secret.  The handler reads both from the
+function's own configuration, once per warm container
+(``wukong.store.credentials``: ``WUKONG_REDIS_SECRET_ARN``, an SSM parameter,
+or ElastiCache IAM authentication; ``WUKONG_PROXY_SECRET_ARN``).
 
 ``LambdaBackend`` is the cluster's face of all this (``wukong.backends.base``).
 
@@ -47,6 +49,7 @@ import json
 import os
 import random
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -58,7 +61,7 @@ from wukong.cost import job_cost
 from wukong.errors import JobFailed
 from wukong.executor import Executor
 from wukong.protocol import Invocation, Keys, decode_invocation, encode_invocation
-from wukong.store import Batch, Store
+from wukong.store import Batch, Store, credentials
 
 MAX_EVENT_PAYLOAD = 1_048_576  # Lambda's limit for an asynchronous (Event) payload
 DEFAULT_FUNCTION = "wukong-executor"
@@ -296,12 +299,22 @@ def _executor_for(config: dict) -> tuple[Store, Executor]:
     ident = json.dumps(config, sort_keys=True)
     cached = _warm.get(ident)
     if cached is None:
-        store = Store.from_config(config["store"])
+        store = Store.from_config(config["store"], credentials.from_environment())
         invoker = LambdaInvoker(store, config, num_invokers=config["lambda"].get("executor_invokers", 8))
         from wukong.proxy.client import executor_options as proxy_options
 
         route = {"backend": "lambda", "config": config}  # the proxy invokes as this invoker would
-        executor = Executor(store, invoker, **config["executor"], **proxy_options(config.get("proxy"), store, route))
+        proxy = config.get("proxy")
+        if proxy and not proxy.get("secret"):  # events carry no secret: the function's own configuration does
+            secret = credentials.proxy_secret_from_environment()
+            if not secret:
+                print(
+                    f"wukong: the cluster uses the proxy at {proxy['address']} but this function has no "
+                    f"${credentials.PROXY_SECRET_ARN_ENV}: invoking directly",
+                    file=sys.stderr,
+                )
+            proxy = {**proxy, "secret": secret} if secret else None
+        executor = Executor(store, invoker, **config["executor"], **proxy_options(proxy, store, route))
         cached = _warm[ident] = (store, executor)
     return cached
 

@@ -27,7 +27,7 @@ def serve(config: dict) -> None:
     route = {"backend": "local", "store": config["store"], "queue": queue}  # where the proxy pushes
     proxy = proxy_options(config.get("proxy"), store, route)
     executor = Executor(store, queue_invoker(queue), **config["executor"], **proxy)
-    blocking = store.endpoints[0].connect(socket_timeout=None)
+    blocking = store.connect_mds(socket_timeout=None)
     blocking.ping()
     _warm_imports()
     sys.stdout.buffer.write(READY)

@@ -284,6 +284,7 @@ class LambdaLocal:
         self.max_event_payload = max_event_payload
         self.max_sync_payload = max_sync_payload
         self.env = dict(env or {})
+        self.secrets: dict[str, str] = {}  # the Secrets Manager stand-in: ARN or name -> SecretString
         self.timeout = timeout
         self.idle_timeout, self.read_timeout = idle_timeout, read_timeout
         self.memory = memory
@@ -302,7 +303,13 @@ class LambdaLocal:
         self._event_queue: collections.deque[_Job] = collections.deque()
         self._admitted = 0
         self._stopping = False
-        self._stats: dict[str, Any] = {"invocations": 0, "throttles": 0, "errors": 0, "durations": []}
+        self._stats: dict[str, Any] = {
+            "invocations": 0,
+            "throttles": 0,
+            "errors": 0,
+            "durations": [],
+            "secret_reads": 0,
+        }
 
     # -- lifecycle (caller's thread) --------------------------------------------
 
@@ -442,6 +449,7 @@ class LambdaLocal:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
         # Handlers that call boto3's Lambda client reach this endpoint, as on AWS they reach AWS.
         env["AWS_ENDPOINT_URL_LAMBDA"] = self.url
+        env["AWS_ENDPOINT_URL_SECRETS_MANAGER"] = self.url  # put_secret's secrets
         env.setdefault("AWS_REGION", self.region)
         env.setdefault("AWS_DEFAULT_REGION", self.region)
         env.setdefault("AWS_ACCESS_KEY_ID", "lambda-local")
@@ -573,6 +581,8 @@ class LambdaLocal:
 
     async def _route(self, method, target, headers, body, length):
         path, _, query = target.partition("?")
+        if method == "POST" and headers.get("x-amz-target", "").startswith("secretsmanager."):
+            return self._secrets_manager(headers["x-amz-target"], body)
         if method != "POST" or not (path.startswith(API_PREFIX) and path.endswith(API_SUFFIX)):
             return _aws_error(404, "UnknownOperationException", "Unknown operation", [])
         name = urllib.parse.unquote(path[len(API_PREFIX) : -len(API_SUFFIX)])
@@ -581,6 +591,28 @@ class LambdaLocal:
         if self.latency:
             await asyncio.sleep(self.latency)
         return response
+
+    # -- a stand-in for Secrets Manager (GetSecretValue only) ----------------------------
+    def put_secret(self, name: str, value: str) -> str:
+        """Store a secret for handlers (and anyone) to read with boto3's ``get_secret_value``;
+        returns its ARN.  Workers reach this endpoint as ``AWS_ENDPOINT_URL_SECRETS_MANAGER``."""
+        arn = f"arn:aws:secretsmanager:{self.region}:{self.account}:secret:{name}"
+        self.secrets[arn] = self.secrets[name] = value
+        return arn
+
+    def _secrets_manager(self, target: str, body: bytes):
+        common = [("x-amzn-RequestId", str(uuid.uuid4())), ("Content-Type", "application/x-amz-json-1.1")]
+        if target != "secretsmanager.GetSecretValue":
+            return _aws_error(400, "UnknownOperationException", f"lambda-local serves no {target}", common)
+        secret_id = json.loads(body or b"{}").get("SecretId", "")
+        self._stats["secret_reads"] += 1
+        if secret_id not in self.secrets:
+            msg = "Secrets Manager can't find the specified secret."
+            return _aws_error(400, "ResourceNotFoundException", msg, common, message_key="Message")
+        name = secret_id.rsplit(":", 1)[-1]
+        arn = f"arn:aws:secretsmanager:{self.region}:{self.account}:secret:{name}"
+        reply = {"ARN": arn, "Name": name, "SecretString": self.secrets[secret_id], "VersionId": "1"}
+        return 200, common, json.dumps(reply).encode()
 
     async def _invoke(self, name, qualifier, headers, body, length):
         rid = str(uuid.uuid4())

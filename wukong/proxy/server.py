@@ -24,8 +24,8 @@ from wukong.backends.base import launch
 from wukong.protocol import Keys, decode_invocation, encode_invocation
 from wukong.proxy.frames import PREFIX, SECRET_ENV, ProxyError, pack, read_body, read_prefix
 from wukong.proxy.local import MAX_IN_FLIGHT
-from wukong.store import Endpoint, Store, scripts
-from wukong.store.endpoint import redact
+from wukong.store import Endpoint, Store, credentials, scripts
+from wukong.store.endpoint import redact, run
 
 REDIS_ENV = "WUKONG_PROXY_REDIS"  # the default store's URL, password included
 
@@ -174,10 +174,32 @@ class ProxyServer:
 
     def push_local(self, job: str, claim: str, route: dict, invocations: list[bytes]) -> int:
         store = self.store(route.get("store") or self.default_store)
-        batch = store.batch()
         keys = (Keys(job).parts, route["queue"])
+        if store.cluster is not None:
+            return self._push_local_cluster(store, keys, claim, invocations)
+        batch = store.batch()
         batch.script(store.mds_index, scripts.PROXY_PUSH, keys, claim, store.ttl, *invocations)
         batch.execute()
+        return len(invocations)
+
+    def _push_local_cluster(self, store: Store, keys: tuple[str, str], claim: str, invocations: list[bytes]) -> int:
+        """``proxy_push`` in two steps: on a Redis Cluster the job's claims and the
+        cluster's queue are in different slots, which no script may touch at once.
+
+        The claim still decides (only whoever adds it pushes), so a fan-out is
+        queued at most once.  Unlike the script, this has a window: a proxy that
+        dies between the two steps loses the fan-out (the executor sees the
+        claim taken and does not push it itself).
+        """
+        claims, queue = keys
+        pipe = store.mds.pipeline(transaction=False)
+        pipe.sadd(claims, claim)
+        pipe.expire(claims, store.ttl)
+        added, _ = run(pipe, store.name_of(store.mds_index))
+        if added:
+            pipe = store.mds.pipeline(transaction=False)
+            pipe.rpush(queue, *invocations)
+            run(pipe, store.name_of(store.mds_index))
         return len(invocations)
 
     def invoke_lambda(self, job: str, claim: str, config: dict, invocations: list[bytes]) -> int:
@@ -202,7 +224,8 @@ class ProxyServer:
         with self._lock:
             store = self._stores.get(ident)
             if store is None:
-                store = self._stores[ident] = Store.from_config(config)
+                # a route names the store without its password: ours is in our environment
+                store = self._stores[ident] = Store.from_config(config, credentials.from_environment())
             return store
 
     def lambda_invoker(self, config: dict) -> Any:

@@ -74,9 +74,16 @@ class Batch:
 
     def extend(self, other: Batch) -> None:
         """Append ``other``'s commands after this batch's own (handles of both stay valid for this one)."""
+        cluster = self.store.cluster is not None
         for server, pipe in other.pipes.items():
-            self._pipe(server).command_stack.extend(pipe.command_stack)
-            self.counts[server] += len(pipe.command_stack)
+            stack, theirs = queued(self._pipe(server)), queued(pipe)
+            if cluster:  # a ClusterPipeline sends and answers in the order of each command's position
+                for c in theirs:
+                    c.position = len(stack)
+                    stack.append(c)
+            else:
+                stack.extend(theirs)
+            self.counts[server] += len(theirs)
 
     def kvs_set(self, key: str, value: bytes | memoryview) -> Handle:
         """Store ``value`` at ``key`` (a ``Keys.data`` name), split if it is too long."""
@@ -130,7 +137,7 @@ class Batch:
         mds = self.store.mds_index
         order = sorted(self.pipes, key=lambda s: s == mds)  # KVS first, MDS last
         for server in order:
-            commands = list(self.pipes[server].command_stack)  # execute() empties the stack
+            commands = list(queued(self.pipes[server]))  # execute() empties the stack
             replies = run(self.pipes[server], self.store.name_of(server))
             for i, reply in enumerate(replies):
                 if isinstance(reply, NoScriptError):  # server restarted or flushed its scripts
@@ -201,3 +208,9 @@ def join(store: Store, split: Sequence[tuple[str, bytes]]) -> list[bytes]:
 def whole(store: Store, key: str, value: bytes) -> bytes:
     """``value`` as read from ``key`` elsewhere (a script's reply): joined again if it is a split value's header."""
     return join(store, [(key, value)])[0] if parts.is_header(value) else value
+
+
+def queued(pipe: Any) -> list:
+    """The list of commands a pipeline holds (a ``ClusterPipeline`` keeps them in its strategy)."""
+    strategy = getattr(pipe, "_execution_strategy", None)
+    return pipe.command_stack if strategy is None else strategy.command_queue

@@ -8,7 +8,7 @@ is never part of ``repr``, ``name`` or an error message.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
@@ -17,6 +17,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 _CREDENTIALS = re.compile(r"(\w+://[^:/@\s]*:)[^\s/?#]*@")  # scheme://user:PASSWORD@
+CLUSTER_RETRIES = 8  # about 5 s of backoff: long enough for a replica's promotion
 
 
 class StorageError(ConnectionError):
@@ -35,6 +36,9 @@ class Endpoint:
     db: int = 0
     tls_ca_certs: str | None = None  # CA bundle to verify the server with (default: the system's)
     tls_verify: bool = True  # False: accept any certificate (``?ssl_cert_reqs=none``)
+    # redis-py asks it for (username, password) on each new connection
+    # (``wukong.store.credentials.IAMCredentialProvider``); never part of a config
+    credential_provider: Any = field(default=None, repr=False, compare=False)
 
     @classmethod
     def parse(cls, spec: Any, password: str | None = None) -> Endpoint:
@@ -73,6 +77,16 @@ class Endpoint:
     def name(self) -> str:
         return f"{self.host}:{self.port}"
 
+    def with_credentials(self, credentials: Any) -> Endpoint:
+        """This endpoint logging in with ``credentials`` (a ``{"username", "password"}``
+        dict or a credential provider) unless it has a password of its own."""
+        if not credentials or self.password:
+            return self
+        if isinstance(credentials, dict):
+            username = credentials.get("username") or self.username
+            return replace(self, username=username, password=credentials.get("password"))
+        return replace(self, credential_provider=credentials)
+
     def connect(self, connect_timeout: float = 5.0, socket_timeout: float | None = None) -> redis.Redis:
         """A client with its own connection pool; it never retries a command by itself."""
         return redis.Redis(
@@ -81,6 +95,7 @@ class Endpoint:
             db=self.db,
             username=self.username,
             password=self.password,
+            credential_provider=self.credential_provider,
             ssl=self.tls,
             ssl_ca_certs=self.tls_ca_certs,
             ssl_cert_reqs="required" if self.tls_verify else "none",
@@ -90,8 +105,40 @@ class Endpoint:
             retry=Retry(NoBackoff(), 0),
         )
 
-    def to_config(self) -> dict:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+    def connect_cluster(self, connect_timeout: float = 5.0, socket_timeout: float | None = None) -> Any:
+        """A Redis Cluster client seeded by this node (``redis.cluster.RedisCluster``).
+
+        MOVED and ASK redirections (a resharding) are followed by redis-py.  A
+        lost node is retried a few times with backoff while the cluster
+        promotes its replica: a command re-sent after a lost reply may run
+        twice, which wukong's writes allow (fan-in arrivals are a set, values
+        and leases are plain SETs, a repeated event or invocation is harmless).
+        """
+        from redis.backoff import ExponentialBackoff
+        from redis.cluster import RedisCluster
+
+        return RedisCluster(
+            host=self.host,
+            port=self.port,
+            username=self.username,
+            password=self.password,
+            credential_provider=self.credential_provider,
+            ssl=self.tls,
+            ssl_ca_certs=self.tls_ca_certs,
+            ssl_cert_reqs="required" if self.tls_verify else "none",
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=socket_timeout,
+            socket_keepalive=True,
+            retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), CLUSTER_RETRIES),
+            require_full_coverage=True,
+        )
+
+    def to_config(self, *, secrets: bool = True) -> dict:
+        """Its fields (JSON-able); without the password when ``secrets`` is false."""
+        config = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "credential_provider"}
+        if not secrets:
+            config["password"] = None
+        return config
 
 
 def redact(text: str) -> str:
@@ -105,3 +152,7 @@ def run(pipe: Any, name: str) -> list:
         return pipe.execute(raise_on_error=False)
     except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
         raise StorageError(f"lost the connection to Redis at {name}: {e}") from None
+    except redis.exceptions.RedisClusterException as e:  # no node of the cluster answered for a slot
+        raise StorageError(f"Redis Cluster at {name}: {type(e).__name__}: {e}") from None
+    except (redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError) as e:
+        raise StorageError(f"Redis Cluster at {name}: {type(e).__name__}: {e}") from None

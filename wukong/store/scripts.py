@@ -38,7 +38,12 @@ ALL = (FANIN, LEASE, PROXY_PUSH)
 
 
 def load_all(r: Any) -> None:
-    """Register every script on one server (``r``: a redis-py client)."""
+    """Register every script on one server (``r``: a redis-py client), or on every
+    primary of a Redis Cluster (``r``: a ``RedisCluster``)."""
+    if hasattr(r, "get_primaries"):  # SCRIPT LOAD goes to every primary
+        for script in ALL:
+            r.script_load(script.source)
+        return
     pipe = r.pipeline(transaction=False)
     for script in ALL:
         pipe.script_load(script.source)

@@ -17,6 +17,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 from typing import Any
 
 from wukong.errors import WukongError
@@ -55,8 +56,15 @@ class RedisServer:
     last log lines.
     """
 
-    def __init__(self, password: str | None = None, port: int | None = None, startup_timeout: float = 10.0):
+    def __init__(
+        self,
+        password: str | None = None,
+        port: int | None = None,
+        startup_timeout: float = 10.0,
+        extra_args: Sequence[str] = (),
+    ):
         self.binary = find_redis_server()
+        self.extra_args = list(extra_args)
         self.password = password if password is not None else secrets.token_hex(16)
         self.port = port
         self.startup_timeout = startup_timeout
@@ -97,14 +105,15 @@ class RedisServer:
             "tcp-backlog 511",
             "proto-max-bulk-len 536870912",
         ]
-        if self.password:
-            lines.append(f"requirepass {_quote(self.password)}")
+        if self.password:  # masterauth: a cluster's replicas authenticate to their primaries
+            lines += [f"requirepass {_quote(self.password)}", f"masterauth {_quote(self.password)}"]
         return "\n".join(lines) + "\n"
 
     def _start(self, port: int, deadline: float) -> str:
         """One attempt on ``port``: "ready", "exited" (e.g. the port was taken) or "timeout"."""
         self.dir = tempfile.TemporaryDirectory(prefix="wukong-redis-")
-        self.proc = spawn([self.binary, "-"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.PIPE)
+        argv = [self.binary, "-", *self.extra_args]  # "-": the configuration comes on stdin
+        self.proc = spawn(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.PIPE)
         assert self.proc.stdin is not None and self.proc.stdout is not None
         try:
             self.proc.stdin.write(self.config(port, self.dir.name).encode())
@@ -176,3 +185,90 @@ class _Log:
 
     def tail(self, n: int = 5) -> str:
         return "\n".join(list(self.lines)[-n:])
+
+
+class RedisClusterServers:
+    """A private Redis Cluster: ``masters`` primaries with ``replicas`` replicas each.
+
+    ``with RedisClusterServers(3, 1) as c: c.url`` -- every node is a
+    ``RedisServer`` child with ``--cluster-enabled yes`` on a free loopback
+    port, joined by ``redis-cli --cluster create``; ``url`` names one node
+    (a ``redis://`` URL with the password, for ``LocalCluster(redis_cluster=)``).
+    """
+
+    def __init__(self, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 2000, binary: str | None = None):
+        self.masters, self.replicas, self.node_timeout_ms = masters, replicas, node_timeout_ms
+        self.binary = binary
+        self.password = secrets.token_hex(16)
+        self.nodes: list[RedisServer] = []
+
+    def start(self) -> RedisClusterServers:
+        try:
+            for _ in range(self.masters * (1 + self.replicas)):
+                node = RedisServer(self.password, extra_args=self._cluster_args())
+                if self.binary:
+                    node.binary = self.binary
+                self.nodes.append(node.start())
+            self.cli(
+                "--cluster", "create", *[f"127.0.0.1:{n.port}" for n in self.nodes],
+                "--cluster-replicas", str(self.replicas), "--cluster-yes",
+            )  # fmt: skip
+            self.wait_ok()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _cluster_args(self) -> list[str]:
+        conf = f"nodes-{secrets.token_hex(6)}.conf"  # in the node's own --dir
+        return ["--cluster-enabled", "yes", "--cluster-config-file", conf, "--cluster-node-timeout",
+                str(self.node_timeout_ms)]  # fmt: skip
+
+    def cli(self, *args: str, timeout: float = 120.0) -> str:
+        """Run ``redis-cli`` (authenticated through its environment, not its argv)."""
+        cli = shutil.which("redis-cli") or os.path.join(os.path.dirname(find_redis_server()), "redis-cli")
+        env = {**os.environ, "REDISCLI_AUTH": self.password}
+        done = subprocess.run([cli, *args], env=env, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        out = done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
+        if done.returncode != 0 or "[ERR]" in out:
+            raise WukongError(f"redis-cli {' '.join(args[:2])} failed: {out[-2000:]}")
+        return out
+
+    def wait_ok(self, timeout: float = 60.0) -> None:
+        """Until every live node says ``cluster_state:ok`` and agrees on the slots."""
+        deadline = time.monotonic() + timeout
+        while True:
+            live = [n for n in self.nodes if n.proc is not None]
+            try:
+                if all("cluster_state:ok" in self.cli("-p", str(n.port), "cluster", "info") for n in live):
+                    self.cli("--cluster", "check", f"127.0.0.1:{live[0].port}")
+                    return
+            except WukongError:
+                pass
+            if time.monotonic() > deadline:
+                raise WukongError(f"the Redis Cluster on ports {[n.port for n in live]} did not become ready")
+            time.sleep(0.1)
+
+    def primaries(self) -> list[RedisServer]:
+        """The nodes that are masters now (a replica promoted after a failover included)."""
+        out = []
+        for n in self.nodes:
+            if n.proc is not None and "role:master" in self.cli("-p", str(n.port), "info", "replication"):
+                out.append(n)
+        return out
+
+    @property
+    def url(self) -> str:
+        live = next(n for n in self.nodes if n.proc is not None)
+        return f"redis://:{self.password}@127.0.0.1:{live.port}"
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
+        self.nodes = []
+
+    def __enter__(self) -> RedisClusterServers:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

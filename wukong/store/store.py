@@ -5,6 +5,16 @@
 * KVS -- one or more Redis servers for intermediate data; a key's server is
   chosen by the consistent-hash ring (``wukong_native.HashRing``).
 
+Or both in one Redis Cluster (``cluster=``; ElastiCache Serverless, a
+cluster-mode replication group, Valkey): then redis-py's cluster client
+places every key by its slot.  A job's metadata keys share the hash tag
+``{job}`` (``wukong.protocol.Keys``), so every Lua call and multi-key command
+of a job touches one slot, while intermediate values spread over all of them.
+The placement is the only difference the rest of wukong sees: ``servers``
+holds the one cluster client twice, as "server" ``MDS`` and "server" ``KVS``,
+so a ``Batch`` still sends data first (one ``ClusterPipeline``, which routes
+each command to its node) and the metadata that announces it after.
+
 Connections are opened once per process and reused by every task.  Traffic is
 batched (``wukong.store.batch.Batch``): commands are gathered per server and
 each server gets one pipeline; KVS pipelines go first and the MDS pipeline
@@ -27,8 +37,10 @@ connection reconnects.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import redis
+from redis.cluster import key_slot
 from wukong_native import HashRing
 
 from wukong.protocol import Keys
@@ -45,9 +57,10 @@ class Store:
 
     def __init__(
         self,
-        mds: Endpoint,
-        kvs: Sequence[Endpoint],
+        mds: Endpoint | None,
+        kvs: Sequence[Endpoint] = (),
         *,
+        cluster: Endpoint | None = None,
         connect_timeout: float = 5.0,
         socket_timeout: float | None = None,
         ttl: int = DEFAULT_TTL,
@@ -58,6 +71,13 @@ class Store:
         self.socket_timeout = socket_timeout
         self.part_size = part_size or parts.PART_SIZE
         self.shm_dir = shm_dir  # local backend: large values go through shared memory (wukong.shm)
+        self.ttl = ttl
+        self.cluster = cluster
+        if cluster is not None:
+            self._connect_cluster(cluster)
+            return
+        if mds is None:
+            raise ValueError("a Store needs an MDS endpoint or a Redis Cluster")
         self.endpoints: list[Endpoint] = []
         index: dict[tuple[str, int, int], int] = {}
         for ep in [mds, *kvs]:
@@ -69,14 +89,38 @@ class Store:
         self.mds_index = 0
         self.mds = self.servers[0]
         self.kvs_index = [index[(ep.host, ep.port, ep.db)] for ep in kvs]
-        self.ring = HashRing([ep.name for ep in kvs], RING_VNODES)
-        self.ttl = ttl
+        self.ring: HashRing | None = HashRing([ep.name for ep in kvs], RING_VNODES)
+
+    def _connect_cluster(self, seed: Endpoint) -> None:
+        try:
+            client = seed.connect_cluster(self.connect_timeout, self.socket_timeout)
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+            how = " over TLS" if seed.tls else ""
+            raise StorageError(f"cannot reach Redis Cluster at {seed.name}{how}: {e}") from None
+        except redis.exceptions.RedisClusterException as e:
+            raise StorageError(f"Redis Cluster at {seed.name}: {e}") from None
+        except redis.ResponseError as e:  # a standalone server, or it refused our credentials
+            raise StorageError(f"Redis at {seed.name} is not a usable Redis Cluster: {e}") from None
+        self.endpoints = [seed, seed]
+        self.servers = [client, client]
+        self.mds_index, self.mds = 0, client
+        self.kvs_index = [1]
+        self.ring = None
 
     @classmethod
-    def from_config(cls, config: dict) -> Store:
+    def from_config(cls, config: dict, credentials: Any = None) -> Store:
+        """Open the store ``to_config`` described; ``credentials`` (``{"username",
+        "password"}`` or a credential provider: ``wukong.store.credentials``) fill
+        in what a config without secrets left out."""
+
+        def endpoint(e: dict) -> Endpoint:
+            return Endpoint(**e).with_credentials(credentials)
+
+        cluster = config.get("cluster")
         return cls(
-            Endpoint(**config["mds"]),
-            [Endpoint(**e) for e in config["kvs"]],
+            endpoint(config["mds"]) if config.get("mds") else None,
+            [endpoint(e) for e in config.get("kvs", ())],
+            cluster=endpoint(cluster) if cluster else None,
             connect_timeout=config.get("connect_timeout", 5.0),
             socket_timeout=config.get("socket_timeout"),
             ttl=config.get("ttl", DEFAULT_TTL),
@@ -84,11 +128,21 @@ class Store:
             shm_dir=config.get("shm_dir"),
         )
 
-    def to_config(self) -> dict:
-        """Everything another process needs to open the same store (JSON-able)."""
+    def to_config(self, *, secrets: bool = True) -> dict:
+        """Everything another process needs to open the same store (JSON-able).
+
+        ``secrets=False`` leaves the passwords out: the other process reads them
+        from where it is configured to (``wukong.store.credentials``).
+        """
+        if self.cluster is not None:
+            where: dict = {"cluster": self.cluster.to_config(secrets=secrets)}
+        else:
+            where = {
+                "mds": self.endpoints[0].to_config(secrets=secrets),
+                "kvs": [self.endpoints[i].to_config(secrets=secrets) for i in self.kvs_index],
+            }
         return {
-            "mds": self.endpoints[0].to_config(),
-            "kvs": [self.endpoints[i].to_config() for i in self.kvs_index],
+            **where,
             "connect_timeout": self.connect_timeout,
             "socket_timeout": self.socket_timeout,
             "ttl": self.ttl,
@@ -103,6 +157,8 @@ class Store:
         the store's own connections have no read timeout: a server that
         accepts and then says nothing fails here, it does not hang us.
         """
+        if self.cluster is not None:
+            return self._check_cluster()
         for ep in self.endpoints:
             probe = ep.connect(self.connect_timeout, self.connect_timeout)
             try:
@@ -121,16 +177,43 @@ class Store:
         except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
             raise StorageError(f"lost the connection to Redis at {self.name_of(self.mds_index)}: {e}") from None
 
+    def _check_cluster(self) -> None:
+        """Ping every node of the cluster and load the scripts on every primary."""
+        from redis.cluster import RedisCluster
+
+        name = self.name_of(self.mds_index)
+        try:
+            self.mds.ping(target_nodes=RedisCluster.ALL_NODES)
+            scripts.load_all(self.mds)
+        except redis.AuthenticationError as e:
+            raise StorageError(f"{name} refused our credentials: {e}") from None
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
+            raise StorageError(f"cannot reach a node of {name}: {e}") from None
+        except (redis.ResponseError, redis.exceptions.RedisClusterException) as e:
+            raise StorageError(f"{name} answered with an error: {e}") from None
+
     def name_of(self, server: int) -> str:
+        if self.cluster is not None:
+            return f"Redis Cluster at {self.cluster.name}"
         return self.endpoints[server].name
 
     def kvs_server(self, key: str) -> int:
+        if self.ring is None:  # a Redis Cluster places keys itself
+            return self.kvs_index[0]
         return self.kvs_index[self.ring.node_for(key.encode())]
 
     def kvs_servers(self, keys: Sequence[str | bytes]) -> list[int]:
         kvs_index = self.kvs_index
+        if self.ring is None:
+            return [kvs_index[0]] * len(keys)
         names = [k if isinstance(k, bytes) else k.encode() for k in keys]
         return [kvs_index[i] for i in self.ring.nodes_for(names)] if names else []
+
+    def connect_mds(self, socket_timeout: float | None = None) -> redis.Redis:
+        """A connection of its own to the MDS (a blocking read, a watchdog), with its own timeout."""
+        if self.cluster is not None:
+            return self.cluster.connect_cluster(self.connect_timeout, socket_timeout)
+        return self.endpoints[self.mds_index].connect(self.connect_timeout, socket_timeout)
 
     def batch(self) -> Batch:
         return Batch(self)
@@ -148,14 +231,23 @@ class Store:
         errors = []
         for server, keys in keys_by_server.items():
             pipe = self.servers[server].pipeline(transaction=False)
-            for i in range(0, len(keys), chunk):
-                pipe.unlink(*keys[i : i + chunk])
+            for group in self._unlink_groups(keys, chunk):
+                pipe.execute_command("UNLINK", *group)
             try:
                 run(pipe, self.name_of(server))
             except StorageError as e:
                 errors.append(e)
         if errors:
             raise errors[0]
+
+    def _unlink_groups(self, keys: list[str], chunk: int) -> list[list[str]]:
+        """Keys in groups one UNLINK may take: by ``chunk``, and on a cluster by slot too."""
+        if self.cluster is None:
+            return [keys[i : i + chunk] for i in range(0, len(keys), chunk)]
+        by_slot: dict[int, list[str]] = {}
+        for k in keys:
+            by_slot.setdefault(key_slot(k.encode()), []).append(k)
+        return [g[i : i + chunk] for g in by_slot.values() for i in range(0, len(g), chunk)]
 
     def delete_job(
         self, keys: Keys, ntasks: int, nschedules: int, fanins: Iterable[int], invocations: Iterable[str] = ()
@@ -172,7 +264,7 @@ class Store:
         pipe = self.mds.pipeline(transaction=False)
         pipe.smembers(keys.parts)
         pipe.smembers(keys.spills)
-        pipe.unlink(*mds_keys)
+        pipe.execute_command("UNLINK", *mds_keys)  # one slot: the job's hash tag
         error = None
         try:
             reply = run(pipe, self.name_of(self.mds_index))

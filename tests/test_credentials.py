@@ -1,0 +1,133 @@
+"""Redis credentials come from where a process is configured, never from an event."""
+
+from __future__ import annotations
+
+import json
+from urllib.parse import parse_qs, urlparse
+
+import boto3
+import botocore.session
+import pytest
+import redis
+from botocore.stub import Stubber
+
+from wukong.store import Endpoint, Store, credentials
+from wukong.store.credentials import IAM_REFRESH_SECONDS, IAMCredentialProvider
+
+
+def test_a_secret_is_json_with_username_and_password_or_the_password_alone():
+    assert credentials.parse_secret('{"username": "wk", "password": "p"}') == {"username": "wk", "password": "p"}
+    assert credentials.parse_secret("bare-password") == {"username": None, "password": "bare-password"}
+    assert credentials.parse_secret('{"other": 1}') == {"username": None, "password": '{"other": 1}'}
+
+
+def test_an_ssm_parameter_is_read_with_decryption_once_per_process(monkeypatch):
+    ssm = boto3.session.Session().client(
+        "ssm", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+    )
+    calls = []
+
+    def client(service, **kwargs):
+        calls.append(service)
+        return ssm
+
+    monkeypatch.setattr(credentials.aws, "client", client)
+    with Stubber(ssm) as stub:
+        value = json.dumps({"username": "wk", "password": "from-ssm"})
+        stub.add_response(
+            "get_parameter",
+            {"Parameter": {"Name": "/wukong/redis", "Value": value, "Type": "SecureString"}},
+            {"Name": "/wukong/redis", "WithDecryption": True},
+        )
+        env = {credentials.SSM_PARAMETER_ENV: "/wukong/redis"}
+        first = credentials.from_environment(env)
+        assert credentials.from_environment(env) is first  # cached: one GetParameter per warm container
+        stub.assert_no_pending_responses()
+    assert first == {"username": "wk", "password": "from-ssm"} and calls == ["ssm"]
+
+
+def test_no_configuration_means_no_credentials():
+    assert credentials.from_environment({}) is None
+
+
+def test_store_config_without_secrets_is_filled_from_credentials(redis_server):
+    ep = Endpoint("127.0.0.1", redis_server.port, password=redis_server.password)
+    store = Store(ep, [ep])
+    config = store.to_config(secrets=False)
+    store.close()
+    assert redis_server.password not in json.dumps(config)
+    with pytest.raises(redis.AuthenticationError):
+        Store.from_config(config).mds.ping()
+    opened = Store.from_config(config, {"username": None, "password": redis_server.password})
+    assert opened.mds.ping()
+    opened.close()
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def iam_provider(clock):
+    session = botocore.session.get_session()
+    session.set_credentials("AKIDEXAMPLE", "secret-key")
+    return IAMCredentialProvider("wukong", "my-cache", region="us-east-1", session=session, clock=clock)
+
+
+def test_iam_auth_signs_a_connect_token_for_the_user_and_cache():
+    user, token = iam_provider(Clock()).get_credentials()
+    url = urlparse("https://" + token)
+    query = {k: v[0] for k, v in parse_qs(url.query).items()}
+    assert user == "wukong" and url.hostname == "my-cache"
+    assert query["Action"] == "connect" and query["User"] == "wukong" and query["ResourceType"] == "ServerlessCache"
+    assert query["X-Amz-Algorithm"] == "AWS4-HMAC-SHA256" and query["X-Amz-Expires"] == "900"
+    assert (
+        query["X-Amz-Credential"].startswith("AKIDEXAMPLE/")
+        and "/elasticache/aws4_request" in query["X-Amz-Credential"]
+    )
+    assert len(query["X-Amz-Signature"]) == 64
+
+
+def test_iam_token_is_kept_and_signed_again_before_it_expires():
+    clock = Clock()
+    provider = iam_provider(clock)
+    provider.get_credentials()
+    clock.now += IAM_REFRESH_SECONDS - 1
+    provider.get_credentials()
+    assert provider.signed == 1
+    clock.now += 1
+    provider.get_credentials()
+    assert provider.signed == 2
+
+
+def test_a_credential_provider_is_asked_by_every_new_connection(redis_server):
+    class Provider:
+        asked = 0
+
+        def get_credentials(self):
+            Provider.asked += 1
+            return ("default", redis_server.password)
+
+    ep = Endpoint("127.0.0.1", redis_server.port).with_credentials(Provider())
+    assert "password" not in json.dumps(ep.to_config()).replace('"password": null', "")
+    r = ep.connect()
+    assert r.ping() and Provider.asked == 1
+    r.close()
+
+
+def test_no_local_child_has_the_password_in_its_argv_or_environment():
+    """The embedded redis-server reads it on stdin, the workers read the store config on stdin."""
+    import psutil
+
+    from wukong import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, use_local_proxy=True) as cluster:
+        password = cluster.redis_servers[0].password
+        assert Client(cluster, progress=False).get({"a": (abs, -3)}, "a") == 3
+        procs = psutil.Process().children(recursive=True)
+        seen = [" ".join(p.cmdline()) + repr(p.environ()) for p in procs]
+    assert len(procs) >= 4 and password  # redis-server, two workers, the proxy
+    assert not [s for s in seen if password in s]
