@@ -35,13 +35,21 @@ task is not lost; for anyone else a repeat is a no-op.
 Events for the client (results, errors, tasks done, the ids of invocations
 made and of this one when it exits) go on the job's stream in the same
 pipelines as the executor's other writes; from the ids the client knows when
-every invocation of the job has ended, and which to send again if lost.
+every invocation of the job has ended, and which to send again if lost.  The
+counts carry, batched, each task's (id, start, end), this worker's id, and the
+bytes stored and fetched and fan-in round trips since the last report: the
+client's Dask callbacks, profiler and job record are built from them.
+
+A job run for the client's futures (option ``hold``) keeps its requested
+results in the KVS (``Keys.held``) instead of sending them, and tasks that read
+such a result earlier held load it here (``wukong.store.held``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import time
 import traceback
 from collections import OrderedDict
@@ -54,7 +62,7 @@ from wukong.backends.base import Invoke, launch
 from wukong.faults import CRASH_EXIT, Faults
 from wukong.protocol import OUTPUT, Dependent, Invocation, Keys, TaskRecord
 from wukong.recovery import LEASE_MS, Heartbeat
-from wukong.store import Batch, Store
+from wukong.store import Batch, Store, held
 from wukong.timeout import TaskTimeout, task_timeout
 
 PROGRESS_EVERY = 0.5  # seconds between progress events on long chains
@@ -132,6 +140,9 @@ class Executor:
         self.jobs: OrderedDict[str, dict[int, Schedule]] = OrderedDict()
         self.options: dict[str, dict] = {}
         self.heartbeat = Heartbeat(store, lease_ms)
+        # who ran a task, for the client's profiler: the Lambda sandbox, or host and process
+        self.worker = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME") or f"{socket.gethostname()}:{os.getpid()}"
+        held.use(store)  # tasks that read a held result (a future's) load it with this store
 
     # -- job state cached in a warm process ---------------------------------
     def schedules(self, job: str) -> dict[int, Schedule]:
@@ -201,6 +212,8 @@ class _Run:
         self.deferred_since = 0.0
         self.token = f"{os.getpid()}-{time.monotonic_ns()}"  # this attempt's lease
         self.crash_after = ex.faults.crash_point() if ex.faults else None
+        self.timings: list[tuple[int, float, float]] = []  # (tid, start, end) since the last report
+        self.stats = [0, 0, 0]  # since the last report: bytes stored, bytes fetched, fan-in round trips
 
     # -- round trips ---------------------------------------------------------
     def send(self, batch: Batch) -> Batch:
@@ -220,7 +233,10 @@ class _Run:
         n = self.ndone - self.nreported
         self.nreported = self.ndone
         self.last_report = time.monotonic()
-        protocol.emit_counts(batch, self.keys, n, invoked, self.inv.id if exited else "")
+        timings, self.timings = protocol.pack_timings(self.timings), []
+        stats, self.stats = self.stats, [0, 0, 0]
+        exit_id = self.inv.id if exited else ""
+        protocol.emit_counts(batch, self.keys, n, invoked, exit_id, timings, self.ex.worker, tuple(stats))  # type: ignore[arg-type]
 
     # -- start, loop, exit ---------------------------------------------------
     def start(self) -> None:
@@ -262,6 +278,7 @@ class _Run:
                     f"input {key!r} is missing from KV store {self.store.name_of(self.store.kvs_server(key))}"
                 )
             )
+        self.stats[1] += len(value)
         return serialization.loads(value)
 
     def cancelled(self) -> bool:
@@ -289,7 +306,9 @@ class _Run:
             rec = sched.records[pos]
             body = sched.body(pos)
             self.current = body[0].key
+            start = time.time()
             result = self.execute(rec, body)
+            self.timings.append((rec.tid, start, time.time()))
             self.ndone += 1
             for d in rec.deps:
                 self.refs[d] -= 1
@@ -347,9 +366,11 @@ class _Run:
         batch = self.store.batch()
         if shipped or stored_result:  # before the fan-in calls of the same round trip
             (batch if shipped else self.pending).kvs_set(self.keys.data(out.tid), out.blob())
+            self.stats[0] += len(out.blob())
         if stored_result:
             protocol.emit_stored_result(self.pending, self.keys, out.tid)  # sent with or after the write
         if fanins:
+            self.stats[2] += 1
             calls = [(c, self.notify(batch, out.tid, c)) for c in fanins]
             ready += self.completed(self.send(batch), calls)
             batch = self.store.batch()
@@ -365,6 +386,11 @@ class _Run:
             size_error = ValueError(f"result is {len(blob):,} bytes serialized; the limit is {limit:,}")
             self.fail(out.key, size_error, "returned a result larger than the cluster's max_result_bytes")
             raise TaskFailed()
+        if self.opts.get("hold"):  # kept for the client's futures, not sent
+            self.pending.kvs_set(self.keys.held(out.tid), blob)
+            self.stats[0] += len(blob)
+            protocol.emit_held(self.pending, self.keys, out.tid)
+            return False
         if len(blob) > self.store.part_size:
             return True
         protocol.emit_result(self.pending, self.keys, out.tid, blob)
@@ -427,8 +453,10 @@ class _Run:
         deferred, self.deferred = self.deferred, []
         batch = self.store.batch()
         calls = []
+        self.stats[2] += 1
         for tid, blob, fanins in deferred:
             batch.kvs_set(self.keys.data(tid), blob)
+            self.stats[0] += len(blob)
             calls += [(c, self.notify(batch, tid, c)) for c in fanins]
         done = self.completed(self.send(batch), calls)
         for t, value in self.fetch_fanin_inputs(done).items():

@@ -1,0 +1,61 @@
+"""Results held in the KV store after their job, for the client's futures.
+
+A job run for ``client.compute``/``submit``/``persist`` keeps its requested
+results at ``Keys.held(tid)`` (the executor writes them; the client never
+pulls them unless asked).  A later graph that uses such a result gets a small
+task, ``load(name)``, in place of the future: it runs on an executor and reads
+the value where it is stored, with that executor's store (``use``).  The
+client deletes a held value when the last future referring to it is dropped
+(``release``); the TTL every key carries is the safety net.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from wukong import serialization
+from wukong.store import shm
+from wukong.store.store import Store
+
+_store: Store | None = None  # this process's executor's store
+
+
+def use(store: Store) -> None:
+    """Tasks in this process load held values with ``store`` (the executor's)."""
+    global _store
+    _store = store
+
+
+def fetch(store: Store, names: list[str]) -> list[bytes | memoryview | None]:
+    """The serialized values at ``names``, in one round trip per server."""
+    batch = store.batch()
+    handles = batch.kvs_get_many(names)
+    batch.execute()
+    return [batch[h] for h in handles]
+
+
+def load(name: str) -> Any:
+    """The task that stands for a future in a graph: the value held at ``name``."""
+    if _store is None:
+        raise RuntimeError(f"no wukong store in this process to read the held value {name!r}")
+    (value,) = fetch(_store, [name])
+    if value is None:
+        raise LookupError(f"the held value {name!r} is gone (released, or its TTL expired)")
+    return serialization.loads(value)
+
+
+def release(store: Store, names: list[str]) -> None:
+    """Delete held values, and their shared-memory files on a local cluster."""
+    if not names:
+        return
+    by_server: dict[int, list[str]] = {}
+    for server, name in zip(store.kvs_servers(names), names, strict=True):
+        by_server.setdefault(server, []).append(name)
+    if store.shm_dir:
+        for name in names:
+            try:
+                os.unlink(os.path.join(store.shm_dir, shm.filename(name)))
+            except FileNotFoundError:
+                pass
+    store.delete(by_server)
