@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import secrets
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Hashable
@@ -351,6 +352,8 @@ class Job:
         self.record = record if record is not None else JobRecord(self.keys.job, time.time())
         self.callbacks = callbacks
         self.on_held = on_held
+        self.cleanup_lock = threading.Lock()
+        self.cleaned = False
 
     @property
     def outstanding(self) -> int:
@@ -523,12 +526,15 @@ class Job:
         self.results[self.plan.outputs[tid]] = serialization.loads(value)
 
     def cancel(self, by_user: bool = False) -> None:
-        if by_user and self.error is None:
-            self.error = JobCancelled(f"job {self.keys.job} was cancelled")
-        try:
-            self.store.mds.set(self.keys.cancel, 1, ex=self.store.ttl)
-        except Exception:
-            pass
+        with self.cleanup_lock:  # from another thread (a future cancelled) as the job ends: no key after cleanup
+            if self.cleaned:
+                return
+            if by_user and self.error is None:
+                self.error = JobCancelled(f"job {self.keys.job} was cancelled")
+            try:
+                self.store.mds.set(self.keys.cancel, 1, ex=self.store.ttl)
+            except Exception:
+                pass
 
     def drain(self, timeout: float) -> None:
         """After a failure: wait, bounded, until every executor of the job has exited."""
@@ -541,6 +547,8 @@ class Job:
 
     def cleanup(self) -> None:
         p = self.plan
+        with self.cleanup_lock:
+            self.cleaned = True
         try:
             ids = set(self.starts) | self.exited | set(self.live)
             self.store.delete_job(self.keys, p.ntasks, p.nschedules, p.fanins, ids)

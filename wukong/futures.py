@@ -118,6 +118,9 @@ class Futures:
             key = self.drops.get()
             if key is _STOP:
                 return
+            if isinstance(key, threading.Event):  # flush(): everything queued before is done
+                key.set()
+                continue
             try:
                 self.unref(key)
             except Exception:
@@ -140,6 +143,13 @@ class Futures:
             if run is not None and state.status == "pending" and not any(k in self.states for k in run.keys):
                 self._cancel_run(run)  # nobody wants any result of this job any more
         held.release(self.client.store, names)
+
+    def flush(self, timeout: float | None = 60.0) -> None:
+        """Wait until the references dropped so far are released."""
+        if self.releaser is not None:
+            done = threading.Event()
+            self.drops.put(done)
+            done.wait(timeout)
 
     def start(self) -> None:
         if self.releaser is None:
@@ -242,7 +252,7 @@ class Futures:
                 callbacks += state._settle("cancelled")
                 if state.run is not None:
                     runs.add(state.run)
-            for run in runs:
+            for run in runs & self.runs:  # still in flight
                 if all(self.states.get(k) is None or self.states[k].status != "pending" for k in run.keys):
                     self._cancel_run(run)
         held.release(self.client.store, names)
