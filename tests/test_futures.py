@@ -12,12 +12,11 @@ import dask
 import dask.array as da
 import numpy as np
 import pytest
+from conftest import job_keys
 
 import wukong
 from wukong import Client
 from wukong.futures import Future, as_completed, wait
-
-from conftest import job_keys
 
 
 @pytest.fixture
