@@ -182,3 +182,20 @@ def test_config_from_environment_variables():
     env = {**os.environ, "DASK_WUKONG__INLINE_LIMIT": "4096"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["4096", "86400"]
+
+
+def test_performance_report_writes_one_self_contained_html_file(client, tmp_path):
+    import dask.bag as db
+
+    import wukong
+
+    path = tmp_path / "report.html"
+    with wukong.performance_report(str(path)) as records:
+        da.ones((40, 40), chunks=10).sum().compute(scheduler=client)
+        db.from_sequence(range(50), npartitions=5).frequencies().compute(scheduler=client)
+    assert [r.job for r in records] == [r.job for r in list(client.jobs)[-2:]]
+    text = path.read_text()
+    for r in records:
+        assert r.job in text
+    assert "chunk_sum" in text and "frequencies-part" in text  # key prefixes in the timeline's legend
+    assert "Bokeh" in text and "cdn.bokeh.org" not in text  # the library is inlined: opens offline

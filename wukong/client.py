@@ -41,7 +41,7 @@ from wukong import config as wukong_config
 from wukong import protocol, serialization
 from wukong.backends.base import Backend, launch
 from wukong.cost import cost_summary
-from wukong.diagnostics import DaskCallbacks, JobRecord, TaskRun, active_callbacks
+from wukong.diagnostics import DaskCallbacks, JobRecord, TaskRun, active_callbacks, note
 from wukong.errors import JobCancelled, JobFailed, task_error
 from wukong.futures import Future, Futures, as_completed, submit_graph, task_key, wait
 from wukong.graph import flatten_keys, prepare
@@ -159,6 +159,7 @@ class Client:
         record.job, record.ntasks, record.nschedules = job.keys.job, len(order), job_plan.nschedules
         record.noutputs, record.plan_s = len(outputs), t1 - t0
         self.jobs.append(record)
+        note(record)  # open performance_report blocks
         if on_start is not None:
             on_start(job)
         self.active.add(job)

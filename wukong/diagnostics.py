@@ -28,8 +28,10 @@ invocations, cost; ``wukong.report`` draws it.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from timeit import default_timer
 from typing import Any
@@ -154,7 +156,7 @@ class JobRecord:
         line = (
             f"job {self.job}: {self.status}, {self.ntasks} tasks on {len(self.executors)} executor(s), "
             f"{self.invocations} invocations, {self.fanin_round_trips} fan-in round trips, "
-            f"{_size(self.bytes_stored)} stored, {_size(self.bytes_fetched)} fetched, "
+            f"{format_bytes(self.bytes_stored)} stored, {format_bytes(self.bytes_fetched)} fetched, "
             f"plan {self.plan_s:.3f}s, run {self.run_s:.3f}s"
         )
         return line
@@ -163,9 +165,33 @@ class JobRecord:
         return f"<JobRecord {self.summary()}>"
 
 
-def _size(n: int) -> str:
+def format_bytes(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000  # type: ignore[assignment]
+        n /= 1000
     return f"{n} B"
+
+
+_recordings: list[list[JobRecord]] = []  # open ``recording()`` blocks
+_recordings_lock = threading.Lock()
+
+
+@contextmanager
+def recording() -> Iterator[list[JobRecord]]:
+    """Collect the records of every job any client starts inside the block."""
+    records: list[JobRecord] = []
+    with _recordings_lock:
+        _recordings.append(records)
+    try:
+        yield records
+    finally:
+        with _recordings_lock:
+            _recordings.remove(records)
+
+
+def note(record: JobRecord) -> None:
+    """A job started: add its record to the open ``recording()`` blocks."""
+    with _recordings_lock:
+        for records in _recordings:
+            records.append(record)
