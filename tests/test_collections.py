@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dask
 import numpy as np
 import pandas as pd
 import pytest
@@ -138,3 +139,19 @@ def test_dask_ml_parallel_post_fit_svc(client):
     X_big = da.from_array(np.tile(X, (5, 1)), chunks=200)
     got = clf.predict(X_big).compute()
     np.testing.assert_array_equal(got, clf.estimator.predict(np.tile(X, (5, 1))))
+
+
+def test_a_disk_shuffle_is_refused_with_a_clear_error(cluster):
+    from wukong import GraphError
+
+    with Client(cluster, progress=False) as client:
+        bag = db.from_sequence(range(10), npartitions=3).groupby(lambda x: x % 2, shuffle="disk")
+        with pytest.raises(GraphError, match="shuffle='tasks'"):
+            bag.compute(scheduler=client)
+    assert job_keys(cluster) == []
+
+
+def test_the_default_scheduler_shuffles_by_tasks(client):
+    assert dask.config.get("dataframe.shuffle.method") == "tasks"
+    groups = dict(db.from_sequence(range(10), npartitions=3).groupby(lambda x: x % 2).compute())
+    assert {k: sorted(v) for k, v in groups.items()} == {0: [0, 2, 4, 6, 8], 1: [1, 3, 5, 7, 9]}

@@ -70,8 +70,9 @@ class Client:
         Make this client Dask's scheduler (``dask.config.set(scheduler=client)``):
         a bare ``.compute()``, ``dask.compute``, ``dask.persist`` and the
         computes Dask runs while building graphs run on wukong until
-        ``close()``.  ``scheduler=client`` and ``scheduler=client.get`` work
-        either way.
+        ``close()``; shuffles are task-based meanwhile (``dataframe.shuffle.method``,
+        as with distributed).  ``scheduler=client`` and ``scheduler=client.get``
+        work either way.
 
     Examples
     --------
@@ -97,7 +98,8 @@ class Client:
         if set_as_default:
             import dask
 
-            self._as_default = dask.config.set(scheduler=self)
+            # tasks-based shuffles, as with distributed: a disk shuffle needs one shared process
+            self._as_default = dask.config.set({"scheduler": self, "dataframe.shuffle.method": "tasks"})
 
     @property
     def store(self) -> Store:

@@ -8,6 +8,10 @@ runs:
 * every requested key is in the graph (``KeyError`` otherwise, as Dask does);
 * every dependency a node names is in the graph (``missing dependency``);
 * the graph is acyclic (the error names one cycle);
+* no task makes a ``partd`` store (a disk-based shuffle of bags or
+  dataframes): one is shared by reference between the tasks of one process,
+  and executors would each get a copy -- wrong results, silently;
+
 
 and finally lays the keys out in a topological order, which becomes the
 dense integer id of each key (``intern``): dependencies always get smaller ids
@@ -118,8 +122,23 @@ def find_cycle(dsk: Mapping[Key, GraphNode], remaining: Mapping[Key, int]) -> li
     return cycle + [cycle[0]]
 
 
+def check_no_disk_shuffle(dsk: Mapping[Key, GraphNode]) -> None:
+    """Refuse a graph with a partd store: it needs every task in one process."""
+    for k, node in dsk.items():
+        func = getattr(node, "func", None)
+        func = getattr(func, "func", func)  # a functools.partial: what it calls
+        if func is None:
+            continue
+        if getattr(func, "__module__", "").startswith("partd") or type(func).__name__ == "maybe_buffered_partd":
+            raise GraphError(
+                f"task {k!r} makes a partd store for a disk-based shuffle, which needs every task in one "
+                "process; use shuffle='tasks' (wukong's Client(set_as_default=True) makes it the default)"
+            )
+
+
 def prepare(dsk: Any, keys: Any) -> tuple[list[Key], dict[Key, GraphNode]]:
     """Convert, cull and validate; return keys in topological order and the graph."""
     graph = to_task_graph(dsk)
     graph = cull(graph, flatten_keys(keys))
+    check_no_disk_shuffle(graph)
     return topological_order(graph), graph
