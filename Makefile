@@ -18,13 +18,16 @@ test: setup ## set up, then run the test suite, cargo test, clippy, ruff and myp
 	$(MAKE) --no-print-directory lint
 
 test-slow: setup ## the long-running tests only
-	$(PY) -m pytest -q -m slow || [ $$? -eq 5 ]  # none marked slow today: pytest says 5
+	$(PY) -m pytest -q -s -m slow
 
 lint: ## ruff (lint + format check), mypy, and cfn-lint on the CloudFormation templates
 	ruff check wukong tests bench
 	ruff format --check wukong tests bench
 	mypy
 	cfn-lint executor/*.yaml
+
+dask-suites: setup ## Dask's own suites (array, bag, delayed) through wukong vs Dask's sync scheduler, the full selection
+	WUKONG_DASK_SUITES=full $(PY) -m pytest -q -s -m slow tests/test_dask_suites.py
 
 bench: setup ## the benchmark harness, small sizes (see bench/README.md)
 	$(PY) -m bench --size small

@@ -8,7 +8,8 @@ Routing happens where Dask picks a scheduler by name: ``dask.base.named_schedule
 (one dict every module shares) gets the routed ``get`` under every name --
 ``"sync"`` (what ``dask.array.utils.assert_eq`` and friends pass), ``"threads"``,
 ``"processes"``, ``"single-threaded"`` -- and the configured default scheduler is
-``"sync"``, so a bare ``.compute()`` routes too.  A test that hands Dask its own
+``"sync"``, so a bare ``.compute()`` routes too.  Shuffles default to
+``"tasks"`` on both routes (what ``Client(set_as_default=True)`` sets).  A test that hands Dask its own
 ``get`` callable, or calls ``dask.get``/``get_sync`` directly, keeps it: it is testing
 that scheduler.
 
@@ -62,8 +63,9 @@ def pytest_configure(config: Any) -> None:
     for name in ROUTED_NAMES:
         dask.base.named_schedulers[name] = get
     dask.config.set(scheduler="sync")  # the default for a bare compute: routed too
-    if route == "wukong":  # what Client(set_as_default=True) sets: disk shuffles need one process
-        dask.config.set({"dataframe.shuffle.method": "tasks"})
+    # On both routes, what Client(set_as_default=True) sets, as distributed does: task-based
+    # shuffles by default (wukong refuses disk shuffles, which need one shared process).
+    dask.config.set({"dataframe.shuffle.method": "tasks"})
 
 
 def pytest_unconfigure(config: Any) -> None:
@@ -86,15 +88,23 @@ def _keep_routing() -> Any:
     yield
 
 
+_names: dict[str, str] = {}  # nodeid -> "dask.bag.tests.test_bag::test_name[params]", stable across rootdirs
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: Any, nextitem: Any) -> None:
+    _names[item.nodeid] = f"{item.module.__name__}::{item.name}"
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item: Any) -> Any:
     before = _state["count"]
     yield
-    _state["per_test"].setdefault(item.nodeid, ["?", 0])[1] = _state["count"] - before
+    _state["per_test"].setdefault(_names[item.nodeid], ["?", 0])[1] = _state["count"] - before
 
 
 def pytest_runtest_logreport(report: Any) -> None:
-    entry = _state["per_test"].setdefault(report.nodeid, ["?", 0])
+    entry = _state["per_test"].setdefault(_names.get(report.nodeid, report.nodeid), ["?", 0])
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
         entry[0] = "xfailed" if hasattr(report, "wasxfail") and report.skipped else report.outcome
         if hasattr(report, "wasxfail") and report.passed:
