@@ -219,3 +219,19 @@ def test_close_releases_everything(cluster, tmp_path):
         gate.touch()
     assert pending.cancelled()
     assert job_keys(cluster) == []
+
+
+def test_futures_and_profiler_on_the_lambda_backend(lambda_cluster):
+    from dask.diagnostics import Profiler
+
+    client = Client(lambda_cluster, progress=False)
+    try:
+        f = client.submit(inc, 1)
+        g = client.submit(add, f, 10)  # f is loaded on the Lambda executor, with its store
+        assert g.result() == 12
+        with Profiler() as prof:
+            assert da.arange(20, chunks=5).sum().compute(scheduler=client) == 190
+        assert prof.results and all(r.start_time <= r.end_time and r.worker_id for r in prof.results)
+    finally:
+        client.close()
+    assert job_keys(lambda_cluster) == []
