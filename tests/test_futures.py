@@ -235,3 +235,19 @@ def test_futures_and_profiler_on_the_lambda_backend(lambda_cluster):
     finally:
         client.close()
     assert job_keys(lambda_cluster) == []
+
+
+def test_persist_dataframes_bags_and_delayed(fclient, cluster):
+    pd = pytest.importorskip("pandas")
+    dd = pytest.importorskip("dask.dataframe")
+    import dask.bag as db
+
+    pdf = pd.DataFrame({"a": range(100), "b": [i % 3 for i in range(100)]})
+    df, bag, d = fclient.persist(
+        [dd.from_pandas(pdf, npartitions=4), db.from_sequence(range(10), npartitions=2), dask.delayed(sum)([1, 2])]
+    )
+    got = df.groupby("b").a.sum().compute(scheduler=fclient)  # waits for the persisted chunks
+    assert got.to_dict() == pdf.groupby("b").a.sum().to_dict()
+    assert bag.sum().compute(scheduler=fclient) == 45
+    assert d.compute(scheduler=fclient) == 3
+    assert len(held_names(cluster)) == 4 + 2 + 1  # still held: the collections refer to them
