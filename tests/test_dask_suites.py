@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -76,15 +77,19 @@ def run_route(route: str, tmp_path) -> dict[str, list]:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([HERE, ROOT, os.environ.get("PYTHONPATH", "")])}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "dask_suites", "--timeout=300",
            f"--route={route}", f"--route-report={report}", "--pyargs", *SELECTION]  # fmt: skip
-    subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500)
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=7000)
+    (tmp_path / f"{route}.log").write_text(done.stdout + done.stderr)
     with open(report) as f:
         return json.load(f)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(7200)
 def test_dasks_suites_pass_on_wukong_as_on_sync(tmp_path):
-    wukong = run_route("wukong", tmp_path)
-    sync = run_route("sync", tmp_path)
+    out = os.environ.get("WUKONG_DASK_SUITES_OUT")  # keep the per-test reports there
+    where = tmp_path if out is None else pathlib.Path(out)
+    wukong = run_route("wukong", where)
+    sync = run_route("sync", where)
     assert set(wukong) == set(sync)
     passed = {r: sum(v[0] == "passed" for v in res.values()) for r, res in (("wukong", wukong), ("sync", sync))}
     routed = sum(1 for v in wukong.values() if v[0] == "passed" and v[1] > 0)
