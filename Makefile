@@ -11,8 +11,9 @@ setup: ## install redis-server, Python deps, the Rust and Cython extensions
 demo: setup ## set up, then run the seed examples on an embedded local cluster
 	$(PY) -m wukong.demo
 
-test: setup ## set up, then run the test suite, cargo test, clippy, ruff and mypy
+test: setup ## set up, then run the test suite, Dask's own suites through wukong (a ~10-minute selection), cargo test, clippy, ruff and mypy
 	$(PY) -m pytest -q
+	$(PY) -m pytest -q -s -m slow tests/test_dask_suites.py
 	cargo test --quiet
 	cargo clippy --quiet --all-targets -- -D warnings
 	$(MAKE) --no-print-directory lint
