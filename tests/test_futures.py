@@ -251,3 +251,17 @@ def test_persist_dataframes_bags_and_delayed(fclient, cluster):
     assert bag.sum().compute(scheduler=fclient) == 45
     assert d.compute(scheduler=fclient) == 3
     assert len(held_names(cluster)) == 4 + 2 + 1  # still held: the collections refer to them
+
+
+def test_scatter_then_submit_reads_the_data_where_it_is_stored(fclient):
+    arr = np.arange(1000)
+    a, b = fclient.scatter([arr, 5])
+    assert a.done() and a.status == "finished"
+    assert fclient.submit(np.sum, a).result() == arr.sum()
+    assert fclient.submit(add, b, 1).result() == 6
+    d = fclient.scatter({"x": 1})
+    assert fclient.gather(d) == {"x": 1}
+
+
+def test_compute_sync_returns_values(fclient):
+    assert fclient.compute([da.ones(10, chunks=5).sum()], sync=True) == [10]

@@ -188,14 +188,24 @@ class Client:
         return results
 
     # -- futures (wukong.futures), with distributed's names -----------------------
-    def compute(self, collections: Any, *, optimize_graph: bool = True, **kwargs: Any) -> Any:
-        """Start computing; a ``Future`` per collection (a list for a list), at once."""
+    def compute(self, collections: Any, *, sync: bool = False, optimize_graph: bool = True, **kwargs: Any) -> Any:
+        """Start computing; a ``Future`` per collection (a list for a list), at once
+        (``sync=True``: their values, once done)."""
         import dask
 
         many = isinstance(collections, list | tuple)
         colls = list(collections) if many else [collections]
         futures = dask.compute(*colls, scheduler=self.futures.get, optimize_graph=optimize_graph, **kwargs)
-        return list(futures) if many else futures[0]
+        out = list(futures) if many else futures[0]
+        return self.gather(out) if sync else out
+
+    def scatter(self, data: Any) -> Any:
+        """Put local data in the KV store: a ``Future`` for a value, a list or dict of them for a list or dict."""
+        if isinstance(data, dict):
+            return dict(zip(data, self.futures.scatter(list(data.values())), strict=True))
+        if isinstance(data, list | tuple):
+            return type(data)(self.futures.scatter(list(data)))
+        return self.futures.scatter([data])[0]
 
     def persist(self, collections: Any, *, optimize_graph: bool = True, **kwargs: Any) -> Any:
         """The same collection(s), with chunks held in the KV store (futures) instead of a graph to run."""

@@ -183,6 +183,34 @@ class Futures:
             run.thread.start()
         return futures
 
+    def scatter(self, values: list[Any]) -> list[Future]:
+        """Store ``values`` in the KV store from here (one round trip) and return their futures."""
+        from dask.base import tokenize
+
+        from wukong.protocol import Keys
+
+        if self.closed:
+            raise RuntimeError("the client is closed")
+        self.start()
+        keys = Keys(f"scatter{uuid.uuid4().hex[:12]}")
+        batch = self.client.store.batch()
+        names = []
+        for i, v in enumerate(values):
+            names.append(keys.held(i))
+            batch.kvs_set(names[-1], serialization.dumps(v))
+        batch.execute()
+        futures = []
+        with self.lock:
+            for name, v in zip(names, values, strict=True):
+                f = Future(f"{type(v).__name__}-{tokenize(v)}", self.client)
+                if f._state.status == "pending" and f._state.run is None:
+                    f._state.name = name
+                    f._state._settle("finished")
+                else:  # the same value is held already
+                    held.release(self.client.store, [name])
+                futures.append(f)
+        return futures
+
     def _run(self, run: JobRun, dsk: Any, kwargs: dict) -> None:
         def started(job: Job) -> None:
             run.job = job
