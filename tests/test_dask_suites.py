@@ -1,13 +1,16 @@
 """Dask's own test suites, every compute routed to wukong, next to the same run on Dask's sync scheduler.
 
-Each selection runs twice in a subprocess with the ``dask_suites`` plugin
-(``tests/dask_suites.py``): ``--route=wukong`` and ``--route=sync``.  A test
-that fails only on wukong must be listed in ``EXPLAINED`` with its cause; a
-listed test that passes again is reported too (the list must stay true).  The
-run counts the graphs that really went to wukong.
+The selection runs in a subprocess with the ``dask_suites`` plugin
+(``tests/dask_suites.py``) with ``--route=wukong``, and -- for ``make
+dask-suites`` -- again with ``--route=sync``; in CI the sync run's failures are
+the recorded ``SYNC_ALSO_FAILS`` (the full run checks that list).  A test that
+fails only on wukong must be listed in ``EXPLAINED`` with its cause; a listed
+test that passes again fails this test too (the list must stay true).  The run
+counts the graphs that really went to wukong.
 
-Slow: ``make test-slow`` runs ``CI_SELECTION`` (about ten minutes for both
-runs on two cores); ``make dask-suites`` runs ``FULL_SELECTION``.
+Marked slow: ``make test`` runs it as its own step with ``CI_SELECTION`` (about
+eight minutes on two busy cores); ``make dask-suites`` runs ``FULL_SELECTION`` on
+both routes (hours on two cores).
 """
 
 from __future__ import annotations
@@ -64,12 +67,33 @@ EXPLAINED: dict[str, str] = {
     "dask.bag.tests.test_bag::test_bag_with_single_callable": IDENTITY,
     "dask.bag.tests.test_bag::test_repartition_partition_size_complex_dtypes": IDENTITY
     + " (the list comparison short-circuits on identical arrays on sync and compares them elementwise here)",
-    "dask.bag.tests.test_bag::test_bag_groupby_dataclass[processes-disk-none_field]": DISK_SHUFFLE,
+    **{
+        f"dask.bag.tests.test_bag::{name}": DISK_SHUFFLE
+        for name in (
+            "test_bag_groupby_none[synchronous-disk]",
+            "test_bag_groupby_none[processes-disk]",
+            "test_bag_groupby_dataclass[synchronous-disk-none_field]",
+            "test_bag_groupby_dataclass[synchronous-disk-no_none_fields]",
+            "test_bag_groupby_dataclass[processes-disk-none_field]",
+            "test_bag_groupby_dataclass[processes-disk-no_none_fields]",
+        )
+    },
     "dask.bag.tests.test_bag::test_take_npartitions_warn": WARNINGS,
     "dask.bag.tests.test_text::test_files_per_partition": WARNINGS,
     "dask.bag.tests.test_bag::test_to_delayed_optimize_graph": CLIENT_SIDE_EFFECT,
     "dask.bag.tests.test_bag::test_reductions_are_lazy": UNPICKLABLE,
 }
+
+
+# Tests of the selections that fail on Dask's sync scheduler too, under the same routing and
+# task-based shuffles (dask 2026.8.0; ``make dask-suites`` runs both routes and checks this list).
+SYNC_ALSO_FAILS = {
+    "dask.bag.tests.test_bag::test_groupby_with_indexer",
+    "dask.bag.tests.test_bag::test_groupby_with_npartitions_changed",
+    "dask.bag.tests.test_bag::test_msgpack_unicode",
+    "dask.bag.tests.test_bag::test_temporary_directory",
+}
+FULL = os.environ.get("WUKONG_DASK_SUITES") == "full"
 
 
 def run_route(route: str, tmp_path) -> dict[str, list]:
@@ -86,19 +110,25 @@ def run_route(route: str, tmp_path) -> dict[str, list]:
 @pytest.mark.slow
 @pytest.mark.timeout(7200)
 def test_dasks_suites_pass_on_wukong_as_on_sync(tmp_path):
+    """CI: the wukong run against the recorded sync failures; ``make dask-suites``: both runs."""
     out = os.environ.get("WUKONG_DASK_SUITES_OUT")  # keep the per-test reports there
     where = tmp_path if out is None else pathlib.Path(out)
     wukong = run_route("wukong", where)
-    sync = run_route("sync", where)
-    assert set(wukong) == set(sync)
-    passed = {r: sum(v[0] == "passed" for v in res.values()) for r, res in (("wukong", wukong), ("sync", sync))}
+    sync = run_route("sync", where) if FULL else None
+    passed = sum(v[0] == "passed" for v in wukong.values())
     routed = sum(1 for v in wukong.values() if v[0] == "passed" and v[1] > 0)
     graphs = sum(v[1] for v in wukong.values())
-    print(f"passed: wukong {passed['wukong']}, sync {passed['sync']} of {len(wukong)}; "
-          f"{routed} passing tests ran {graphs} graphs on wukong")  # fmt: skip
-    only_wukong = sorted(k for k, v in wukong.items() if v[0] == "failed" and sync[k][0] == "passed")
+    print(f"wukong: {passed} passed of {len(wukong)}; {routed} passing tests ran {graphs} graphs on wukong")
+    if sync is not None:
+        assert set(wukong) == set(sync)
+        sync_fails = {k for k, v in sync.items() if v[0] == "failed"}
+        print(f"sync: {sum(v[0] == 'passed' for v in sync.values())} passed of {len(sync)}")
+        assert sync_fails == {k for k in SYNC_ALSO_FAILS if k in sync}, "SYNC_ALSO_FAILS is out of date"
+    else:
+        sync_fails = SYNC_ALSO_FAILS
+    only_wukong = sorted(k for k, v in wukong.items() if v[0] == "failed" and k not in sync_fails)
     unexplained = [k for k in only_wukong if k not in EXPLAINED]
     stale = [k for k in EXPLAINED if k in wukong and wukong[k][0] == "passed"]
     assert unexplained == [], f"fail only on wukong, unexplained: {unexplained}"
     assert stale == [], f"listed in EXPLAINED but pass now: {stale}"
-    assert routed > 0.5 * passed["wukong"]  # most tests really ran graphs on wukong
+    assert routed > 0.5 * passed  # most tests really ran graphs on wukong
