@@ -41,8 +41,8 @@ bytes stored and fetched and fan-in round trips since the last report: the
 client's Dask callbacks, profiler and job record are built from them.
 
 A job run for the client's futures (option ``hold``) keeps its requested
-results in the KVS (``Keys.held``) instead of sending them, and tasks that read
-such a result earlier held load it here (``wukong.store.held``).
+results in the KVS (``Keys.held``) instead of sending them; a task standing for
+a result held earlier loads it here (``wukong.store.held.load``).
 """
 
 from __future__ import annotations
@@ -234,9 +234,9 @@ class _Run:
         self.nreported = self.ndone
         self.last_report = time.monotonic()
         timings, self.timings = protocol.pack_timings(self.timings), []
-        stats, self.stats = self.stats, [0, 0, 0]
+        (stored, fetched, fanins), self.stats = self.stats, [0, 0, 0]
         exit_id = self.inv.id if exited else ""
-        protocol.emit_counts(batch, self.keys, n, invoked, exit_id, timings, self.ex.worker, tuple(stats))  # type: ignore[arg-type]
+        protocol.emit_counts(batch, self.keys, n, invoked, exit_id, timings, self.ex.worker, (stored, fetched, fanins))
 
     # -- start, loop, exit ---------------------------------------------------
     def start(self) -> None:
