@@ -142,7 +142,6 @@ class Executor:
         self.heartbeat = Heartbeat(store, lease_ms)
         # who ran a task, for the client's profiler: the Lambda sandbox, or host and process
         self.worker = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME") or f"{socket.gethostname()}:{os.getpid()}"
-        held.use(store)  # tasks that read a held result (a future's) load it with this store
 
     # -- job state cached in a warm process ---------------------------------
     def schedules(self, job: str) -> dict[int, Schedule]:
@@ -167,6 +166,7 @@ class Executor:
         exit (the local worker acknowledges its queue entry there).
         """
         run = _Run(self, inv)
+        held.use(self.store)  # a task standing for a held result (a future's) reads it with our store
         try:
             run.start()
             self.heartbeat.hold(run.keys.lease(inv.id), run.token)

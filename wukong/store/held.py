@@ -12,19 +12,21 @@ client deletes a held value when the last future referring to it is dropped
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
 from wukong import serialization
 from wukong.store import shm
 from wukong.store.store import Store
 
-_store: Store | None = None  # this process's executor's store
+# The store of the invocation this thread runs: a warm process (a Lambda sandbox, a
+# lambda-local worker) may run executors of several clusters, one after the other.
+_current = threading.local()
 
 
 def use(store: Store) -> None:
-    """Tasks in this process load held values with ``store`` (the executor's)."""
-    global _store
-    _store = store
+    """Tasks run by this thread from now on load held values with ``store`` (their executor's)."""
+    _current.store = store
 
 
 def fetch(store: Store, names: list[str]) -> list[bytes | memoryview | None]:
@@ -37,9 +39,10 @@ def fetch(store: Store, names: list[str]) -> list[bytes | memoryview | None]:
 
 def load(name: str) -> Any:
     """The task that stands for a future in a graph: the value held at ``name``."""
-    if _store is None:
-        raise RuntimeError(f"no wukong store in this process to read the held value {name!r}")
-    (value,) = fetch(_store, [name])
+    store = getattr(_current, "store", None)
+    if store is None:
+        raise RuntimeError(f"no wukong executor in this thread to read the held value {name!r}")
+    (value,) = fetch(store, [name])
     if value is None:
         raise LookupError(f"the held value {name!r} is gone (released, or its TTL expired)")
     return serialization.loads(value)
