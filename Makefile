@@ -15,6 +15,7 @@ test: setup ## set up, then run the test suite, the built Lambda zip under Pytho
 	$(PY) -m pytest -q
 	$(PY) executor/build.py --arch x86_64 --out dist
 	WUKONG_LAMBDA_ZIP=dist/wukong-executor-x86_64.zip $(PY) -m pytest -q -m slow tests/test_lambda_zip.py
+	$(PY) -m pytest -q -s -m slow tests/test_dask_suites.py
 	cargo test --quiet
 	cargo clippy --quiet --all-targets -- -D warnings
 	$(MAKE) --no-print-directory lint
@@ -31,6 +32,9 @@ lint: ## ruff (lint + format check), mypy, and cfn-lint on the CloudFormation te
 	ruff format --check wukong tests bench
 	mypy
 	cfn-lint executor/*.yaml
+
+dask-suites: setup ## Dask's own suites (array, bag, delayed) through wukong vs Dask's sync scheduler, the full selection
+	WUKONG_DASK_SUITES=full $(PY) -m pytest -q -s -m slow tests/test_dask_suites.py
 
 bench: setup ## the benchmark harness, small sizes (see bench/README.md)
 	$(PY) -m bench --size small

@@ -17,12 +17,20 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from wukong.client import Client
     from wukong.cluster import LocalCluster
+    from wukong.diagnostics import JobRecord
     from wukong.errors import JobCancelled, JobFailed, TaskError, WukongError
+    from wukong.futures import Future, as_completed, wait
     from wukong.graph import GraphError
+    from wukong.report import performance_report
     from wukong.store import StorageError
 
 _WHERE = {
     "Client": "wukong.client",
+    "Future": "wukong.futures",
+    "JobRecord": "wukong.diagnostics",
+    "as_completed": "wukong.futures",
+    "performance_report": "wukong.report",
+    "wait": "wukong.futures",
     "GraphError": "wukong.graph",
     "JobCancelled": "wukong.errors",
     "JobFailed": "wukong.errors",
@@ -33,6 +41,11 @@ _WHERE = {
 }
 __all__ = [
     "Client",
+    "Future",
+    "JobRecord",
+    "as_completed",
+    "performance_report",
+    "wait",
     "GraphError",
     "JobCancelled",
     "JobFailed",

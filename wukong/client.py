@@ -16,6 +16,12 @@ One call is one job:
 5. when every executor has exited, every key of the job is deleted and the
    results are returned in the nesting of ``keys`` (or the first task error
    is raised as its original type, carrying the remote traceback).
+
+Around that loop (issue 14): Dask's callbacks fire from the timings in the
+count events and each job leaves a ``JobRecord`` in ``client.jobs``
+(``wukong.diagnostics``); futures, ``compute``/``submit``/``map``/``persist``
+run jobs that hold their results in the KVS (``wukong.futures``); the client
+can be Dask's default scheduler (``set_as_default``).
 """
 
 from __future__ import annotations
@@ -23,18 +29,24 @@ from __future__ import annotations
 import json
 import secrets
 import sys
+import threading
 import time
 import warnings
 import weakref
+from collections import deque
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import dask
 import redis
 
+from wukong import config as wukong_config
 from wukong import protocol, serialization, versions
 from wukong.backends.base import Backend, launch
 from wukong.cost import cost_summary
+from wukong.diagnostics import DaskCallbacks, JobRecord, TaskRun, active_callbacks, note
 from wukong.errors import JobCancelled, JobFailed, task_error
+from wukong.futures import Future, Futures, as_completed, submit_graph, task_key, wait
 from wukong.graph import acquire_dask_defaults, dask_defaults, flatten_keys, prepare, release_dask_defaults
 from wukong.progress import ProgressBar
 from wukong.protocol import Invocation, Keys, decode_invocation
@@ -51,9 +63,19 @@ class Client:
 
     Parameters
     ----------
-    cluster : LocalCluster
-    progress : bool
-        Show a progress bar on jobs that take longer than about a second.
+    cluster : LocalCluster, optional
+        Without one, the client starts a ``LocalCluster`` (configured by
+        ``dask.config``'s ``wukong`` namespace) and closes it on ``close()``.
+    progress : bool, optional
+        Show a progress bar on jobs that take longer than about a second
+        (default: ``wukong.progress``).
+    set_as_default : bool
+        Make this client Dask's scheduler (``dask.config.set(scheduler=client)``):
+        a bare ``.compute()``, ``dask.compute``, ``dask.persist`` and the
+        computes Dask runs while building graphs run on wukong until
+        ``close()``; shuffles are task-based meanwhile (``dataframe.shuffle.method``,
+        as with distributed).  ``scheduler=client`` and ``scheduler=client.get``
+        work either way.
 
     While a client is open, Dask builds shuffles (``bag.groupby``,
     ``df.shuffle``, ``merge``) task-based, as with a distributed client:
@@ -61,15 +83,35 @@ class Client:
     (``wukong.graph.DASK_DEFAULTS``).  Dask's disk shuffle keeps its data in
     one process's temporary directory, which executors do not share; a graph
     built with it fails with ``GraphError``.
+
+    Examples
+    --------
+    >>> with Client(set_as_default=True) as client:   # doctest: +SKIP
+    ...     x.sum().compute()                          # on wukong
+    ...     f = client.submit(inc, 1)
+    ...     y = client.persist(x)                      # chunks stay in the KV store
     """
 
-    def __init__(self, cluster: Any, *, progress: bool = True):
+    def __init__(self, cluster: Any = None, *, progress: bool | None = None, set_as_default: bool = False):
+        self.owns_cluster = cluster is None
+        if cluster is None:
+            from wukong.cluster import LocalCluster
+
+            cluster = LocalCluster()
         self.cluster = cluster
-        self.progress = progress
+        self.progress = wukong_config.get("progress", True) if progress is None else progress
         self.last_job: dict[str, Any] = {}
         self.active: set[Job] = set()
         acquire_dask_defaults()
         self._release = weakref.finalize(self, release_dask_defaults)
+        self.jobs: deque[JobRecord] = deque(maxlen=wukong_config.get("jobs-kept", 20))
+        self.futures = Futures(self)
+        self._as_default: Any = None
+        if set_as_default:
+            import dask
+
+            # tasks-based shuffles, as with distributed: a disk shuffle needs one shared process
+            self._as_default = dask.config.set({"scheduler": self, "dataframe.shuffle.method": "tasks"})
 
     @property
     def store(self) -> Store:
@@ -83,52 +125,169 @@ class Client:
         """Compute ``keys`` of ``dsk``; the ``scheduler=`` entry point for Dask.
 
         Accepts what Dask hands a scheduler (an expression, a HighLevelGraph
-        or a dict, legacy tuple tasks included).
+        or a dict, legacy tuple tasks included, futures of this client too).
 
         Options: ``progress``; ``retries`` (re-run a failing task up to this
         many times; default: the cluster's); ``timeout`` (seconds for the
-        whole job); ``task_timeout`` (seconds for any one task).
+        whole job); ``task_timeout`` (seconds for any one task);
+        ``callbacks`` (Dask callbacks for this job, besides the active ones).
         """
+        callbacks = active_callbacks(kwargs.pop("callbacks", None))
+        results = self.run_job(dsk, flatten_keys(keys), callbacks=callbacks, **kwargs)
+        return _nested(keys, results)
+
+    __call__ = get  # ``scheduler=client``: Dask calls a callable scheduler as its ``get``
+
+    def run_job(
+        self,
+        dsk: Any,
+        outputs: list[Hashable],
+        *,
+        hold: bool = False,
+        callbacks: list[tuple] | None = None,
+        on_start: Callable[[Job], None] | None = None,
+        on_held: Callable[[Hashable, str], None] | None = None,
+        **kwargs: Any,
+    ) -> dict:
+        """Run one job; its results by key (``hold``: results stay in the KVS,
+        ``on_held(key, name)`` says where, as each is stored)."""
         progress = kwargs.pop("progress", self.progress)
         options = {
             "retries": int(kwargs.pop("retries", self.cluster.retries)),
             "task_timeout": kwargs.pop("task_timeout", None),
         }
+        if hold:
+            options["hold"] = True
         timeout = kwargs.pop("timeout", None)
         kwargs.pop("num_workers", None)
         versions.check_backend(self.backend)  # before any task runs: a mismatch fails here
         t0 = time.perf_counter()
+        record = JobRecord("", time.time())
+        dsk = self.futures.substitute(dsk)
         with dask.config.set(dask_defaults()):  # an expression is lowered here
-            order, graph = prepare(dsk, keys)
+            order, graph = prepare(dsk, outputs)
         if not order:  # nothing to run (``get({}, [])``): what Dask's own schedulers return
-            return _nested(keys, {})
-        job_plan = plan(order, graph, flatten_keys(keys))
+            return {}
+        job_plan = plan(order, graph, outputs)
         t1 = time.perf_counter()
-        job = Job(self, job_plan, progress, options, timeout)
+        dask_cbs = DaskCallbacks(callbacks, graph, outputs, order) if callbacks else None
+        if dask_cbs is not None and dask_cbs.shows_progress:
+            progress = False  # Dask's own bar is drawing
+        job = Job(self, job_plan, progress, options, timeout, order, record, dask_cbs, on_held)
+        record.job, record.ntasks, record.nschedules = job.keys.job, len(order), job_plan.nschedules
+        record.noutputs, record.plan_s = len(outputs), t1 - t0
+        self.jobs.append(record)
+        note(record)  # open performance_report blocks
+        if on_start is not None:
+            on_start(job)
         self.active.add(job)
         try:
             results = job.run()
+        except BaseException as exc:
+            record.status = "cancelled" if isinstance(exc, JobCancelled) else "error"
+            record.error = f"{type(exc).__name__}: {exc}"
+            raise
         finally:
             self.active.discard(job)
-        t2 = time.perf_counter()
-        self.last_job = {"tasks": len(order), "schedules": job_plan.nschedules, "plan_s": t1 - t0, "run_s": t2 - t1}
+            record.run_s = time.perf_counter() - t1
+            record.invocations = len(set(job.starts) | job.exited | set(job.live))
+            if dask_cbs is not None:
+                dask_cbs.finish(record.status != "running")
+        record.status = "finished"
+        self.last_job = {"tasks": len(order), "schedules": job_plan.nschedules}
+        self.last_job.update(plan_s=t1 - t0, run_s=record.run_s)
         cost = self.backend.job_cost(job.durations)
         if cost is not None:
-            self.last_job["cost"] = cost
+            self.last_job["cost"] = record.cost = cost
             if progress:
                 print(cost_summary(cost), file=sys.stderr)
-        return _nested(keys, results)
+        return results
 
-    def cancel(self) -> None:
-        """Stop the running jobs (from another thread): their executors stop
-        before their next task, their keys are deleted, and ``get`` raises
-        ``JobCancelled``."""
+    # -- futures (wukong.futures), with distributed's names -----------------------
+    def compute(self, collections: Any, *, sync: bool = False, optimize_graph: bool = True, **kwargs: Any) -> Any:
+        """Start computing; a ``Future`` per collection (a list for a list), at once
+        (``sync=True``: their values, once done)."""
+        import dask
+
+        many = isinstance(collections, list | tuple)
+        colls = list(collections) if many else [collections]
+        futures = dask.compute(*colls, scheduler=self.futures.get, optimize_graph=optimize_graph, **kwargs)
+        out = list(futures) if many else futures[0]
+        return self.gather(out) if sync else out
+
+    def scatter(self, data: Any) -> Any:
+        """Put local data in the KV store: a ``Future`` for a value, a list or dict of them for a list or dict."""
+        if isinstance(data, dict):
+            return dict(zip(data, self.futures.scatter(list(data.values())), strict=True))
+        if isinstance(data, list | tuple):
+            return type(data)(self.futures.scatter(list(data)))
+        return self.futures.scatter([data])[0]
+
+    def persist(self, collections: Any, *, optimize_graph: bool = True, **kwargs: Any) -> Any:
+        """The same collection(s), with chunks held in the KV store (futures) instead of a graph to run."""
+        import dask
+
+        many = isinstance(collections, list | tuple)
+        colls = list(collections) if many else [collections]
+        out = dask.persist(*colls, scheduler=self.futures.get, optimize_graph=optimize_graph, **kwargs)
+        return list(out) if many else out[0]
+
+    def submit(self, fn: Callable, *args: Any, key: Hashable | None = None, pure: bool = True, **kwargs: Any) -> Future:
+        """Run ``fn(*args, **kwargs)`` on the cluster; futures among the arguments are read where stored."""
+        key = key or task_key(fn, args, kwargs, pure)
+        return self.futures.launch(submit_graph(fn, args, kwargs, key), [key])[0]
+
+    def map(self, fn: Callable, *iterables: Any, key: Any = None, pure: bool = True, **kwargs: Any) -> list[Future]:
+        """``submit`` for each element of ``iterables`` (zipped); one job for all."""
+        argsets = list(zip(*iterables, strict=False))
+        keys = list(key) if isinstance(key, list | tuple) else [task_key(fn, a, kwargs, pure) for a in argsets]
+        if isinstance(key, str):
+            keys = [f"{key}-{i}" for i in range(len(argsets))]
+        graph: dict = {}
+        for k, a in zip(keys, argsets, strict=True):
+            graph.update(submit_graph(fn, a, kwargs, k))
+        return self.futures.launch(graph, keys)
+
+    def gather(self, futures: Any, errors: str = "raise") -> Any:
+        """The values of (nested lists/dicts of) futures; the held values are read in one round trip per server.
+
+        ``errors="skip"`` leaves out failed futures (from lists) instead of raising.
+        """
+        flat = _futures_in(futures)
+        wait(flat)
+        ok = [f for f in flat if f.status == "finished"]
+        if errors == "raise" and len(ok) < len(flat):
+            bad = next(f for f in flat if f.status != "finished")
+            bad.result()
+        values = dict(zip([id(f) for f in ok], self.futures.fetch(ok), strict=True))
+        return _pack(futures, values)
+
+    def cancel(self, futures: Any = None) -> None:
+        """Cancel ``futures`` (their jobs stop when no future waits on them).
+
+        Without arguments: stop the running ``get`` jobs (from another thread):
+        their executors stop before their next task, their keys are deleted,
+        and ``get`` raises ``JobCancelled``."""
+        if futures is not None:
+            self.futures.cancel([f.key for f in _futures_in(futures)])
+            return
         for job in list(self.active):
             job.cancel(by_user=True)
 
+    wait = staticmethod(wait)
+    as_completed = staticmethod(as_completed)
+
     def close(self) -> None:
-        """Give back Dask's defaults (``DASK_DEFAULTS``); the cluster is closed separately."""
-        self._release()
+        """Cancel running futures, delete every held result, stop being the
+        default scheduler, give back Dask's defaults (``DASK_DEFAULTS``), and close
+        the cluster if this client started it."""
+        self.futures.close()
+        if self._as_default is not None:
+            self._as_default.__exit__(None, None, None)
+            self._as_default = None
+        self._release()  # Dask's defaults (DASK_DEFAULTS) back
+        if self.owns_cluster:
+            self.cluster.close()
 
     def __enter__(self) -> Client:
         return self
@@ -158,10 +317,42 @@ def _nested(keys: Any, results: dict) -> Any:
     return results[keys]
 
 
+def _futures_in(x: Any) -> list[Future]:
+    if isinstance(x, Future):
+        return [x]
+    if isinstance(x, dict):
+        x = list(x.values())
+    if isinstance(x, list | tuple | set):
+        return [f for item in x for f in _futures_in(item)]
+    return []
+
+
+def _pack(x: Any, values: dict[int, Any]) -> Any:
+    """``x`` with each future replaced by its value (failed ones left out)."""
+    if isinstance(x, Future):
+        return values[id(x)]
+    if isinstance(x, dict):
+        return {k: _pack(v, values) for k, v in x.items() if not isinstance(v, Future) or id(v) in values}
+    if isinstance(x, list | tuple | set):
+        return type(x)(_pack(v, values) for v in x if not isinstance(v, Future) or id(v) in values)
+    return x
+
+
 class Job:
     """One run of a plan on the cluster (see the module docstring)."""
 
-    def __init__(self, client: Client, job_plan: Plan, progress: bool, options: dict, timeout: float | None):
+    def __init__(
+        self,
+        client: Client,
+        job_plan: Plan,
+        progress: bool,
+        options: dict,
+        timeout: float | None,
+        order: list[Hashable] | None = None,
+        record: JobRecord | None = None,
+        callbacks: DaskCallbacks | None = None,
+        on_held: Callable[[Hashable, str], None] | None = None,
+    ):
         self.client = client
         self.cluster = client.cluster
         self.backend = client.backend
@@ -189,6 +380,12 @@ class Job:
             # of them, with no lease, for two checks is lost
             self.lost_after = 2 * self.watch_every
         self.next_watch = time.monotonic() + self.watch_every
+        self.order = order  # task id -> key
+        self.record = record if record is not None else JobRecord(self.keys.job, time.time())
+        self.callbacks = callbacks
+        self.on_held = on_held
+        self.cleanup_lock = threading.Lock()
+        self.cleaned = False
 
     @property
     def outstanding(self) -> int:
@@ -271,6 +468,8 @@ class Job:
             if ev.exited:
                 self.exited.add(ev.exited)
                 self.live.pop(ev.exited, None)
+            if ev.worker:
+                self.ran(ev)
         elif ev.kind == "d":  # an executor's duration and memory (lambda backend), for cost
             self.durations.append((ev.ms, ev.memory_mb))
         elif ev.kind == "r":
@@ -280,6 +479,11 @@ class Job:
                 warnings.warn_explicit(message, category, filename, lineno)
         elif ev.kind == "R":  # a result too long for the stream, stored in the KVS
             self.read_stored_result(ev.tid)
+        elif ev.kind == "h":  # a result held in the KVS for a future
+            key = self.plan.outputs[ev.tid]
+            self.results[key] = None
+            if self.on_held is not None:
+                self.on_held(key, self.keys.held(ev.tid))
         elif ev.kind == "e" and self.error is None:
             key, what, exc, tb = protocol.decode_error(ev.value)
             if key is None:
@@ -301,6 +505,20 @@ class Job:
         before = max(attempts.values(), default=0)
         attempts[token] = attempts.get(token, 0) + n
         self.done += max(attempts.values()) - before
+
+    def ran(self, ev: protocol.Event) -> None:
+        """An executor's report of the tasks it ran: into the job record and Dask's callbacks."""
+        r = self.record
+        r.bytes_stored += ev.stats[0]
+        r.bytes_fetched += ev.stats[1]
+        r.fanin_round_trips += ev.stats[2]
+        if self.order is None:
+            return
+        for tid, start, end in ev.timings:
+            key = self.order[tid]
+            r.tasks.append(TaskRun(key, start, end, ev.worker))
+            if self.callbacks is not None:
+                self.callbacks.ran(key, start, end, ev.worker)
 
     def fail(self, error: BaseException) -> None:
         if self.error is None:
@@ -363,12 +581,15 @@ class Job:
         self.results[self.plan.outputs[tid]] = serialization.loads(value)
 
     def cancel(self, by_user: bool = False) -> None:
-        if by_user and self.error is None:
-            self.error = JobCancelled(f"job {self.keys.job} was cancelled")
-        try:
-            self.store.mds.set(self.keys.cancel, 1, ex=self.store.ttl)
-        except Exception:
-            pass
+        with self.cleanup_lock:  # from another thread (a future cancelled) as the job ends: no key after cleanup
+            if self.cleaned:
+                return
+            if by_user and self.error is None:
+                self.error = JobCancelled(f"job {self.keys.job} was cancelled")
+            try:
+                self.store.mds.set(self.keys.cancel, 1, ex=self.store.ttl)
+            except Exception:
+                pass
 
     def drain(self, timeout: float) -> None:
         """After a failure: wait, bounded, until every executor of the job has exited."""
@@ -382,6 +603,8 @@ class Job:
 
     def cleanup(self) -> None:
         p = self.plan
+        with self.cleanup_lock:
+            self.cleaned = True
         try:
             ids = set(self.starts) | self.exited | set(self.live)
             self.store.delete_job(self.keys, p.ntasks, p.nschedules, p.fanins, ids)

@@ -15,17 +15,21 @@ import weakref
 from collections.abc import Sequence
 from typing import Any
 
+from wukong import config as wukong_config
 from wukong.backends.base import Backend
 from wukong.faults import parse_faults
 from wukong.process import stop
 from wukong.recovery import LEASE_MS, MAX_ATTEMPTS
-from wukong.store import DEFAULT_TTL, Endpoint, Store, shm
+from wukong.store import Endpoint, Store, shm
 from wukong.store.credentials import read_secret
 from wukong.store.server import RedisServer
 
 
 class LocalCluster:
     """A wukong cluster on this machine.
+
+    Arguments left out take their values from ``dask.config``'s ``wukong``
+    namespace (``wukong/wukong.yaml``, ``DASK_WUKONG__...``; see ``wukong.config``).
 
     Parameters
     ----------
@@ -137,15 +141,15 @@ class LocalCluster:
         proxy_secret_arn: str | None = None,
         mds_endpoint: Any = None,
         kvs_endpoints: Sequence[Any] | None = None,
-        kvs_shards: int = 1,
-        inline_limit: int = 64 * 1024,
-        cluster_threshold: int = 64 * 1024 * 1024,
-        ttl: int = DEFAULT_TTL,
+        kvs_shards: int | None = None,
+        inline_limit: int | None = None,
+        cluster_threshold: int | None = None,
+        ttl: int | None = None,
         startup_timeout: float = 10.0,
         connect_timeout: float = 5.0,
         socket_timeout: float | None = None,
-        backend: str = "local",
-        function_name: str = "wukong-executor",
+        backend: str | None = None,
+        function_name: str | None = None,
         region: str | None = None,
         endpoint_url: str | None = None,
         num_lambda_invokers: int = 16,
@@ -153,7 +157,7 @@ class LocalCluster:
         invoke_attempts: int = 8,
         memory_mb: int = 3008,
         architecture: str = "x86_64",
-        retries: int = 0,
+        retries: int | None = None,
         lease_ms: int = LEASE_MS,
         max_attempts: int = MAX_ATTEMPTS,
         faults: dict | str | None = None,
@@ -162,9 +166,19 @@ class LocalCluster:
         proxy_address: str | None = None,
         proxy_port: int | None = None,
         use_local_proxy: bool = False,
-        max_task_fanout: int = 64,
+        max_task_fanout: int | None = None,
         worker_start_timeout: float = 60.0,
     ):
+        # arguments not given come from dask.config's ``wukong`` namespace (wukong.config)
+        given = dict(
+            backend=backend, n_workers=n_workers, redis_endpoints=redis_endpoints, kvs_shards=kvs_shards,
+            inline_limit=inline_limit, cluster_threshold=cluster_threshold, ttl=ttl, retries=retries,
+            function_name=function_name, region=region, max_task_fanout=max_task_fanout,
+        )  # fmt: skip
+        (
+            backend, n_workers, redis_endpoints, kvs_shards, inline_limit, cluster_threshold, ttl, retries,
+            function_name, region, max_task_fanout,
+        ) = wukong_config.cluster_defaults(**given).values()  # fmt: skip
         if backend not in ("local", "lambda"):
             raise ValueError(f"backend must be 'local' or 'lambda', got {backend!r}")
         self.n_workers = (n_workers or os.cpu_count() or 1) if backend == "local" else 0

@@ -35,7 +35,14 @@ task is not lost; for anyone else a repeat is a no-op.
 Events for the client (results, errors, tasks done, the ids of invocations
 made and of this one when it exits) go on the job's stream in the same
 pipelines as the executor's other writes; from the ids the client knows when
-every invocation of the job has ended, and which to send again if lost.
+every invocation of the job has ended, and which to send again if lost.  The
+counts carry, batched, each task's (id, start, end), this worker's id, and the
+bytes stored and fetched and fan-in round trips since the last report: the
+client's Dask callbacks, profiler and job record are built from them.
+
+A job run for the client's futures (option ``hold``) keeps its requested
+results in the KVS (``Keys.held``) instead of sending them; a task standing for
+a result held earlier loads it here (``wukong.store.held.load``).
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import socket
 import time
 import traceback
 from collections import OrderedDict
@@ -55,7 +63,7 @@ from wukong.backends.base import Invoke, launch
 from wukong.faults import CRASH_EXIT, Faults
 from wukong.protocol import OUTPUT, Dependent, Invocation, Keys, TaskRecord
 from wukong.recovery import LEASE_MS, Heartbeat
-from wukong.store import Batch, Store
+from wukong.store import Batch, Store, held
 from wukong.timeout import STUCK_EXIT, Guard, TaskTimeout, task_timeout
 
 PROGRESS_EVERY = 0.5  # seconds between progress events on long chains
@@ -133,6 +141,8 @@ class Executor:
         self.jobs: OrderedDict[str, dict[int, Schedule]] = OrderedDict()
         self.options: dict[str, dict] = {}
         self.heartbeat = Heartbeat(store, lease_ms)
+        # who ran a task, for the client's profiler: the Lambda sandbox, or host and process
+        self.worker = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME") or f"{socket.gethostname()}:{os.getpid()}"
 
     # -- job state cached in a warm process ---------------------------------
     def schedules(self, job: str) -> dict[int, Schedule]:
@@ -158,6 +168,7 @@ class Executor:
         """
         run = _Run(self, inv)
         task_warnings.collect(run.warned)
+        held.use(self.store)  # a task standing for a held result (a future's) reads it with our store
         try:
             run.start()
             self.heartbeat.hold(run.keys.lease(inv.id), run.token, run.guard(on_exit))
@@ -208,6 +219,8 @@ class _Run:
         # running it (one round trip each), so a task that kills its process is named.
         self.careful = False
         self.crash_after = ex.faults.crash_point() if ex.faults else None
+        self.timings: list[tuple[int, float, float]] = []  # (tid, start, end) since the last report
+        self.stats = [0, 0, 0]  # since the last report: bytes stored, bytes fetched, fan-in round trips
 
     # -- round trips ---------------------------------------------------------
     def send(self, batch: Batch) -> Batch:
@@ -228,7 +241,12 @@ class _Run:
         self.nreported = self.ndone
         self.last_report = time.monotonic()
         attempt = f"{self.inv.id}@{self.token}"
-        protocol.emit_counts(batch, self.keys, n, invoked, self.inv.id if exited else "", attempt)
+        timings, self.timings = protocol.pack_timings(self.timings), []
+        stats, self.stats = self.stats, [0, 0, 0]
+        exit_id = self.inv.id if exited else ""
+        protocol.emit_counts(
+            batch, self.keys, n, invoked, exit_id, attempt, timings, self.ex.worker, (stats[0], stats[1], stats[2])
+        )
 
     # -- start, loop, exit ---------------------------------------------------
     def start(self) -> None:
@@ -298,6 +316,7 @@ class _Run:
                     f"input {key!r} is missing from KV store {self.store.name_of(self.store.kvs_server(key))}"
                 )
             )
+        self.stats[1] += len(value)
         return serialization.loads(value)
 
     def cancelled(self) -> bool:
@@ -328,7 +347,9 @@ class _Run:
             if self.careful:
                 # XX: the key exists from the re-send while the job lives; never recreated after it
                 self.store.mds.set(self.keys.current(self.inv.id), pickle.dumps(self.current), xx=True, keepttl=True)
+            start = time.time()
             result = self.execute(rec, body)
+            self.timings.append((rec.tid, start, time.time()))
             self.ndone += 1
             if self.warned:
                 protocol.emit_warnings(self.pending, self.keys, rec.tid, self.warned)
@@ -389,9 +410,11 @@ class _Run:
         batch = self.store.batch()
         if shipped or stored_result:  # before the fan-in calls of the same round trip
             (batch if shipped else self.pending).kvs_set(self.keys.data(out.tid), out.blob())
+            self.stats[0] += len(out.blob())
         if stored_result:
             protocol.emit_stored_result(self.pending, self.keys, out.tid)  # sent with or after the write
         if fanins:
+            self.stats[2] += 1
             calls = [(c, self.notify(batch, out.tid, c)) for c in fanins]
             ready += self.completed(self.send(batch), calls)
             batch = self.store.batch()
@@ -407,6 +430,11 @@ class _Run:
             size_error = ValueError(f"result is {len(blob):,} bytes serialized; the limit is {limit:,}")
             self.fail(out.key, size_error, "returned a result larger than the cluster's max_result_bytes")
             raise TaskFailed()
+        if self.opts.get("hold"):  # kept for the client's futures, not sent
+            self.pending.kvs_set(self.keys.held(out.tid), blob)
+            self.stats[0] += len(blob)
+            protocol.emit_held(self.pending, self.keys, out.tid)
+            return False
         if len(blob) > self.store.part_size:
             return True
         protocol.emit_result(self.pending, self.keys, out.tid, blob)
@@ -469,8 +497,10 @@ class _Run:
         deferred, self.deferred = self.deferred, []
         batch = self.store.batch()
         calls = []
+        self.stats[2] += 1
         for tid, blob, fanins in deferred:
             batch.kvs_set(self.keys.data(tid), blob)
+            self.stats[0] += len(blob)
             calls += [(c, self.notify(batch, tid, c)) for c in fanins]
         done = self.completed(self.send(batch), calls)
         for t, value in self.fetch_fanin_inputs(done).items():

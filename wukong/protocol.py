@@ -28,9 +28,15 @@ kind    written by            fields
 ``s``   client                the stream's first entry (creates it)
 ``c``   executor, backends    ``n`` tasks done since the last report by ``a``
                               (``<invocation id>@<attempt>``), ``i`` ids of
-                              invocations made, ``x`` this one's id on exit
+                              invocations made, ``x`` this one's id on exit;
+                              from an executor also ``w`` its worker id, ``t``
+                              the (task id, start, end) of each task it ran
+                              since (``pack_timings``), ``st``/``ft`` bytes it
+                              stored/fetched and ``fi`` its fan-in round trips
 ``w``   executor              ``t`` task id, ``v`` = ``encode_warnings`` of the
                               warnings it issued
+``h``   executor              ``t`` task id: its result is held in the KVS at
+                              ``Keys.held`` for the client's futures (not sent)
 ``d``   Lambda handler        ``ms`` duration and ``mem`` MB of one executor (cost)
 ``r``   executor              ``t`` task id, ``v`` its serialized result
 ``R``   executor              ``t`` task id; the result is in the KVS (too long)
@@ -44,7 +50,7 @@ from __future__ import annotations
 
 import pickle
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 # -- key names -------------------------------------------------------------------------
@@ -94,6 +100,12 @@ class Keys:
 
     def data(self, tid: int) -> str:
         return f"{self.data_prefix}{tid}"
+
+    def held(self, tid: int) -> str:
+        """A result kept after the job for the client's futures (``persist``,
+        ``compute``, ``submit``); released by the client, TTL'd as a safety net.
+        Not under the job's data prefix: the job's cleanup leaves it alone."""
+        return f"wk:h{self.job}:{tid}"
 
     def data_part(self, tid: int, i: int) -> str:
         return f"{self.data_prefix}{tid}:p{i}"
@@ -209,14 +221,28 @@ def emit_start(batch: _Commands, keys: Keys, ttl: int) -> None:
 
 
 def emit_counts(
-    batch: _Commands, keys: Keys, done: int, invoked: Any = (), exited: str = "", attempt: str = ""
+    batch: _Commands,
+    keys: Keys,
+    done: int,
+    invoked: Any = (),
+    exited: str = "",
+    attempt: str = "",
+    timings: bytes = b"",
+    worker: str = "",
+    stats: tuple[int, int, int] = (0, 0, 0),
 ) -> None:
     """``done`` tasks finished by ``attempt``; invocations made (their ids); an invocation's exit.
 
     ``attempt`` (``<invocation id>@<token>``) lets the client count a re-run
     invocation's tasks once: it keeps, per invocation, its busiest attempt.
+    An executor adds its worker id, the packed timings of the tasks it ran
+    since its last report (``pack_timings``) and, in ``stats``, the bytes it
+    stored and fetched and its fan-in round trips since then.
     """
-    _xadd(batch, keys, {"k": "c", "n": done, "i": ",".join(invoked), "x": exited, "a": attempt})
+    fields: dict[str, Any] = {"k": "c", "n": done, "i": ",".join(invoked), "x": exited, "a": attempt}
+    if timings or any(stats):
+        fields.update(w=worker, t=timings, st=stats[0], ft=stats[1], fi=stats[2])
+    _xadd(batch, keys, fields)
 
 
 def emit_warnings(batch: _Commands, keys: Keys, tid: int, caught: list) -> None:
@@ -248,6 +274,22 @@ def decode_warnings(payload: bytes) -> list[tuple[str, type[Warning], str, int]]
             category = UserWarning
         out.append((message, category, filename, lineno))
     return out
+
+
+_TIMING = struct.Struct("<qdd")  # task id, start, end (seconds since the epoch)
+
+
+def pack_timings(timings: list[tuple[int, float, float]]) -> bytes:
+    return b"".join(_TIMING.pack(*t) for t in timings)
+
+
+def unpack_timings(blob: bytes) -> list[tuple[int, float, float]]:
+    return list(_TIMING.iter_unpack(blob))
+
+
+def emit_held(batch: _Commands, keys: Keys, tid: int) -> None:
+    """The result of ``tid`` is held at ``keys.held(tid)`` (the write goes first in the same batch)."""
+    _xadd(batch, keys, {"k": "h", "t": tid})
 
 
 def emit_duration(batch: _Commands, keys: Keys, ms: float, memory_mb: int) -> None:
@@ -330,6 +372,9 @@ class Event:
     value: bytes = b""
     ms: float = 0.0
     memory_mb: int = 0
+    worker: str = ""
+    timings: list[tuple[int, float, float]] = field(default_factory=list)
+    stats: tuple[int, int, int] = (0, 0, 0)  # bytes stored, bytes fetched, fan-in round trips
 
 
 def parse_event(f: dict[bytes, bytes]) -> Event:
@@ -337,12 +382,17 @@ def parse_event(f: dict[bytes, bytes]) -> Event:
     if kind == "c":
         invoked = tuple(f[b"i"].decode().split(",")) if f[b"i"] else ()
         attempt = f[b"a"].decode() if b"a" in f else ""
-        return Event(kind, done=int(f[b"n"]), invoked=invoked, exited=f[b"x"].decode(), attempt=attempt)
+        ev = Event(kind, done=int(f[b"n"]), invoked=invoked, exited=f[b"x"].decode(), attempt=attempt)
+        if b"w" in f:
+            ev.worker = f[b"w"].decode()
+            ev.timings = unpack_timings(f[b"t"])
+            ev.stats = (int(f[b"st"]), int(f[b"ft"]), int(f[b"fi"]))
+        return ev
     if kind == "r":
         return Event(kind, tid=int(f[b"t"]), value=f[b"v"])
     if kind == "w":
         return Event(kind, tid=int(f[b"t"]), value=f[b"v"])
-    if kind == "R":
+    if kind in ("R", "h"):
         return Event(kind, tid=int(f[b"t"]))
     if kind == "e":
         return Event(kind, value=f[b"v"])

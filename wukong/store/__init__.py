@@ -8,6 +8,7 @@ module             what
 ``batch``          ``Batch``: one pipeline per server per step
 ``parts``          values over Redis's 512 MB string limit, split and joined
 ``shm``            large values between local processes through ``/dev/shm``
+``held``           results kept after their job for the client's futures
 ``scripts``        the Lua registry (``lua/*.lua``), EVALSHA, reload on NOSCRIPT
 ``server``         an embedded, private ``redis-server`` child process
 =================  ==========================================================

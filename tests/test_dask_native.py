@@ -1,0 +1,204 @@
+"""Dask's callbacks and diagnostics on the client, the default-scheduler switch, dask.config."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+
+import dask
+import dask.array as da
+import psutil
+import pytest
+from conftest import job_keys
+from dask.callbacks import Callback
+from dask.diagnostics import Profiler, ProgressBar, ResourceProfiler
+
+from wukong import Client, LocalCluster
+from wukong.diagnostics import JobRecord
+
+
+@pytest.fixture
+def client(cluster):
+    c = Client(cluster, progress=False)
+    yield c
+    c.close()
+    assert job_keys(cluster) == [], "a job left keys behind"
+
+
+class Recorder(Callback):
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def _start(self, dsk):
+        self.calls.append(("start",))
+
+    def _start_state(self, dsk, state):
+        self.calls.append(("start_state", len(state["ready"]) + len(state["waiting"])))
+
+    def _pretask(self, key, dsk, state):
+        self.calls.append(("pre", key))
+
+    def _posttask(self, key, result, dsk, state, worker_id):
+        self.calls.append(("post", key, worker_id))
+
+    def _finish(self, dsk, state, failed):
+        self.calls.append(("finish", failed))
+
+
+def tasks_of(x) -> set:
+    """The keys Dask's own synchronous scheduler calls ``posttask`` for."""
+    with Recorder() as rec:
+        x.compute(scheduler="sync", optimize_graph=False)
+    return {same(c[1]) for c in rec.calls if c[0] == "post"}
+
+
+def same(key):
+    """Keys equal across two computes (each compute's finalize key is new)."""
+    return "finalize" if isinstance(key, str) and key.startswith("finalize-") else key
+
+
+def worker_ids() -> set[str]:
+    import socket
+
+    host = socket.gethostname()
+    return {f"{host}:{p.pid}" for p in psutil.Process().children(recursive=True)}
+
+
+def test_a_user_callback_sees_every_task_in_dasks_order(client):
+    x = (da.ones((40, 40), chunks=10) + 1).sum()
+    with Recorder() as rec:
+        assert x.compute(scheduler=client, optimize_graph=False) == 3200
+    calls = rec.calls
+    assert calls[0] == ("start",) and calls[1][0] == "start_state" and calls[-1] == ("finish", False)
+    pre = [c[1] for c in calls if c[0] == "pre"]
+    post = [c[1] for c in calls if c[0] == "post"]
+    assert pre == post and {same(k) for k in post} == tasks_of(x) and len(post) == len(set(post))
+    assert calls[1][1] == len(post)  # start_state's ready + waiting: every task
+    for i, c in enumerate(calls):  # each pretask right before its posttask
+        if c[0] == "pre":
+            assert calls[i + 1][:2] == ("post", c[1])
+    assert {c[2] for c in calls if c[0] == "post"} <= worker_ids()
+
+
+def test_callbacks_passed_to_get_and_finish_on_failure(client):
+    def boom(x):
+        raise ValueError("no")
+
+    rec = Recorder()
+    with pytest.raises(ValueError):
+        client.get({"a": 1, "b": (boom, "a")}, "b", callbacks=[rec])
+    assert rec.calls[-1] == ("finish", True)
+
+
+def test_profiler_has_the_executors_times_and_workers(client):
+    x = (da.ones((40, 40), chunks=10) * 2).sum()
+    before = time.perf_counter()
+    with Profiler() as prof:
+        x.compute(scheduler=client.get, optimize_graph=False)
+    after = time.perf_counter()
+    assert {same(r.key) for r in prof.results} == tasks_of(x)
+    for r in prof.results:
+        assert before <= r.start_time <= r.end_time <= after
+        assert r.worker_id in worker_ids()
+    fig = prof.visualize(show=False, save=False)
+    assert fig is not None and len(fig.renderers) > 0
+
+
+def test_progress_bar_draws_to_100_percent(client):
+    out = io.StringIO()
+    with ProgressBar(out=out, minimum=0, dt=0.01):
+        da.ones(100, chunks=10).sum().compute(scheduler=client)
+    assert "100% Completed" in out.getvalue()
+
+
+def test_resource_profiler_samples_during_the_job(client):
+    def slow(x):
+        time.sleep(0.3)
+        return x
+
+    with ResourceProfiler(dt=0.01) as rprof:
+        dask.delayed(slow)(1).compute(scheduler=client)
+    assert len(rprof.results) > 0
+
+
+def test_jobs_are_recorded(client):
+    da.ones(100, chunks=10).sum().compute(scheduler=client)
+    record = client.jobs[-1]
+    assert isinstance(record, JobRecord) and record.status == "finished"
+    assert record.ntasks == len(record.tasks) and record.noutputs == 1
+    assert record.invocations >= 1 and record.fanin_round_trips >= 1 and record.bytes_stored > 0
+    assert set(record.executors) <= worker_ids()
+    assert all(t.start <= t.end for t in record.tasks)
+
+
+def test_scheduler_may_be_the_client_object(client):
+    assert da.arange(10, chunks=5).sum().compute(scheduler=client) == 45
+    assert len(client.jobs) == 1
+
+
+def test_set_as_default_routes_bare_computes_until_close(cluster):
+    x = da.arange(10, chunks=5)
+    with Client(cluster, progress=False, set_as_default=True) as client:
+        assert x.sum().compute() == 45
+        assert dask.compute(x.max(), x.min()) == (9, 0)
+        (y,) = dask.persist(x + 1)
+        assert y.sum().compute() == 55
+        assert len(client.jobs) == 4
+    assert dask.config.get("scheduler", None) is None
+    assert job_keys(cluster) == []
+
+
+def test_client_without_cluster_owns_a_configured_local_cluster():
+    with dask.config.set({"wukong.n-workers": 1, "wukong.inline-limit": 1234}):
+        client = Client(progress=False)
+    cluster = client.cluster
+    try:
+        assert isinstance(cluster, LocalCluster) and client.owns_cluster
+        assert cluster.n_workers == 1 and cluster.inline_limit == 1234
+        pids = [p.pid for p in cluster.backend.children if p is not None]
+        assert da.arange(10, chunks=5).sum().compute(scheduler=client) == 45
+    finally:
+        client.close()
+    assert cluster.closed
+    assert not any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in pids)
+
+
+def test_config_defaults_ship_with_the_package():
+    import wukong.config
+
+    assert os.path.exists(wukong.config._YAML)
+    assert dask.config.get("wukong.inline-limit") == 65536
+    assert dask.config.get("wukong.lambda.function-name") == "wukong-executor"
+    with dask.config.set({"wukong.ttl": 60}):
+        assert wukong.config.cluster_defaults(ttl=None, kvs_shards=2) == {"ttl": 60, "kvs_shards": 2}
+
+
+def test_config_from_environment_variables():
+    code = "import wukong.config, dask; print(dask.config.get('wukong.inline-limit'), dask.config.get('wukong.ttl'))"
+    env = {**os.environ, "DASK_WUKONG__INLINE_LIMIT": "4096"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["4096", "86400"]
+
+
+def test_performance_report_writes_one_self_contained_html_file(client, tmp_path):
+    import dask.bag as db
+
+    import wukong
+
+    path = tmp_path / "report.html"
+    with wukong.performance_report(str(path)) as records:
+        da.ones((40, 40), chunks=10).sum().compute(scheduler=client)
+        db.from_sequence(range(50), npartitions=5).frequencies().compute(scheduler=client)
+    assert [r.job for r in records] == [r.job for r in list(client.jobs)[-2:]]
+    text = path.read_text()
+    for r in records:
+        assert r.job in text
+    from dask.utils import key_split
+
+    prefixes = {key_split(t.key) for r in records for t in r.tasks}
+    assert len(prefixes) > 2 and all(p in text for p in prefixes)  # the timeline's colours, by key prefix
+    assert "Bokeh" in text and "cdn.bokeh.org" not in text  # the library is inlined: opens offline
