@@ -51,6 +51,7 @@ class System:
     startup_s: float | None = None
     close: Callable[[], None] = lambda: None
     last_job: Callable[[], dict | None] = lambda: None
+    counters: Callable[[], dict[str, int]] | None = None  # Redis totals, read before and after a run
 
 
 # --- systems -----------------------------------------------------------------------------
@@ -67,7 +68,23 @@ def _start_wukong() -> System:
     cluster = LocalCluster()
     client = Client(cluster, progress=False)
     startup = time.perf_counter() - t0
-    return System("wukong", client.get, {}, startup, cluster.close, lambda: dict(client.last_job))
+    return System(
+        "wukong", client.get, {}, startup, cluster.close, lambda: dict(client.last_job), lambda: redis_counters(cluster)
+    )
+
+
+def redis_counters(cluster: Any) -> dict[str, int]:
+    """Totals over the cluster's Redis servers: commands executed (those run inside Lua
+    scripts included) and read events (one per pipeline a client sends, about: round trips).
+
+    Taken before and after a run, their difference is what one job cost, whatever the load.
+    """
+    commands = reads = 0
+    for r in cluster.store.servers:
+        stats = r.info("commandstats")
+        commands += sum(v["calls"] for k, v in stats.items() if k != "cmdstat_info")
+        reads += r.info("stats")["total_reads_processed"]
+    return {"redis_commands": commands, "redis_round_trips": reads, "probe_reads": 2 * len(cluster.store.servers)}
 
 
 def _start_processes() -> System:
@@ -284,6 +301,7 @@ def run_cell(
     for i in range(repeat + 1):
         what = "warm-up" if i == 0 else f"run {i}/{repeat}"
         progress.show(f"{wl.name} · {system.name} · {what}")
+        before = system.counters() if system.counters else None
         try:
             seconds, result = _compute(system, wl.collections, timeout)
         except Exception as exc:
@@ -293,6 +311,11 @@ def run_cell(
             break
         job = system.last_job()
         if job is not None:
+            if before is not None and system.counters is not None:
+                after = system.counters()
+                job["redis_commands"] = after["redis_commands"] - before["redis_commands"]
+                # the later probe's own reads are inside the difference
+                job["redis_round_trips"] = after["redis_round_trips"] - before["redis_round_trips"] - after["probe_reads"]
             cell["jobs"].append(job)
         if i == 0:
             cell["warmup_s"], first = seconds, result

@@ -7,6 +7,7 @@ saved JSON can be re-rendered: ``python -m bench.report results/<stamp>.json``.
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,12 @@ def _first_line(text: str) -> str:
     return lines[-1].strip() if lines else text
 
 
+def _per_task(cell: dict, counter: str) -> str:
+    """A Redis counter per task, median over the cell's jobs (wukong only; "—" elsewhere)."""
+    per = [j[counter] / j["tasks"] for j in cell.get("jobs", ()) if counter in j and j.get("tasks")]
+    return f"{statistics.median(per):.2f}" if per else "—"
+
+
 def table(name: str, record: dict) -> str:
     """One workload's table: system, median, ratio to the best, tasks, tasks/s, check."""
     head = f"{name} — {record.get('describe', '')}  [{record['size']}]"
@@ -89,7 +96,7 @@ def table(name: str, record: dict) -> str:
         return f"{head}\n  !!! FAILED: {_first_line(record['error'])}"
     medians = _valid_medians(record)
     best = min(medians.values()) if medians else None
-    rows = [f"{'system':<12} {'median s':>10} {'vs best':>8} {'tasks':>8} {'tasks/s':>10}  check"]
+    rows = [f"{'system':<12} {'median s':>10} {'vs best':>8} {'tasks':>8} {'tasks/s':>10} {'cmd/task':>8} {'rt/task':>7}  check"]
     for sysname, cell in record["systems"].items():
         med = cell.get("median_s")
         ratio = f"{med / best:.2f}×" if med and best and sysname in medians else "—"
@@ -102,9 +109,10 @@ def table(name: str, record: dict) -> str:
         elif status == "MISMATCH":
             detail = f": {cell['mismatch']}"
         flag = "  <<<" if status != "ok" else ""
+        cmds, trips = _per_task(cell, "redis_commands"), _per_task(cell, "redis_round_trips")
         rows.append(
-            f"{sysname:<12} {_fmt_s(med):>10} {ratio:>8} {tasks if tasks is not None else '—':>8} {rate:>10}  "
-            f"{status}{detail}{flag}"
+            f"{sysname:<12} {_fmt_s(med):>10} {ratio:>8} {tasks if tasks is not None else '—':>8} {rate:>10} "
+            f"{cmds:>8} {trips:>7}  {status}{detail}{flag}"
         )
     lines = [head, *("  " + r for r in rows)]
     lines += _summary(record, medians)
