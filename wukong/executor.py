@@ -21,7 +21,12 @@ executor then schedules itself:
 * While it still has local work, a task whose dependents are all fan-ins
   holds its notification back (``DEFER_MAX`` of them, ``DEFER_S`` at most) and
   sends them together: fan-ins that complete then run here, so a group of
-  leaves reduces its own subtree without a round trip per task.
+  leaves reduces its own subtree without a round trip per task.  A fan-in
+  whose parents are all among the held outputs is complete without asking
+  the MDS: nothing is written for it (no output, no arrival).
+* A fan-out to more new schedules than ``fanout_groups`` starts them as
+  grouped leaves are started: that many invocations, each carrying the
+  parent's output once (``Invocation.more``).
 * With nothing ready it exits: it never waits for another executor.
 
 Delivery may repeat and executors may die.  Each invocation has a
@@ -58,8 +63,9 @@ from wukong.store import Batch, Store
 from wukong.timeout import TaskTimeout, task_timeout
 
 PROGRESS_EVERY = 0.5  # seconds between progress events on long chains
-DEFER_MAX = 64  # fan-in notifications an executor with local work may batch ...
-DEFER_S = 0.005  # ... and for how long at most
+DEFER_MAX = 1024  # fan-in notifications an executor with local work may batch ...
+DEFER_S = 0.05  # ... and for how long at most
+CACHE_IDLE_S = 1.0  # a job's cached schedules are dropped once it has not run here for this long
 CANCEL_CHECK_S = 0.05  # a cancelled job's executors stop before their next task, this late at most
 
 
@@ -117,6 +123,7 @@ class Executor:
         proxy: Callable[[str, int, list[Invocation]], bool] | None = None,
         max_task_fanout: int = 0,
         max_result_bytes: int | None = None,
+        fanout_groups: int | None = None,
     ):
         self.store = store
         # wide fan-outs go through the proxy (wukong.proxy): proxy(job, tid, invs) -> handed over?
@@ -127,26 +134,37 @@ class Executor:
         self.cache_jobs = cache_jobs
         self.lease_ms = lease_ms
         self.max_result_bytes = max_result_bytes
+        # a fan-out to more new schedules than this starts them in this many invocations
+        # (each carries the parent's output once); ``None``: one invocation each (Lambda)
+        self.fanout_groups = fanout_groups
         self.faults = Faults(faults) if faults else None
         self.invoke = self.faults.wrap(invoke) if self.faults else invoke
         self.jobs: OrderedDict[str, dict[int, Schedule]] = OrderedDict()
         self.options: dict[str, dict] = {}
+        self.used: dict[str, float] = {}  # job -> when an invocation of it last started here
         self.heartbeat = Heartbeat(store, lease_ms)
 
     # -- job state cached in a warm process ---------------------------------
     def schedules(self, job: str) -> dict[int, Schedule]:
+        """The schedules of ``job`` cached here.  A job first seen here drops those of
+        jobs idle here for ``CACHE_IDLE_S`` (most have ended: a following job should
+        not pay for their memory) and of all but the last ``cache_jobs``."""
+        now = time.monotonic()
         cache = self.jobs.get(job)
         if cache is None:
             cache = self.jobs[job] = {}
+            for old in [j for j, t in self.used.items() if now - t > CACHE_IDLE_S]:
+                self.forget(old)
             while len(self.jobs) > self.cache_jobs:
-                old, _ = self.jobs.popitem(last=False)
-                self.options.pop(old, None)
+                self.forget(next(iter(self.jobs)))
         self.jobs.move_to_end(job)
+        self.used[job] = now
         return cache
 
     def forget(self, job: str) -> None:
         self.jobs.pop(job, None)
         self.options.pop(job, None)
+        self.used.pop(job, None)
 
     # -- one invocation -------------------------------------------------------
     def run(self, inv: Invocation, on_exit: Callable[[Batch], None] | None = None) -> int:
@@ -197,7 +215,7 @@ class _Run:
         self.opts: dict = {}
         self.last_report = self.last_check = time.monotonic()
         # fan-in notifications held back while local work remains: (tid, blob, fan-ins)
-        self.deferred: list[tuple[int, bytes, list[Dependent]]] = []
+        self.deferred: list[tuple[int, _Output, list[Dependent]]] = []
         self.deferred_since = 0.0
         self.token = f"{os.getpid()}-{time.monotonic_ns()}"  # this attempt's lease
         self.crash_after = ex.faults.crash_point() if ex.faults else None
@@ -335,7 +353,13 @@ class _Run:
         stored_result = self.publish(out) if rec.flags & OUTPUT else False
         ready = [c for c in rec.dependents if c.ndeps == 1]
         fanins = [c for c in rec.dependents if c.ndeps > 1]
-        if fanins and not ready and self.stack and not stored_result and len(out.blob()) <= self.ex.inline_limit:
+        if (
+            fanins
+            and not ready
+            and (self.stack or self.deferred)  # no stack: the loop flushes at once, with this one
+            and not stored_result
+            and len(out.blob()) <= self.ex.inline_limit
+        ):
             self.defer(out, fanins)  # batch this notification with the next ones
             return
         # Where the output goes: to the KVS once when dependents elsewhere read it
@@ -413,24 +437,42 @@ class _Run:
     def defer(self, out: _Output, fanins: list[Dependent]) -> None:
         if not self.deferred:
             self.deferred_since = time.monotonic()
-        self.deferred.append((out.tid, out.blob(), fanins))
+        self.deferred.append((out.tid, out, fanins))
         self.data[out.tid] = out.value  # held until the notification is sent: a fan-in may complete here
         self.refs[out.tid] = self.refs.get(out.tid, 0) + 1
 
     def flush_deferred(self) -> None:
-        """Store the held outputs and notify their fan-ins: one round trip.
+        """Store the held outputs and notify their fan-ins: one round trip at most.
 
         Fan-ins that complete run here (their inputs are mostly in this
         executor's memory already); with grouped leaves, whole subtrees of a
-        reduction run without another round trip per task.
+        reduction run without another round trip per task.  A fan-in whose
+        parents were all computed here and are all held is complete without
+        asking the MDS: no other invocation will ever notify it (each task is
+        run by one invocation; a re-run of this one recomputes the same
+        parents and completes it again, as ``fanin.lua``'s owner rule would
+        allow), so neither its parents' outputs nor its arrivals are written.
         """
         deferred, self.deferred = self.deferred, []
+        lacking: dict[int, int] = {}  # fan-in -> parents not among the held outputs
+        for _, _, fanins in deferred:
+            for c in fanins:
+                lacking[c.tid] = lacking.get(c.tid, c.ndeps) - 1
+        whole = {t for t, n in lacking.items() if n == 0}
         batch = self.store.batch()
         calls = []
-        for tid, blob, fanins in deferred:
-            batch.kvs_set(self.keys.data(tid), blob)
-            calls += [(c, self.notify(batch, tid, c)) for c in fanins]
-        done = self.completed(self.send(batch), calls)
+        local: list[Dependent] = []
+        for tid, out, fanins in deferred:
+            if any(c.tid not in whole for c in fanins):  # read elsewhere: store it
+                batch.kvs_set(self.keys.data(tid), out.blob())
+            for c in fanins:
+                if c.tid not in whole:
+                    calls.append((c, self.notify(batch, tid, c)))
+                elif c.tid in lacking:  # once per fan-in, at its first parent's place
+                    del lacking[c.tid]
+                    local.append(c)
+        done = self.completed(self.send(batch), calls) if batch else []
+        done += local
         for t, value in self.fetch_fanin_inputs(done).items():
             self.data[t] = value
         for c in reversed(done):
@@ -448,8 +490,15 @@ class _Run:
         its other parents from the KVS.
         """
         scheds = sorted({c.sched for c in local if c.sched not in self.scheds})
+        # a fan-in whose schedule is not here yet was completed locally: its inputs are all held
         want = sorted(
-            {d for c in local if c.ndeps > 1 for d in self.scheds[c.sched].records[c.pos].deps if d not in self.data}
+            {
+                d
+                for c in local
+                if c.ndeps > 1 and c.sched in self.scheds
+                for d in self.scheds[c.sched].records[c.pos].deps
+                if d not in self.data
+            }
         )
         if not want and not scheds:
             return {}
@@ -467,13 +516,16 @@ class _Run:
         """Invoke executors for dependents that will not run here."""
         job, tid = self.inv.job, out.tid
         invs = []
+        heads = [c for c in away if c.ndeps == 1 and c.pos == 0]
+        groups = self.ex.fanout_groups
+        if groups and len(heads) > groups:  # a wide fan-out: siblings share invocations
+            heads_set = set(heads)
+            away = [c for c in away if c not in heads_set]
+            for chunk in _cut(heads, groups):
+                invs.append(self.head_invocation(out, chunk[0], tuple(c.sched for c in chunk[1:])))
         for c in away:
             if c.ndeps == 1:
-                blob = out.blob()
-                if len(blob) <= self.ex.inline_limit:
-                    invs.append(Invocation(job, c.sched, c.pos, {tid: blob}, ()))
-                else:
-                    invs.append(Invocation(job, c.sched, c.pos, {}, (tid,)))
+                invs.append(self.head_invocation(out, c))
             else:
                 deps = self.scheds[c.sched].records[c.pos].deps
                 invs.append(Invocation(job, c.sched, c.pos, {}, deps))
@@ -487,6 +539,13 @@ class _Run:
             batch = self.store.batch()  # the proxy failed and the fan-out is ours: invoke directly
         launch(self.ex.invoke, batch, job, invs, send=self.send)
 
+    def head_invocation(self, out: _Output, c: Dependent, more: tuple[int, ...] = ()) -> Invocation:
+        """Start ``c`` (and the schedules ``more``, siblings that read only ``out``) elsewhere."""
+        blob = out.blob()
+        if len(blob) <= self.ex.inline_limit:
+            return Invocation(self.inv.job, c.sched, c.pos, {out.tid: blob}, (), more)
+        return Invocation(self.inv.job, c.sched, c.pos, {}, (out.tid,), more)
+
     def exit(self, on_exit: Callable[[Batch], None] | None = None) -> None:
         batch, self.pending = self.pending, self.store.batch()
         if on_exit is not None:  # before the exit event: after it the client may stop reading
@@ -494,6 +553,17 @@ class _Run:
         self.counts(batch, exited=True)
         batch.lease(self.keys, self.inv.id, "done", 0)  # never recreated once the job has ended
         batch.execute()
+
+
+def _cut(items: list, n: int) -> list[list]:
+    """``items`` in order, cut into ``n`` runs of nearly equal length."""
+    size, extra = divmod(len(items), n)
+    out, i = [], 0
+    for g in range(n):
+        j = i + size + (g < extra)
+        out.append(items[i:j])
+        i = j
+    return out
 
 
 class _Output:
