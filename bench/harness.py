@@ -52,6 +52,9 @@ class System:
     close: Callable[[], None] = lambda: None
     last_job: Callable[[], dict | None] = lambda: None
     counters: Callable[[], dict[str, int]] | None = None  # Redis totals, read before and after a run
+    # BLAS threads per task-running thread, chosen so that every system runs at most
+    # `cores` threads in all: one each where `cores` workers run tasks, `cores` for sync
+    blas_threads: int = 1
 
 
 # --- systems -----------------------------------------------------------------------------
@@ -94,10 +97,31 @@ def _start_processes() -> System:
     # Dask's default makes a new pool per compute(); like wukong's and distributed's
     # workers, this one is started once and kept warm for the whole run.
     t0 = time.perf_counter()
-    pool = ProcessPoolExecutor(_cores(), mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(_cores(), mp_context=multiprocessing.get_context("spawn"), initializer=_one_blas_thread)
     list(pool.map(abs, range(4 * _cores())))
     startup = time.perf_counter() - t0
     return System("processes", "processes", {"pool": pool}, startup, lambda: pool.shutdown(cancel_futures=True))
+
+
+def _one_blas_thread() -> None:
+    """In each pool process: one BLAS thread, as wukong's and distributed's workers have."""
+    for var in BLAS_ENV:
+        os.environ[var] = "1"
+    _blas_limit(1)
+
+
+BLAS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _blas_limit(n: int) -> Any:
+    """Limit this process's BLAS to ``n`` threads (``threadpoolctl``); a no-op context without it."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(n, user_api="blas")
 
 
 def _start_distributed() -> System:
@@ -129,7 +153,7 @@ def _start_ray() -> System:
 
 STARTERS: dict[str, Callable[[], System]] = {
     "wukong": _start_wukong,
-    "sync": lambda: System("sync", "sync"),
+    "sync": lambda: System("sync", "sync", blas_threads=_cores()),
     "threads": lambda: System("threads", "threads", {"num_workers": _cores()}),
     "processes": _start_processes,
     "distributed": _start_distributed,
@@ -263,7 +287,8 @@ def _compute(system: System, collections: tuple, timeout: float) -> tuple[float,
     def target() -> None:
         t0 = time.perf_counter()
         try:
-            box["result"] = dask.compute(*collections, scheduler=system.scheduler, **system.kwargs)
+            with _blas_limit(system.blas_threads):  # the tasks sync and threads run in this process
+                box["result"] = dask.compute(*collections, scheduler=system.scheduler, **system.kwargs)
             box["seconds"] = time.perf_counter() - t0
         except BaseException as exc:  # handed to the caller's thread
             box["error"] = exc
@@ -301,6 +326,7 @@ def run_cell(
     for i in range(repeat + 1):
         what = "warm-up" if i == 0 else f"run {i}/{repeat}"
         progress.show(f"{wl.name} · {system.name} · {what}")
+        cell.setdefault("load_before", []).append(os.getloadavg()[0])
         before = system.counters() if system.counters else None
         try:
             seconds, result = _compute(system, wl.collections, timeout)
@@ -315,7 +341,9 @@ def run_cell(
                 after = system.counters()
                 job["redis_commands"] = after["redis_commands"] - before["redis_commands"]
                 # the later probe's own reads are inside the difference
-                job["redis_round_trips"] = after["redis_round_trips"] - before["redis_round_trips"] - after["probe_reads"]
+                job["redis_round_trips"] = (
+                    after["redis_round_trips"] - before["redis_round_trips"] - after["probe_reads"]
+                )
             cell["jobs"].append(job)
         if i == 0:
             cell["warmup_s"], first = seconds, result
@@ -415,6 +443,7 @@ def run(
     try:
         started = start_systems(systems, progress)
         results["startup_s"] = {s.name: s.startup_s for s in started if s.startup_s is not None}
+        results["blas_threads"] = {s.name: s.blas_threads for s in started}
         for name in only:
             results["workloads"][name] = run_workload(name, size, started, repeat, timeout, progress)
             report.write_json(results, paths)
@@ -426,6 +455,7 @@ def run(
             except Exception as exc:
                 print(f"closing {s.name} failed: {exc}", file=sys.stderr)
     results["ok"] = report.all_verified(results)
+    results["max_load_per_core"] = report.max_load_per_core(results)
     report.write_json(results, paths)
     report.write_charts(results, paths)
     table = report.tables(results)

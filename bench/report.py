@@ -69,6 +69,15 @@ def _valid_medians(record: dict) -> dict[str, float]:
     }
 
 
+IDLE_LOAD_PER_CORE = 0.5  # a run whose load average went above this is not published (bench.summary)
+
+
+def max_load_per_core(results: dict) -> float | None:
+    """The highest 1-minute load average seen before any run, per core."""
+    loads = [x for w in results["workloads"].values() for c in w["systems"].values() for x in c.get("load_before", ())]
+    return max(loads) / results["machine"]["cores"] if loads else None
+
+
 # --- tables ------------------------------------------------------------------------------
 
 
@@ -96,7 +105,8 @@ def table(name: str, record: dict) -> str:
         return f"{head}\n  !!! FAILED: {_first_line(record['error'])}"
     medians = _valid_medians(record)
     best = min(medians.values()) if medians else None
-    rows = [f"{'system':<12} {'median s':>10} {'vs best':>8} {'tasks':>8} {'tasks/s':>10} {'cmd/task':>8} {'rt/task':>7}  check"]
+    head_row = f"{'system':<12} {'median s':>10} {'vs best':>8} {'tasks':>8} {'tasks/s':>10}"
+    rows = [head_row + f" {'cmd/task':>8} {'rt/task':>7}  check"]
     for sysname, cell in record["systems"].items():
         med = cell.get("median_s")
         ratio = f"{med / best:.2f}×" if med and best and sysname in medians else "—"
@@ -155,6 +165,12 @@ def tables(results: dict) -> str:
         )
     for name, record in results["workloads"].items():
         out += ["", table(name, record)]
+    load = max_load_per_core(results)
+    if load is not None:
+        line = f"load average before the runs: at most {load:.2f} per core"
+        if load > IDLE_LOAD_PER_CORE:
+            line += f" -- above {IDLE_LOAD_PER_CORE}: compare ratios only; bench.summary will not publish this run"
+        out += ["", line]
     verdict = (
         "all results match sync"
         if results.get("ok", all_verified(results))
