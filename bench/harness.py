@@ -87,7 +87,19 @@ def redis_counters(cluster: Any) -> dict[str, int]:
         stats = r.info("commandstats")
         commands += sum(v["calls"] for k, v in stats.items() if k != "cmdstat_info")
         reads += r.info("stats")["total_reads_processed"]
-    return {"redis_commands": commands, "redis_round_trips": reads, "probe_reads": 2 * len(cluster.store.servers)}
+    counters = {"redis_commands": commands, "redis_round_trips": reads, "probe_reads": 2 * len(cluster.store.servers)}
+    for i, proc in enumerate(getattr(cluster.backend, "workers", ())):
+        counters[f"worker_cpu_s.{i}"] = _cpu_seconds(proc.pid) if proc is not None else 0.0
+    return counters
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far; 0 where /proc cannot tell."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def _start_processes() -> System:
@@ -340,6 +352,10 @@ def run_cell(
             if before is not None and system.counters is not None:
                 after = system.counters()
                 job["redis_commands"] = after["redis_commands"] - before["redis_commands"]
+                # per worker: CPU seconds spent on this job (busy time; a restarted worker reads 0)
+                job["worker_cpu_s"] = [
+                    round(max(0.0, after[k] - before.get(k, 0.0)), 3) for k in after if k.startswith("worker_cpu_s.")
+                ]
                 # the later probe's own reads are inside the difference
                 job["redis_round_trips"] = (
                     after["redis_round_trips"] - before["redis_round_trips"] - after["probe_reads"]

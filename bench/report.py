@@ -131,6 +131,17 @@ def table(name: str, record: dict) -> str:
     return "\n".join(lines)
 
 
+def _worker_busy(record: dict) -> str:
+    """Each wukong worker's CPU seconds per job, and as a share of the job's wall time."""
+    cell = record["systems"].get("wukong") or {}
+    jobs = [j for j in cell.get("jobs", ())[1:] if j.get("worker_cpu_s")]  # the timed runs
+    if not jobs or not cell.get("median_s"):
+        return ""
+    per_worker = [statistics.median(j["worker_cpu_s"][w] for j in jobs) for w in range(len(jobs[0]["worker_cpu_s"]))]
+    wall = cell["median_s"]
+    return ", ".join(f"{s:.3f} s ({s / wall:.0%})" for s in per_worker)
+
+
 def _summary(record: dict, medians: dict[str, float]) -> list[str]:
     lines = []
     peers = {k: v for k, v in medians.items() if k != "wukong"}
@@ -140,6 +151,9 @@ def _summary(record: dict, medians: dict[str, float]) -> list[str]:
         ratio = wk / peers[peer]
         verdict = "faster" if ratio < 1 else "slower"
         lines.append(f"  wukong / best peer ({peer}, {_fmt_s(peers[peer])} s) = {ratio:.2f}×  (wukong {verdict})")
+    busy = _worker_busy(record)
+    if busy:
+        lines.append(f"  wukong workers' CPU per job (median of runs): {busy}")
     limit = record.get("limit")
     if limit and "seconds" in limit:
         line = f"  limit: one {limit['what']} = {_fmt_s(limit['seconds'])} s"
