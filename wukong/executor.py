@@ -59,7 +59,7 @@ from wukong.backends.base import Invoke, launch
 from wukong.faults import CRASH_EXIT, Faults
 from wukong.protocol import OUTPUT, Dependent, Invocation, Keys, TaskRecord
 from wukong.recovery import LEASE_MS, Heartbeat
-from wukong.store import Batch, Store
+from wukong.store import Batch, Store, shm
 from wukong.timeout import TaskTimeout, task_timeout
 
 PROGRESS_EVERY = 0.5  # seconds between progress events on long chains
@@ -219,6 +219,8 @@ class _Run:
         self.deferred_since = 0.0
         self.token = f"{os.getpid()}-{time.monotonic_ns()}"  # this attempt's lease
         self.crash_after = ex.faults.crash_point() if ex.faults else None
+        # values that stay on this machine (shared memory) are not worth compressing
+        self.compress = self.store.shm_dir is None
 
     # -- round trips ---------------------------------------------------------
     def send(self, batch: Batch) -> Batch:
@@ -340,9 +342,9 @@ class _Run:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         protocol.emit_error(self.pending, self.keys, key, what, exc, tb)
 
-    def dumps(self, key: Any, result: Any) -> bytes:
+    def dumps(self, key: Any, result: Any) -> list[bytes | memoryview]:
         try:
-            return serialization.dumps(result)
+            return serialization.dumps_parts(result, compress=self.compress)
         except Exception as exc:
             self.fail(key, exc, "returned a result that cannot be pickled")
             raise TaskFailed() from None
@@ -358,7 +360,7 @@ class _Run:
             and not ready
             and (self.stack or self.deferred)  # no stack: the loop flushes at once, with this one
             and not stored_result
-            and len(out.blob()) <= self.ex.inline_limit
+            and out.size() <= self.ex.inline_limit
         ):
             self.defer(out, fanins)  # batch this notification with the next ones
             return
@@ -366,11 +368,11 @@ class _Run:
         # (a fan-in's parents always store), inline in invocations when small, nowhere
         # when it is too big to ship (then every ready dependent runs here).
         wide = bool(fanins) or len(ready) > 1
-        big = wide and len(out.blob()) > self.ex.cluster_threshold
-        shipped = bool(fanins) or (len(ready) > 1 and not big and len(out.blob()) > self.ex.inline_limit)
+        big = wide and out.size() > self.ex.cluster_threshold
+        shipped = bool(fanins) or (len(ready) > 1 and not big and out.size() > self.ex.inline_limit)
         batch = self.store.batch()
         if shipped or stored_result:  # before the fan-in calls of the same round trip
-            (batch if shipped else self.pending).kvs_set(self.keys.data(out.tid), out.blob())
+            (batch if shipped else self.pending).kvs_set(self.keys.data(out.tid), out.parts())
         if stored_result:
             protocol.emit_stored_result(self.pending, self.keys, out.tid)  # sent with or after the write
         if fanins:
@@ -382,16 +384,19 @@ class _Run:
 
     def publish(self, out: _Output) -> bool:
         """Send a requested result to the client on the job's stream; ``True`` when it is
-        too long for a stream entry and must be read from the KVS instead."""
-        blob = out.blob()
+        too long for a stream entry and must be read from the KVS instead.
+
+        On the local backend a result large enough for shared memory goes there
+        too: the client maps it instead of reading it through Redis."""
+        size = out.size()
         limit = self.ex.max_result_bytes
-        if limit is not None and len(blob) > limit:
-            size_error = ValueError(f"result is {len(blob):,} bytes serialized; the limit is {limit:,}")
+        if limit is not None and size > limit:
+            size_error = ValueError(f"result is {size:,} bytes serialized; the limit is {limit:,}")
             self.fail(out.key, size_error, "returned a result larger than the cluster's max_result_bytes")
             raise TaskFailed()
-        if len(blob) > self.store.part_size:
+        if size > self.store.part_size or (self.store.shm_dir and size >= shm.SHM_MIN):
             return True
-        protocol.emit_result(self.pending, self.keys, out.tid, blob)
+        protocol.emit_result(self.pending, self.keys, out.tid, out.blob())
         return False
 
     def become(self, batch: Batch, sid: int, pos: int, out: _Output, ready: list[Dependent], big: bool) -> None:
@@ -464,7 +469,7 @@ class _Run:
         local: list[Dependent] = []
         for tid, out, fanins in deferred:
             if any(c.tid not in whole for c in fanins):  # read elsewhere: store it
-                batch.kvs_set(self.keys.data(tid), out.blob())
+                batch.kvs_set(self.keys.data(tid), out.parts())
             for c in fanins:
                 if c.tid not in whole:
                     calls.append((c, self.notify(batch, tid, c)))
@@ -541,9 +546,8 @@ class _Run:
 
     def head_invocation(self, out: _Output, c: Dependent, more: tuple[int, ...] = ()) -> Invocation:
         """Start ``c`` (and the schedules ``more``, siblings that read only ``out``) elsewhere."""
-        blob = out.blob()
-        if len(blob) <= self.ex.inline_limit:
-            return Invocation(self.inv.job, c.sched, c.pos, {out.tid: blob}, (), more)
+        if out.size() <= self.ex.inline_limit:
+            return Invocation(self.inv.job, c.sched, c.pos, {out.tid: out.blob()}, (), more)
         return Invocation(self.inv.job, c.sched, c.pos, {}, (out.tid,), more)
 
     def exit(self, on_exit: Callable[[Batch], None] | None = None) -> None:
@@ -567,15 +571,34 @@ def _cut(items: list, n: int) -> list[list]:
 
 
 class _Output:
-    """A finished task's output, serialized once, on first need."""
+    """A finished task's output, serialized once, on first need.
 
-    __slots__ = ("run", "tid", "key", "value", "_blob")
+    ``parts`` are the serialized value in pieces (large buffers are the
+    value's own memory, not copies: they are written out before any task
+    that may modify the value runs); ``blob`` joins them when one ``bytes``
+    is needed (inline in an invocation, on the event stream).
+    """
+
+    __slots__ = ("run", "tid", "key", "value", "_parts", "_size", "_blob")
 
     def __init__(self, run: _Run, tid: int, key: Any, value: Any):
         self.run, self.tid, self.key, self.value = run, tid, key, value
+        self._parts: list[bytes | memoryview] | None = None
+        self._size = 0
         self._blob: bytes | None = None
+
+    def parts(self) -> list[bytes | memoryview]:
+        if self._parts is None:
+            self._parts = self.run.dumps(self.key, self.value)
+            self._size = sum(len(p) for p in self._parts)
+        return self._parts
+
+    def size(self) -> int:
+        self.parts()
+        return self._size
 
     def blob(self) -> bytes:
         if self._blob is None:
-            self._blob = self.run.dumps(self.key, self.value)
+            parts = self.parts()
+            self._blob = parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
         return self._blob

@@ -3,7 +3,8 @@
 Data (task outputs) uses pickle protocol 5 with out-of-band buffers, so a
 numpy array's memory is never copied into the pickle stream; each buffer is
 framed and lz4-compressed when that pays (``wukong_native.compress`` decides
-with a cheap probe).  Small plain objects skip the framing: one tag byte and
+with a cheap probe) -- or framed raw, with no copy and no probe, for values
+that stay on this machine (``compress=False``).  Small plain objects skip the framing: one tag byte and
 the pickle.
 
     small:  b"p" + pickle
@@ -29,10 +30,22 @@ from wukong_native import HEADER_LEN, TAG_RAW, compress, decompress
 SMALL = 1024  # below this a value with no buffers is not framed
 ALIGN = 64  # buffer data offsets within a value
 _U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
 
 
-def dumps(obj: Any) -> bytes:
+def dumps(obj: Any, compress: bool = True) -> bytes:
     """Serialize a task output; raises whatever pickling raises."""
+    return b"".join(dumps_parts(obj, compress))
+
+
+def dumps_parts(obj: Any, compress: bool = True) -> list[bytes | memoryview]:
+    """``dumps(obj)`` as pieces to be written one after the other (``writev``).
+
+    With ``compress=False`` the buffers are framed raw and the pieces are the
+    buffers' own memory: the value's one copy is the one made where it is
+    written.  Floats rarely compress, and a value that stays on this machine
+    is cheaper copied than compressed.
+    """
     buffers: list[pickle.PickleBuffer] = []
     try:
         stream = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
@@ -40,17 +53,27 @@ def dumps(obj: Any) -> bytes:
         buffers.clear()
         stream = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
     if not buffers and len(stream) < SMALL:
-        return b"p" + stream
-    frames = [compress(stream)]
-    frames.extend(compress(b.raw()) for b in buffers)
-    header = b"F" + _U32.pack(len(frames)) + struct.pack(f"<{len(frames)}Q", *map(len, frames))
-    parts = [header, frames[0]]
-    offset = len(header) + len(frames[0])
-    for frame in frames[1:]:
+        return [b"p" + stream]
+    frame = _compressed if compress else _raw
+    frames = [frame(stream), *(frame(b.raw()) for b in buffers)]
+    lengths = [sum(len(p) for p in f) for f in frames]
+    header = b"F" + _U32.pack(len(frames)) + struct.pack(f"<{len(frames)}Q", *lengths)
+    parts = [header, *frames[0]]
+    offset = len(header) + lengths[0]
+    for pieces, n in zip(frames[1:], lengths[1:], strict=True):
         pad = _padding(offset)
-        parts += [bytes(pad), frame]
-        offset += pad + len(frame)
-    return b"".join(parts)
+        parts += [bytes(pad), *pieces]
+        offset += pad + n
+    return parts
+
+
+def _compressed(data: bytes | memoryview) -> list[bytes | memoryview]:
+    return [compress(data)]
+
+
+def _raw(data: bytes | memoryview) -> list[bytes | memoryview]:
+    """A raw frame (what ``compress`` makes of incompressible data) without copying ``data``."""
+    return [bytes([TAG_RAW]) + _U64.pack(len(data)), data]
 
 
 def _padding(offset: int) -> int:

@@ -78,15 +78,19 @@ class Batch:
             self._pipe(server).command_stack.extend(pipe.command_stack)
             self.counts[server] += len(pipe.command_stack)
 
-    def kvs_set(self, key: str, value: bytes | memoryview) -> Handle:
-        """Store ``value`` at ``key`` (a ``Keys.data`` name), split if it is too long."""
+    def kvs_set(self, key: str, value: bytes | memoryview | list[bytes | memoryview]) -> Handle:
+        """Store ``value`` (or the concatenation of its pieces) at ``key`` (a ``Keys.data``
+        name), split if it is too long."""
         store = self.store
-        if store.shm_dir and len(value) >= shm.SHM_MIN:
+        size = sum(len(p) for p in value) if isinstance(value, list) else len(value)
+        if store.shm_dir and size >= shm.SHM_MIN:
             try:
                 marker = shm.write(store.shm_dir, key, value)
                 return self.add(store.kvs_server(key), "set", key, marker, store.ttl)
             except OSError:
                 pass  # no room on the RAM file system: Redis takes it
+        if isinstance(value, list):
+            value = b"".join(value)
         if len(value) <= store.part_size and not parts.is_header(value):
             return self.add(store.kvs_server(key), "set", key, value, store.ttl)
         view = memoryview(value).cast("B")
