@@ -86,6 +86,9 @@ class Schedule:
         return self._bodies[pos]
 
 
+_Call = tuple[Dependent, tuple[int, int], tuple[tuple[int, tuple[int, int]], ...]]  # fan-in, script, reads
+
+
 class JobGone(Exception):
     """The job's keys are gone (it ended): a late duplicate invocation; say nothing."""
 
@@ -217,6 +220,7 @@ class _Run:
         # fan-in notifications held back while local work remains: (tid, blob, fan-ins)
         self.deferred: list[tuple[int, _Output, list[Dependent]]] = []
         self.deferred_since = 0.0
+        self.early: dict[int, Any] = {}  # serialized outputs of fan-in parents read with the arrival
         self.token = f"{os.getpid()}-{time.monotonic_ns()}"  # this attempt's lease
         self.crash_after = ex.faults.crash_point() if ex.faults else None
         # values that stay on this machine (shared memory) are not worth compressing
@@ -376,7 +380,7 @@ class _Run:
         if stored_result:
             protocol.emit_stored_result(self.pending, self.keys, out.tid)  # sent with or after the write
         if fanins:
-            calls = [(c, self.notify(batch, out.tid, c)) for c in fanins]
+            calls = [self.notify(batch, out.tid, c) for c in fanins]
             ready += self.completed(self.send(batch), calls)
             batch = self.store.batch()
         if ready:
@@ -420,15 +424,31 @@ class _Run:
         if self.refs[tid] == 0:
             del self.refs[tid], self.data[tid]
 
-    def notify(self, batch: Batch, parent: int, c: Dependent) -> tuple[int, int]:
-        """Add the fan-in script call for ``parent``'s arrival at ``c`` to ``batch``."""
-        want = c.sched not in self.scheds  # the reply carries c's schedule if we lack it
-        return batch.fanin(self.keys, c.tid, parent, c.ndeps, c.sched, want, self.inv.id)
+    def notify(self, batch: Batch, parent: int, c: Dependent) -> _Call:
+        """Add the fan-in script call for ``parent``'s arrival at ``c`` to ``batch``.
 
-    def completed(self, batch: Batch, calls: list[tuple[Dependent, tuple[int, int]]]) -> list[Dependent]:
-        """The fan-ins this executor completed (their schedules cached from the replies)."""
+        When ``c``'s other parents are known here, reads of their outputs follow
+        in the same round trip: if this arrival completes ``c``, every other
+        parent stored its output before its own arrival, so on a single server
+        (the commands run in order) the reads find them all and ``c`` starts
+        without another round trip.  A read that finds nothing (the values
+        live on another server, read before the script ran) is read again
+        later.  Only where reads cannot be wasted on large values: two
+        parents (the other one's output exists only if we complete), or
+        shared memory (large values are read as markers).
+        """
+        want = c.sched not in self.scheds  # the reply carries c's schedule if we lack it
+        h = batch.fanin(self.keys, c.tid, parent, c.ndeps, c.sched, want, self.inv.id)
+        if want or not (c.ndeps == 2 or self.store.shm_dir):
+            return c, h, ()
+        others = [d for d in self.scheds[c.sched].records[c.pos].deps if d != parent and d not in self.data]
+        return c, h, tuple(zip(others, batch.kvs_get_many([self.keys.data(d) for d in others]), strict=True))
+
+    def completed(self, batch: Batch, calls: list[_Call]) -> list[Dependent]:
+        """The fan-ins this executor completed (their schedules cached from the replies,
+        the outputs of their other parents kept when read in the same round trip)."""
         done = []
-        for c, h in calls:
+        for c, h, reads in calls:
             reply = batch[h]
             if reply == 0:
                 continue
@@ -436,6 +456,9 @@ class _Run:
                 if not reply[1]:
                     raise JobGone()
                 self.scheds[c.sched] = Schedule(reply[1])
+            for d, hd in reads:
+                if batch[hd] is not None:
+                    self.early[d] = batch[hd]
             done.append(c)
         return done
 
@@ -472,7 +495,7 @@ class _Run:
                 batch.kvs_set(self.keys.data(tid), out.parts())
             for c in fanins:
                 if c.tid not in whole:
-                    calls.append((c, self.notify(batch, tid, c)))
+                    calls.append(self.notify(batch, tid, c))
                 elif c.tid in lacking:  # once per fan-in, at its first parent's place
                     del lacking[c.tid]
                     local.append(c)
@@ -505,8 +528,11 @@ class _Run:
                 if d not in self.data
             }
         )
+        early, self.early = self.early, {}
+        values = {t: serialization.loads(early[t]) for t in want if t in early}
+        want = [t for t in want if t not in early]
         if not want and not scheds:
-            return {}
+            return values
         batch = self.store.batch()
         h_scheds = [batch.mds("get", self.keys.schedule(s)) for s in scheds]
         handles = batch.kvs_get_many([self.keys.data(t) for t in want])
@@ -515,7 +541,7 @@ class _Run:
             if batch[h] is None:
                 raise JobGone()
             self.scheds[s] = Schedule(batch[h])
-        return {t: self.load_remote(t, batch[h]) for t, h in zip(want, handles, strict=False)}
+        return values | {t: self.load_remote(t, batch[h]) for t, h in zip(want, handles, strict=False)}
 
     def send_away(self, batch: Batch, out: _Output, away: list[Dependent]) -> None:
         """Invoke executors for dependents that will not run here."""
