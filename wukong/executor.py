@@ -65,6 +65,7 @@ from wukong.timeout import TaskTimeout, task_timeout
 PROGRESS_EVERY = 0.5  # seconds between progress events on long chains
 DEFER_MAX = 1024  # fan-in notifications an executor with local work may batch ...
 DEFER_S = 0.05  # ... and for how long at most
+EARLY_READS_MAX_DEPS = 4  # fan-ins this narrow read their other inputs with each arrival (``notify``)
 CACHE_IDLE_S = 1.0  # a job's cached schedules are dropped once it has not run here for this long
 CANCEL_CHECK_S = 0.05  # a cancelled job's executors stop before their next task, this late at most
 
@@ -433,13 +434,15 @@ class _Run:
         (the commands run in order) the reads find them all and ``c`` starts
         without another round trip.  A read that finds nothing (the values
         live on another server, read before the script ran) is read again
-        later.  Only where reads cannot be wasted on large values: two
-        parents (the other one's output exists only if we complete), or
-        shared memory (large values are read as markers).
+        later.  Only where few reads can be wasted: two parents (the other
+        one's output exists only if we complete), or a few with shared memory
+        (large values are read as markers); a wide fan-in's last arrival
+        reads its inputs in one more round trip rather than every arrival
+        reading all the others.
         """
         want = c.sched not in self.scheds  # the reply carries c's schedule if we lack it
         h = batch.fanin(self.keys, c.tid, parent, c.ndeps, c.sched, want, self.inv.id)
-        if want or not (c.ndeps == 2 or self.store.shm_dir):
+        if want or not (c.ndeps == 2 or (self.store.shm_dir and c.ndeps <= EARLY_READS_MAX_DEPS)):
             return c, h, ()
         others = [d for d in self.scheds[c.sched].records[c.pos].deps if d != parent and d not in self.data]
         return c, h, tuple(zip(others, batch.kvs_get_many([self.keys.data(d) for d in others]), strict=True))
