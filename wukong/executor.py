@@ -551,7 +551,7 @@ class _Run:
         job, tid = self.inv.job, out.tid
         invs = []
         heads = [c for c in away if c.ndeps == 1 and c.pos == 0]
-        groups = self.ex.fanout_groups
+        groups = self.ex.fanout_groups if self.ex.proxy is None else None  # a proxy spreads them itself
         if groups and len(heads) > groups:  # a wide fan-out: siblings share invocations
             heads_set = set(heads)
             away = [c for c in away if c not in heads_set]
