@@ -62,10 +62,8 @@ def measure(mb: float, repeat: int, directory: str) -> dict[str, float]:
     def copy_reused() -> None:
         memoryview(reused)[:] = raw
 
-    out = {}
-    for name, fn in [("write", write), ("read", read), ("memcpy (fresh)", copy_fresh), ("memcpy (reused)", copy_reused)]:
-        out[name] = best_us(fn, repeat) / mb
-    return out
+    paths = {"write": write, "read": read, "memcpy (fresh)": copy_fresh, "memcpy (reused)": copy_reused}
+    return {name: best_us(fn, repeat) / mb for name, fn in paths.items()}
 
 
 def main(argv: list[str] | None = None) -> None:
