@@ -54,6 +54,10 @@ class System:
     startup_s: float | None = None
     close: Callable[[], None] = lambda: None
     last_job: Callable[[], dict | None] = lambda: None
+    counters: Callable[[], dict[str, int]] | None = None  # Redis totals, read before and after a run
+    # BLAS threads per task-running thread, chosen so that every system runs at most
+    # `cores` threads in all: one each where `cores` workers run tasks, `cores` for sync
+    blas_threads: int = 1
 
 
 # --- systems -----------------------------------------------------------------------------
@@ -84,7 +88,43 @@ def _start_wukong(storage: str = "standalone") -> System:
         if servers is not None:
             servers.stop()
 
-    return System(STORAGE[storage], client.get, {}, startup, close, lambda: dict(client.last_job))
+    return System(
+        STORAGE[storage],
+        client.get,
+        {},
+        startup,
+        close,
+        lambda: dict(client.last_job),
+        lambda: redis_counters(cluster),
+    )
+
+
+def redis_counters(cluster: Any) -> dict[str, int]:
+    """Totals over the cluster's Redis servers: commands executed (those run inside Lua
+    scripts included) and read events (one per pipeline a client sends, about: round trips).
+
+    Taken before and after a run, their difference is what one job cost, whatever the load.
+    """
+    commands = reads = 0
+    if cluster.store.cluster is not None:
+        return {}  # a Redis Cluster's node totals are not summed here
+    for r in cluster.store.servers:
+        stats = r.info("commandstats")
+        commands += sum(v["calls"] for k, v in stats.items() if k != "cmdstat_info")
+        reads += r.info("stats")["total_reads_processed"]
+    counters = {"redis_commands": commands, "redis_round_trips": reads, "probe_reads": 2 * len(cluster.store.servers)}
+    for i, proc in enumerate(getattr(cluster.backend, "workers", ())):
+        counters[f"worker_cpu_s.{i}"] = _cpu_seconds(proc.pid) if proc is not None else 0.0
+    return counters
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far; 0 where /proc cannot tell."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
 
 
 def _start_processes() -> System:
@@ -94,10 +134,31 @@ def _start_processes() -> System:
     # Dask's default makes a new pool per compute(); like wukong's and distributed's
     # workers, this one is started once and kept warm for the whole run.
     t0 = time.perf_counter()
-    pool = ProcessPoolExecutor(_cores(), mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(_cores(), mp_context=multiprocessing.get_context("spawn"), initializer=_one_blas_thread)
     list(pool.map(abs, range(4 * _cores())))
     startup = time.perf_counter() - t0
     return System("processes", "processes", {"pool": pool}, startup, lambda: pool.shutdown(cancel_futures=True))
+
+
+def _one_blas_thread() -> None:
+    """In each pool process: one BLAS thread, as wukong's and distributed's workers have."""
+    for var in BLAS_ENV:
+        os.environ[var] = "1"
+    _blas_limit(1)
+
+
+BLAS_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def _blas_limit(n: int) -> Any:
+    """Limit this process's BLAS to ``n`` threads (``threadpoolctl``); a no-op context without it."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        import contextlib
+
+        return contextlib.nullcontext()
+    return threadpool_limits(n, user_api="blas")
 
 
 def _start_distributed() -> System:
@@ -131,7 +192,7 @@ STARTERS: dict[str, Callable[[], System]] = {
     "wukong": _start_wukong,
     "wukong-ring3": lambda: _start_wukong("ring3"),
     "wukong-cluster3": lambda: _start_wukong("cluster3"),
-    "sync": lambda: System("sync", "sync"),
+    "sync": lambda: System("sync", "sync", blas_threads=_cores()),
     "threads": lambda: System("threads", "threads", {"num_workers": _cores()}),
     "processes": _start_processes,
     "distributed": _start_distributed,
@@ -265,7 +326,8 @@ def _compute(system: System, collections: tuple, timeout: float) -> tuple[float,
     def target() -> None:
         t0 = time.perf_counter()
         try:
-            box["result"] = dask.compute(*collections, scheduler=system.scheduler, **system.kwargs)
+            with _blas_limit(system.blas_threads):  # the tasks sync and threads run in this process
+                box["result"] = dask.compute(*collections, scheduler=system.scheduler, **system.kwargs)
             box["seconds"] = time.perf_counter() - t0
         except BaseException as exc:  # handed to the caller's thread
             box["error"] = exc
@@ -303,6 +365,8 @@ def run_cell(
     for i in range(repeat + 1):
         what = "warm-up" if i == 0 else f"run {i}/{repeat}"
         progress.show(f"{wl.name} · {system.name} · {what}")
+        cell.setdefault("load_before", []).append(os.getloadavg()[0])
+        before = system.counters() if system.counters else None
         try:
             seconds, result = _compute(system, wl.collections, timeout)
         except Exception as exc:
@@ -312,6 +376,17 @@ def run_cell(
             break
         job = system.last_job()
         if job is not None:
+            if before is not None and system.counters is not None:
+                after = system.counters()
+                job["redis_commands"] = after["redis_commands"] - before["redis_commands"]
+                # per worker: CPU seconds spent on this job (busy time; a restarted worker reads 0)
+                job["worker_cpu_s"] = [
+                    round(max(0.0, after[k] - before.get(k, 0.0)), 3) for k in after if k.startswith("worker_cpu_s.")
+                ]
+                # the later probe's own reads are inside the difference
+                job["redis_round_trips"] = (
+                    after["redis_round_trips"] - before["redis_round_trips"] - after["probe_reads"]
+                )
             cell["jobs"].append(job)
         if i == 0:
             cell["warmup_s"], first = seconds, result
@@ -411,6 +486,7 @@ def run(
     try:
         started = start_systems(systems, progress)
         results["startup_s"] = {s.name: s.startup_s for s in started if s.startup_s is not None}
+        results["blas_threads"] = {s.name: s.blas_threads for s in started}
         for name in only:
             results["workloads"][name] = run_workload(name, size, started, repeat, timeout, progress)
             report.write_json(results, paths)
@@ -422,6 +498,7 @@ def run(
             except Exception as exc:
                 print(f"closing {s.name} failed: {exc}", file=sys.stderr)
     results["ok"] = report.all_verified(results)
+    results["max_load_per_core"] = report.max_load_per_core(results)
     report.write_json(results, paths)
     report.write_charts(results, paths)
     table = report.tables(results)

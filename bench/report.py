@@ -7,6 +7,7 @@ saved JSON can be re-rendered: ``python -m bench.report results/<stamp>.json``.
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,15 @@ def _valid_medians(record: dict) -> dict[str, float]:
     }
 
 
+IDLE_LOAD_PER_CORE = 0.5  # a run whose load average went above this is not published (bench.summary)
+
+
+def max_load_per_core(results: dict) -> float | None:
+    """The highest 1-minute load average seen before any run, per core."""
+    loads = [x for w in results["workloads"].values() for c in w["systems"].values() for x in c.get("load_before", ())]
+    return max(loads) / results["machine"]["cores"] if loads else None
+
+
 # --- tables ------------------------------------------------------------------------------
 
 
@@ -82,6 +92,12 @@ def _first_line(text: str) -> str:
     return lines[-1].strip() if lines else text
 
 
+def _per_task(cell: dict, counter: str) -> str:
+    """A Redis counter per task, median over the cell's jobs (wukong only; "—" elsewhere)."""
+    per = [j[counter] / j["tasks"] for j in cell.get("jobs", ()) if counter in j and j.get("tasks")]
+    return f"{statistics.median(per):.2f}" if per else "—"
+
+
 def table(name: str, record: dict) -> str:
     """One workload's table: system, median, ratio to the best, tasks, tasks/s, check."""
     head = f"{name} — {record.get('describe', '')}  [{record['size']}]"
@@ -89,7 +105,8 @@ def table(name: str, record: dict) -> str:
         return f"{head}\n  !!! FAILED: {_first_line(record['error'])}"
     medians = _valid_medians(record)
     best = min(medians.values()) if medians else None
-    rows = [f"{'system':<12} {'median s':>10} {'vs best':>8} {'tasks':>8} {'tasks/s':>10}  check"]
+    head_row = f"{'system':<12} {'median s':>10} {'vs best':>8} {'tasks':>8} {'tasks/s':>10}"
+    rows = [head_row + f" {'cmd/task':>8} {'rt/task':>7}  check"]
     for sysname, cell in record["systems"].items():
         med = cell.get("median_s")
         ratio = f"{med / best:.2f}×" if med and best and sysname in medians else "—"
@@ -102,15 +119,27 @@ def table(name: str, record: dict) -> str:
         elif status == "MISMATCH":
             detail = f": {cell['mismatch']}"
         flag = "  <<<" if status != "ok" else ""
+        cmds, trips = _per_task(cell, "redis_commands"), _per_task(cell, "redis_round_trips")
         rows.append(
-            f"{sysname:<12} {_fmt_s(med):>10} {ratio:>8} {tasks if tasks is not None else '—':>8} {rate:>10}  "
-            f"{status}{detail}{flag}"
+            f"{sysname:<12} {_fmt_s(med):>10} {ratio:>8} {tasks if tasks is not None else '—':>8} {rate:>10} "
+            f"{cmds:>8} {trips:>7}  {status}{detail}{flag}"
         )
     lines = [head, *("  " + r for r in rows)]
     lines += _summary(record, medians)
     if record.get("error"):
         lines.append(f"  !!! {_first_line(record['error'])}")
     return "\n".join(lines)
+
+
+def _worker_busy(record: dict) -> str:
+    """Each wukong worker's CPU seconds per job, and as a share of the job's wall time."""
+    cell = record["systems"].get("wukong") or {}
+    jobs = [j for j in cell.get("jobs", ())[1:] if j.get("worker_cpu_s")]  # the timed runs
+    if not jobs or not cell.get("median_s"):
+        return ""
+    per_worker = [statistics.median(j["worker_cpu_s"][w] for j in jobs) for w in range(len(jobs[0]["worker_cpu_s"]))]
+    wall = cell["median_s"]
+    return ", ".join(f"{s:.3f} s ({s / wall:.0%})" for s in per_worker)
 
 
 def _summary(record: dict, medians: dict[str, float]) -> list[str]:
@@ -125,6 +154,9 @@ def _summary(record: dict, medians: dict[str, float]) -> list[str]:
     for name, t in medians.items():  # the same wukong on other storage (python -m bench --storage)
         if wk and name.startswith("wukong-"):
             lines.append(f"  {name} / wukong (one standalone Redis) = {t / wk:.2f}×")
+    busy = _worker_busy(record)
+    if busy:
+        lines.append(f"  wukong workers' CPU per job (median of runs): {busy}")
     limit = record.get("limit")
     if limit and "seconds" in limit:
         line = f"  limit: one {limit['what']} = {_fmt_s(limit['seconds'])} s"
@@ -150,6 +182,12 @@ def tables(results: dict) -> str:
         )
     for name, record in results["workloads"].items():
         out += ["", table(name, record)]
+    load = max_load_per_core(results)
+    if load is not None:
+        line = f"load average before the runs: at most {load:.2f} per core"
+        if load > IDLE_LOAD_PER_CORE:
+            line += f" -- above {IDLE_LOAD_PER_CORE}: compare ratios only; bench.summary will not publish this run"
+        out += ["", line]
     verdict = (
         "all results match sync"
         if results.get("ok", all_verified(results))

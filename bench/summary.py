@@ -8,11 +8,24 @@ from __future__ import annotations
 import json
 import sys
 
+from bench.report import IDLE_LOAD_PER_CORE, max_load_per_core
+
 ORDER = ["wukong", "sync", "threads", "processes", "distributed", "ray"]
 
 
-def table(path: str) -> str:
+class BusyMachine(Exception):
+    """The run was measured on a loaded machine: its numbers are not for the README."""
+
+
+def table(path: str, allow_busy: bool = False) -> str:
     run = json.load(open(path))
+    load = max_load_per_core(run)
+    if not allow_busy and (load is None or load > IDLE_LOAD_PER_CORE):
+        seen = "was not recorded" if load is None else f"reached {load:.2f} per core"
+        raise BusyMachine(
+            f"{path}: the load average before its runs {seen} (limit {IDLE_LOAD_PER_CORE}); "
+            "rerun on an idle machine (python -m bench.report prints it anyway)"
+        )
     systems = [s for s in ORDER if any(s in w["systems"] for w in run["workloads"].values())]
     lines = [
         "| workload | " + " | ".join(systems) + " | wukong / best other |",
@@ -40,4 +53,7 @@ def table(path: str) -> str:
 
 
 if __name__ == "__main__":
-    print(table(sys.argv[1]))
+    try:
+        print(table(sys.argv[1]))
+    except BusyMachine as e:
+        sys.exit(str(e))

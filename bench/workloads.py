@@ -66,6 +66,16 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
         "small": {"n_samples": 40000, "nchunks": 20},
         "full": {"n_samples": 800000, "nchunks": 20},  # the seed's size
     },
+    "fanout": {
+        "tiny": {"width": 1000},
+        "small": {"width": 20000},
+        "full": {"width": 100000},
+    },
+    "fanout_fanin": {
+        "tiny": {"width": 1000},
+        "small": {"width": 20000},
+        "full": {"width": 100000},
+    },
     "noop": {
         "tiny": {"tasks": 1000},
         "small": {"tasks": 10000},
@@ -145,9 +155,12 @@ def _gemm(p: dict) -> Workload:
     def limit() -> dict[str, Any]:
         xs, ys = dask.compute(x, y, scheduler="threads")
         np.matmul(xs[:64], ys)  # load BLAS outside the timed call
-        t0 = time.perf_counter()
-        np.matmul(xs, ys)
-        return {"what": "numpy.matmul", "seconds": time.perf_counter() - t0}
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            np.matmul(xs, ys)
+            times.append(time.perf_counter() - t0)
+        return {"what": "numpy.matmul", "seconds": min(times), "runs_s": times}
 
     return Workload("gemm", p, (z,), check, f"matmul {n}² · {n}², chunks {c}²", limit)
 
@@ -266,6 +279,59 @@ def _noop(p: dict) -> Workload:
     return Workload("noop", p | {"graph_tasks": len(dsk)}, (result,), _equal, f"{len(dsk)} no-op tasks")
 
 
+def _fanout_root(width: int) -> list[int]:
+    return list(range(width))
+
+
+def _fanout_child(xs: list[int], i: int) -> int:
+    return xs[i] + 1
+
+
+def _fanout_graph(width: int) -> tuple[dict, list]:
+    # A plain dict, as for noop: one task whose output every child reads.
+    dsk: dict = {"root": (_fanout_root, width)}
+    children = [("child", i) for i in range(width)]
+    for i, k in enumerate(children):
+        dsk[k] = (_fanout_child, "root", i)
+    return dsk, children
+
+
+class Outputs:
+    """Several keys of one graph as one collection: each key a requested output, and
+    no task gathering them (the list is made after ``compute`` returns them)."""
+
+    def __init__(self, dsk: dict, keys: list):
+        self.dsk, self.keys = dsk, keys
+
+    def __dask_graph__(self) -> dict:
+        return self.dsk
+
+    def __dask_keys__(self) -> list:
+        return self.keys
+
+    def __dask_postcompute__(self) -> tuple:
+        return list, ()
+
+    def __dask_tokenize__(self) -> tuple:
+        return ("outputs", id(self))
+
+    __dask_optimize__ = staticmethod(lambda dsk, keys, **kwargs: dsk)
+    __dask_scheduler__ = staticmethod(dask.get)
+
+
+def _fanout(p: dict) -> Workload:
+    # One task fanning out to `width` children, each a requested output.
+    dsk, children = _fanout_graph(p["width"])
+    return Workload("fanout", p, (Outputs(dsk, children),), _equal, f"1 task → {p['width']} children")
+
+
+def _fanout_fanin(p: dict) -> Workload:
+    # The same fan-out, then one task reading every child (a `width`-wide fan-in).
+    dsk, children = _fanout_graph(p["width"])
+    result = Delayed("total", dsk | {"total": (sum, children)})
+    return Workload("fanout_fanin", p, (result,), _equal, f"1 task → {p['width']} children → 1 sum")
+
+
 BUILDERS: dict[str, Callable[[dict], Workload]] = {
     "tree": _tree,
     "gemm": _gemm,
@@ -276,4 +342,6 @@ BUILDERS: dict[str, Callable[[dict], Workload]] = {
     "cholesky": _cholesky,
     "svc": _svc,
     "noop": _noop,
+    "fanout": _fanout,
+    "fanout_fanin": _fanout_fanin,
 }

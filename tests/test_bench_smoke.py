@@ -97,3 +97,28 @@ def test_storage_option_runs_wukong_once_per_storage():
     assert parse(["--systems", "wukong,sync"]).systems == ["wukong", "sync"]  # default: the embedded Redis only
     with pytest.raises(SystemExit):
         parse(["--storage", "ring7"])
+
+
+def test_records_the_load_before_every_cell(bench_run):
+    for record in bench_run["results"]["workloads"].values():
+        for cell in record["systems"].values():
+            assert len(cell["load_before"]) == len(cell["runs_s"]) + 1 or cell.get("error")
+    assert set(bench_run["results"]["blas_threads"]) == set(SYSTEMS)
+
+
+def test_summary_refuses_a_run_on_a_busy_machine(bench_run, tmp_path):
+    from bench import summary
+
+    results = dict(bench_run["results"])
+    cores = results["machine"]["cores"]
+    for load, refused in [(0.1 * cores, False), (0.9 * cores, True)]:
+        for record in results["workloads"].values():
+            for cell in record["systems"].values():
+                cell["load_before"] = [load]
+        path = tmp_path / f"{load}.json"
+        path.write_text(json.dumps(results))
+        if refused:
+            with pytest.raises(summary.BusyMachine):
+                summary.table(str(path))
+        else:
+            assert "| workload |" in summary.table(str(path))

@@ -52,3 +52,19 @@ def test_small_values_are_not_framed():
 def test_garbage_is_a_clear_error():
     with pytest.raises(ValueError, match="not a wukong value"):
         serialization.loads(b"?garbage")
+
+
+def test_uncompressed_parts_are_the_arrays_own_memory():
+    array = np.random.default_rng(2).random((300, 300))
+    parts = serialization.dumps_parts(array, compress=False)
+    assert any(isinstance(p, memoryview) and p.obj is not None and p.nbytes == array.nbytes for p in parts)
+    back = serialization.loads(b"".join(parts))
+    np.testing.assert_array_equal(back, array)
+    assert b"".join(parts) != serialization.dumps(np.zeros((300, 300)), compress=False)
+
+
+def test_uncompressed_and_compressed_values_read_the_same():
+    array = np.zeros((400, 400))
+    raw, packed = serialization.dumps(array, compress=False), serialization.dumps(array)
+    assert len(raw) > array.nbytes > len(packed)
+    np.testing.assert_array_equal(serialization.loads(raw), serialization.loads(packed))

@@ -37,3 +37,11 @@ def test_shared_memory_can_be_turned_off():
             (x + x.T).compute(scheduler=Client(cluster, progress=False).get), (x + x.T).compute()
         )
         assert cluster.store.mds.info("memory")["used_memory_peak"] > 8_000_000  # the blocks went through Redis
+
+
+def test_a_value_written_in_pieces_reads_back_whole(tmp_path):
+    from wukong.store import shm
+
+    pieces = [b"head", memoryview(bytearray(range(256)) * 40)[3:], b"", b"tail"]
+    marker = shm.write(str(tmp_path), "wk:job:d:7", pieces)
+    assert bytes(shm.read(marker)) == b"".join(bytes(p) for p in pieces)

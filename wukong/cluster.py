@@ -289,13 +289,18 @@ class LocalCluster:
 
     def executor_options(self) -> dict:
         """Keyword arguments of every executor of this cluster (``Executor(...)``)."""
-        return {
+        from wukong.backends.local import LEAF_GROUPS_PER_WORKER
+
+        options = {
             "inline_limit": self.inline_limit,
             "cluster_threshold": self.cluster_threshold,
             "lease_ms": self.lease_ms,
             "faults": self.faults,
             "max_result_bytes": self.max_result_bytes,
         }
+        if self.n_workers:  # local workers: siblings of a wide fan-out are started as grouped leaves are
+            options["fanout_groups"] = LEAF_GROUPS_PER_WORKER * self.n_workers
+        return options
 
     def close(self) -> None:
         """Stop the workers, the proxy and the embedded Redis servers; idempotent."""

@@ -21,7 +21,12 @@ executor then schedules itself:
 * While it still has local work, a task whose dependents are all fan-ins
   holds its notification back (``DEFER_MAX`` of them, ``DEFER_S`` at most) and
   sends them together: fan-ins that complete then run here, so a group of
-  leaves reduces its own subtree without a round trip per task.
+  leaves reduces its own subtree without a round trip per task.  A fan-in
+  whose parents are all among the held outputs is complete without asking
+  the MDS: nothing is written for it (no output, no arrival).
+* A fan-out to more new schedules than ``fanout_groups`` starts them as
+  grouped leaves are started: that many invocations, each carrying the
+  parent's output once (``Invocation.more``).
 * With nothing ready it exits: it never waits for another executor.
 
 Delivery may repeat and executors may die.  Each invocation has a
@@ -63,12 +68,14 @@ from wukong.backends.base import Invoke, launch
 from wukong.faults import CRASH_EXIT, Faults
 from wukong.protocol import OUTPUT, Dependent, Invocation, Keys, TaskRecord
 from wukong.recovery import LEASE_MS, Heartbeat
-from wukong.store import Batch, Store, held
+from wukong.store import Batch, Store, held, shm
 from wukong.timeout import STUCK_EXIT, Guard, TaskTimeout, task_timeout
 
 PROGRESS_EVERY = 0.5  # seconds between progress events on long chains
-DEFER_MAX = 64  # fan-in notifications an executor with local work may batch ...
-DEFER_S = 0.005  # ... and for how long at most
+DEFER_MAX = 1024  # fan-in notifications an executor with local work may batch ...
+DEFER_S = 0.05  # ... and for how long at most
+EARLY_READS_MAX_DEPS = 4  # fan-ins this narrow read their other inputs with each arrival (``notify``)
+CACHE_IDLE_S = 1.0  # a job's cached schedules are dropped once it has not run here for this long
 CANCEL_CHECK_S = 0.05  # a cancelled job's executors stop before their next task, this late at most
 
 
@@ -87,6 +94,9 @@ class Schedule:
             self._bodies = serialization.loads_function(self._pickled)
             self._pickled = memoryview(b"")
         return self._bodies[pos]
+
+
+_Call = tuple[Dependent, tuple[int, int], tuple[tuple[int, tuple[int, int]], ...]]  # fan-in, script, reads
 
 
 class JobGone(Exception):
@@ -126,6 +136,7 @@ class Executor:
         proxy: Callable[[str, int, list[Invocation]], bool] | None = None,
         max_task_fanout: int = 0,
         max_result_bytes: int | None = None,
+        fanout_groups: int | None = None,
     ):
         self.store = store
         # wide fan-outs go through the proxy (wukong.proxy): proxy(job, tid, invs) -> handed over?
@@ -136,28 +147,39 @@ class Executor:
         self.cache_jobs = cache_jobs
         self.lease_ms = lease_ms
         self.max_result_bytes = max_result_bytes
+        # a fan-out to more new schedules than this starts them in this many invocations
+        # (each carries the parent's output once); ``None``: one invocation each (Lambda)
+        self.fanout_groups = fanout_groups
         self.faults = Faults(faults) if faults else None
         self.invoke = self.faults.wrap(invoke) if self.faults else invoke
         self.jobs: OrderedDict[str, dict[int, Schedule]] = OrderedDict()
         self.options: dict[str, dict] = {}
+        self.used: dict[str, float] = {}  # job -> when an invocation of it last started here
         self.heartbeat = Heartbeat(store, lease_ms)
         # who ran a task, for the client's profiler: the Lambda sandbox, or host and process
         self.worker = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME") or f"{socket.gethostname()}:{os.getpid()}"
 
     # -- job state cached in a warm process ---------------------------------
     def schedules(self, job: str) -> dict[int, Schedule]:
+        """The schedules of ``job`` cached here.  A job first seen here drops those of
+        jobs idle here for ``CACHE_IDLE_S`` (most have ended: a following job should
+        not pay for their memory) and of all but the last ``cache_jobs``."""
+        now = time.monotonic()
         cache = self.jobs.get(job)
         if cache is None:
             cache = self.jobs[job] = {}
+            for old in [j for j, t in self.used.items() if now - t > CACHE_IDLE_S]:
+                self.forget(old)
             while len(self.jobs) > self.cache_jobs:
-                old, _ = self.jobs.popitem(last=False)
-                self.options.pop(old, None)
+                self.forget(next(iter(self.jobs)))
         self.jobs.move_to_end(job)
+        self.used[job] = now
         return cache
 
     def forget(self, job: str) -> None:
         self.jobs.pop(job, None)
         self.options.pop(job, None)
+        self.used.pop(job, None)
 
     # -- one invocation -------------------------------------------------------
     def run(self, inv: Invocation, on_exit: Callable[[Batch], None] | None = None) -> int:
@@ -211,8 +233,9 @@ class _Run:
         self.opts: dict = {}
         self.last_report = self.last_check = time.monotonic()
         # fan-in notifications held back while local work remains: (tid, blob, fan-ins)
-        self.deferred: list[tuple[int, bytes, list[Dependent]]] = []
+        self.deferred: list[tuple[int, _Output, list[Dependent]]] = []
         self.deferred_since = 0.0
+        self.early: dict[int, Any] = {}  # serialized outputs of fan-in parents read with the arrival
         self.token = f"{os.getpid()}-{time.monotonic_ns()}"  # this attempt's lease
         self.warned: list = []  # warnings of the task just run (``task_warnings``)
         # A re-run of an invocation whose executor died records each task before
@@ -221,6 +244,8 @@ class _Run:
         self.crash_after = ex.faults.crash_point() if ex.faults else None
         self.timings: list[tuple[int, float, float]] = []  # (tid, start, end) since the last report
         self.stats = [0, 0, 0]  # since the last report: bytes stored, bytes fetched, fan-in round trips
+        # values that stay on this machine (shared memory) are not worth compressing
+        self.compress = self.store.shm_dir is None
 
     # -- round trips ---------------------------------------------------------
     def send(self, batch: Batch) -> Batch:
@@ -385,9 +410,9 @@ class _Run:
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         protocol.emit_error(self.pending, self.keys, key, what, exc, tb)
 
-    def dumps(self, key: Any, result: Any) -> bytes:
+    def dumps(self, key: Any, result: Any) -> list[bytes | memoryview]:
         try:
-            return serialization.dumps(result)
+            return serialization.dumps_parts(result, compress=self.compress)
         except Exception as exc:
             self.fail(key, exc, "returned a result that cannot be pickled")
             raise TaskFailed() from None
@@ -398,24 +423,30 @@ class _Run:
         stored_result = self.publish(out) if rec.flags & OUTPUT else False
         ready = [c for c in rec.dependents if c.ndeps == 1]
         fanins = [c for c in rec.dependents if c.ndeps > 1]
-        if fanins and not ready and self.stack and not stored_result and len(out.blob()) <= self.ex.inline_limit:
+        if (
+            fanins
+            and not ready
+            and (self.stack or self.deferred)  # no stack: the loop flushes at once, with this one
+            and not stored_result
+            and out.size() <= self.ex.inline_limit
+        ):
             self.defer(out, fanins)  # batch this notification with the next ones
             return
         # Where the output goes: to the KVS once when dependents elsewhere read it
         # (a fan-in's parents always store), inline in invocations when small, nowhere
         # when it is too big to ship (then every ready dependent runs here).
         wide = bool(fanins) or len(ready) > 1
-        big = wide and len(out.blob()) > self.ex.cluster_threshold
-        shipped = bool(fanins) or (len(ready) > 1 and not big and len(out.blob()) > self.ex.inline_limit)
+        big = wide and out.size() > self.ex.cluster_threshold
+        shipped = bool(fanins) or (len(ready) > 1 and not big and out.size() > self.ex.inline_limit)
         batch = self.store.batch()
         if shipped or stored_result:  # before the fan-in calls of the same round trip
-            (batch if shipped else self.pending).kvs_set(self.keys.data(out.tid), out.blob())
-            self.stats[0] += len(out.blob())
+            (batch if shipped else self.pending).kvs_set(self.keys.data(out.tid), out.parts())
+            self.stats[0] += out.size()
         if stored_result:
             protocol.emit_stored_result(self.pending, self.keys, out.tid)  # sent with or after the write
         if fanins:
             self.stats[2] += 1
-            calls = [(c, self.notify(batch, out.tid, c)) for c in fanins]
+            calls = [self.notify(batch, out.tid, c) for c in fanins]
             ready += self.completed(self.send(batch), calls)
             batch = self.store.batch()
         if ready:
@@ -423,21 +454,24 @@ class _Run:
 
     def publish(self, out: _Output) -> bool:
         """Send a requested result to the client on the job's stream; ``True`` when it is
-        too long for a stream entry and must be read from the KVS instead."""
-        blob = out.blob()
+        too long for a stream entry and must be read from the KVS instead.
+
+        On the local backend a result large enough for shared memory goes there
+        too: the client maps it instead of reading it through Redis."""
+        size = out.size()
         limit = self.ex.max_result_bytes
-        if limit is not None and len(blob) > limit:
-            size_error = ValueError(f"result is {len(blob):,} bytes serialized; the limit is {limit:,}")
+        if limit is not None and size > limit:
+            size_error = ValueError(f"result is {size:,} bytes serialized; the limit is {limit:,}")
             self.fail(out.key, size_error, "returned a result larger than the cluster's max_result_bytes")
             raise TaskFailed()
         if self.opts.get("hold"):  # kept for the client's futures, not sent
-            self.pending.kvs_set(self.keys.held(out.tid), blob)
-            self.stats[0] += len(blob)
+            self.pending.kvs_set(self.keys.held(out.tid), out.parts())
+            self.stats[0] += size
             protocol.emit_held(self.pending, self.keys, out.tid)
             return False
-        if len(blob) > self.store.part_size:
+        if size > self.store.part_size or (self.store.shm_dir and size >= shm.SHM_MIN):
             return True
-        protocol.emit_result(self.pending, self.keys, out.tid, blob)
+        protocol.emit_result(self.pending, self.keys, out.tid, out.blob())
         return False
 
     def become(self, batch: Batch, sid: int, pos: int, out: _Output, ready: list[Dependent], big: bool) -> None:
@@ -461,15 +495,33 @@ class _Run:
         if self.refs[tid] == 0:
             del self.refs[tid], self.data[tid]
 
-    def notify(self, batch: Batch, parent: int, c: Dependent) -> tuple[int, int]:
-        """Add the fan-in script call for ``parent``'s arrival at ``c`` to ``batch``."""
-        want = c.sched not in self.scheds  # the reply carries c's schedule if we lack it
-        return batch.fanin(self.keys, c.tid, parent, c.ndeps, c.sched, want, self.inv.id)
+    def notify(self, batch: Batch, parent: int, c: Dependent) -> _Call:
+        """Add the fan-in script call for ``parent``'s arrival at ``c`` to ``batch``.
 
-    def completed(self, batch: Batch, calls: list[tuple[Dependent, tuple[int, int]]]) -> list[Dependent]:
-        """The fan-ins this executor completed (their schedules cached from the replies)."""
+        When ``c``'s other parents are known here, reads of their outputs follow
+        in the same round trip: if this arrival completes ``c``, every other
+        parent stored its output before its own arrival, so on a single server
+        (the commands run in order) the reads find them all and ``c`` starts
+        without another round trip.  A read that finds nothing (the values
+        live on another server, read before the script ran) is read again
+        later.  Only where few reads can be wasted: two parents (the other
+        one's output exists only if we complete), or a few with shared memory
+        (large values are read as markers); a wide fan-in's last arrival
+        reads its inputs in one more round trip rather than every arrival
+        reading all the others.
+        """
+        want = c.sched not in self.scheds  # the reply carries c's schedule if we lack it
+        h = batch.fanin(self.keys, c.tid, parent, c.ndeps, c.sched, want, self.inv.id)
+        if want or not (c.ndeps == 2 or (self.store.shm_dir and c.ndeps <= EARLY_READS_MAX_DEPS)):
+            return c, h, ()
+        others = [d for d in self.scheds[c.sched].records[c.pos].deps if d != parent and d not in self.data]
+        return c, h, tuple(zip(others, batch.kvs_get_many([self.keys.data(d) for d in others]), strict=True))
+
+    def completed(self, batch: Batch, calls: list[_Call]) -> list[Dependent]:
+        """The fan-ins this executor completed (their schedules cached from the replies,
+        the outputs of their other parents kept when read in the same round trip)."""
         done = []
-        for c, h in calls:
+        for c, h, reads in calls:
             reply = batch[h]
             if reply == 0:
                 continue
@@ -477,32 +529,53 @@ class _Run:
                 if not reply[1]:
                     raise JobGone()
                 self.scheds[c.sched] = Schedule(self.store.whole(self.keys.schedule(c.sched), reply[1]))
+            for d, hd in reads:
+                if batch[hd] is not None:
+                    self.early[d] = batch[hd]
             done.append(c)
         return done
 
     def defer(self, out: _Output, fanins: list[Dependent]) -> None:
         if not self.deferred:
             self.deferred_since = time.monotonic()
-        self.deferred.append((out.tid, out.blob(), fanins))
+        self.deferred.append((out.tid, out, fanins))
         self.data[out.tid] = out.value  # held until the notification is sent: a fan-in may complete here
         self.refs[out.tid] = self.refs.get(out.tid, 0) + 1
 
     def flush_deferred(self) -> None:
-        """Store the held outputs and notify their fan-ins: one round trip.
+        """Store the held outputs and notify their fan-ins: one round trip at most.
 
         Fan-ins that complete run here (their inputs are mostly in this
         executor's memory already); with grouped leaves, whole subtrees of a
-        reduction run without another round trip per task.
+        reduction run without another round trip per task.  A fan-in whose
+        parents were all computed here and are all held is complete without
+        asking the MDS: no other invocation will ever notify it (each task is
+        run by one invocation; a re-run of this one recomputes the same
+        parents and completes it again, as ``fanin.lua``'s owner rule would
+        allow), so neither its parents' outputs nor its arrivals are written.
         """
         deferred, self.deferred = self.deferred, []
+        lacking: dict[int, int] = {}  # fan-in -> parents not among the held outputs
+        for _, _, fanins in deferred:
+            for c in fanins:
+                lacking[c.tid] = lacking.get(c.tid, c.ndeps) - 1
+        whole = {t for t, n in lacking.items() if n == 0}
         batch = self.store.batch()
         calls = []
         self.stats[2] += 1
-        for tid, blob, fanins in deferred:
-            batch.kvs_set(self.keys.data(tid), blob)
-            self.stats[0] += len(blob)
-            calls += [(c, self.notify(batch, tid, c)) for c in fanins]
-        done = self.completed(self.send(batch), calls)
+        local: list[Dependent] = []
+        for tid, out, fanins in deferred:
+            if any(c.tid not in whole for c in fanins):  # read elsewhere: store it
+                batch.kvs_set(self.keys.data(tid), out.parts())
+                self.stats[0] += out.size()
+            for c in fanins:
+                if c.tid not in whole:
+                    calls.append(self.notify(batch, tid, c))
+                elif c.tid in lacking:  # once per fan-in, at its first parent's place
+                    del lacking[c.tid]
+                    local.append(c)
+        done = self.completed(self.send(batch), calls) if batch else []
+        done += local
         for t, value in self.fetch_fanin_inputs(done).items():
             self.data[t] = value
         for c in reversed(done):
@@ -520,11 +593,21 @@ class _Run:
         its other parents from the KVS.
         """
         scheds = sorted({c.sched for c in local if c.sched not in self.scheds})
+        # a fan-in whose schedule is not here yet was completed locally: its inputs are all held
         want = sorted(
-            {d for c in local if c.ndeps > 1 for d in self.scheds[c.sched].records[c.pos].deps if d not in self.data}
+            {
+                d
+                for c in local
+                if c.ndeps > 1 and c.sched in self.scheds
+                for d in self.scheds[c.sched].records[c.pos].deps
+                if d not in self.data
+            }
         )
+        early, self.early = self.early, {}
+        values = {t: serialization.loads(early[t]) for t in want if t in early}
+        want = [t for t in want if t not in early]
         if not want and not scheds:
-            return {}
+            return values
         batch = self.store.batch()
         h_scheds = [batch.get_value(self.store.mds_index, self.keys.schedule(s)) for s in scheds]
         handles = batch.kvs_get_many([self.keys.data(t) for t in want])
@@ -533,19 +616,22 @@ class _Run:
             if batch[h] is None:
                 raise JobGone()
             self.scheds[s] = Schedule(batch[h])
-        return {t: self.load_remote(t, batch[h]) for t, h in zip(want, handles, strict=False)}
+        return values | {t: self.load_remote(t, batch[h]) for t, h in zip(want, handles, strict=False)}
 
     def send_away(self, batch: Batch, out: _Output, away: list[Dependent]) -> None:
         """Invoke executors for dependents that will not run here."""
         job, tid = self.inv.job, out.tid
         invs = []
+        heads = [c for c in away if c.ndeps == 1 and c.pos == 0]
+        groups = self.ex.fanout_groups if self.ex.proxy is None else None  # a proxy spreads them itself
+        if groups and len(heads) > groups:  # a wide fan-out: siblings share invocations
+            heads_set = set(heads)
+            away = [c for c in away if c not in heads_set]
+            for chunk in _cut(heads, groups):
+                invs.append(self.head_invocation(out, chunk[0], tuple(c.sched for c in chunk[1:])))
         for c in away:
             if c.ndeps == 1:
-                blob = out.blob()
-                if len(blob) <= self.ex.inline_limit:
-                    invs.append(Invocation(job, c.sched, c.pos, {tid: blob}, ()))
-                else:
-                    invs.append(Invocation(job, c.sched, c.pos, {}, (tid,)))
+                invs.append(self.head_invocation(out, c))
             else:
                 deps = self.scheds[c.sched].records[c.pos].deps
                 invs.append(Invocation(job, c.sched, c.pos, {}, deps))
@@ -559,6 +645,12 @@ class _Run:
             batch = self.store.batch()  # the proxy failed and the fan-out is ours: invoke directly
         launch(self.ex.invoke, batch, job, invs, send=self.send)
 
+    def head_invocation(self, out: _Output, c: Dependent, more: tuple[int, ...] = ()) -> Invocation:
+        """Start ``c`` (and the schedules ``more``, siblings that read only ``out``) elsewhere."""
+        if out.size() <= self.ex.inline_limit:
+            return Invocation(self.inv.job, c.sched, c.pos, {out.tid: out.blob()}, (), more)
+        return Invocation(self.inv.job, c.sched, c.pos, {}, (out.tid,), more)
+
     def exit(self, on_exit: Callable[[Batch], None] | None = None) -> None:
         batch, self.pending = self.pending, self.store.batch()
         if on_exit is not None:  # before the exit event: after it the client may stop reading
@@ -568,16 +660,46 @@ class _Run:
         batch.execute()
 
 
-class _Output:
-    """A finished task's output, serialized once, on first need."""
+def _cut(items: list, n: int) -> list[list]:
+    """``items`` in order, cut into ``n`` runs of nearly equal length."""
+    size, extra = divmod(len(items), n)
+    out, i = [], 0
+    for g in range(n):
+        j = i + size + (g < extra)
+        out.append(items[i:j])
+        i = j
+    return out
 
-    __slots__ = ("run", "tid", "key", "value", "_blob")
+
+class _Output:
+    """A finished task's output, serialized once, on first need.
+
+    ``parts`` are the serialized value in pieces (large buffers are the
+    value's own memory, not copies: they are written out before any task
+    that may modify the value runs); ``blob`` joins them when one ``bytes``
+    is needed (inline in an invocation, on the event stream).
+    """
+
+    __slots__ = ("run", "tid", "key", "value", "_parts", "_size", "_blob")
 
     def __init__(self, run: _Run, tid: int, key: Any, value: Any):
         self.run, self.tid, self.key, self.value = run, tid, key, value
+        self._parts: list[bytes | memoryview] | None = None
+        self._size = 0
         self._blob: bytes | None = None
+
+    def parts(self) -> list[bytes | memoryview]:
+        if self._parts is None:
+            self._parts = self.run.dumps(self.key, self.value)
+            self._size = sum(len(p) for p in self._parts)
+        return self._parts
+
+    def size(self) -> int:
+        self.parts()
+        return self._size
 
     def blob(self) -> bytes:
         if self._blob is None:
-            self._blob = self.run.dumps(self.key, self.value)
+            parts = self.parts()
+            self._blob = parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
         return self._blob

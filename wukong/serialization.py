@@ -3,7 +3,8 @@
 Data (task outputs) uses pickle protocol 5 with out-of-band buffers, so a
 numpy array's memory is never copied into the pickle stream; each buffer is
 framed and lz4-compressed when that pays (``wukong_native.compress`` decides
-with a cheap probe).  Small plain objects skip the framing: one tag byte and
+with a cheap probe) -- or framed raw, with no copy and no probe, for values
+that stay on this machine (``compress=False``).  Small plain objects skip the framing: one tag byte and
 the pickle.
 
     small:  b"p" + pickle
@@ -11,14 +12,16 @@ the pickle.
             frame 0 is the pickle stream, frames 1.. the out-of-band buffers,
             each after zero padding that puts its data at a multiple of 64
 
-Task bodies use ``cloudpickle`` (the C pickler underneath), which sends
-lambdas and functions defined in ``__main__`` by value.
+Task bodies use the C pickler, or ``cloudpickle`` when they hold lambdas,
+locals or functions defined in ``__main__`` (sent by value).
 """
 
 from __future__ import annotations
 
+import io
 import pickle
 import struct
+import types
 from typing import Any
 
 import cloudpickle
@@ -27,10 +30,22 @@ from wukong_native import HEADER_LEN, TAG_RAW, compress, decompress
 SMALL = 1024  # below this a value with no buffers is not framed
 ALIGN = 64  # buffer data offsets within a value
 _U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
 
 
-def dumps(obj: Any) -> bytes:
+def dumps(obj: Any, compress: bool = True) -> bytes:
     """Serialize a task output; raises whatever pickling raises."""
+    return b"".join(dumps_parts(obj, compress))
+
+
+def dumps_parts(obj: Any, compress: bool = True) -> list[bytes | memoryview]:
+    """``dumps(obj)`` as pieces to be written one after the other (``writev``).
+
+    With ``compress=False`` the buffers are framed raw and the pieces are the
+    buffers' own memory: the value's one copy is the one made where it is
+    written.  Floats rarely compress, and a value that stays on this machine
+    is cheaper copied than compressed.
+    """
     buffers: list[pickle.PickleBuffer] = []
     try:
         stream = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
@@ -38,17 +53,27 @@ def dumps(obj: Any) -> bytes:
         buffers.clear()
         stream = cloudpickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
     if not buffers and len(stream) < SMALL:
-        return b"p" + stream
-    frames = [compress(stream)]
-    frames.extend(compress(b.raw()) for b in buffers)
-    header = b"F" + _U32.pack(len(frames)) + struct.pack(f"<{len(frames)}Q", *map(len, frames))
-    parts = [header, frames[0]]
-    offset = len(header) + len(frames[0])
-    for frame in frames[1:]:
+        return [b"p" + stream]
+    frame = _compressed if compress else _raw
+    frames = [frame(stream), *(frame(b.raw()) for b in buffers)]
+    lengths = [sum(len(p) for p in f) for f in frames]
+    header = b"F" + _U32.pack(len(frames)) + struct.pack(f"<{len(frames)}Q", *lengths)
+    parts = [header, *frames[0]]
+    offset = len(header) + lengths[0]
+    for pieces, n in zip(frames[1:], lengths[1:], strict=True):
         pad = _padding(offset)
-        parts += [bytes(pad), frame]
-        offset += pad + len(frame)
-    return b"".join(parts)
+        parts += [bytes(pad), *pieces]
+        offset += pad + n
+    return parts
+
+
+def _compressed(data: bytes | memoryview) -> list[bytes | memoryview]:
+    return [compress(data)]
+
+
+def _raw(data: bytes | memoryview) -> list[bytes | memoryview]:
+    """A raw frame (what ``compress`` makes of incompressible data) without copying ``data``."""
+    return [bytes([TAG_RAW]) + _U64.pack(len(data)), data]
 
 
 def _padding(offset: int) -> int:
@@ -91,9 +116,53 @@ def _writable(frame: memoryview) -> bytearray | memoryview:
     return bytearray(decompress(frame))
 
 
-def dumps_function(obj: Any) -> bytes:
-    """Serialize task bodies; cloudpickle sends ``__main__`` functions by value."""
-    return cloudpickle.dumps(obj, protocol=5)
+def dumps_function(obj: Any, by_reference: dict | None = None) -> bytes:
+    """Serialize task bodies; functions and classes the workers cannot import
+    (``__main__``'s, lambdas, locals) go by value, through cloudpickle.
+
+    The C pickler goes first: cloudpickle decides how to pickle every object
+    in Python, about three times slower on task bodies.  At the first function
+    or class that must go by value the whole object is pickled again with
+    cloudpickle.  ``by_reference`` caches that decision per object across calls
+    (one dict per plan: the functions of a graph repeat).
+    """
+    cache = {} if by_reference is None else by_reference
+    buf = io.BytesIO()
+    try:
+        _BodyPickler(buf, cache).dump(obj)
+        return buf.getvalue()
+    except (_ByValue, pickle.PicklingError, AttributeError, TypeError):
+        return cloudpickle.dumps(obj, protocol=5)
+
+
+class _ByValue(Exception):
+    """A function or class in the task bodies must be pickled by value."""
+
+
+class _BodyPickler(pickle.Pickler):
+    def __init__(self, file: io.BytesIO, cache: dict):
+        super().__init__(file, protocol=5)
+        self.cache = cache
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, (types.FunctionType, type)):
+            hit = self.cache.get(id(obj))
+            if hit is None:  # the object is kept in the entry, so its id is not reused
+                hit = self.cache[id(obj)] = (obj, _importable(obj))
+            if not hit[1]:
+                raise _ByValue()
+        return NotImplemented
+
+
+def _importable(obj: Any) -> bool:
+    """True when cloudpickle itself would pickle ``obj`` by reference."""
+    decide = getattr(cloudpickle.cloudpickle, "_should_pickle_by_reference", None)
+    if decide is None:  # a cloudpickle without it: let cloudpickle do everything
+        return False
+    try:
+        return bool(decide(obj))
+    except Exception:
+        return False
 
 
 loads_function = pickle.loads

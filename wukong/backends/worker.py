@@ -8,6 +8,7 @@ running.  The entry is removed in the same pipeline that reports the exit.
 
 from __future__ import annotations
 
+import gc
 import json
 import signal
 import sys
@@ -20,6 +21,8 @@ from wukong.protocol import decode_invocation
 from wukong.proxy.client import executor_options as proxy_options
 from wukong.store import Batch, Store
 
+GC_GEN0 = 20_000  # allocations between collections of the youngest generation (Python's default: 700)
+
 
 def serve(config: dict) -> None:
     store = Store.from_config(config["store"])
@@ -30,6 +33,11 @@ def serve(config: dict) -> None:
     blocking = store.connect_mds(socket_timeout=None)
     blocking.ping()
     _warm_imports()
+    # What start-up made lives as long as the process: never scan it again.  Tasks make
+    # many small objects; collecting the youngest every 700 allocations costs more
+    # than it frees (noop jobs: up to 0.45 s of collections per worker per job).
+    gc.freeze()
+    gc.set_threshold(GC_GEN0, *gc.get_threshold()[1:])
     sys.stdout.buffer.write(READY)
     sys.stdout.flush()
     while True:

@@ -85,10 +85,12 @@ class Batch:
                 stack.extend(theirs)
             self.counts[server] += len(theirs)
 
-    def kvs_set(self, key: str, value: bytes | memoryview) -> Handle:
-        """Store ``value`` at ``key`` (a ``Keys.data`` name), split if it is too long."""
+    def kvs_set(self, key: str, value: bytes | memoryview | list[bytes | memoryview]) -> Handle:
+        """Store ``value`` (or the concatenation of its pieces) at ``key`` (a ``Keys.data``
+        name), split if it is too long."""
         store = self.store
-        if store.shm_dir and len(value) >= shm.SHM_MIN:
+        size = sum(len(p) for p in value) if isinstance(value, list) else len(value)
+        if store.shm_dir and size >= shm.SHM_MIN:
             try:
                 marker = shm.write(store.shm_dir, key, value)
                 return self.add(store.kvs_server(key), "set", key, marker, store.ttl)
@@ -96,8 +98,9 @@ class Batch:
                 pass  # no room on the RAM file system: Redis takes it
         return self.set_value(store.kvs_server(key), key, value)
 
-    def set_value(self, server: int, key: str, value: bytes | memoryview) -> Handle:
-        """SET ``value`` at ``key`` on ``server``; longer than ``part_size``, it is split.
+    def set_value(self, server: int, key: str, value: bytes | memoryview | list[bytes | memoryview]) -> Handle:
+        """SET ``value`` (or the concatenation of its pieces) at ``key`` on ``server``;
+        longer than ``part_size``, it is split.
 
         The parts go to the ring's servers, ``key`` keeps the header and the
         part names join the job's registry (``wukong.store.parts``).  Used for
@@ -105,6 +108,8 @@ class Batch:
         task can make longer than a Redis string may be.
         """
         store = self.store
+        if isinstance(value, list):
+            value = b"".join(value)
         if len(value) <= store.part_size and not parts.is_header(value):
             return self.add(server, "set", key, value, store.ttl)
         view = memoryview(value).cast("B")

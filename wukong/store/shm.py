@@ -16,6 +16,7 @@ import mmap
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 MARKER = b"\x00wukong-shm\x00"
@@ -39,17 +40,39 @@ def filename(key: str) -> str:
     return key.replace(":", "-")
 
 
-def write(directory: str, key: str, value: bytes | memoryview) -> bytes:
-    """Write ``value`` to the file of ``key``; returns the marker to store in Redis.
+def write(directory: str, key: str, value: bytes | memoryview | Sequence[bytes | memoryview]) -> bytes:
+    """Write ``value`` (or its pieces, in order) to the file of ``key``; returns the
+    marker to store in Redis.
 
-    Written to a temporary name and renamed, so a reader never maps half a file.
+    The pieces go to the file with ``writev``: the value's only copy on the way is
+    the kernel's, into the file's pages.  Written to a temporary name and
+    renamed, so a reader never maps half a file.
     """
+    pieces = [value] if isinstance(value, (bytes, memoryview)) else list(value)
     path = os.path.join(directory, filename(key))
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(value)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        while pieces:
+            n = os.writev(fd, pieces[:IOV_MAX])
+            pieces = _advance(pieces, n)
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
     return MARKER + path.encode()
+
+
+IOV_MAX = 1024  # pieces per writev call (Linux's limit)
+
+
+def _advance(pieces: list, n: int) -> list:
+    """What is left of ``pieces`` once their first ``n`` bytes are written."""
+    while pieces and n >= len(pieces[0]):
+        n -= len(pieces[0])
+        pieces = pieces[1:]
+    if pieces and n:
+        pieces = [memoryview(pieces[0]).cast("B")[n:], *pieces[1:]]
+    return pieces
 
 
 def is_marker(value: object) -> bool:

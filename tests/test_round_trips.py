@@ -1,0 +1,50 @@
+"""What the executor does not send: fan-ins settled in one executor, wide fan-outs started in groups.
+
+Counted on the cluster's own Redis (``INFO commandstats``), around one job: only
+``fanin.lua`` adds to a set here (``SADD``, one per parent's arrival), and every
+invocation is acknowledged with one ``LREM`` when it exits.
+"""
+
+from __future__ import annotations
+
+import operator
+
+from wukong.backends.local import LEAF_GROUPS_PER_WORKER
+
+
+def calls(cluster, command: str) -> int:
+    return sum(r.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0) for r in cluster.store.servers)
+
+
+def tree(leaves: int) -> tuple[dict, str]:
+    dsk: dict = {f"l{i}": i for i in range(leaves)}
+    level = list(dsk)
+    while len(level) > 1:
+        nxt = [f"{a}+{b}" for a, b in zip(level[::2], level[1::2], strict=True)]
+        dsk |= {k: (operator.add, a, b) for k, a, b in zip(nxt, level[::2], level[1::2], strict=True)}
+        level = nxt
+    return dsk, level[0]
+
+
+def test_fanins_whose_parents_ran_in_one_executor_cost_no_arrival(cluster, client):
+    # 2 leaves per invocation: the fan-in of each pair completes in its executor,
+    # without a fanin.lua call; only the fan-ins above the pairs record arrivals.
+    groups = LEAF_GROUPS_PER_WORKER * cluster.n_workers
+    dsk, top = tree(2 * groups)
+    client.get(dsk, top)  # warm: nothing below depends on a first job
+    before = calls(cluster, "sadd")
+    assert client.get(dsk, top) == sum(range(2 * groups))
+    arrivals = calls(cluster, "sadd") - before
+    above_pairs = 2 * (groups - 1)  # two parents each, one fan-in per pair of pairs
+    # (+2: a worker descheduled for over DEFER_S between the two leaves of a pair sends one early)
+    assert above_pairs <= arrivals <= above_pairs + 2, f"{arrivals} arrivals; one per parent: {4 * groups - 2}"
+
+
+def test_a_wide_fanout_starts_its_children_in_grouped_invocations(cluster, client):
+    width = 10 * LEAF_GROUPS_PER_WORKER * cluster.n_workers
+    dsk = {"root": 1, **{f"c{i}": (operator.add, "root", i) for i in range(width)}}
+    dsk["total"] = (sum, [f"c{i}" for i in range(width)])
+    before = calls(cluster, "lrem")
+    assert client.get(dsk, "total") == width + sum(range(width))
+    invocations = calls(cluster, "lrem") - before
+    assert invocations <= 1 + LEAF_GROUPS_PER_WORKER * cluster.n_workers, f"{invocations} invocations for {width}"
