@@ -254,8 +254,12 @@ class _Run:
             pending, self.pending = self.pending, self.store.batch()
             batch.extend(pending)  # after the batch's own commands: its handles stay valid
         h = batch.mds("exists", self.keys.cancel)
+        h_alive = batch.mds("exists", self.keys.events)
         batch.execute()
         self.last_check = time.monotonic()
+        if not batch[h_alive]:  # the job ended before this round trip: take back what it wrote
+            batch.undo()
+            raise JobGone()
         if batch[h]:
             raise Cancelled()
         return batch
@@ -637,6 +641,7 @@ class _Run:
                 invs.append(Invocation(job, c.sched, c.pos, {}, deps))
         for inv in invs:  # kept so that a lost invocation can be sent again
             batch.mds("set", self.keys.invocation(inv.id), protocol.encode_invocation(inv), self.store.ttl)
+            batch.record(self.store.mds_index, self.keys.invocation(inv.id))
         self.counts(batch, invoked=[inv.id for inv in invs])
         if self.ex.proxy is not None and len(invs) >= self.ex.max_task_fanout:
             self.send(batch)  # the parent's output and the count of invocations go first
@@ -656,8 +661,10 @@ class _Run:
         if on_exit is not None:  # before the exit event: after it the client may stop reading
             on_exit(batch)
         self.counts(batch, exited=True)
-        batch.lease(self.keys, self.inv.id, "done", 0)  # never recreated once the job has ended
+        h = batch.lease(self.keys, self.inv.id, "done", 0)  # never recreated once the job has ended
         batch.execute()
+        if batch[h] == -1:  # the job ended first: what this last round trip wrote is ours to delete
+            batch.undo()
 
 
 def _cut(items: list, n: int) -> list[list]:

@@ -137,6 +137,8 @@ class LambdaInvoker:
         batch.mds("set", key, blob, ttl)
         batch.mds("sadd", keys.spills, key)
         batch.mds("expire", keys.spills, ttl)
+        batch.record(self.store.mds_index, key)  # a late executor's spill is deleted if its job ended
+        batch.record(self.store.mds_index, keys.spills)
         payload = (head + ',"ref":' + json.dumps(key) + "}").encode()
         if len(payload) > self.max_event_payload:
             raise ValueError(

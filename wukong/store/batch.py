@@ -34,6 +34,7 @@ class Batch:
         self.counts: dict[int, int] = {}
         self.replies: dict[int, list] = {}
         self.kvs_reads: list[tuple[Handle, str]] = []  # (handle, key): may be split or shared values
+        self.written: list[tuple[int, str]] = []  # (server, key) of values set, parts included
 
     def _pipe(self, server: int) -> Any:
         pipe = self.pipes.get(server)
@@ -72,6 +73,27 @@ class Batch:
         k = (keys.events, keys.lease(inv))
         return self.script(self.store.mds_index, scripts.LEASE, k, value, px, self.store.ttl)
 
+    def record(self, server: int, key: str) -> None:
+        """Note a key this batch writes by a plain ``add`` (``undo`` deletes it too)."""
+        self.written.append((server, key))
+
+    def undo(self) -> None:
+        """Delete what this batch wrote (values, their parts and shared-memory files).
+
+        For a writer that learns, from this batch's own replies, that its job had
+        already ended: the client deleted the job's keys before these writes
+        landed, so nobody else ever will (the TTL aside).
+        """
+        by_server: dict[int, list[str]] = {}
+        for server, key in self.written:
+            if key.startswith("wk:h"):  # a future's held result: another delivery's write stands
+                continue
+            by_server.setdefault(server, []).append(key)
+            shm.remove(self.store.shm_dir, key)
+        self.written = []
+        if by_server:
+            self.store.delete(by_server)
+
     def extend(self, other: Batch) -> None:
         """Append ``other``'s commands after this batch's own (handles of both stay valid for this one)."""
         cluster = self.store.cluster is not None
@@ -84,6 +106,7 @@ class Batch:
             else:
                 stack.extend(theirs)
             self.counts[server] += len(theirs)
+        self.written += other.written
 
     def kvs_set(self, key: str, value: bytes | memoryview | list[bytes | memoryview]) -> Handle:
         """Store ``value`` (or the concatenation of its pieces) at ``key`` (a ``Keys.data``
@@ -93,6 +116,7 @@ class Batch:
         if store.shm_dir and size >= shm.SHM_MIN:
             try:
                 marker = shm.write(store.shm_dir, key, value)
+                self.written.append((store.kvs_server(key), key))
                 return self.add(store.kvs_server(key), "set", key, marker, store.ttl)
             except OSError:
                 pass  # no room on the RAM file system: Redis takes it
@@ -111,6 +135,7 @@ class Batch:
         if isinstance(value, list):
             value = b"".join(value)
         if len(value) <= store.part_size and not parts.is_header(value):
+            self.written.append((server, key))
             return self.add(server, "set", key, value, store.ttl)
         view = memoryview(value).cast("B")
         size = store.part_size
@@ -118,6 +143,7 @@ class Batch:
         for i, (part_server, name) in enumerate(zip(store.kvs_servers(names), names, strict=True)):
             self.add(part_server, "set", name, view[i * size : (i + 1) * size], store.ttl)
         registry = Keys(Keys.job_of(key)).parts
+        self.written += [*zip(store.kvs_servers(names), names, strict=True), (server, key), (store.mds_index, registry)]
         self.mds("sadd", registry, *names)
         self.mds("expire", registry, store.ttl)
         return self.add(server, "set", key, parts.header(len(names), len(view)), store.ttl)

@@ -89,6 +89,12 @@ def read(marker: bytes) -> memoryview:
         return memoryview(mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY))
 
 
+def remove(directory: str | None, key: str) -> None:
+    """Delete the file of ``key``, if there is one."""
+    if directory:
+        (Path(directory) / filename(key)).unlink(missing_ok=True)
+
+
 def remove_job(directory: str | None, job: str) -> None:
     """Delete the files of ``job`` (mappings still open stay valid until dropped)."""
     if not directory:
