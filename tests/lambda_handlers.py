@@ -54,3 +54,12 @@ def exit_process(event, context):
 
 def unserializable(event, context):
     return {1, 2}
+
+
+def append_id(event, context):
+    """Append event["id"] and a newline to event["path"] (O_APPEND: lines never interleave)."""
+    fd = os.open(event["path"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, f"{event['id']}\n".encode())
+    finally:
+        os.close(fd)

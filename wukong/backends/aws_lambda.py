@@ -101,9 +101,13 @@ class LambdaInvoker:
         self.base_delay: float = lam.get("base_delay", 0.05)
         self.max_delay: float = lam.get("max_delay", 2.0)
         self.num_invokers: int = num_invokers or lam.get("num_invokers", 16)
+        self.connections: int = lam.get("connections", 64)
+        self.kind: str = lam.get("invoker", "lean")
+        self._lean: Any = None  # the LeanInvoker; False when it cannot be used (boto3 then)
         self._local = threading.local()
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        self._latency: float | None = None  # boto3 path's smoothed seconds per accepted request
         self._config_json = json.dumps(config, separators=(",", ":"))
         self.invoked = 0
         self.throttled = 0
@@ -142,13 +146,47 @@ class LambdaInvoker:
 
     def send(self, job: str, payloads: Sequence[bytes], ids: Sequence[str] = ()) -> None:
         """Invoke once per payload, in parallel; report the ones that failed for good."""
-        if len(payloads) == 1 or self.num_invokers <= 1:
+        lean = self.lean()
+        if lean:
+            throttled = lean.throttled
+            errors = lean.send(payloads)
+            self.throttled += lean.throttled - throttled
+            self.invoked += sum(e is None for e in errors)
+        elif len(payloads) == 1 or self.num_invokers <= 1:
             errors = [self.invoke_one(p) for p in payloads]
         else:
             errors = list(self.pool().map(self.invoke_one, payloads))
         failed = [e for e in errors if e is not None]
         if failed:
             self.report_failures(job, failed, [i for i, e in zip(ids, errors, strict=False) if e is not None])
+
+    def lean(self) -> Any:
+        """The lean asynchronous invoker (``wukong.backends.lean_invoke``), or ``False``: use boto3."""
+        with self._lock:
+            if self._lean is None:
+                self._lean = False
+                if self.kind == "lean":
+                    from wukong.backends.lean_invoke import LeanInvoker
+
+                    url, region, credentials = aws.lambda_target(region=self.region, endpoint_url=self.endpoint_url)
+                    if credentials is not None:  # else boto3 reports the missing credentials, as always
+                        self._lean = LeanInvoker(
+                            url,
+                            region,
+                            self.function_name,
+                            credentials,
+                            connections=self.connections,
+                            attempts=self.attempts,
+                            base_delay=self.base_delay,
+                            max_delay=self.max_delay,
+                            retry_codes=RETRY_CODES,
+                        )
+            return self._lean
+
+    @property
+    def latency(self) -> float | None:
+        """Smoothed seconds per accepted Invoke request (``None`` until measured)."""
+        return self._lean.latency if self._lean else self._latency
 
     def pool(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -169,8 +207,11 @@ class LambdaInvoker:
 
         for attempt in range(self.attempts):
             try:
+                t0 = time.monotonic()
                 self.client().invoke(FunctionName=self.function_name, InvocationType="Event", Payload=payload)
                 self.invoked += 1
+                dt = time.monotonic() - t0
+                self._latency = dt if self._latency is None else 0.9 * self._latency + 0.1 * dt
                 return None
             except ClientError as exc:
                 err = exc.response.get("Error", {})
@@ -202,6 +243,9 @@ class LambdaInvoker:
 
     def close(self) -> None:
         with self._lock:
+            if self._lean:
+                self._lean.close()
+            self._lean = None
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None
@@ -218,8 +262,18 @@ def lambda_config(
     attempts: int = 8,
     base_delay: float = 0.05,
     max_delay: float = 2.0,
+    invoker: str | None = None,
+    connections: int = 64,
 ) -> dict:
-    """The ``"lambda"`` part of the config: how the client (and executors) invoke."""
+    """The ``"lambda"`` part of the config: how the client (and executors) invoke.
+
+    ``invoker`` is ``"lean"`` (``wukong.backends.lean_invoke``: ``connections``
+    requests in flight from one asyncio loop) or ``"boto3"`` (``num_invokers``
+    threads calling boto3); default ``$WUKONG_INVOKER`` or ``"lean"``.
+    """
+    invoker = invoker or os.environ.get("WUKONG_INVOKER") or "lean"
+    if invoker not in ("lean", "boto3"):
+        raise ValueError(f"invoker must be 'lean' or 'boto3', got {invoker!r}")
     if attempts < 1:
         raise ValueError(f"attempts must be at least 1, got {attempts}")
     return {
@@ -232,6 +286,8 @@ def lambda_config(
         "attempts": attempts,
         "base_delay": base_delay,
         "max_delay": max_delay,
+        "invoker": invoker,
+        "connections": connections,
     }
 
 
