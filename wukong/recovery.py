@@ -32,7 +32,14 @@ def resend(
     invocations: list[Invocation],
     why: str,
     max_attempts: int = MAX_ATTEMPTS,
+    clear_leases: bool = True,
 ) -> None:
+    """Send ``invocations`` again, clearing their stale leases first when ``clear_leases``.
+
+    The watchdog passes ``clear_leases=False``: it resends only invocations it
+    saw without a lease, so a lease there now was taken since by a live
+    delivery (deleting it would let a queued duplicate run the tasks again).
+    """
     keys = Keys(job)
     counted = store.batch()
     h_alive = counted.mds("exists", keys.events)
@@ -50,7 +57,8 @@ def resend(
             protocol.emit_error(batch, keys, None, what, None, "")
             protocol.emit_counts(batch, keys, 0, exited=inv.id)
         else:
-            batch.mds("delete", keys.lease(inv.id))
+            if clear_leases:
+                batch.mds("delete", keys.lease(inv.id))
             again.append(inv)
     launch(invoke, batch, job, again)
 
