@@ -5,6 +5,7 @@
 * ``wukong lambda-local``: serve the Lambda Invoke API locally (``wukong.lambda_local``).
 * ``wukong demo``: the demo (``wukong.demo``).
 * ``wukong proxy``: run the fan-out proxy on this machine (``wukong.proxy.server``).
+* ``wukong simulate``: predict a job on Lambda from a local run (``wukong.simulate.cli``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("lambda-local", help="serve the Lambda Invoke API locally", add_help=False)
     sub.add_parser("demo", help="run the demo", add_help=False)
     sub.add_parser("proxy", help="run the fan-out proxy (secret in $WUKONG_PROXY_SECRET)", add_help=False)
+    sub.add_parser("simulate", help="predict a job on AWS Lambda from a local run", add_help=False)
     return p
 
 
@@ -40,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
         from wukong.proxy.server import main as proxy_main
 
         return proxy_main(argv[1:])
+    if argv[:1] == ["simulate"]:
+        from wukong.simulate.cli import main as simulate_main
+
+        return simulate_main(argv[1:])
     if argv[:1] == ["demo"]:
         from wukong.demo import cli as demo_cli
 

@@ -75,7 +75,7 @@ def branching(n: int, latency: float, in_flight: int, cpu: float, start: float) 
     return None if best_d == 0 else max(2, math.ceil(n ** (1 / (best_d + 1))))
 
 
-def split(items: list[Item], b: int) -> list[list[Item]]:
+def split(items: list[Any], b: int) -> list[list[Any]]:
     """``items`` in at most ``b`` contiguous groups of nearly equal size."""
     q, r = divmod(len(items), b)
     groups, i = [], 0
