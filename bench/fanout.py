@@ -59,9 +59,12 @@ def noop(event: dict, context: object) -> dict:
     return {}
 
 
-def run(lam: LambdaLocal, width: int, proxy: bool, repeat: int, max_task_fanout: int, invoker: str) -> dict:
+def run(
+    lam: LambdaLocal, width: int, proxy: bool, repeat: int, max_task_fanout: int, invoker: str, tree: int | None
+) -> dict:
     os.environ["WUKONG_INVOKER"] = invoker  # the clusters' lambda config (sent to executors and the proxy)
-    options = {"use_local_proxy": True, "max_task_fanout": max_task_fanout} if proxy else {}
+    options: dict = {"use_local_proxy": True, "max_task_fanout": max_task_fanout} if proxy else {}
+    options["invoker_tree_branching"] = tree
     with LocalCluster(
         backend="lambda", function_name=FUNCTION, endpoint_url=lam.url, region="us-east-1", **options
     ) as c:
@@ -119,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-task-fanout", type=int, default=64)
     p.add_argument("--invoker", choices=("lean", "boto3", "both"), default="both")
     p.add_argument("--modes", default="direct,proxy", help="comma-separated: direct, proxy")
+    p.add_argument(
+        "--tree-branching", type=int, help="force the invoker tree's branching (0: no tree; default: chosen)"
+    )
     p.add_argument("--cpu-invokes", type=int, default=2000, help="invokes for the CPU measurement (0: skip)")
     args = p.parse_args(argv)
     invokers = ("lean", "boto3") if args.invoker == "both" else (args.invoker,)
@@ -127,14 +133,20 @@ def main(argv: list[str] | None = None) -> int:
     handler = {FUNCTION: "wukong.backends.aws_lambda:handler"}
     with LambdaLocal(handler, workers=args.workers, latency=args.latency, env=AWS_ENV) as lam:
         rows = [
-            (mode, invoker, run(lam, args.width, mode == "proxy", args.repeat, args.max_task_fanout, invoker))
+            (
+                mode,
+                invoker,
+                run(lam, args.width, mode == "proxy", args.repeat, args.max_task_fanout, invoker, args.tree_branching),
+            )
             for mode in modes
             for invoker in invokers
         ]
+    tree = args.tree_branching
     print(
         f"1 -> {args.width} fan-out + reduction, lambda backend on LambdaLocal "
         f"(latency {args.latency * 1000:.0f} ms, {args.workers} workers, {os.cpu_count()} cores, "
-        f"load {os.getloadavg()[0]:.1f}), median of {args.repeat}"
+        f"load {os.getloadavg()[0]:.1f}, invoker tree {'chosen' if tree is None else tree}), "
+        f"median of {args.repeat}"
     )
     print(f"{'mode':<8} {'invoker':<8} {'last child started (s)':>24} {'total (s)':>10} {'proxy handover (s)':>20}")
     for mode, invoker, r in rows:
