@@ -168,6 +168,8 @@ def predict(args: argparse.Namespace) -> None:
     head = f"{'workload':<44} {'way':>7} {'tasks':>9} {'makespan (s)':>13} {'ideal (s)':>10}"
     print(head + f" {'1 machine (s)':>14} {'peak':>7} {'cost $':>9}")
     for name, graph, prof in cases:
+        if args.only and not any(word in name for word in args.only):
+            continue
         profile: Profile = prof()
         dsk, keys = graph()
         for way in args.ways:
@@ -202,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--predict", action="store_true", help="predictions at full size instead of validation")
     p.add_argument("--ways", type=int, nargs="+", default=[1000, 10_000, 100_000])
     p.add_argument("--tree-leaves", type=int, default=1_000_000)
+    p.add_argument("--only", nargs="*", help="predict only the workloads whose name has one of these words")
     p.add_argument("--gemm-chunk", type=int, default=2500)
     args = p.parse_args(argv)
     predict(args) if args.predict else validate(args)
