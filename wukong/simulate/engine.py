@@ -307,7 +307,7 @@ class _SimRun(_Run):
     def dumps(self, key: Any, result: Any) -> Any:
         sim = self.ex.sim  # type: ignore[attr-defined]
         n = sim.sizes[result.tid]
-        sim.pause("serialize", n / sim.model.serialize_Bps)
+        sim.cpu("serialize", n / sim.model.serialize_Bps)
         if n <= self.ex.inline_limit:  # small: a real pickle, as it may travel inline
             return serialization.dumps(_RANDOM[: max(0, n - 40)])
         return SimBlob(n)
@@ -318,7 +318,7 @@ class _SimRun(_Run):
         sim = self.ex.sim  # type: ignore[attr-defined]
         sim.read_bytes[tid] += len(value)
         sim.reads[tid] += 1
-        sim.pause("deserialize", len(value) / sim.model.serialize_Bps)
+        sim.cpu("deserialize", len(value) / sim.model.serialize_Bps)
         return _Value(tid)
 
 
@@ -344,6 +344,8 @@ class Simulation:
         self.executor_options.update(executor_options)
         costs = [profile.cost(k) for k in keys_of]
         self.durations = [s for s, _ in costs]
+        if model.cores:  # shared CPUs: a task's demand is its CPU seconds (BLAS may use several threads)
+            self.durations = [s * profile.cpu_ratio(k) for s, k in zip(self.durations, keys_of, strict=True)]
         self.sizes = [b for _, b in costs]
         self.now = 0.0
         self._heap: list[tuple[float, int, Any, Any]] = []

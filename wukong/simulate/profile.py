@@ -26,9 +26,19 @@ from wukong.graph import prepare
 class Profile:
     """Measured ``(seconds, output bytes)`` per task key, and per kind of task."""
 
-    def __init__(self, tasks: dict[Hashable, tuple[float, int]], kinds: dict[str, tuple[float, int]] | None = None):
+    def __init__(
+        self,
+        tasks: dict[Hashable, tuple[float, int]],
+        kinds: dict[str, tuple[float, int]] | None = None,
+        cpu: dict[Hashable, float] | None = None,
+    ):
         self.tasks = tasks
+        self.cpu = cpu or {}  # key -> CPU seconds (more than its seconds when it ran on several threads)
         self.kinds = kinds if kinds is not None else _kinds(tasks)
+        self.guess = False  # price a kind never recorded at the mean task instead of raising
+        self.guessed: set[str] = set()
+        n = max(1, len(self.kinds))
+        self.mean = (sum(s for s, _ in self.kinds.values()) / n, round(sum(b for _, b in self.kinds.values()) / n))
 
     def cost(self, key: Hashable) -> tuple[float, int]:
         got = self.tasks.get(key)
@@ -42,7 +52,15 @@ class Profile:
         for known, cost in self.kinds.items():
             if known.split("-")[0] == stem:
                 return cost
-        raise KeyError(f"the profile has no task of kind {kind!r} (key {key!r}): record one of this workload")
+        if not self.guess:
+            raise KeyError(f"the profile has no task of kind {kind!r} (key {key!r}): record one of this workload")
+        self.guessed.add(kind)  # priced at the mean task: said in the report
+        return self.mean
+
+    def cpu_ratio(self, key: Hashable) -> float:
+        """CPU seconds per second of the task (threads it kept busy), 1 when unknown."""
+        seconds, _ = self.tasks.get(key, (0.0, 0))
+        return max(1.0, self.cpu[key] / seconds) if key in self.cpu and seconds > 0 else 1.0
 
     def total_seconds(self) -> float:
         return sum(s for s, _ in self.tasks.values())
@@ -75,12 +93,14 @@ def record(dsk: Any, keys: Any) -> Profile:
             readers[d] += 1
     values: dict[Hashable, Any] = {}
     tasks: dict[Hashable, tuple[float, int]] = {}
+    cpu: dict[Hashable, float] = {}
     for k in order:
         node = graph[k]
         args = {d: values[d] for d in node.dependencies}
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         value = node(args)
         seconds = time.perf_counter() - t0
+        cpu[k] = time.process_time() - c0
         tasks[k] = (seconds, len(serialization.dumps(value)))
         for d in node.dependencies:
             readers[d] -= 1
@@ -88,7 +108,7 @@ def record(dsk: Any, keys: Any) -> Profile:
                 del values[d]
         if readers[k] or k not in values:
             values[k] = value
-    return Profile(tasks)
+    return Profile(tasks, cpu=cpu)
 
 
 class _Captured(Exception):
