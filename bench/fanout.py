@@ -3,8 +3,14 @@
 A root task, ``--width`` children that each record when they started, and one
 task reducing them all, on the lambda backend against ``LambdaLocal`` (the
 Lambda Invoke API served locally, ``--latency`` seconds per Invoke call, no
-throttling).  Reported per mode: the time from the root's end until the last
-child started (the fan-out), and the whole job.
+throttling).  Reported per mode (direct or through the proxy) and invoker
+(``lean``: ``wukong.backends.lean_invoke``; ``boto3``): the time from the
+root's end until the last child started (the fan-out), and the whole job.
+
+Then the invoker's own cost: ``--cpu-invokes`` Event invokes of a no-op
+function, sent from this process to a ``wukong lambda-local`` child process
+(so this process's CPU time is the invoker's alone), per invoker: CPU
+milliseconds per invoke and invokes per second.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 from dask import delayed
@@ -47,8 +55,16 @@ def graph(width: int):
     return delayed(reduce)(r, *[delayed(child)(r, i) for i in range(width)])
 
 
-def run(lam: LambdaLocal, width: int, proxy: bool, repeat: int, max_task_fanout: int) -> dict:
-    options = {"use_local_proxy": True, "max_task_fanout": max_task_fanout} if proxy else {}
+def noop(event: dict, context: object) -> dict:
+    return {}
+
+
+def run(
+    lam: LambdaLocal, width: int, proxy: bool, repeat: int, max_task_fanout: int, invoker: str, tree: int | None
+) -> dict:
+    os.environ["WUKONG_INVOKER"] = invoker  # the clusters' lambda config (sent to executors and the proxy)
+    options: dict = {"use_local_proxy": True, "max_task_fanout": max_task_fanout} if proxy else {}
+    options["invoker_tree_branching"] = tree
     with LocalCluster(
         backend="lambda", function_name=FUNCTION, endpoint_url=lam.url, region="us-east-1", **options
     ) as c:
@@ -71,6 +87,32 @@ def run(lam: LambdaLocal, width: int, proxy: bool, repeat: int, max_task_fanout:
     }
 
 
+def invoke_cpu(n: int, latency: float, invoker: str) -> dict:
+    """CPU seconds of this process per Event invoke, and invokes per second, for ``invoker``."""
+    from wukong.backends.aws_lambda import LambdaInvoker, lambda_config
+    from wukong.process import spawn, stop
+
+    argv = [sys.executable, "-m", "wukong.lambda_local", "--function", "noop=bench.fanout:noop"]
+    argv += ["--latency", str(latency), "--workers", "1"]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, **AWS_ENV, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    proc = spawn(argv, stdout=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().decode().strip()
+        config = {"lambda": lambda_config("noop", region="us-east-1", endpoint_url=url, invoker=invoker)}
+        inv = LambdaInvoker(None, config)  # type: ignore[arg-type]  # no spills, no failures to report
+        inv.send("warm", [b"{}"] * 200)  # connections (and boto3's clients) made before measuring
+        c0, t0 = time.process_time(), time.perf_counter()
+        inv.send("bench", [b"{}"] * n)
+        cpu, wall = time.process_time() - c0, time.perf_counter() - t0
+        inv.close()
+        assert inv.invoked == n + 200, inv.invoked
+    finally:
+        stop([proc])
+    return {"cpu_ms": cpu / n * 1000, "per_s": n / wall, "wall": wall}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.fanout", description=__doc__.splitlines()[0])
     p.add_argument("--width", type=int, default=1000)
@@ -78,25 +120,47 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=8, help="LambdaLocal worker processes")
     p.add_argument("--repeat", type=int, default=3, help="runs per mode (medians reported)")
     p.add_argument("--max-task-fanout", type=int, default=64)
+    p.add_argument("--invoker", choices=("lean", "boto3", "both"), default="both")
+    p.add_argument("--modes", default="direct,proxy", help="comma-separated: direct, proxy")
+    p.add_argument(
+        "--tree-branching", type=int, help="force the invoker tree's branching (0: no tree; default: chosen)"
+    )
+    p.add_argument("--cpu-invokes", type=int, default=2000, help="invokes for the CPU measurement (0: skip)")
     args = p.parse_args(argv)
+    invokers = ("lean", "boto3") if args.invoker == "both" else (args.invoker,)
+    modes = args.modes.split(",")
     os.environ.update(AWS_ENV)
     handler = {FUNCTION: "wukong.backends.aws_lambda:handler"}
     with LambdaLocal(handler, workers=args.workers, latency=args.latency, env=AWS_ENV) as lam:
         rows = [
-            (mode, run(lam, args.width, mode == "proxy", args.repeat, args.max_task_fanout))
-            for mode in ("direct", "proxy")
+            (
+                mode,
+                invoker,
+                run(lam, args.width, mode == "proxy", args.repeat, args.max_task_fanout, invoker, args.tree_branching),
+            )
+            for mode in modes
+            for invoker in invokers
         ]
+    tree = args.tree_branching
     print(
         f"1 -> {args.width} fan-out + reduction, lambda backend on LambdaLocal "
-        f"(latency {args.latency * 1000:.0f} ms, {args.workers} workers, {os.cpu_count()} cores), "
+        f"(latency {args.latency * 1000:.0f} ms, {args.workers} workers, {os.cpu_count()} cores, "
+        f"load {os.getloadavg()[0]:.1f}, invoker tree {'chosen' if tree is None else tree}), "
         f"median of {args.repeat}"
     )
-    print(f"{'mode':<8} {'last child started (s)':>24} {'total (s)':>10} {'proxy handover (s)':>20}")
-    for mode, r in rows:
+    print(f"{'mode':<8} {'invoker':<8} {'last child started (s)':>24} {'total (s)':>10} {'proxy handover (s)':>20}")
+    for mode, invoker, r in rows:
         handover = "-" if r["handover"] is None else f"{r['handover']:.3f}"
-        print(f"{mode:<8} {r['fanout']:>24.3f} {r['total']:>10.3f} {handover:>20}")
-    direct, proxy = rows[0][1], rows[1][1]
-    print(f"speed-up of the fan-out: {direct['fanout'] / proxy['fanout']:.1f}x")
+        print(f"{mode:<8} {invoker:<8} {r['fanout']:>24.3f} {r['total']:>10.3f} {handover:>20}")
+    if args.cpu_invokes:
+        latency_ms = f"{args.latency * 1000:.0f} ms"
+        print(f"\ninvoker cost: {args.cpu_invokes} Event invokes to a lambda-local process (latency {latency_ms})")
+        print(f"{'invoker':<8} {'CPU ms / invoke':>16} {'invokes / s':>12}")
+        cost = {inv: invoke_cpu(args.cpu_invokes, args.latency, inv) for inv in invokers}
+        for inv, c in cost.items():
+            print(f"{inv:<8} {c['cpu_ms']:>16.3f} {c['per_s']:>12.0f}")
+        if len(cost) == 2:
+            print(f"boto3 / lean CPU per invoke: {cost['boto3']['cpu_ms'] / cost['lean']['cpu_ms']:.1f}x")
     return 0
 
 

@@ -89,3 +89,12 @@ def fake_versions(event, context):
     if event.get("wukong_probe"):
         result.update(json.loads(os.environ.get("FAKE_VERSIONS", "{}")))
     return result
+
+
+def append_id(event, context):
+    """Append event["id"] and a newline to event["path"] (O_APPEND: lines never interleave)."""
+    fd = os.open(event["path"], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, f"{event['id']}\n".encode())
+    finally:
+        os.close(fd)

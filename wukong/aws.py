@@ -33,3 +33,16 @@ def client(
         tcp_keepalive=True,
     )
     return boto3.session.Session().client(service, region_name=region, endpoint_url=endpoint_url, config=config)
+
+
+def lambda_target(*, region: str | None = None, endpoint_url: str | None = None) -> tuple[str, str, Any]:
+    """Where Lambda invokes go, as boto3 resolves it: ``(endpoint URL, region, credentials)``.
+
+    For clients that sign their own requests (``wukong.backends.lean_invoke``);
+    credentials are ``None`` when the session has none.
+    """
+    import boto3
+
+    session = boto3.session.Session()
+    c = session.client("lambda", region_name=region, endpoint_url=endpoint_url)
+    return c.meta.endpoint_url, c.meta.region_name, session.get_credentials()

@@ -6,6 +6,7 @@
 * ``wukong demo``: the demo (``wukong.demo``).
 * ``wukong proxy``: run the fan-out proxy on this machine (``wukong.proxy.server``).
 * ``wukong doctor``: versions of the client, a zip, a deployed function, Redis (``wukong.doctor``).
+* ``wukong simulate``: predict a job on Lambda from a local run (``wukong.simulate.cli``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("demo", help="run the demo", add_help=False)
     sub.add_parser("proxy", help="run the fan-out proxy (secret in $WUKONG_PROXY_SECRET)", add_help=False)
     sub.add_parser("doctor", help="versions of the client, a zip, a deployed function and Redis", add_help=False)
+    sub.add_parser("simulate", help="predict a job on AWS Lambda from a local run", add_help=False)
     return p
 
 
@@ -46,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
         from wukong.doctor import run as doctor
 
         return doctor(argv[1:])
+    if argv[:1] == ["simulate"]:
+        from wukong.simulate.cli import main as simulate_main
+
+        return simulate_main(argv[1:])
     if argv[:1] == ["demo"]:
         from wukong.demo import cli as demo_cli
 

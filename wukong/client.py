@@ -557,7 +557,15 @@ class Job:
         invs = self.invocations(lost)
         for inv_id in lost:
             self.live[inv_id] = None  # give the new delivery time to start
-        resend(self.store, self.backend.invoke, self.keys.job, invs, "an executor was lost", self.cluster.max_attempts)
+        resend(
+            self.store,
+            self.backend.invoke,
+            self.keys.job,
+            invs,
+            "an executor was lost",
+            self.cluster.max_attempts,
+            clear_leases=False,  # they had none when checked: one there now is a live delivery's
+        )
 
     def check_backend(self) -> None:
         why = self.backend.unavailable()

@@ -91,7 +91,15 @@ class LocalCluster:
         or at ``endpoint_url`` (e.g. a ``wukong lambda-local`` endpoint).  The
         Redis endpoints must be reachable from the function.
     num_lambda_invokers : int
-        Threads (one boto3 client each) invoking the leaf executors of a job.
+        Threads (one boto3 client each) invoking the leaf executors of a job,
+        when ``lambda_invoker="boto3"``.
+    lambda_invoker : str, optional
+        ``"lean"`` (many invokes in flight from one asyncio loop, signed by
+        botocore; the default) or ``"boto3"`` (``$WUKONG_INVOKER`` when unset).
+    invoker_tree_branching : int, optional
+        Wide launches go through a tree of invocations of the function, its
+        branching chosen from the width and the measured invoke latency;
+        this forces the branching (``0``: never a tree).
     max_event_payload : int
         Events larger than this are stored in the MDS and passed by reference.
     invoke_attempts : int
@@ -153,6 +161,8 @@ class LocalCluster:
         region: str | None = None,
         endpoint_url: str | None = None,
         num_lambda_invokers: int = 16,
+        lambda_invoker: str | None = None,
+        invoker_tree_branching: int | None = None,
         max_event_payload: int = 1_048_576,
         invoke_attempts: int = 8,
         memory_mb: int = 3008,
@@ -232,6 +242,8 @@ class LocalCluster:
                     region=region,
                     endpoint_url=endpoint_url,
                     num_invokers=num_lambda_invokers,
+                    invoker=lambda_invoker,
+                    tree_branching=invoker_tree_branching,
                     max_event_payload=max_event_payload,
                     attempts=invoke_attempts,
                 )

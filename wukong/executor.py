@@ -182,13 +182,17 @@ class Executor:
         self.used.pop(job, None)
 
     # -- one invocation -------------------------------------------------------
+    def new_run(self, inv: Invocation) -> _Run:
+        """The state of one invocation (``wukong.simulate`` substitutes a simulated one)."""
+        return _Run(self, inv)
+
     def run(self, inv: Invocation, on_exit: Callable[[Batch], None] | None = None) -> int:
         """Run an invocation to its end; returns the number of tasks run.
 
         ``on_exit(batch)`` may add commands to the pipeline that reports the
         exit (the local worker acknowledges its queue entry there).
         """
-        run = _Run(self, inv)
+        run = self.new_run(inv)
         task_warnings.collect(run.warned)
         held.use(self.store)  # a task standing for a held result (a future's) reads it with our store
         try:

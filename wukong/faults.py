@@ -5,6 +5,9 @@ or ``WUKONG_FAULTS=crash=0.1,duplicate=1,drop=0.05``: an invocation's
 executor dies (``os._exit(CRASH_EXIT)``) with probability ``crash`` after a
 random number of its tasks; each invocation it makes is delivered twice with
 probability ``duplicate`` and never delivered with probability ``drop``.
+A node of an invoker tree (``wukong.backends.invoker_tree``) dies with
+probability ``invoker_crash`` after sending a random share of its events,
+and drops or duplicates each of them as above.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 CRASH_EXIT = 77  # exit code of an injected crash
-KNOWN = ("crash", "duplicate", "drop", "seed")
+KNOWN = ("crash", "duplicate", "drop", "invoker_crash", "seed")
 
 
 class Faults:
@@ -24,11 +27,16 @@ class Faults:
         self.crash = float(spec.get("crash", 0))
         self.duplicate = float(spec.get("duplicate", 0))
         self.drop = float(spec.get("drop", 0))
+        self.invoker_crash = float(spec.get("invoker_crash", 0))
         self.random = random.Random(spec.get("seed", os.getpid() ^ time.monotonic_ns()))
 
     def crash_point(self) -> int | None:
         """After how many tasks this invocation's executor dies (``None``: it does not)."""
         return self.random.randrange(4) if self.random.random() < self.crash else None
+
+    def invoker_crash_point(self, n: int) -> int | None:
+        """After how many of its ``n`` events an invoker-tree node dies (``None``: it does not)."""
+        return self.random.randrange(n + 1) if self.random.random() < self.invoker_crash else None
 
     def wrap(self, invoke: Callable) -> Callable:
         """``invoke`` that drops and duplicates invocations."""

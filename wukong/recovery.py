@@ -38,7 +38,14 @@ def resend(
     invocations: list[Invocation],
     why: str,
     max_attempts: int = MAX_ATTEMPTS,
+    clear_leases: bool = True,
 ) -> None:
+    """Send ``invocations`` again, clearing their stale leases first when ``clear_leases``.
+
+    The watchdog passes ``clear_leases=False``: it resends only invocations it
+    saw without a lease, so a lease there now was taken since by a live
+    delivery (deleting it would let a queued duplicate run the tasks again).
+    """
     keys = Keys(job)
     counted = store.batch()
     h_alive = counted.mds("exists", keys.events)
@@ -63,7 +70,8 @@ def resend(
             protocol.emit_error(batch, keys, None, f"{why}; {runs}", None, "")
         protocol.emit_counts(batch, keys, 0, exited=inv.id)
     for inv in again:
-        batch.mds("delete", keys.lease(inv.id))
+        if clear_leases:
+            batch.mds("delete", keys.lease(inv.id))
     launch(invoke, batch, job, again)
 
 

@@ -57,6 +57,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from wukong import aws, protocol, versions
+from wukong.backends import invoker_tree
 from wukong.cost import job_cost
 from wukong.errors import JobFailed
 from wukong.executor import Executor
@@ -65,6 +66,12 @@ from wukong.store import Batch, Store, credentials
 
 MAX_EVENT_PAYLOAD = 1_048_576  # Lambda's limit for an asynchronous (Event) payload
 DEFAULT_FUNCTION = "wukong-executor"
+# The invoker tree's model (wukong.backends.invoker_tree): a node's start (a warm Lambda start
+# plus the handler's set-up), the invoke latency before one is measured, CPU per invoke.
+TREE_START_S = 0.05
+TREE_LATENCY_S = 0.03
+LEAN_CPU_S = 0.0002
+BOTO3_CPU_S = 0.0013
 RETRY_STATUS = (429, 500, 502, 503, 504)
 RETRY_CODES = {
     "TooManyRequestsException",
@@ -105,9 +112,17 @@ class LambdaInvoker:
         self.base_delay: float = lam.get("base_delay", 0.05)
         self.max_delay: float = lam.get("max_delay", 2.0)
         self.num_invokers: int = num_invokers or lam.get("num_invokers", 16)
+        self.connections: int = lam.get("connections", 64)
+        self.kind: str = lam.get("invoker", "lean")
+        self.tree_branching: int | None = lam.get("tree_branching")  # forced; 0: never a tree
+        self.tree_start: float = lam.get("tree_start_s", TREE_START_S)
+        self.tree_latency: float = lam.get("tree_latency_s", TREE_LATENCY_S)
+        self.tree_events = 0  # "invoke these" events sent (wukong.backends.invoker_tree)
+        self._lean: Any = None  # the LeanInvoker; False when it cannot be used (boto3 then)
         self._local = threading.local()
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
+        self._latency: float | None = None  # boto3 path's smoothed seconds per accepted request
         self._config_json = json.dumps(config, separators=(",", ":"))
         self.invoked = 0
         self.throttled = 0
@@ -120,41 +135,108 @@ class LambdaInvoker:
     def __call__(self, batch: Batch, job: str, invocations: list[Invocation]) -> Callable[[], None] | None:
         if not invocations:
             return None
-        payloads = [self.event(batch, job, inv) for inv in invocations]
-        ids = [inv.id for inv in invocations]
-        return lambda: self.send(job, payloads, ids)
+        items: list[list[Any]] = [[inv.id, self.tail(batch, job, inv)] for inv in invocations]
+        b = self.branching(len(items))
+        if b is None:
+            events = [(self.payload(*next(iter(tail.items()))), [inv_id]) for inv_id, tail in items]
+        else:  # a wide launch: b "invoke these" events, not one event per invocation
+            events = invoker_tree.tree_events(self, batch, job, items, b)
+            self.tree_events += len(events)
+        return lambda: self.send_events(job, events)
 
-    def event(self, batch: Batch, job: str, inv: Invocation) -> bytes:
-        """The JSON event for ``inv``; spills it to the MDS (in ``batch``) when too large."""
-        blob = encode_invocation(inv)
-        head = '{"config":' + self._config_json
-        payload = (head + ',"invocation":"' + base64.b64encode(blob).decode() + '"}').encode()
-        if len(payload) <= self.max_event_payload:
-            return payload
+    def branching(self, n: int) -> int | None:
+        """The invoker tree's branching for ``n`` launches (``None``: invoke each directly)."""
+        forced = self.tree_branching
+        if forced is not None:
+            return forced if forced and n > forced else None
+        latency = self.latency if self.latency is not None else self.tree_latency
+        in_flight = self.connections if self.lean() else self.num_invokers
+        cpu = LEAN_CPU_S if self.lean() else BOTO3_CPU_S
+        return invoker_tree.branching(n, latency, in_flight, cpu, self.tree_start)
+
+    def payload(self, key: str, value: Any) -> bytes:
+        """An event: the config, and ``key`` (``invocation``, ``ref`` or ``tree``) set to ``value``."""
+        return ('{"config":' + self._config_json + "," + json.dumps(key) + ":" + json.dumps(value) + "}").encode()
+
+    def tail(self, batch: Batch, job: str, inv: Invocation) -> dict:
+        """What an event carries for ``inv`` beside the config; spills it to the MDS (in ``batch``) when too large."""
+        encoded = base64.b64encode(encode_invocation(inv)).decode()
+        if len(encoded) + len(self._config_json) + 27 <= self.max_event_payload:  # the payload's length
+            return {"invocation": encoded}
         keys = Keys(job)
         key = keys.spill(secrets.token_hex(8))
         ttl = self.store.ttl
-        batch.mds("set", key, blob, ttl)
+        batch.mds("set", key, encode_invocation(inv), ttl)
         batch.mds("sadd", keys.spills, key)
         batch.mds("expire", keys.spills, ttl)
         batch.record(self.store.mds_index, key)  # a late executor's spill is deleted if its job ended
         batch.record(self.store.mds_index, keys.spills)
-        payload = (head + ',"ref":' + json.dumps(key) + "}").encode()
+        payload = self.payload("ref", key)
         if len(payload) > self.max_event_payload:
             raise ValueError(
                 f"the executor config alone ({len(payload)} bytes) exceeds max_event_payload={self.max_event_payload}"
             )
-        return payload
+        return {"ref": key}
+
+    def event(self, batch: Batch, job: str, inv: Invocation) -> bytes:
+        """The JSON event for ``inv``; spills it to the MDS (in ``batch``) when too large."""
+        return self.payload(*next(iter(self.tail(batch, job, inv).items())))
+
+    def send_events(self, job: str, events: Sequence[tuple[bytes, list]]) -> None:
+        """Send ``(payload, ids of the invocations it starts)`` events; report the ones that failed for good."""
+        errors = self.transport([p for p, _ in events])
+        failed = [e for e in errors if e is not None]
+        if failed:
+            ids = [i for (_, ids), e in zip(events, errors, strict=True) if e is not None for i in ids]
+            self.report_failures(job, failed, ids)
 
     def send(self, job: str, payloads: Sequence[bytes], ids: Sequence[str] = ()) -> None:
         """Invoke once per payload, in parallel; report the ones that failed for good."""
-        if len(payloads) == 1 or self.num_invokers <= 1:
-            errors = [self.invoke_one(p) for p in payloads]
-        else:
-            errors = list(self.pool().map(self.invoke_one, payloads))
+        errors = self.transport(payloads)
         failed = [e for e in errors if e is not None]
         if failed:
             self.report_failures(job, failed, [i for i, e in zip(ids, errors, strict=False) if e is not None])
+
+    def transport(self, payloads: Sequence[bytes]) -> list[str | None]:
+        """Invoke once per payload, in parallel: ``None`` per accepted one, else what went wrong."""
+        lean = self.lean()
+        if lean:
+            throttled = lean.throttled
+            errors = lean.send(payloads)
+            self.throttled += lean.throttled - throttled
+            self.invoked += sum(e is None for e in errors)
+            return errors
+        if len(payloads) == 1 or self.num_invokers <= 1:
+            return [self.invoke_one(p) for p in payloads]
+        return list(self.pool().map(self.invoke_one, payloads))
+
+    def lean(self) -> Any:
+        """The lean asynchronous invoker (``wukong.backends.lean_invoke``), or ``False``: use boto3."""
+        with self._lock:
+            if self._lean is None:
+                self._lean = False
+                if self.kind == "lean":
+                    from wukong.backends.lean_invoke import LeanInvoker
+
+                    url, region, credentials = aws.lambda_target(region=self.region, endpoint_url=self.endpoint_url)
+                    if credentials is not None:  # else boto3 reports the missing credentials, as always
+                        self._lean = LeanInvoker(
+                            url,
+                            region,
+                            self.function_name,
+                            credentials,
+                            connections=self.connections,
+                            attempts=self.attempts,
+                            base_delay=self.base_delay,
+                            max_delay=self.max_delay,
+                            retry_codes=RETRY_CODES,
+                        )
+            return self._lean
+
+    @property
+    def latency(self) -> float | None:
+        """Smoothed seconds per accepted Invoke request (``None`` until measured)."""
+        return self._lean.latency if self._lean else self._latency
 
     def pool(self) -> ThreadPoolExecutor:
         with self._lock:
@@ -180,8 +262,12 @@ class LambdaInvoker:
 
         for attempt in range(self.attempts):
             try:
+                t0 = time.monotonic()
                 response = self.client().invoke(FunctionName=self.function_name, InvocationType=kind, Payload=payload)
-                self.invoked += kind == "Event"
+                if kind == "Event":
+                    self.invoked += 1
+                    dt = time.monotonic() - t0
+                    self._latency = dt if self._latency is None else 0.9 * self._latency + 0.1 * dt
                 return response, None
             except ClientError as exc:
                 err = exc.response.get("Error", {})
@@ -213,6 +299,9 @@ class LambdaInvoker:
 
     def close(self) -> None:
         with self._lock:
+            if self._lean:
+                self._lean.close()
+            self._lean = None
             if self._pool is not None:
                 self._pool.shutdown(wait=True)
                 self._pool = None
@@ -229,8 +318,24 @@ def lambda_config(
     attempts: int = 8,
     base_delay: float = 0.05,
     max_delay: float = 2.0,
+    invoker: str | None = None,
+    connections: int = 64,
+    tree_branching: int | None = None,
+    tree_start_s: float = TREE_START_S,
 ) -> dict:
-    """The ``"lambda"`` part of the config: how the client (and executors) invoke."""
+    """The ``"lambda"`` part of the config: how the client (and executors) invoke.
+
+    ``invoker`` is ``"lean"`` (``wukong.backends.lean_invoke``: ``connections``
+    requests in flight from one asyncio loop) or ``"boto3"`` (``num_invokers``
+    threads calling boto3); default ``$WUKONG_INVOKER`` or ``"lean"``.
+    Wide launches go through an invoker tree (``wukong.backends.invoker_tree``)
+    whose branching is chosen from the launch's width, the measured invoke
+    latency and ``tree_start_s`` (a node's start); ``tree_branching`` forces
+    it (``0``: never a tree).
+    """
+    invoker = invoker or os.environ.get("WUKONG_INVOKER") or "lean"
+    if invoker not in ("lean", "boto3"):
+        raise ValueError(f"invoker must be 'lean' or 'boto3', got {invoker!r}")
     if attempts < 1:
         raise ValueError(f"attempts must be at least 1, got {attempts}")
     return {
@@ -243,6 +348,10 @@ def lambda_config(
         "attempts": attempts,
         "base_delay": base_delay,
         "max_delay": max_delay,
+        "invoker": invoker,
+        "connections": connections,
+        "tree_branching": tree_branching,
+        "tree_start_s": tree_start_s,
     }
 
 
@@ -295,6 +404,7 @@ class LambdaBackend:
 # -- the Lambda side ---------------------------------------------------------------
 
 _warm: dict[str, tuple[Store, Executor]] = {}  # config JSON -> what a warm container reuses
+_invokers: dict[str, LambdaInvoker] = {}  # config JSON -> the executor's invoker (invoker-tree nodes use it)
 
 
 def _executor_for(config: dict) -> tuple[Store, Executor]:
@@ -302,7 +412,9 @@ def _executor_for(config: dict) -> tuple[Store, Executor]:
     cached = _warm.get(ident)
     if cached is None:
         store = Store.from_config(config["store"], credentials.from_environment())
-        invoker = LambdaInvoker(store, config, num_invokers=config["lambda"].get("executor_invokers", 8))
+        invoker = _invokers[ident] = LambdaInvoker(
+            store, config, num_invokers=config["lambda"].get("executor_invokers", 8)
+        )
         from wukong.proxy.client import executor_options as proxy_options
 
         route = {"backend": "lambda", "config": config}  # the proxy invokes as this invoker would
@@ -328,6 +440,9 @@ def handler(event: dict, context: Any) -> dict:
     t0 = time.perf_counter()
     config = event["config"]
     store, executor = _executor_for(config)
+    memory = int(getattr(context, "memory_limit_in_mb", 0) or os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", 0))
+    if "tree" in event:  # a node of an invoker tree: it invokes, it runs no task
+        return invoker_tree.handle(event, store, _invokers[json.dumps(config, sort_keys=True)], memory)
     blob: Any
     if "ref" in event:
         blob = store.mds.get(event["ref"])
@@ -336,7 +451,6 @@ def handler(event: dict, context: Any) -> dict:
     else:
         blob = base64.b64decode(event["invocation"])
     inv = decode_invocation(blob)
-    memory = int(getattr(context, "memory_limit_in_mb", 0) or os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", 0))
 
     def report_duration(batch: Batch) -> None:  # Executor.run adds this before the exit event
         protocol.emit_duration(batch, Keys(inv.job), (time.perf_counter() - t0) * 1000, memory)

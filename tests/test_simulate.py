@@ -1,0 +1,116 @@
+"""The simulator (``wukong.simulate``): the real plan and executor, simulated; its accounting adds up."""
+
+from __future__ import annotations
+
+import operator
+
+import dask.array as da
+import pytest
+from dask import delayed
+
+from wukong import cli
+from wukong.graph import prepare
+from wukong.simulate import Model, Profile, graph_of, record, simulate_graph
+
+
+def tree(n):
+    L = [delayed(operator.add)(i, 0) for i in range(n)]
+    while len(L) > 1:
+        L = list(map(delayed(operator.add), L[0::2], L[1::2]))
+    return L[0]
+
+
+def gemm():
+    x = da.random.RandomState(1).random((400, 400), chunks=(100, 100))
+    return x @ x.T
+
+
+def fanout(width):
+    root = delayed(operator.add)(1, 1)
+    return delayed(sum)([delayed(operator.mul)(root, i) for i in range(width)])
+
+
+GRAPHS = {"tree": lambda: tree(64), "gemm": gemm, "fanout": lambda: fanout(300)}
+
+
+@pytest.fixture(scope="module", params=sorted(GRAPHS))
+def case(request):
+    dsk, keys = graph_of(GRAPHS[request.param]())
+    profile = record(dsk, keys)
+    report = simulate_graph(dsk, keys, profile, Model.aws(1000))
+    return dsk, keys, profile, report
+
+
+def test_every_task_is_simulated_exactly_once(case):
+    dsk, keys, profile, r = case
+    assert r.tasks == len(prepare(dsk, keys)[0])
+    assert sorted(r.ran) == list(range(r.tasks)) and set(r.ran.values()) == {1}
+    assert sum(s.tasks for s in r.spans) == r.tasks
+
+
+def test_every_executor_is_busy_from_its_start_to_its_end(case):
+    r = case[3]
+    for s in r.spans:  # tasks, round trips, invokes, serialization: nothing else, no waiting on others
+        assert s.end - s.start == pytest.approx(s.accounted, abs=1e-9), (s.inv, dict(s.busy))
+
+
+def test_bytes_are_conserved(case):
+    dsk, keys, profile, r = case
+    order, graph = prepare(dsk, keys)
+    # the KVS holds what was stored; every read of an output returns what was stored for it
+    assert r.kvs_bytes == sum(r.stored.values())
+    for tid, nbytes in r.read_bytes.items():
+        assert nbytes == r.reads[tid] * r.stored[tid]
+    # the parents of every fan-in stored their outputs (the executor's rule), at their profiled size
+    for key in order:
+        if len(graph[key].dependencies) > 1:
+            for dep in graph[key].dependencies:
+                t = order.index(dep)
+                assert t in r.stored
+                if r.sizes[t] > 64 * 1024:
+                    assert r.stored[t] == r.sizes[t]
+
+
+def test_a_wide_fan_out_is_launched_through_an_invoker_tree():
+    dsk, keys = graph_of(fanout(2000))
+    r = simulate_graph(dsk, keys, record(dsk, keys), Model.aws(10_000))
+    assert r.tree_nodes > 0 and set(r.ran.values()) == {1}
+
+
+def test_concurrency_never_exceeds_the_limit_and_the_burst_rate():
+    dsk, keys = graph_of(tree(256))
+    profile = Profile({}, {"add": (0.5, 28)})  # half a second per task
+    r = simulate_graph(dsk, keys, profile, Model.aws(50))
+    assert r.peak_concurrency == 50
+    r = simulate_graph(dsk, keys, profile, Model.aws(1000, burst=20, burst_every_s=1.0))
+    running = [sum(1 for s in r.spans if s.start <= t < s.end) for t in (0.9, 1.9)]
+    assert running[0] <= 20 and running[1] <= 40 and r.peak_concurrency <= 20 * (1 + int(r.makespan))
+
+
+def test_makespan_and_cost_grow_with_the_work():
+    dsk, keys = graph_of(tree(32))
+    fast = simulate_graph(dsk, keys, Profile({}, {"add": (0.01, 28)}), Model.aws(1000))
+    slow = simulate_graph(dsk, keys, Profile({}, {"add": (1.0, 28)}), Model.aws(1000))
+    assert slow.makespan > fast.makespan + 4  # the critical path is 6 tasks deep
+    assert slow.cost["gb_seconds"] > fast.cost["gb_seconds"]
+    assert slow.ideal() == pytest.approx(63 * 1.0 / 1000)
+
+
+def test_a_profile_prices_unseen_keys_by_kind():
+    small = record(*graph_of(tree(16)))
+    dsk, keys = graph_of(tree(128))
+    r = simulate_graph(dsk, keys, Profile.from_json(small.to_json()), Model.aws(1000))
+    assert set(r.ran.values()) == {1}
+    with pytest.raises(KeyError, match="no task of kind"):
+        simulate_graph(*graph_of(gemm()), small, Model.aws(1000))
+
+
+def test_cli_prints_a_prediction(capsys, tmp_path, monkeypatch):
+    (tmp_path / "wl.py").write_text(
+        "import operator\nfrom dask import delayed\n"
+        "def build():\n    return delayed(operator.add)(delayed(operator.add)(1, 2), delayed(operator.add)(3, 4))\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["simulate", "wl:build", "--concurrency", "10", "100", "--json"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and '"tasks": 3' in lines[0] and '"concurrency": 100' in lines[1]

@@ -1,0 +1,536 @@
+"""A discrete-event simulation of one job on AWS Lambda and Redis, running the real executor.
+
+What is real.  The job is planned by ``wukong.scheduler.plan`` (the static
+schedules), and every invocation is run by ``wukong.executor.Executor`` --
+its ``_Run``: the become/invoke decisions, fan-in notifications and their
+deferral, task clustering, inline or stored outputs, events.  Only three
+things are substituted (``_SimRun``): running a task sleeps for its profiled
+duration and returns a stand-in; serializing an output makes a stand-in of its
+profiled size; reading one back returns a stand-in.  The executor's clock
+(``time.monotonic``, for its deferral and progress timers) is the simulated one.
+
+What is modelled (``Model``).
+
+* Redis (``_SimStore``, ``_SimBatch``): one in-memory dict per job; each
+  server (MDS, KVS shards) is a FIFO queue serving ``shard_ops_per_s``
+  commands and ``shard_Bps`` bytes per second.  A batch executes as the real
+  one does -- one pipeline per server, KVS first, MDS last, one after the
+  other -- each costing a round trip plus its bytes over the executor's link.
+  Commands take effect when the server serves them, in simulated-time order;
+  ``fanin.lua`` and ``lease.lua`` are re-stated in Python (their semantics,
+  not their code: the simulator has no Redis).
+* Lambda (``_Lambda``): events are accepted after ``invoke_latency_s``;
+  an accepted event waits for a free slot under the concurrency limit and the
+  burst limit (``burst`` more concurrent executions per ``burst_every_s``),
+  then starts on an idle warm environment (``warm_start_s``) or a new one
+  (``cold_start_s``).  An environment keeps its ``Executor`` (and its cache of
+  schedules) between invocations, as a warm container does.
+* The invoker: ``k`` invokes cost the invoking executor
+  ``ceil(k / invoke_in_flight) * invoke_latency_s + k * invoke_cpu_s``; wide
+  launches go through an invoker tree shaped by the real
+  ``invoker_tree.branching``, whose nodes are invocations too.
+
+State (all owned by ``Simulation``; one greenlet per running invocation, the
+hub greenlet runs the event loop): ``now``; ``_heap`` of (time, seq,
+greenlet); the per-invocation ``Span`` records (start, end, tasks, busy
+seconds by activity) from which the report and its checks are made.
+"""
+
+from __future__ import annotations
+
+import gc
+import heapq
+import itertools
+import json
+import math
+import os
+from collections import defaultdict
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+import greenlet
+
+from wukong import executor as executor_module
+from wukong import serialization
+from wukong.backends import invoker_tree
+from wukong.executor import Executor, _Run
+from wukong.protocol import Invocation, Keys, TaskRecord
+from wukong.scheduler import Plan
+from wukong.simulate.model import Model
+from wukong.simulate.profile import Profile
+
+_RANDOM = os.urandom(64 * 1024)  # incompressible filler for small outputs (real pickles)
+
+
+class SimBlob:
+    """A serialized output of ``n`` bytes that is never materialized."""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class _Value:
+    """A task's output inside a simulated executor (stands in for the real value)."""
+
+    __slots__ = ("tid",)
+
+    def __init__(self, tid: int):
+        self.tid = tid
+
+
+def _size(x: Any) -> int:
+    if isinstance(x, (bytes, bytearray, memoryview, SimBlob)):
+        return len(x)
+    if isinstance(x, str):
+        return len(x)
+    if isinstance(x, (list, tuple)):
+        return sum(_size(v) for v in x)
+    return 8
+
+
+@dataclass
+class Span:
+    """One invocation's life in simulated time."""
+
+    inv: str
+    kind: str  # "executor" or "tree"
+    queued: float  # accepted by Lambda
+    start: float = 0.0  # handler starts (after a cold or warm start)
+    end: float = 0.0
+    cold: bool = False
+    tasks: int = 0
+    busy: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    @property
+    def accounted(self) -> float:
+        return sum(self.busy.values())
+
+
+class _SimTime:
+    """``time`` as the executor module sees it during a simulation: ``monotonic`` is simulated."""
+
+    def __init__(self, sim: Simulation):
+        self._sim = sim
+
+    def monotonic(self) -> float:
+        return self._sim.now
+
+    def monotonic_ns(self) -> int:
+        return int(self._sim.now * 1e9)
+
+    def __getattr__(self, name: str) -> Any:
+        import time
+
+        return getattr(time, name)
+
+
+class _NoHeartbeat:
+    def hold(self, key: str, token: str) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
+# -- Redis -------------------------------------------------------------------------------------
+
+
+class _Server:
+    __slots__ = ("name", "free_at", "ops", "bytes_in", "bytes_out")
+
+    def __init__(self, name: str):
+        self.name, self.free_at, self.ops, self.bytes_in, self.bytes_out = name, 0.0, 0, 0, 0
+
+
+class _SimStore:
+    """The store surface the executor uses, over dicts, with servers that take time."""
+
+    def __init__(self, sim: Simulation, shards: int, ttl: int = 3600, part_size: int = 256 * 1024 * 1024):
+        self.sim = sim
+        self.ttl = ttl
+        self.part_size = part_size
+        self.shm_dir = None
+        self.mds_index = 0
+        self.kvs_index = list(range(1, shards + 1))
+        self.servers_ = [_Server("mds")] + [_Server(f"kvs{i}") for i in range(shards)]
+        self.data: dict[str, Any] = {}
+        self.sets: dict[str, set] = defaultdict(set)
+        self.mds = self  # _Run.cancelled() calls store.mds.exists
+
+    def batch(self) -> _SimBatch:
+        return _SimBatch(self)
+
+    def name_of(self, server: int) -> str:
+        return self.servers_[server].name
+
+    def kvs_server(self, key: str) -> int:
+        return self.kvs_index[hash(key) % len(self.kvs_index)]
+
+    def exists(self, key: str) -> int:
+        return int(key in self.data)
+
+
+class _SimBatch:
+    """``wukong.store.Batch``'s surface; commands run when their server serves them."""
+
+    def __init__(self, store: _SimStore):
+        self.store = store
+        self.cmds: dict[int, list[tuple[Callable[[], Any], int]]] = {}
+        self.replies: dict[int, list] = {}
+
+    def _add(self, server: int, fn: Callable[[], Any], nbytes: int) -> tuple[int, int]:
+        cmds = self.cmds.setdefault(server, [])
+        cmds.append((fn, nbytes))
+        return server, len(cmds) - 1
+
+    def add(self, server: int, command: str, *args: Any) -> tuple[int, int]:
+        return self._add(server, lambda: self._command(command, args), _size(args) + len(command))
+
+    def mds(self, command: str, *args: Any) -> tuple[int, int]:
+        return self.add(self.store.mds_index, command, *args)
+
+    def _command(self, command: str, args: tuple) -> Any:
+        data, sets = self.store.data, self.store.sets
+        if command == "get":
+            return data.get(args[0])
+        if command == "set":
+            data[args[0]] = args[1]
+            return True
+        if command == "exists":
+            return int(args[0] in data)
+        if command in ("delete", "unlink"):
+            return sum(data.pop(k, None) is not None for k in args)
+        if command == "sadd":
+            sets[args[0]].update(args[1:])
+            return len(args) - 1
+        if command in ("expire", "pexpire", "hincrby"):
+            return 1
+        if args and args[0] == self.store.sim.keys.events:  # an event appended (wukong.protocol.emit_*)
+            self.store.sim.on_event(args[1])
+            return b"0-0"
+        raise NotImplementedError(f"the simulated store has no {command!r}")
+
+    def lease(self, keys: Keys, inv: str, value: str, px: int) -> tuple[int, int]:
+        def lease() -> int:
+            if keys.events not in self.store.data:
+                return -1
+            k = keys.lease(inv)
+            if px and k in self.store.data:
+                return 0
+            self.store.data[k] = value
+            return 1
+
+        return self._add(self.store.mds_index, lease, 64)
+
+    def fanin(
+        self, keys: Keys, tid: int, parent: int, ndeps: int, sid: int, want_schedule: bool, invocation: str
+    ) -> tuple[int, int]:
+        def fanin() -> Any:  # fanin.lua's semantics
+            store = self.store
+            arrivals = store.sets[keys.fanin(tid)]
+            if parent in arrivals:
+                return [1, b""] if store.data.get(keys.owner(tid)) == invocation else 0
+            arrivals.add(parent)
+            if len(arrivals) < ndeps:
+                return 0
+            store.data[keys.owner(tid)] = invocation
+            return [1, store.data.get(keys.schedule(sid), b"") if want_schedule else b""]
+
+        return self._add(self.store.mds_index, fanin, 96)
+
+    def kvs_set(self, key: str, value: Any) -> tuple[int, int]:
+        n = len(value)
+        sim = self.store.sim
+        sim.stored_bytes += n
+        sim.stored[int(key.rsplit(":", 1)[1])] = n
+        blob = value if isinstance(value, SimBlob) else SimBlob(n)
+        return self.add(self.store.kvs_server(key), "set", key, blob)
+
+    def kvs_get_many(self, keys: Any) -> list[tuple[int, int]]:
+        return [self.add(self.store.kvs_server(k), "get", k) for k in keys]
+
+    def extend(self, other: _SimBatch) -> None:
+        for server, cmds in other.cmds.items():
+            self.cmds.setdefault(server, []).extend(cmds)
+
+    def __bool__(self) -> bool:
+        return bool(self.cmds)
+
+    def __getitem__(self, handle: tuple[int, int]) -> Any:
+        server, i = handle
+        return self.replies[server][i]
+
+    def execute(self) -> _SimBatch:
+        sim, m = self.store.sim, self.store.sim.model
+        order = sorted(self.cmds, key=lambda s: s == self.store.mds_index)  # KVS first, MDS last
+        sim.cpu("redis", m.roundtrip_cpu_s)
+        t0 = sim.now
+        for server in order:
+            cmds = self.cmds[server]
+            srv = self.store.servers_[server]
+            up = sum(n for _, n in cmds)
+            arrive = sim.now + m.redis_rtt_s / 2 + up / m.bandwidth_Bps
+            start = max(arrive, srv.free_at)
+            srv.free_at = start + len(cmds) / m.shard_ops_per_s + up / m.shard_Bps
+            sim.sleep_until(srv.free_at)
+            replies = [fn() for fn, _ in cmds]
+            down = sum(_size(r) for r in replies)
+            srv.free_at += down / m.shard_Bps
+            srv.ops += len(cmds)
+            srv.bytes_in += up
+            srv.bytes_out += down
+            sim.sent_bytes += up
+            sim.received_bytes += down
+            self.replies[server] = replies
+            sim.sleep_until(max(sim.now, srv.free_at) + m.redis_rtt_s / 2 + down / m.bandwidth_Bps)
+        sim.charge("redis", sim.now - t0)
+        return self
+
+
+# -- the executor, with tasks and outputs simulated ---------------------------------------------
+
+
+class _SimRun(_Run):
+    def execute(self, rec: TaskRecord, body: tuple[Any, tuple]) -> Any:
+        sim = self.ex.sim  # type: ignore[attr-defined]
+        sim.ran[rec.tid] += 1
+        sim.span().tasks += 1
+        sim.cpu("tasks", sim.durations[rec.tid] / sim.model.task_speed)
+        return _Value(rec.tid)
+
+    def dumps(self, key: Any, result: Any) -> Any:
+        sim = self.ex.sim  # type: ignore[attr-defined]
+        n = sim.sizes[result.tid]
+        sim.cpu("serialize", n / sim.model.serialize_Bps)
+        if n <= self.ex.inline_limit:  # small: a real pickle, as it may travel inline
+            return serialization.dumps(_RANDOM[: max(0, n - 40)])
+        return SimBlob(n)
+
+    def load_remote(self, tid: int, value: Any) -> Any:
+        if value is None:
+            return super().load_remote(tid, value)
+        sim = self.ex.sim  # type: ignore[attr-defined]
+        sim.read_bytes[tid] += len(value)
+        sim.reads[tid] += 1
+        sim.cpu("deserialize", len(value) / sim.model.serialize_Bps)
+        return _Value(tid)
+
+
+class _SimExecutor(Executor):
+    def __init__(self, sim: Simulation, **options: Any):
+        super().__init__(sim.store, sim.invoke, **options)  # type: ignore[arg-type]
+        self.sim = sim
+        self.heartbeat = _NoHeartbeat()  # type: ignore[assignment]
+
+    def new_run(self, inv: Invocation) -> _Run:
+        return _SimRun(self, inv)
+
+
+# -- Lambda ------------------------------------------------------------------------------------
+
+
+class Simulation:
+    """One job's simulated run (see the module docstring)."""
+
+    def __init__(self, plan: Plan, keys_of: list[Hashable], profile: Profile, model: Model, **executor_options: Any):
+        self.plan, self.model = plan, model
+        self.executor_options = {"inline_limit": 64 * 1024, "cluster_threshold": 64 * 1024 * 1024}
+        self.executor_options.update(executor_options)
+        costs = [profile.cost(k) for k in keys_of]
+        self.durations = [s for s, _ in costs]
+        if model.cores:  # shared CPUs: a task's demand is its CPU seconds (BLAS may use several threads)
+            self.durations = [s * profile.cpu_ratio(k) for s, k in zip(self.durations, keys_of, strict=True)]
+        self.sizes = [b for _, b in costs]
+        self.now = 0.0
+        self._heap: list[tuple[float, int, Any, Any]] = []
+        self._seq = itertools.count()
+        self.hub = greenlet.getcurrent()
+        self.idle_envs: list[Executor] = []
+        self.store = _SimStore(self, model.kvs_shards)
+        self.keys = Keys("sim")
+        self.ran: dict[int, int] = defaultdict(int)
+        self.read_bytes: dict[int, int] = defaultdict(int)
+        self.reads: dict[int, int] = defaultdict(int)
+        self.stored: dict[int, int] = {}  # task id -> bytes of its output stored in the KVS
+        self.stored_bytes = self.sent_bytes = self.received_bytes = 0
+        self.event_bytes = 0  # bytes of Lambda events (invocations inline)
+        self.spans: list[Span] = []
+        self._current: dict[Any, Span] = {}
+        self.idle_envs = [_SimExecutor(self, **self.executor_options) for _ in range(model.warm_pool)]
+        self.envs = 0
+        self.running = 0
+        self.computing = 0  # executors running a task now (for Model.cores)
+        self.peak = 0
+        self.queue: list[tuple[Span, Callable[[Executor], Any]]] = []
+        self.queue_head = 0
+        self.results = 0
+        self.errors: list[str] = []
+        self._pump_at: float | None = None
+
+    # -- the clock ------------------------------------------------------------------------
+    def sleep_until(self, t: float) -> None:
+        g = greenlet.getcurrent()
+        heapq.heappush(self._heap, (max(t, self.now), next(self._seq), g, None))
+        self.hub.switch()
+
+    def pause(self, what: str, seconds: float) -> None:
+        if seconds > 0:
+            self.sleep_until(self.now + seconds)
+            self.charge(what, seconds)
+
+    def cpu(self, what: str, seconds: float) -> None:
+        """Compute for ``seconds``; slower while more executors than ``Model.cores`` compute."""
+        cores = self.model.cores
+        if cores:
+            seconds *= max(1.0, (self.computing + 1) / cores)
+        self.computing += 1
+        self.pause(what, seconds)
+        self.computing -= 1
+
+    def charge(self, what: str, seconds: float) -> None:
+        span = self._current.get(greenlet.getcurrent())
+        if span is not None:
+            span.busy[what] += seconds
+
+    def span(self) -> Span:
+        return self._current[greenlet.getcurrent()]
+
+    def at(self, t: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._heap, (t, next(self._seq), None, fn))
+
+    def on_event(self, fields: dict) -> None:
+        kind = fields.get("k")
+        if kind in ("r", "R"):
+            self.results += 1
+        elif kind == "e":
+            from wukong.protocol import decode_error
+
+            key, what, exc, tb = decode_error(fields["v"])
+            self.errors.append(f"task {key!r} {what}: {exc!r}\n{tb}")
+
+    # -- Lambda ---------------------------------------------------------------------------
+    def allowed(self, t: float) -> int:
+        m = self.model
+        return min(m.concurrency, m.burst * (1 + int(t // m.burst_every_s)))
+
+    def accept(self, t: float, span: Span, body: Callable[[Executor], Any]) -> None:
+        """Lambda has accepted an event at ``t``: queue it."""
+
+        def arrive() -> None:
+            self.queue.append((span, body))
+            self.pump()
+
+        self.at(t, arrive)
+
+    def pump(self) -> None:
+        while self.queue_head < len(self.queue) and self.running < self.allowed(self.now):
+            span, body = self.queue[self.queue_head]
+            self.queue_head += 1
+            self.running += 1
+            self.peak = max(self.peak, self.running)
+            if self.idle_envs:
+                env, delay = self.idle_envs.pop(), self.model.warm_start_s
+            else:
+                env, delay = _SimExecutor(self, **self.executor_options), self.model.cold_start_s
+                self.envs += 1
+                span.cold = True
+            span.start = self.now + delay
+            g = greenlet.greenlet(self._runner(span, env, body), parent=self.hub)
+            heapq.heappush(self._heap, (span.start, next(self._seq), g, None))
+        if self.queue_head < len(self.queue) and self.running < self.model.concurrency:
+            nxt = (self.now // self.model.burst_every_s + 1) * self.model.burst_every_s
+            if self._pump_at != nxt:  # the burst limit rises then
+                self._pump_at = nxt
+                self.at(nxt, self.pump)
+
+    def _runner(self, span: Span, env: Executor, body: Callable[[Executor], Any]) -> Callable[[], None]:
+        def run() -> None:
+            self._current[greenlet.getcurrent()] = span
+            self.spans.append(span)
+            self.cpu("start", self.model.invocation_cpu_s)
+            body(env)
+            span.end = self.now
+            del self._current[greenlet.getcurrent()]
+            self.running -= 1
+            self.idle_envs.append(env)
+            self.pump()
+
+        return run
+
+    # -- invoking -------------------------------------------------------------------------
+    def invoke(self, batch: Any, job: str, invocations: list[Invocation]) -> Callable[[], None] | None:
+        """The backend's ``invoke`` for executors (and the client): ``after`` sends them."""
+        if not invocations:
+            return None
+        return lambda: self.send(invocations)
+
+    def send(self, invocations: list[Invocation]) -> None:
+        m = self.model
+        n = len(invocations)
+        b = invoker_tree.branching(n, m.invoke_latency_s, m.invoke_in_flight, m.invoke_cpu_s, m.tree_start_s)
+        if b is None:
+            self._send_direct([(inv, None) for inv in invocations])
+            return
+        groups = invoker_tree.split(list(invocations), b)
+        self._send_direct([(None, g) for g in groups], b)
+
+    def _send_direct(self, items: list[tuple[Invocation | None, list | None]], b: int = 0) -> None:
+        m = self.model
+        t0 = self.now
+        for i, (inv, group) in enumerate(items):
+            accepted = t0 + (i // m.invoke_in_flight + 1) * m.invoke_latency_s + (i + 1) * m.invoke_cpu_s
+            if inv is not None:
+                self.event_bytes += sum(len(v) for v in inv.inline.values())
+                self.accept(accepted, Span(inv.id, "executor", accepted), self._executor_body(inv))
+            else:
+                assert group is not None
+                self.accept(accepted, Span(f"tree:{i}", "tree", accepted), self._tree_body(group, b))
+        k = len(items)
+        self.pause("invoke", math.ceil(k / m.invoke_in_flight) * m.invoke_latency_s + k * m.invoke_cpu_s)
+
+    def _executor_body(self, inv: Invocation) -> Callable[[Executor], Any]:
+        return lambda env: env.run(inv)
+
+    def _tree_body(self, group: list[Invocation], b: int) -> Callable[[Executor], None]:
+        def node(env: Executor) -> None:
+            self.pause("tree", self.model.tree_start_s)
+            if len(group) <= b:
+                self._send_direct([(inv, None) for inv in group])
+            else:
+                self._send_direct([(None, g) for g in invoker_tree.split(group, b)], b)
+
+        return node
+
+    # -- the job ----------------------------------------------------------------------------
+    def run(self) -> None:
+        p, keys = self.plan, self.keys
+        data = self.store.data
+        data[keys.events] = b""
+        data[keys.options] = json.dumps({"retries": 0, "task_timeout": None}).encode()
+        for sid, blob in enumerate(p.schedules):
+            data[keys.schedule(sid)] = blob
+        starts = [Invocation(keys.job, s, 0, {}, ()) for s in p.leaf_schedules]
+        client = greenlet.greenlet(lambda: self.send(starts), parent=self.hub)  # the client's launch
+        heapq.heappush(self._heap, (0.0, next(self._seq), client, None))
+        saved = executor_module.time
+        executor_module.time = _SimTime(self)  # type: ignore[assignment]
+        collecting = gc.isenabled()
+        gc.disable()  # many live greenlets: the cyclic collector's passes would dominate
+        try:
+            while self._heap:
+                t, _, g, fn = heapq.heappop(self._heap)
+                self.now = t
+                if fn is not None:
+                    fn()
+                else:
+                    g.switch()
+        finally:
+            executor_module.time = saved
+            if collecting:
+                gc.enable()

@@ -1,0 +1,132 @@
+"""Per-task durations and output sizes, from a local run of the graph.
+
+``record(dsk, keys)`` runs the graph's tasks one at a time in this process
+(the executor's own call, ``node({dependency key: value})``), timing each and
+measuring its output as wukong ships it (``serialization.dumps``).  A
+``Profile`` answers ``cost(key) -> (seconds, bytes)``; for a key it has not
+seen it answers with the mean of the keys of the same kind (``key_split``:
+``"matmul"``, ``"add"``...), so a profile recorded at a small size with the
+same chunk shape prices the same workload at full size.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+from collections.abc import Hashable
+from typing import Any
+
+from dask.utils import key_split
+
+from wukong import serialization
+from wukong.graph import prepare
+
+
+class Profile:
+    """Measured ``(seconds, output bytes)`` per task key, and per kind of task."""
+
+    def __init__(
+        self,
+        tasks: dict[Hashable, tuple[float, int]],
+        kinds: dict[str, tuple[float, int]] | None = None,
+        cpu: dict[Hashable, float] | None = None,
+    ):
+        self.tasks = tasks
+        self.cpu = cpu or {}  # key -> CPU seconds (more than its seconds when it ran on several threads)
+        self.kinds = kinds if kinds is not None else _kinds(tasks)
+        self.guess = False  # price a kind never recorded at the mean task instead of raising
+        self.guessed: set[str] = set()
+        n = max(1, len(self.kinds))
+        self.mean = (sum(s for s, _ in self.kinds.values()) / n, round(sum(b for _, b in self.kinds.values()) / n))
+
+    def cost(self, key: Hashable) -> tuple[float, int]:
+        got = self.tasks.get(key)
+        if got is not None:
+            return got
+        kind = key_split(key)
+        if kind in self.kinds:
+            return self.kinds[kind]
+        # a variant of a recorded kind ("chunk_sum-partial" of "chunk_sum": wider graphs reduce in steps)
+        stem = kind.split("-")[0]
+        for known, cost in self.kinds.items():
+            if known.split("-")[0] == stem:
+                return cost
+        if not self.guess:
+            raise KeyError(f"the profile has no task of kind {kind!r} (key {key!r}): record one of this workload")
+        self.guessed.add(kind)  # priced at the mean task: said in the report
+        return self.mean
+
+    def cpu_ratio(self, key: Hashable) -> float:
+        """CPU seconds per second of the task (threads it kept busy), 1 when unknown."""
+        seconds, _ = self.tasks.get(key, (0.0, 0))
+        return max(1.0, self.cpu[key] / seconds) if key in self.cpu and seconds > 0 else 1.0
+
+    def total_seconds(self) -> float:
+        return sum(s for s, _ in self.tasks.values())
+
+    def to_json(self) -> str:
+        return json.dumps({"kinds": self.kinds})
+
+    @classmethod
+    def from_json(cls, text: str) -> Profile:
+        kinds = {k: (float(s), int(b)) for k, (s, b) in json.loads(text)["kinds"].items()}
+        return cls({}, kinds)
+
+
+def _kinds(tasks: dict[Hashable, tuple[float, int]]) -> dict[str, tuple[float, int]]:
+    acc: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
+    for key, (s, b) in tasks.items():
+        a = acc[key_split(key)]
+        a[0] += s
+        a[1] += b
+        a[2] += 1
+    return {k: (s / n, round(b / n)) for k, (s, b, n) in acc.items()}
+
+
+def record(dsk: Any, keys: Any) -> Profile:
+    """Run the graph here, task by task: each task's seconds and serialized output bytes."""
+    order, graph = prepare(dsk, keys)
+    readers: dict[Hashable, int] = defaultdict(int)
+    for k in order:
+        for d in graph[k].dependencies:
+            readers[d] += 1
+    values: dict[Hashable, Any] = {}
+    tasks: dict[Hashable, tuple[float, int]] = {}
+    cpu: dict[Hashable, float] = {}
+    for k in order:
+        node = graph[k]
+        args = {d: values[d] for d in node.dependencies}
+        c0, t0 = time.process_time(), time.perf_counter()
+        value = node(args)
+        seconds = time.perf_counter() - t0
+        cpu[k] = time.process_time() - c0
+        tasks[k] = (seconds, len(serialization.dumps(value)))
+        for d in node.dependencies:
+            readers[d] -= 1
+            if readers[d] == 0:
+                del values[d]
+        if readers[k] or k not in values:
+            values[k] = value
+    return Profile(tasks, cpu=cpu)
+
+
+class _Captured(Exception):
+    pass
+
+
+def graph_of(*collections: Any) -> tuple[Any, Any]:
+    """``(dsk, keys)`` as Dask hands them to a scheduler for ``dask.compute(*collections)``."""
+    import dask
+
+    got: list = []
+
+    def capture(dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        got.append((dsk, keys))
+        raise _Captured()
+
+    try:
+        dask.compute(*collections, scheduler=capture)
+    except _Captured:
+        pass
+    return got[0]
