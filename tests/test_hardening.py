@@ -447,6 +447,46 @@ def test_a_stopped_worker_s_invocation_is_sent_again_and_the_job_finishes(tmp_pa
                 os.kill(pid, signal.SIGKILL)
 
 
+def note_pid_sleep_and_mark(path, seconds):
+    note_pid_and_sleep(path, seconds)
+    with open(path + ".done", "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return seconds
+
+
+def test_a_late_executor_takes_back_what_it_wrote_after_its_job_ended(tmp_path):
+    """A worker frozen mid-task has its invocation run again elsewhere; the job ends; the
+    frozen one resumes, finishes the task, stores its output for the fan-in and learns in
+    that same round trip that the job is gone: it deletes the value it just wrote."""
+    pids = str(tmp_path / "pids")
+    with LocalCluster(n_workers=2, lease_ms=500) as cluster, Client(cluster, progress=False) as client:
+        stopped = []
+
+        def stop_the_worker():
+            while not os.path.exists(pids) or not open(pids).read():
+                time.sleep(0.02)
+            stopped.append(int(open(pids).read().split()[0]))
+            os.kill(stopped[0], signal.SIGSTOP)
+
+        threading.Thread(target=stop_the_worker, daemon=True).start()
+        dsk = {"a": (note_pid_sleep_and_mark, pids, 1), "b": (sum, [1, 2]), "c": (max, "a", "b")}
+        try:
+            assert client.get(dsk, "c") == 3
+            os.kill(stopped[0], signal.SIGCONT)  # it finishes "a" after the job ended
+            deadline = time.monotonic() + 30
+            while str(stopped[0]) not in open(pids + ".done").read().split() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert str(stopped[0]) in open(pids + ".done").read().split(), "the frozen worker never finished"
+            time.sleep(1.0)  # its store-and-notify round trip, and the undo after it
+            assert job_keys(cluster) == []
+        finally:
+            for pid in stopped:
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+
+
 CTRL_C = textwrap.dedent(
     """
     import sys, time
