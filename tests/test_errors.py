@@ -3,6 +3,7 @@
 import threading
 
 import pytest
+from conftest import REDIS_SECRET_ARN
 from dask import delayed
 from dask.task_spec import Task, TaskRef
 
@@ -98,7 +99,14 @@ def test_result_above_the_configured_limit_is_named(lambda_cluster, cluster):
         kwargs = (
             {"n_workers": 1}
             if base == "local"
-            else {"backend": "lambda", "endpoint_url": lambda_cluster.backend.invoker.endpoint, "region": "us-east-1"}
+            else {
+                "backend": "lambda",
+                "endpoint_url": lambda_cluster.backend.invoker.endpoint,
+                "region": "us-east-1",
+                # the functions' Redis: its password is in the secret they are configured with
+                "redis_endpoints": [lambda_cluster.store.endpoints[0].name],
+                "redis_secret_arn": REDIS_SECRET_ARN,
+            }
         )
         with LocalCluster(max_result_bytes=100_000, **kwargs) as limited:
             with pytest.raises(

@@ -7,6 +7,7 @@ Lambda-compatible endpoint and boto3.
 """
 
 import _thread
+import itertools
 import os
 import threading
 import time
@@ -34,9 +35,16 @@ def lam():
         yield server
 
 
+DATABASES = itertools.count(1)
+
+
 def make_cluster(backend, lam, faults):
     if backend == "local":
         return LocalCluster(n_workers=2, faults=faults, lease_ms=LEASE_MS)
+    # The functions' one Redis (its password is in the secret they read), a database of its
+    # own per cluster: as with a private Redis per cluster, a late duplicate of one test's
+    # executors never writes where the next test looks.
+    host, port = lam.redis.endpoint
     return LocalCluster(
         backend="lambda",
         endpoint_url=lam.url,
@@ -44,7 +52,8 @@ def make_cluster(backend, lam, faults):
         num_lambda_invokers=4,
         faults=faults,
         lease_ms=LEASE_MS,
-        **lam.cluster_options,
+        redis_endpoints=[f"redis://{host}:{port}/{next(DATABASES) % 16}"],
+        redis_secret_arn=lam.cluster_options["redis_secret_arn"],
     )
 
 
