@@ -7,6 +7,7 @@ timeout against the endpoints, each checked against Dask's sync scheduler; print
 ``ok NAME`` line per check; any failure raises (exit status 1, traceback on stderr).
 """
 
+import os
 import sys
 
 task_root, runtime_dir, url, slow_url = sys.argv[1:5]
@@ -81,6 +82,8 @@ def boom(x):
 
 def main():
     kw = dict(backend="lambda", region="us-east-1", num_lambda_invokers=4)
+    # the functions' Redis; its password is only in the secret (read by the client too)
+    kw.update(redis_endpoints=[os.environ["WUKONG_TEST_REDIS"]], redis_secret_arn=os.environ["WUKONG_TEST_SECRET_ARN"])
     with LocalCluster(endpoint_url=url, **kw) as cluster:
         client = Client(cluster, progress=False)
         for name, collections, expected in examples():

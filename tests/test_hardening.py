@@ -275,16 +275,17 @@ def test_a_task_that_kills_its_process_fails_the_job_naming_it(fragile_cluster, 
 
 
 def test_a_task_that_kills_its_lambda_executor_fails_the_job_naming_it(tmp_path):
-    from tests.conftest import AWS_ENV
-    from wukong.lambda_local import LambdaLocal
+    from tests.conftest import lambda_local
 
     runs = tmp_path / "runs"
     dsk = {"a": 1, "b": (count_and_exit, str(runs), "os._exit", "a"), "c": (shout, "b")}
-    os.environ.update(AWS_ENV)
     handlers = {"wukong-executor": "wukong.backends.aws_lambda:handler"}
-    with LambdaLocal(handlers, workers=1, env=AWS_ENV) as lam:
+    with lambda_local(handlers, workers=1) as lam:
         options = {"endpoint_url": lam.url, "region": "us-east-1", "lease_ms": 500, "max_attempts": 1}
-        with LocalCluster(backend="lambda", **options) as cluster, Client(cluster, progress=False) as client:
+        with (
+            LocalCluster(backend="lambda", **options, **lam.cluster_options) as cluster,
+            Client(cluster, progress=False) as client,
+        ):
             t0 = time.monotonic()
             with pytest.raises(TaskError) as info:
                 client.get(dsk, "c")

@@ -8,34 +8,20 @@ import os
 import pytest
 from dask import delayed
 
+from tests.conftest import job_keys, lambda_local
 from wukong import Client, LocalCluster
 from wukong.backends import invoker_tree
-from wukong.lambda_local import LambdaLocal
-
-try:
-    from .conftest import job_keys
-except ImportError:
-    from conftest import job_keys
 
 FUNCTION = "wukong-executor"
 HANDLERS = {FUNCTION: "wukong.backends.aws_lambda:handler", "noop": "tests.lambda_handlers:noop"}
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",
-}
 LEASE_MS = 1000
 
 
 @pytest.fixture(scope="module")
 def lam():
-    old = {k: os.environ.get(k) for k in AWS_ENV}
-    os.environ.update(AWS_ENV)
-    with LambdaLocal(HANDLERS, workers=2, env=AWS_ENV) as server:
+    """lambda-local whose functions read Redis's credentials from a secret (conftest.lambda_local)."""
+    with lambda_local(HANDLERS, workers=2) as server:
         yield server
-    for k, v in old.items():
-        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
 
 
 def record_start(path: str, i: int) -> int:
@@ -62,7 +48,8 @@ def starts(path: str) -> list[int]:
 
 
 def lambda_cluster(lam, **kwargs):
-    return LocalCluster(backend="lambda", region="us-east-1", endpoint_url=lam.url, function_name=FUNCTION, **kwargs)
+    options = {"region": "us-east-1", "endpoint_url": lam.url, "function_name": FUNCTION}
+    return LocalCluster(backend="lambda", **options, **lam.cluster_options, **kwargs)
 
 
 # -- the shape ----------------------------------------------------------------------------

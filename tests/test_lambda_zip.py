@@ -22,12 +22,14 @@ from dask import delayed
 from wukong import Client, LocalCluster
 from wukong.lambda_local import LambdaLocal
 from wukong.lambda_local.runtime_api import Runtime
+from wukong.store.credentials import SECRET_ARN_ENV
+from wukong.store.server import RedisServer
 from wukong.versions import VersionMismatch
 
 try:
-    from .conftest import AWS_ENV, job_keys
+    from .conftest import AWS_ENV, REDIS_SECRET_ARN, job_keys
 except ImportError:
-    from conftest import AWS_ENV, job_keys
+    from conftest import AWS_ENV, REDIS_SECRET_ARN, job_keys
 
 pytestmark = pytest.mark.slow
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -61,10 +63,16 @@ def lambda_client(lam):
 
 
 def test_seed_examples_errors_faults_and_timeouts_under_the_runtime(runtime):
+    # as on AWS, Redis's password is only in a secret the functions (and the client) read
+    env = {**AWS_ENV, SECRET_ARN_ENV: REDIS_SECRET_ARN}
     with (
-        LambdaLocal(FUNCTION, workers=2, runtime=runtime, env=AWS_ENV) as lam,
-        LambdaLocal(FUNCTION, workers=1, runtime=runtime, env=AWS_ENV, timeout=3) as short,
+        RedisServer() as redis,
+        LambdaLocal(FUNCTION, workers=2, runtime=runtime, env=env) as lam,
+        LambdaLocal(FUNCTION, workers=1, runtime=runtime, env=env, timeout=3) as short,
     ):
+        secret = json.dumps({"username": None, "password": redis.password})
+        for server in (lam, short):
+            assert server.put_secret("wukong-redis", secret) == REDIS_SECRET_ARN
         # a function error, as real Lambda reports one: the handler raised on a bad event
         response = lambda_client(lam).invoke(FunctionName="wukong-executor", Payload=b'{"not": "an invocation"}')
         body = json.loads(response["Payload"].read())
@@ -74,7 +82,8 @@ def test_seed_examples_errors_faults_and_timeouts_under_the_runtime(runtime):
         assert json.loads(response["Payload"].read())["python"].startswith("3.12.")
         argv = [runtime.python, "-S", os.path.join(ROOT, "tests", "lambda_zip_client.py")]
         argv += [str(runtime.task_root), str(runtime.runtime_dir), lam.url, short.url]
-        env = {**os.environ, **AWS_ENV}
+        env = {**os.environ, **AWS_ENV, "AWS_ENDPOINT_URL_SECRETS_MANAGER": lam.url}
+        env.update(WUKONG_TEST_REDIS="{}:{}".format(*redis.endpoint), WUKONG_TEST_SECRET_ARN=REDIS_SECRET_ARN)
         env.pop("PYTHONPATH", None)
         done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=1200)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -15,9 +15,9 @@ from wukong.lambda_local import LambdaLocal
 from wukong.versions import VersionMismatch, VersionWarning, compare, report
 
 try:
-    from .conftest import AWS_ENV, job_keys
+    from .conftest import AWS_ENV, job_keys, lambda_local
 except ImportError:
-    from conftest import AWS_ENV, job_keys
+    from conftest import AWS_ENV, job_keys, lambda_local
 
 HANDLERS = __name__.replace("test_versions", "lambda_handlers")
 
@@ -29,12 +29,10 @@ def mark(path):
 
 def run_with(fake, tmp_path, monkeypatch):
     """Run one job against executors claiming ``fake`` versions; return (result or error, invocations)."""
-    for k, v in AWS_ENV.items():
-        monkeypatch.setenv(k, v)
-    env = {**AWS_ENV, "FAKE_VERSIONS": json.dumps(fake)}
     ran = tmp_path / "ran"
-    with LambdaLocal({"wukong-executor": f"{HANDLERS}:fake_versions"}, workers=1, env=env) as lam:
-        with LocalCluster(backend="lambda", endpoint_url=lam.url, region="us-east-1") as cluster:
+    monkeypatch.setenv("FAKE_VERSIONS", json.dumps(fake))  # the workers inherit it
+    with lambda_local({"wukong-executor": f"{HANDLERS}:fake_versions"}, workers=1) as lam:
+        with LocalCluster(backend="lambda", endpoint_url=lam.url, region="us-east-1", **lam.cluster_options) as cluster:
             client = Client(cluster, progress=False)
             try:
                 out = [delayed(mark)(str(ran)).compute(scheduler=client.get) for _ in range(2)]
@@ -83,10 +81,8 @@ def test_same_versions_probe_once_per_cluster(tmp_path, monkeypatch):
 
 
 def test_a_function_that_does_not_answer_the_probe_is_refused(monkeypatch):
-    for k, v in AWS_ENV.items():
-        monkeypatch.setenv(k, v)
-    with LambdaLocal({"wukong-executor": f"{HANDLERS}:echo"}, workers=1, env=AWS_ENV) as lam:
-        with LocalCluster(backend="lambda", endpoint_url=lam.url, region="us-east-1") as cluster:
+    with lambda_local({"wukong-executor": f"{HANDLERS}:echo"}, workers=1) as lam:
+        with LocalCluster(backend="lambda", endpoint_url=lam.url, region="us-east-1", **lam.cluster_options) as cluster:
             with pytest.raises(VersionMismatch, match="did not answer wukong's version probe"):
                 delayed(incr)(1).compute(scheduler=Client(cluster, progress=False).get)
 

@@ -435,7 +435,7 @@ class LambdaLocal:
     def _function_env(self) -> dict[str, str]:
         """A runtime-mode function's configured variables: how its boto3 reaches this
         endpoint (as on AWS it reaches AWS), and ``env``; none of the caller's."""
-        env = {"AWS_ENDPOINT_URL_LAMBDA": self.url}
+        env = {"AWS_ENDPOINT_URL_LAMBDA": self.url, "AWS_ENDPOINT_URL_SECRETS_MANAGER": self.url}
         for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):  # the execution role's
             if key in os.environ:
                 env[key] = os.environ[key]
