@@ -88,7 +88,8 @@ def test_every_leaf_starts_once_and_the_client_sends_branching_requests(lam, tmp
         invoker = cluster.backend.invoker
         assert invoker.tree_events == 4 and invoker.invoked == 4  # not 120
         # nodes hand on until their share is at most 4: 4 of 30, 16 of 7-8, 64 of 1-2, then the leaves
-        assert lam.stats()["invocations"] - before == 4 + 16 + 64 + 120
+        probe = 1  # the version check's probe, once per cluster (wukong.versions)
+        assert lam.stats()["invocations"] - before == probe + 4 + 16 + 64 + 120
         assert job_keys(cluster) == []
     assert starts(path) == list(range(120))
 
@@ -114,14 +115,18 @@ def test_every_leaf_starts_exactly_once_under_faults(lam, tmp_path, faults):
         assert job_keys(cluster) == []
     assert starts(path) == list(range(60))
     if faults.get("duplicate") == 1.0:  # every node sent every leaf twice: 8 nodes + 120 deliveries
-        assert after["invocations"] - before["invocations"] == 8 + 120
+        assert after["invocations"] - before["invocations"] == 1 + 8 + 120  # + the version probe
     if faults.get("invoker_crash"):  # some node died, and its leaves were sent again
         assert after["errors"] > before["errors"]
 
 
-def test_a_wide_fan_out_through_the_proxy_uses_the_tree(lam, tmp_path):
+def test_a_wide_fan_out_through_the_proxy_uses_the_tree(lam, tmp_path, monkeypatch):
     path = str(tmp_path / "starts")
+    # the proxy reads Redis's password from the secret, as the functions do
+    monkeypatch.setenv("WUKONG_REDIS_SECRET_ARN", lam.cluster_options["redis_secret_arn"])
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", lam.url)
     with lambda_cluster(lam, invoker_tree_branching=4, use_local_proxy=True, max_task_fanout=8) as cluster:
+        lam.put_secret("wukong-proxy", cluster.proxy["secret"])  # the functions' WUKONG_PROXY_SECRET_ARN
         client = Client(cluster, progress=False)
         root = delayed(record_start)(path, -1)
         children = [delayed(record_start)(path, i + 0 * root) for i in range(40)]  # noqa: B023
