@@ -612,7 +612,7 @@ class _Run:
             }
         )
         early, self.early = self.early, {}
-        values = {t: serialization.loads(early[t]) for t in want if t in early}
+        values = {t: self.load_remote(t, early[t]) for t in want if t in early}
         want = [t for t in want if t not in early]
         if not want and not scheds:
             return values
@@ -712,5 +712,7 @@ class _Output:
     def blob(self) -> bytes:
         if self._blob is None:
             parts = self.parts()
-            self._blob = parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
+            first = parts[0]
+            one = len(parts) == 1 and not isinstance(first, memoryview)  # a buffer's view is joined (copied)
+            self._blob = first if one and not isinstance(first, memoryview) else b"".join(parts)
         return self._blob

@@ -101,6 +101,11 @@ class Keys:
     def data(self, tid: int) -> str:
         return f"{self.data_prefix}{tid}"
 
+    @staticmethod
+    def is_held(key: str) -> bool:
+        """Whether ``key`` is a result held for the client's futures (``held``)."""
+        return key.startswith("wk:h")
+
     def held(self, tid: int) -> str:
         """A result kept after the job for the client's futures (``persist``,
         ``compute``, ``submit``); released by the client, TTL'd as a safety net.

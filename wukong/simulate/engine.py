@@ -131,7 +131,7 @@ class _SimTime:
 
 
 class _NoHeartbeat:
-    def hold(self, key: str, token: str) -> None:
+    def hold(self, key: str, token: str, guard: Any = None) -> None:
         pass
 
     def release(self) -> None:
@@ -175,6 +175,9 @@ class _SimStore:
     def exists(self, key: str) -> int:
         return int(key in self.data)
 
+    def whole(self, key: str, value: Any) -> Any:
+        return value  # values are never split here
+
 
 class _SimBatch:
     """``wukong.store.Batch``'s surface; commands run when their server serves them."""
@@ -211,6 +214,8 @@ class _SimBatch:
             return len(args) - 1
         if command in ("expire", "pexpire", "hincrby"):
             return 1
+        if command == "hget":  # an invocation's attempts: never re-sent in a simulation
+            return None
         if args and args[0] == self.store.sim.keys.events:  # an event appended (wukong.protocol.emit_*)
             self.store.sim.on_event(args[1])
             return b"0-0"
@@ -245,6 +250,8 @@ class _SimBatch:
         return self._add(self.store.mds_index, fanin, 96)
 
     def kvs_set(self, key: str, value: Any) -> tuple[int, int]:
+        if isinstance(value, list):  # the pieces of one value
+            value = value[0] if len(value) == 1 else SimBlob(sum(len(p) for p in value))
         n = len(value)
         sim = self.store.sim
         sim.stored_bytes += n
@@ -254,6 +261,18 @@ class _SimBatch:
 
     def kvs_get_many(self, keys: Any) -> list[tuple[int, int]]:
         return [self.add(self.store.kvs_server(k), "get", k) for k in keys]
+
+    def get_value(self, server: int, key: str) -> tuple[int, int]:
+        return self.add(server, "get", key)
+
+    def set_value(self, server: int, key: str, value: Any) -> tuple[int, int]:
+        return self.add(server, "set", key, value)
+
+    def record(self, server: int, key: str) -> None:
+        """Nothing to take back: a simulated job never ends under a running executor."""
+
+    def undo(self) -> None:
+        pass
 
     def extend(self, other: _SimBatch) -> None:
         for server, cmds in other.cmds.items():
@@ -309,8 +328,8 @@ class _SimRun(_Run):
         n = sim.sizes[result.tid]
         sim.cpu("serialize", n / sim.model.serialize_Bps)
         if n <= self.ex.inline_limit:  # small: a real pickle, as it may travel inline
-            return serialization.dumps(_RANDOM[: max(0, n - 40)])
-        return SimBlob(n)
+            return [serialization.dumps(_RANDOM[: max(0, n - 40)])]
+        return [SimBlob(n)]  # in pieces, as the executor's own serializer returns them
 
     def load_remote(self, tid: int, value: Any) -> Any:
         if value is None:

@@ -86,7 +86,7 @@ class Batch:
         """
         by_server: dict[int, list[str]] = {}
         for server, key in self.written:
-            if key.startswith("wk:h"):  # a future's held result: another delivery's write stands
+            if Keys.is_held(key):  # a future's held result: another delivery's write stands
                 continue
             by_server.setdefault(server, []).append(key)
             shm.remove(self.store.shm_dir, key)
