@@ -22,7 +22,7 @@ import dask.array as da  # noqa: E402
 import numpy as np  # noqa: E402
 from dask import delayed  # noqa: E402
 
-from wukong import Client, JobFailed, LocalCluster  # noqa: E402
+from wukong import Client, LocalCluster, TaskError  # noqa: E402
 from wukong.demo import add_values, decr, double, incr  # noqa: E402
 
 
@@ -115,7 +115,8 @@ def main():
         t0 = time.monotonic()
         try:
             delayed(time.sleep)(30).compute(scheduler=Client(cluster, progress=False).get, timeout=60)
-        except JobFailed as e:
+        except TaskError as e:  # each delivery ran "sleep" past the function's timeout: it is named
+            assert e.key.startswith("sleep-") and "killed its executor" in str(e), e
             print("timeout_error:", str(e).splitlines()[0], flush=True)
         else:
             raise AssertionError("a task longer than the function's timeout finished")
