@@ -55,7 +55,6 @@ DISK_SHUFFLE = (
     "process; wukong refuses such a graph with a GraphError (copies on each executor would lose data), "
     "as distributed does not run disk shuffles across workers either; task shuffles are the default on wukong"
 )
-WARNINGS = "the warning is raised inside a task, on an executor: re-emitting task warnings on the client is issue 12"
 CLIENT_SIDE_EFFECT = (
     "the test counts calls of a function it monkeypatched in its own process; on wukong the calls "
     "happen in the executors' processes"
@@ -78,8 +77,6 @@ EXPLAINED: dict[str, str] = {
             "test_bag_groupby_dataclass[processes-disk-no_none_fields]",
         )
     },
-    "dask.bag.tests.test_bag::test_take_npartitions_warn": WARNINGS,
-    "dask.bag.tests.test_text::test_files_per_partition": WARNINGS,
     "dask.bag.tests.test_bag::test_to_delayed_optimize_graph": CLIENT_SIDE_EFFECT,
     "dask.bag.tests.test_bag::test_reductions_are_lazy": UNPICKLABLE,
 }
