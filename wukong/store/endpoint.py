@@ -87,12 +87,11 @@ class Endpoint:
             return replace(self, username=username, password=credentials.get("password"))
         return replace(self, credential_provider=credentials)
 
-    def connect(self, connect_timeout: float = 5.0, socket_timeout: float | None = None) -> redis.Redis:
-        """A client with its own connection pool; it never retries a command by itself."""
-        return redis.Redis(
+    def _options(self, connect_timeout: float, socket_timeout: float | None) -> dict[str, Any]:
+        """What every redis-py client of this server is made with (a cluster's seed included)."""
+        return dict(
             host=self.host,
             port=self.port,
-            db=self.db,
             username=self.username,
             password=self.password,
             credential_provider=self.credential_provider,
@@ -102,8 +101,11 @@ class Endpoint:
             socket_connect_timeout=connect_timeout,
             socket_timeout=socket_timeout,
             socket_keepalive=True,
-            retry=Retry(NoBackoff(), 0),
         )
+
+    def connect(self, connect_timeout: float = 5.0, socket_timeout: float | None = None) -> redis.Redis:
+        """A client with its own connection pool; it never retries a command by itself."""
+        return redis.Redis(db=self.db, retry=Retry(NoBackoff(), 0), **self._options(connect_timeout, socket_timeout))
 
     def connect_cluster(self, connect_timeout: float = 5.0, socket_timeout: float | None = None) -> Any:
         """A Redis Cluster client seeded by this node (``redis.cluster.RedisCluster``).
@@ -118,19 +120,9 @@ class Endpoint:
         from redis.cluster import RedisCluster
 
         return RedisCluster(
-            host=self.host,
-            port=self.port,
-            username=self.username,
-            password=self.password,
-            credential_provider=self.credential_provider,
-            ssl=self.tls,
-            ssl_ca_certs=self.tls_ca_certs,
-            ssl_cert_reqs="required" if self.tls_verify else "none",
-            socket_connect_timeout=connect_timeout,
-            socket_timeout=socket_timeout,
-            socket_keepalive=True,
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), CLUSTER_RETRIES),
             require_full_coverage=True,
+            **self._options(connect_timeout, socket_timeout),
         )
 
     def to_config(self, *, secrets: bool = True) -> dict:
