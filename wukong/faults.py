@@ -42,16 +42,21 @@ class Faults:
         """``invoke`` that drops and duplicates invocations."""
 
         def faulty(batch: Any, job: str, invocations: list) -> Any:
-            sent = []
-            for inv in invocations:
-                if self.random.random() < self.drop:
-                    continue
-                sent.append(inv)
-                if self.random.random() < self.duplicate:
-                    sent.append(inv)
+            sent = self.deliveries(invocations)
             return invoke(batch, job, sent) if sent else None
 
         return faulty
+
+    def deliveries(self, items: list) -> list:
+        """``items`` as a faulty network delivers them: each dropped (``drop``) or sent twice (``duplicate``)."""
+        out = []
+        for item in items:
+            if self.random.random() < self.drop:
+                continue
+            out.append(item)
+            if self.random.random() < self.duplicate:
+                out.append(item)
+        return out
 
 
 def parse_faults(spec: str | None) -> dict | None:

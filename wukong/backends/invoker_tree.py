@@ -144,14 +144,7 @@ def _children(invoker: LambdaInvoker, job: str, items: list[Item], b: int) -> li
 
 def _faulty(children: list[tuple[bytes, list]], faults: Faults) -> list[tuple[bytes, list]]:
     """Fault injection: each child event dropped or sent twice (``drop``, ``duplicate``)."""
-    out = []
-    for child in children:
-        if faults.random.random() < faults.drop:
-            continue
-        out.append(child)
-        if faults.random.random() < faults.duplicate:
-            out.append(child)
-    return out
+    return faults.deliveries(children)
 
 
 def _send(invoker: LambdaInvoker, job: str, children: list[tuple[bytes, list]], faults: Faults | None) -> None:
