@@ -221,8 +221,10 @@ class RedisClusterServers:
 
     def _cluster_args(self) -> list[str]:
         conf = f"nodes-{secrets.token_hex(6)}.conf"  # in the node's own --dir
+        # A replica's first sync starts at once (not after the default 5 s wait for more
+        # replicas): until it is in sync it cannot be promoted, and a lost master stays lost.
         return ["--cluster-enabled", "yes", "--cluster-config-file", conf, "--cluster-node-timeout",
-                str(self.node_timeout_ms)]  # fmt: skip
+                str(self.node_timeout_ms), "--repl-diskless-sync-delay", "0"]  # fmt: skip
 
     def cli(self, *args: str, timeout: float = 120.0) -> str:
         """Run ``redis-cli`` (authenticated through its environment, not its argv)."""
@@ -235,19 +237,26 @@ class RedisClusterServers:
         return out
 
     def wait_ok(self, timeout: float = 60.0) -> None:
-        """Until every live node says ``cluster_state:ok`` and agrees on the slots."""
+        """Until every live node says ``cluster_state:ok`` and agrees on the slots, and
+        every live replica is in sync with its primary (else it could not take over)."""
         deadline = time.monotonic() + timeout
         while True:
             live = [n for n in self.nodes if n.proc is not None]
             try:
                 if all("cluster_state:ok" in self.cli("-p", str(n.port), "cluster", "info") for n in live):
                     self.cli("--cluster", "check", f"127.0.0.1:{live[0].port}")
-                    return
+                    if all(self._in_sync(n) for n in live):
+                        return
             except WukongError:
                 pass
             if time.monotonic() > deadline:
                 raise WukongError(f"the Redis Cluster on ports {[n.port for n in live]} did not become ready")
             time.sleep(0.1)
+
+    def _in_sync(self, node: RedisServer) -> bool:
+        """A primary, or a replica whose link to its primary is up."""
+        info = self.cli("-p", str(node.port), "info", "replication")
+        return "role:master" in info or "master_link_status:up" in info
 
     def primaries(self) -> list[RedisServer]:
         """The nodes that are masters now (a replica promoted after a failover included)."""
