@@ -187,3 +187,26 @@ def test_from_stack_runs_on_lambda_with_the_cluster_and_the_secret_it_names(redi
             assert client.get(dsk, outputs_) == dask.get(dsk, outputs_)
             assert job_keys(cluster) == []
             assert redis_cluster.password not in cluster.backend.invoker._config_json
+
+
+def test_the_cluster_client_and_a_clean_up_outlive_a_lost_master():
+    """The master the client asks about command keys (redis-py's default node) dies:
+    ``XREAD`` still reads its stream from the promoted replica, and keys on the lost
+    master that a clean-up deletes before the promotion are gone after it."""
+    with RedisClusterServers(masters=3, replicas=1) as servers:
+        store = Store(None, cluster=Endpoint.parse(servers.url))
+        keys = Keys("lost")
+        store.mds.xadd(keys.events, {"k": "s"})
+        values = [keys.data(t) for t in range(200)]
+        for k in values:
+            store.mds.set(k, b"v")
+        default = store.mds.get_default_node()
+        victim = next(n for n in servers.nodes if n.port == default.port)
+        assert any(store.mds.get_node_from_key(k).port == victim.port for k in values)
+        victim.stop()
+        store.delete({store.kvs_index[0]: values})  # sent again until the replica answers
+        servers.wait_ok()
+        assert store.mds.xread({keys.events: "0"}, count=10, block=10)[0][1][0][1] == {b"k": b"s"}
+        store.mds.delete(keys.events)
+        assert [k for k in store.mds.scan_iter(match="wk:*", count=1000)] == []
+        store.close()

@@ -117,9 +117,8 @@ class Endpoint:
         and leases are plain SETs, a repeated event or invocation is harmless).
         """
         from redis.backoff import ExponentialBackoff
-        from redis.cluster import RedisCluster
 
-        return RedisCluster(
+        return _cluster_class()(
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), CLUSTER_RETRIES),
             require_full_coverage=True,
             **self._options(connect_timeout, socket_timeout),
@@ -148,3 +147,47 @@ def run(pipe: Any, name: str) -> list:
         raise StorageError(f"Redis Cluster at {name}: {type(e).__name__}: {e}") from None
     except (redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError) as e:
         raise StorageError(f"Redis Cluster at {name}: {type(e).__name__}: {e}") from None
+
+
+_CLUSTER_CLASS: Any = None
+
+
+def _cluster_class() -> Any:
+    """``RedisCluster`` with two fixes for a lost node (built on first use: importing
+    ``redis.cluster`` is not free).
+
+    redis-py finds the keys of a command with movable keys (``XREAD``) by asking the
+    cluster's default node ``COMMAND GETKEYS``: one more round trip per read, and when
+    the default node is the master that died, every retry asks it again and the command
+    fails although its replica took over.  Here ``XREAD``'s keys are read from its
+    arguments, and a lost default node makes the client re-read the cluster's layout
+    (which picks a live default node) and asks again.
+    """
+    global _CLUSTER_CLASS
+    if _CLUSTER_CLASS is not None:
+        return _CLUSTER_CLASS
+    from redis.cluster import RedisCluster, key_slot
+    from redis.exceptions import RedisClusterException
+
+    class Cluster(RedisCluster):
+        def determine_slot(self, *args: Any) -> Any:
+            if args and str(args[0]).upper() == "XREAD":
+                words = [a.decode() if isinstance(a, bytes) else str(a) for a in args]
+                upper = [w.upper() for w in words]
+                if "STREAMS" in upper:
+                    rest = args[upper.index("STREAMS") + 1 :]
+                    slots = {key_slot(self.encoder.encode(k)) for k in rest[: len(rest) // 2]}
+                    if len(slots) != 1:
+                        raise RedisClusterException(f"XREAD of streams in {len(slots)} slots")
+                    return slots.pop()
+            return super().determine_slot(*args)
+
+        def _get_command_keys(self, *args: Any) -> Any:
+            try:
+                return super()._get_command_keys(*args)
+            except (redis.ConnectionError, redis.TimeoutError):
+                self.nodes_manager.initialize()  # picks a live default node
+                return super()._get_command_keys(*args)
+
+    _CLUSTER_CLASS = Cluster
+    return Cluster

@@ -31,11 +31,15 @@ local backend values of 1 MiB or more go through shared memory instead
 Failures.  Connections never retry on their own (a pipeline re-sent after a
 lost reply would repeat its XADDs); a lost server surfaces as
 ``StorageError`` naming it (``host:port``), and the next command on that
-connection reconnects.
+connection reconnects.  On a Redis Cluster a lost master's replica takes
+over: redis-py follows the new layout, and a job's clean-up sends its
+deletions again until the replica answers (``failover_timeout``), so a
+master lost mid-job leaves no key behind.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -49,6 +53,7 @@ from wukong.store.batch import Batch, whole
 from wukong.store.endpoint import Endpoint, StorageError, run
 
 DEFAULT_TTL = 24 * 3600  # seconds; keys normally die with their job, long before
+FAILOVER_TIMEOUT = 30.0  # seconds a job's clean-up waits for a lost cluster node's replica to take over
 RING_VNODES = 1024  # points per KVS server on the ring: shares stay within ~10% of even (160 gives ~20%)
 
 
@@ -66,12 +71,14 @@ class Store:
         ttl: int = DEFAULT_TTL,
         part_size: int | None = None,
         shm_dir: str | None = None,
+        failover_timeout: float = FAILOVER_TIMEOUT,
     ):
         self.connect_timeout = connect_timeout
         self.socket_timeout = socket_timeout
         self.part_size = part_size or parts.PART_SIZE
         self.shm_dir = shm_dir  # local backend: large values go through shared memory (wukong.shm)
         self.ttl = ttl
+        self.failover_timeout = failover_timeout
         self.cluster = cluster
         if cluster is not None:
             self._connect_cluster(cluster)
@@ -230,15 +237,45 @@ class Store:
         """
         errors = []
         for server, keys in keys_by_server.items():
-            pipe = self.servers[server].pipeline(transaction=False)
-            for group in self._unlink_groups(keys, chunk):
-                pipe.execute_command("UNLINK", *group)
+            commands = [("UNLINK", *group) for group in self._unlink_groups(keys, chunk)]
             try:
-                run(pipe, self.name_of(server))
+                self.run_through_failover(server, commands)
             except StorageError as e:
                 errors.append(e)
         if errors:
             raise errors[0]
+
+    def run_through_failover(self, server: int, commands: list[tuple]) -> list:
+        """Send ``commands`` (idempotent ones) to ``server`` in one pipeline and return the replies.
+
+        On a Redis Cluster a command whose node was lost comes back as an error
+        in its reply, not raised: such commands are sent again, with backoff,
+        while a replica takes over (up to ``failover_timeout`` seconds); then
+        the error names the cluster.  A standalone server is asked once.
+        """
+        replies: list = [None] * len(commands)
+        todo = list(range(len(commands)))
+        deadline = time.monotonic() + (self.failover_timeout if self.cluster is not None else 0.0)
+        delay = 0.1
+        while True:
+            pipe = self.servers[server].pipeline(transaction=False)
+            for i in todo:
+                pipe.execute_command(*commands[i])
+            try:
+                reply = run(pipe, self.name_of(server))
+                error: StorageError | None = None
+            except StorageError as e:
+                reply, error = [e] * len(todo), e
+            for i, r in zip(todo, reply, strict=True):
+                replies[i] = r
+            todo = [i for i in todo if isinstance(replies[i], Exception)]
+            if not todo:
+                return replies
+            if time.monotonic() >= deadline:
+                first = replies[todo[0]]
+                raise error or StorageError(f"Redis at {self.name_of(server)}: {type(first).__name__}: {first}")
+            time.sleep(delay)
+            delay = min(1.0, delay * 2)
 
     def _unlink_groups(self, keys: list[str], chunk: int) -> list[list[str]]:
         """Keys in groups one UNLINK may take: by ``chunk``, and on a cluster by slot too."""
@@ -261,13 +298,10 @@ class Store:
         shm.remove_job(self.shm_dir, keys.job)
         by_server = all_job_keys(self, keys, ntasks, nschedules, fanins, invocations)
         mds_keys = by_server.pop(self.mds_index)
-        pipe = self.mds.pipeline(transaction=False)
-        pipe.smembers(keys.parts)
-        pipe.smembers(keys.spills)
-        pipe.execute_command("UNLINK", *mds_keys)  # one slot: the job's hash tag
+        commands = [("SMEMBERS", keys.parts), ("SMEMBERS", keys.spills), ("UNLINK", *mds_keys)]  # one slot
         error = None
         try:
-            reply = run(pipe, self.name_of(self.mds_index))
+            reply = self.run_through_failover(self.mds_index, commands)
             split, spills = sorted(reply[0] or ()), sorted(reply[1] or ())
         except StorageError as e:
             error, split, spills = e, [], []
