@@ -498,6 +498,22 @@ def test_cancelling_a_future_stops_its_task_holding_the_gil(gil_worker, tmp_path
         assert time.monotonic() - t0 < 40
 
 
+def hold_the_gil(seconds):
+    """Sleep in C through ``ctypes.PyDLL``, holding the GIL: the heartbeat stops, the lease lapses."""
+    ctypes.PyDLL(None).usleep(int(seconds * 1_000_000))
+    return seconds
+
+
+@pytest.mark.timeout(120)
+def test_a_task_holding_the_gil_with_no_limit_is_left_to_finish(gil_worker):
+    """A lapsed lease alone ends nothing: nobody asked this task to stop."""
+    with Client(gil_worker, progress=False) as client:
+        pids = _worker_pids(gil_worker)
+        assert client.get({"a": (hold_the_gil, 7.0)}, "a") == 7.0  # longer than the watch's grace (5 s)
+        assert _worker_pids(gil_worker) == pids
+    assert job_keys(gil_worker) == []
+
+
 # -- point 6: a frozen worker ---------------------------------------------------------------
 
 
@@ -575,13 +591,14 @@ def test_a_late_executor_takes_back_what_it_wrote_after_its_job_ended(tmp_path):
 CTRL_C = textwrap.dedent(
     """
     import sys, time
+    from tests.test_hardening import deadlock_holding_the_gil
     from wukong import Client, LocalCluster
     with LocalCluster(n_workers=1) as cluster:
         client = Client(cluster, progress=False)
         print("ready", flush=True)
         t0 = time.monotonic()
         try:
-            client.get({"a": (time.sleep, 60)}, "a")
+            client.get({"a": TASK}, "a")
         except KeyboardInterrupt:
             print(f"interrupted {time.monotonic() - t0:.1f}", flush=True)
         t0 = time.monotonic()
@@ -590,13 +607,20 @@ CTRL_C = textwrap.dedent(
 )
 
 
-def test_ctrl_c_stops_a_running_task_and_the_next_job_runs():
-    proc = subprocess.Popen([sys.executable, "-c", CTRL_C], stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("task", ["sleeping", "holding the GIL"])
+def test_ctrl_c_stops_a_running_task_and_the_next_job_runs(task, tmp_path):
+    path = tmp_path / "pids"
+    call = "(time.sleep, 60)" if task == "sleeping" else f"(deadlock_holding_the_gil, {str(path)!r})"
+    script = CTRL_C.replace("TASK", call)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
     assert proc.stdout.readline().strip() == "ready"
     time.sleep(1.5)  # the task is running
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
-    print(f"Ctrl-C: process done {time.monotonic() - t0:.1f}s after SIGINT: {out.split()}")
-    assert "interrupted" in out and "next 3" in out
+    print(f"Ctrl-C, task {task}: process done {time.monotonic() - t0:.1f}s after SIGINT: {out.split()}")
+    assert "interrupted" in out and "next 3" in out  # on its one worker: the stuck one was replaced
     assert time.monotonic() - t0 < 30
+    if task == "holding the GIL":
+        assert _alive([int(p) for p in path.read_text().split()]) == []
