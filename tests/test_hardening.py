@@ -7,6 +7,7 @@ worker that cannot start, is frozen, or outlives its client; an empty graph.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -23,6 +24,7 @@ from dask.local import get_sync
 from tests.conftest import job_keys
 from wukong import Client, LocalCluster, WukongError
 from wukong.errors import JobCancelled, JobFailed, TaskError
+from wukong.futures import FutureCancelledError
 
 # -- point 1: a task's output ---------------------------------------------------------------
 
@@ -414,6 +416,104 @@ def test_a_task_that_ignores_its_task_timeout_is_ended(one_worker):
     _next_job_runs_at_once(one_worker)
 
 
+def deadlock_holding_the_gil(path):
+    """Start a child, note both pids, then lock a held mutex in C through ``ctypes.PyDLL``,
+    which keeps the GIL: no signal handler, heartbeat or guard of this process runs again."""
+    child = subprocess.Popen(["sleep", "600"])
+    with open(path, "w") as f:
+        f.write(f"{os.getpid()} {child.pid}")
+    libc = ctypes.PyDLL(None)
+    mutex = ctypes.create_string_buffer(64)  # at least a pthread_mutex_t
+    libc.pthread_mutex_init(mutex, None)
+    libc.pthread_mutex_lock(mutex)
+    libc.pthread_mutex_lock(mutex)
+
+
+@pytest.fixture(scope="module")
+def gil_worker():
+    with LocalCluster(n_workers=1) as cluster:
+        yield cluster
+
+
+def _worker_pids(cluster):
+    return [p.pid for p in cluster.backend.workers if p is not None and p.poll() is None]
+
+
+def _stuck_task_is_gone(cluster, path):
+    """The stuck worker and the task's child are dead, a fresh worker took its place,
+    nothing of the job is left (keys, shared memory) and the next job runs at once."""
+    worker, child = (int(p) for p in path.read_text().split())
+    deadline = time.monotonic() + 20
+    while (_alive([worker, child]) or job_keys(cluster) or not _worker_pids(cluster)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _alive([worker, child]) == [], "the stuck worker or its task's child still runs"
+    assert job_keys(cluster) == []
+    assert os.listdir(cluster.shm_dir) == []
+    assert len(_worker_pids(cluster)) == 1 and worker not in _worker_pids(cluster)
+    _next_job_runs_at_once(cluster)
+
+
+@pytest.mark.timeout(120)
+def test_a_job_timeout_stops_a_task_holding_the_gil(gil_worker, tmp_path):
+    path = tmp_path / "pids"
+    t0 = time.monotonic()
+    with pytest.raises(JobFailed, match="timed out"), Client(gil_worker, progress=False) as client:
+        client.get({"a": (deadlock_holding_the_gil, str(path))}, "a", timeout=1)
+    print(f"timeout=1, GIL held: error after {time.monotonic() - t0:.1f}s")
+    assert time.monotonic() - t0 < 30
+    _stuck_task_is_gone(gil_worker, path)
+
+
+@pytest.mark.timeout(120)
+def test_a_task_holding_the_gil_past_its_task_timeout_is_ended_and_named(gil_worker, tmp_path):
+    path = tmp_path / "pids"
+    t0 = time.monotonic()
+    with (
+        pytest.raises(TaskError, match="exceeded its timeout of 1s") as info,
+        Client(gil_worker, progress=False) as client,
+    ):
+        client.get({"a": (deadlock_holding_the_gil, str(path))}, "a", task_timeout=1)
+    print(f"task_timeout=1, GIL held: error after {time.monotonic() - t0:.1f}s")
+    assert info.value.key == "a"
+    assert time.monotonic() - t0 < 30
+    _stuck_task_is_gone(gil_worker, path)
+
+
+@pytest.mark.timeout(120)
+def test_cancelling_a_future_stops_its_task_holding_the_gil(gil_worker, tmp_path):
+    path = tmp_path / "pids"
+    with Client(gil_worker, progress=False) as client:
+        future = client.submit(deadlock_holding_the_gil, str(path))
+        deadline = time.monotonic() + 30
+        while not (path.exists() and len(path.read_text().split()) == 2) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert path.exists(), "the task never started"
+        t0 = time.monotonic()
+        client.cancel(future)
+        assert future.cancelled()
+        with pytest.raises(FutureCancelledError):
+            future.result(timeout=5)
+        _stuck_task_is_gone(gil_worker, path)
+        print(f"cancel, GIL held: next job done {time.monotonic() - t0:.1f}s after the cancel")
+        assert time.monotonic() - t0 < 40
+
+
+def hold_the_gil(seconds):
+    """Sleep in C through ``ctypes.PyDLL``, holding the GIL: the heartbeat stops, the lease lapses."""
+    ctypes.PyDLL(None).usleep(int(seconds * 1_000_000))
+    return seconds
+
+
+@pytest.mark.timeout(120)
+def test_a_task_holding_the_gil_with_no_limit_is_left_to_finish(gil_worker):
+    """A lapsed lease alone ends nothing: nobody asked this task to stop."""
+    with Client(gil_worker, progress=False) as client:
+        pids = _worker_pids(gil_worker)
+        assert client.get({"a": (hold_the_gil, 7.0)}, "a") == 7.0  # longer than the watch's grace (5 s)
+        assert _worker_pids(gil_worker) == pids
+    assert job_keys(gil_worker) == []
+
+
 # -- point 6: a frozen worker ---------------------------------------------------------------
 
 
@@ -491,13 +591,14 @@ def test_a_late_executor_takes_back_what_it_wrote_after_its_job_ended(tmp_path):
 CTRL_C = textwrap.dedent(
     """
     import sys, time
+    from tests.test_hardening import deadlock_holding_the_gil
     from wukong import Client, LocalCluster
     with LocalCluster(n_workers=1) as cluster:
         client = Client(cluster, progress=False)
         print("ready", flush=True)
         t0 = time.monotonic()
         try:
-            client.get({"a": (time.sleep, 60)}, "a")
+            client.get({"a": TASK}, "a")
         except KeyboardInterrupt:
             print(f"interrupted {time.monotonic() - t0:.1f}", flush=True)
         t0 = time.monotonic()
@@ -506,13 +607,20 @@ CTRL_C = textwrap.dedent(
 )
 
 
-def test_ctrl_c_stops_a_running_task_and_the_next_job_runs():
-    proc = subprocess.Popen([sys.executable, "-c", CTRL_C], stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("task", ["sleeping", "holding the GIL"])
+def test_ctrl_c_stops_a_running_task_and_the_next_job_runs(task, tmp_path):
+    path = tmp_path / "pids"
+    call = "(time.sleep, 60)" if task == "sleeping" else f"(deadlock_holding_the_gil, {str(path)!r})"
+    script = CTRL_C.replace("TASK", call)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
     assert proc.stdout.readline().strip() == "ready"
     time.sleep(1.5)  # the task is running
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
-    print(f"Ctrl-C: process done {time.monotonic() - t0:.1f}s after SIGINT: {out.split()}")
-    assert "interrupted" in out and "next 3" in out
+    print(f"Ctrl-C, task {task}: process done {time.monotonic() - t0:.1f}s after SIGINT: {out.split()}")
+    assert "interrupted" in out and "next 3" in out  # on its one worker: the stuck one was replaced
     assert time.monotonic() - t0 < 30
+    if task == "holding the GIL":
+        assert _alive([int(p) for p in path.read_text().split()]) == []

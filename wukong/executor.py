@@ -69,7 +69,7 @@ from wukong.faults import CRASH_EXIT, Faults
 from wukong.protocol import OUTPUT, Dependent, Invocation, Keys, TaskRecord
 from wukong.recovery import LEASE_MS, Heartbeat
 from wukong.store import Batch, Store, held, shm
-from wukong.timeout import STUCK_EXIT, Guard, TaskTimeout, task_timeout
+from wukong.timeout import STUCK_EXIT, Guard, TaskBoard, TaskTimeout, report_ended, task_timeout
 
 PROGRESS_EVERY = 0.5  # seconds between progress events on long chains
 DEFER_MAX = 1024  # fan-in notifications an executor with local work may batch ...
@@ -137,8 +137,10 @@ class Executor:
         max_task_fanout: int = 0,
         max_result_bytes: int | None = None,
         fanout_groups: int | None = None,
+        board: TaskBoard | None = None,
     ):
         self.store = store
+        self.board = board  # where a local worker shows its running task to its cluster
         # wide fan-outs go through the proxy (wukong.proxy): proxy(job, tid, invs) -> handed over?
         self.proxy = proxy if max_task_fanout > 0 else None
         self.max_task_fanout = max_task_fanout
@@ -234,6 +236,7 @@ class _Run:
         self.ndone = 0
         self.nreported = 0
         self.current: Any = None  # key of the task being handled, for error messages
+        self.at = (0, 0)  # its schedule and position
         self.opts: dict = {}
         self.last_report = self.last_check = time.monotonic()
         # fan-in notifications held back while local work remains: (tid, blob, fan-ins)
@@ -329,12 +332,10 @@ class _Run:
         failed), then end the process; a local worker is replaced at once."""
         try:
             batch = self.store.batch()
-            if why is not None:
-                protocol.emit_error(batch, self.keys, self.current, why, None, "")
             if on_exit is not None:
                 on_exit(batch)
-            self.counts(batch, exited=True)
-            batch.lease(self.keys, self.inv.id, "done", 0)
+            self.counts(batch)
+            report_ended(batch, self.keys, self.inv.id, self.current, why)
             batch.execute()
         finally:
             os._exit(STUCK_EXIT)
@@ -372,7 +373,8 @@ class _Run:
                 os._exit(CRASH_EXIT)  # fault injection: die mid-job, as a killed executor would
             if time.monotonic() - self.last_check > CANCEL_CHECK_S:
                 self.send(self.store.batch())  # stop before the next task once the job is cancelled
-            sid, pos = self.stack.pop()
+            self.at = self.stack.pop()
+            sid, pos = self.at
             sched = self.scheds[sid]
             rec = sched.records[pos]
             body = sched.body(pos)
@@ -402,7 +404,10 @@ class _Run:
         data = self.data
         retries = self.opts.get("retries", 0)
         timeout = self.opts.get("task_timeout")
+        board = self.ex.board
         for attempt in range(retries + 1):
+            if board is not None:
+                board.start(*self.at)
             try:
                 with task_timeout(timeout, node.key):
                     return node({k: data[d] for k, d in zip(dep_keys, rec.deps, strict=False)})
@@ -412,6 +417,9 @@ class _Run:
                 what = f"exceeded its timeout of {timeout}s" if isinstance(exc, TaskTimeout) else "raised"
                 self.fail(node.key, exc, what)
                 raise TaskFailed() from None
+            finally:
+                if board is not None:
+                    board.stop()
         raise AssertionError("unreachable")
 
     def fail(self, key: Any, exc: BaseException, what: str) -> None:

@@ -68,3 +68,24 @@ def stop(procs: Sequence[subprocess.Popen], timeout: float = 3.0) -> None:
         except subprocess.TimeoutExpired:
             p.kill()
             p.wait()
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc`` and its process group (what it started), when it leads one."""
+    try:
+        if os.getpgid(proc.pid) == proc.pid:
+            os.killpg(proc.pid, signal.SIGKILL)
+            return
+    except (ProcessLookupError, PermissionError, AttributeError):
+        pass
+    proc.kill()
+
+
+def frozen(pid: int) -> bool:
+    """The process is stopped (SIGSTOP, a debugger): state ``T`` or ``t`` in ``/proc/<pid>/stat``."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[0]
+    except (OSError, IndexError):
+        return False  # gone (its death is handled) or not Linux
+    return state in (b"T", b"t")

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import mmap
 import signal
+import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from wukong import protocol
+
+if TYPE_CHECKING:
+    from wukong.protocol import Keys
+    from wukong.store import Batch
 
 
 class TaskTimeout(TimeoutError):
@@ -48,7 +57,10 @@ class Guard:
     every third of a lease; when the job has been cancelled for ``GRACE_S``,
     or the same task has run ``GRACE_S`` past its ``task_timeout``, ``abandon``
     reports the invocation's end (naming the task, for a timeout) and ends the
-    process: the local backend starts a fresh worker at once.
+    process: the local backend starts a fresh worker at once.  A task that
+    holds the GIL (a C call, a deadlock in C) starves the heartbeat thread and
+    so the guard: the local cluster then ends the worker from its own process
+    (``wukong.backends.stuck``, reading the worker's ``TaskBoard``).
 
     ``running()`` returns something that changes whenever a new task starts.
     """
@@ -77,4 +89,52 @@ class Guard:
         if self.cancelled_at is not None and now - self.cancelled_at >= GRACE_S:
             self.abandon(None)
         elif self.timeout and now - self.since > self.timeout + GRACE_S:
-            self.abandon(f"exceeded its timeout of {self.timeout}s and did not stop; its executor was ended")
+            self.abandon(would_not_stop(self.timeout))
+
+
+def would_not_stop(timeout: float) -> str:
+    """What the client is told of a task that outlived its ``task_timeout`` and was ended."""
+    return f"exceeded its timeout of {timeout}s and did not stop; its executor was ended"
+
+
+def report_ended(batch: Batch, keys: Keys, inv_id: str, key: Any, why: str | None) -> None:
+    """An invocation ended because its task would not stop: ``why`` its task
+    ``key`` failed (``None``: the job had been cancelled), its exit, its lease
+    done.  Written by the executor itself (``Guard``) or, when the task starved
+    it, by the local cluster that ended its process."""
+    if why is not None:
+        protocol.emit_error(batch, keys, key, why, None, "")
+    protocol.emit_counts(batch, keys, 0, exited=inv_id)
+    batch.lease(keys, inv_id, "done", 0)
+
+
+class TaskBoard:
+    """Where a local worker shows the task it is running, for its cluster to read.
+
+    A small file shared by the worker (which writes it) and the cluster's
+    process (which reads it: ``wukong.backends.stuck``), open in both, named
+    nowhere.  Before each attempt of a task the executor writes the task's
+    place (schedule, position) and its start on the monotonic clock, which is
+    the same in every process of the machine; after, it clears it.  Two plain
+    stores per task, no system call.
+    """
+
+    FORMAT = struct.Struct("<qqd")  # schedule, position, start (0.0: no task running)
+    SIZE = FORMAT.size
+
+    def __init__(self, fd: int):
+        self.map = mmap.mmap(fd, self.SIZE)
+
+    def start(self, sid: int, pos: int) -> None:
+        self.FORMAT.pack_into(self.map, 0, sid, pos, time.monotonic())
+
+    def stop(self) -> None:
+        self.FORMAT.pack_into(self.map, 0, 0, 0, 0.0)
+
+    def read(self) -> tuple[int, int, float] | None:
+        """``(schedule, position, start)`` of the running task, or ``None``.  Read
+        twice: two reads that differ caught a write (a task just started)."""
+        first = self.FORMAT.unpack_from(self.map, 0)
+        if first != self.FORMAT.unpack_from(self.map, 0) or first[2] == 0.0:
+            return None
+        return first

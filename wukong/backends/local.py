@@ -10,7 +10,9 @@ visible: queued (``backlog``) or taken by a live worker (``running``).
 Each worker is started and watched by its own thread
 (``wukong.backends.supervise``): when a worker dies, what it was running is
 sent again at once (``wukong.recovery.resend``) and a fresh worker takes its
-place.  Workers start in parallel; one that fails to start is retried with a
+place.  A worker whose task must stop and will not, even one that holds the
+GIL, is ended by the cluster (``wukong.backends.stuck``); what it ran is then
+reported as ended, not sent again.  Workers start in parallel; one that fails to start is retried with a
 back-off and finally given up; a job fails at once, quoting the workers'
 stderr, when no worker is up or starting (``unavailable``).
 """
@@ -27,9 +29,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from wukong import protocol
+from wukong.backends.stuck import Ended, Watch
 from wukong.backends.supervise import Slot
 from wukong.errors import WukongError
-from wukong.process import stop
+from wukong.process import frozen, stop
 from wukong.protocol import Invocation, decode_invocation, encode_invocation
 from wukong.recovery import MAX_ATTEMPTS, resend
 from wukong.store import Batch, Store
@@ -93,7 +96,9 @@ class LocalBackend:
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self.slots: list[Slot] = []
+        self.watch = Watch(store, cluster_id, self.workers, executor_options["lease_ms"], self._closing)
         self._start_workers()
+        self.watch.start()
 
     # -- workers ---------------------------------------------------------------
     def _worker_config(self, wid: int) -> bytes:
@@ -104,6 +109,7 @@ class LocalBackend:
             "executor": self.executor_options,
             "proxy": self.proxy,
             "parent": os.getpid(),  # the worker dies with us (``process.die_with_parent``)
+            "board": self.watch.board_fd(wid),  # where it shows its running task (``TaskBoard``)
         }
         return json.dumps(config).encode() + b"\n"
 
@@ -122,6 +128,7 @@ class LocalBackend:
                 self._closing,
                 self._worker_died,
                 self.start_timeout,
+                (self.watch.board_fd(wid),),
             ).start()
             for wid in range(self.n_workers)
         ]
@@ -141,15 +148,23 @@ class LocalBackend:
         return "no worker of the local cluster is running:\n" + "\n".join(reports)
 
     def _worker_died(self, wid: int, pid: int, code: int) -> None:
-        """Send again what the dead worker was running (``wukong.recovery``)."""
+        """Send again what the dead worker was running (``wukong.recovery``), or,
+        when the watch ended it, report that as ended (``wukong.backends.stuck``)."""
         processing = protocol.worker_processing(self.cluster_id, wid)
+        ended_here = self.watch.ended.pop(pid, {})
         try:
             entries: Any = self.store.mds.lrange(processing, 0, -1)
             self.store.mds.delete(processing)
             by_job: dict[str, list[Invocation]] = {}
+            ended: list[tuple[Invocation, Ended]] = []
             for payload in entries:
                 inv = decode_invocation(payload)
-                by_job.setdefault(inv.job, []).append(inv)
+                if inv.id in ended_here:
+                    ended.append((inv, ended_here[inv.id]))
+                else:
+                    by_job.setdefault(inv.job, []).append(inv)
+            if ended:
+                self.watch.report(ended)
             why = f"executor process {pid} died (exit code {code})"
             for job, invs in by_job.items():
                 resend(self.store, self.invoke, job, invs, why, self.max_attempts)
@@ -164,7 +179,7 @@ class LocalBackend:
         """Not lost even before their lease exists; if the worker dies, ``_worker_died``
         sends them again.  A frozen worker's (SIGSTOP) do not count: their lease
         lapses and the client's watchdog sends them again."""
-        awake = [wid for wid, proc in enumerate(self.workers) if proc is not None and not _frozen(proc.pid)]
+        awake = [wid for wid, proc in enumerate(self.workers) if proc is not None and not frozen(proc.pid)]
         pipe = self.store.mds.pipeline(transaction=False)
         for wid in awake:
             pipe.lrange(protocol.worker_processing(self.cluster_id, wid), 0, -1)
@@ -192,6 +207,7 @@ class LocalBackend:
         except Exception:
             pass
         stop_workers(self.workers, graceful=True)
+        self.watch.close()
         if self.shared_redis:  # leave none of the cluster's keys behind
             try:
                 lists = [protocol.worker_processing(self.cluster_id, w) for w in range(self.n_workers)]
@@ -209,16 +225,6 @@ def stop_workers(workers: list, graceful: bool = False) -> None:
             except subprocess.TimeoutExpired:
                 pass
     stop(procs)
-
-
-def _frozen(pid: int) -> bool:
-    """The process is stopped (SIGSTOP, a debugger): state ``T`` or ``t`` in ``/proc/<pid>/stat``."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            state = f.read().rpartition(b")")[2].split()[0]
-    except (OSError, IndexError):
-        return False  # gone (its death is handled) or not Linux
-    return state in (b"T", b"t")
 
 
 def worker_env() -> dict[str, str]:

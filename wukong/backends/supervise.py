@@ -60,8 +60,10 @@ class Slot:
         closing: threading.Event,
         on_death: Callable[[int, int, int], None],
         start_timeout: float,
+        pass_fds: tuple[int, ...] = (),
     ):
         self.wid, self.argv, self.config, self.env = wid, argv, config, env
+        self.pass_fds = pass_fds  # open files the worker shares with us
         self.procs, self.lock, self.closing, self.on_death = procs, lock, closing, on_death
         self.start_timeout = start_timeout
         self.state = "starting"
@@ -107,7 +109,8 @@ class Slot:
         with self.lock:  # against close(): either it sees this process or we see it closing
             if self.closing.is_set():
                 return None
-            proc = spawn(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=self.env)
+            pipe = subprocess.PIPE
+            proc = spawn(self.argv, stdin=pipe, stdout=pipe, stderr=pipe, env=self.env, pass_fds=self.pass_fds)
             self.procs[self.wid] = proc
         ready = threading.Event()
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None

@@ -20,6 +20,7 @@ from wukong.process import die_with_parent
 from wukong.protocol import decode_invocation
 from wukong.proxy.client import executor_options as proxy_options
 from wukong.store import Batch, Store
+from wukong.timeout import TaskBoard
 
 GC_GEN0 = 20_000  # allocations between collections of the youngest generation (Python's default: 700)
 
@@ -29,7 +30,8 @@ def serve(config: dict) -> None:
     queue, processing = config["queue"], config["processing"]
     route = {"backend": "local", "store": config["store"], "queue": queue}  # where the proxy pushes
     proxy = proxy_options(config.get("proxy"), store, route)
-    executor = Executor(store, queue_invoker(queue), **config["executor"], **proxy)
+    board = TaskBoard(config["board"]) if config.get("board") is not None else None
+    executor = Executor(store, queue_invoker(queue), **config["executor"], **proxy, board=board)
     blocking = store.connect_mds(socket_timeout=None)
     blocking.ping()
     _warm_imports()
