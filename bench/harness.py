@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import dask
+import psutil
 
 from bench import report, workloads
 
@@ -342,6 +343,34 @@ def _compute(system: System, collections: tuple, timeout: float) -> tuple[float,
     return box["seconds"], box["result"]
 
 
+def other_load(window: float = 0.5) -> float:
+    """Cores kept busy over ``window`` seconds by anything but this run (this process
+    and its children: the systems' workers, Redis).
+
+    The 1-minute load average counts the run's own previous cells for a minute after
+    they end, so a run on an idle machine would look loaded; this is what the gate in
+    ``bench.summary`` reads.
+    """
+    me = psutil.Process()
+
+    def sample() -> tuple[float, float, float]:
+        t = psutil.cpu_times()
+        busy = t.user + t.nice + t.system + sum(getattr(t, f, 0.0) for f in ("irq", "softirq", "steal"))
+        own = 0.0
+        for p in [me, *me.children(recursive=True)]:
+            try:
+                c = p.cpu_times()
+            except psutil.Error:  # it ended meanwhile
+                continue
+            own += c.user + c.system
+        return time.monotonic(), busy, own
+
+    t0, busy0, own0 = sample()
+    time.sleep(window)
+    t1, busy1, own1 = sample()
+    return max(0.0, (busy1 - busy0) - (own1 - own0)) / (t1 - t0)
+
+
 def _error(exc: BaseException) -> str:
     return "".join(traceback.format_exception(exc)).rstrip()
 
@@ -366,6 +395,7 @@ def run_cell(
         what = "warm-up" if i == 0 else f"run {i}/{repeat}"
         progress.show(f"{wl.name} · {system.name} · {what}")
         cell.setdefault("load_before", []).append(os.getloadavg()[0])
+        cell.setdefault("other_load_before", []).append(round(other_load(), 3))
         before = system.counters() if system.counters else None
         try:
             seconds, result = _compute(system, wl.collections, timeout)

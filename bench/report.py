@@ -73,8 +73,11 @@ IDLE_LOAD_PER_CORE = 0.5  # a run whose load average went above this is not publ
 
 
 def max_load_per_core(results: dict) -> float | None:
-    """The highest 1-minute load average seen before any run, per core."""
-    loads = [x for w in results["workloads"].values() for c in w["systems"].values() for x in c.get("load_before", ())]
+    """The highest load from outside the run seen before any run, per core: the cores
+    other processes kept busy (``harness.other_load``); for runs recorded before it
+    existed, the 1-minute load average (which counts the run's own previous cells)."""
+    cells = [c for w in results["workloads"].values() for c in w["systems"].values()]
+    loads = [x for c in cells for x in c.get("other_load_before", c.get("load_before", ()))]
     return max(loads) / results["machine"]["cores"] if loads else None
 
 
@@ -184,7 +187,7 @@ def tables(results: dict) -> str:
         out += ["", table(name, record)]
     load = max_load_per_core(results)
     if load is not None:
-        line = f"load average before the runs: at most {load:.2f} per core"
+        line = f"load from other processes before the runs: at most {load:.2f} per core"
         if load > IDLE_LOAD_PER_CORE:
             line += f" -- above {IDLE_LOAD_PER_CORE}: compare ratios only; bench.summary will not publish this run"
         out += ["", line]

@@ -23,7 +23,7 @@ def table(path: str, allow_busy: bool = False) -> str:
     if not allow_busy and (load is None or load > IDLE_LOAD_PER_CORE):
         seen = "was not recorded" if load is None else f"reached {load:.2f} per core"
         raise BusyMachine(
-            f"{path}: the load average before its runs {seen} (limit {IDLE_LOAD_PER_CORE}); "
+            f"{path}: the load from other processes before its runs {seen} (limit {IDLE_LOAD_PER_CORE}); "
             "rerun on an idle machine (python -m bench.report prints it anyway)"
         )
     systems = [s for s in ORDER if any(s in w["systems"] for w in run["workloads"].values())]

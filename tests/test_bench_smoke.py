@@ -103,7 +103,43 @@ def test_records_the_load_before_every_cell(bench_run):
     for record in bench_run["results"]["workloads"].values():
         for cell in record["systems"].values():
             assert len(cell["load_before"]) == len(cell["runs_s"]) + 1 or cell.get("error")
+            assert len(cell["other_load_before"]) == len(cell["load_before"])
     assert set(bench_run["results"]["blas_threads"]) == set(SYSTEMS)
+
+
+def test_other_load_counts_other_processes_and_not_the_run_itself(tmp_path):
+    """The gate's load: a spinning child of this run is not counted; a spinning
+    process outside it (a grandchild left to init by its shell) is, whatever the load."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    from bench.harness import other_load
+
+    spin = "import time\nt = time.time() + 20\nwhile time.time() < t: pass"
+    script = tmp_path / "spin.py"
+    script.write_text(spin)
+    before = other_load(1.0)
+    child = subprocess.Popen([sys.executable, str(script)])
+    try:
+        time.sleep(0.2)
+        assert other_load(1.0) < before + 0.5  # at most what the others did, never the child's core
+    finally:
+        child.kill()
+        child.wait()
+    pidfile = tmp_path / "pid"
+    subprocess.run(["sh", "-c", f"{sys.executable} {script} & echo $! > {pidfile}"], check=True)
+    outsider = psutil.Process(int(pidfile.read_text()))
+    try:
+        assert outsider not in psutil.Process().children(recursive=True)
+        time.sleep(0.2)
+        used0 = sum(outsider.cpu_times()[:2])
+        load = other_load(1.0)
+        used = sum(outsider.cpu_times()[:2]) - used0
+        assert used > 0.05 and load >= used / 1.1 - 0.1  # its CPU time is in the load
+    finally:
+        outsider.kill()
 
 
 def test_summary_refuses_a_run_on_a_busy_machine(bench_run, tmp_path):
@@ -114,7 +150,8 @@ def test_summary_refuses_a_run_on_a_busy_machine(bench_run, tmp_path):
     for load, refused in [(0.1 * cores, False), (0.9 * cores, True)]:
         for record in results["workloads"].values():
             for cell in record["systems"].values():
-                cell["load_before"] = [load]
+                cell["load_before"] = [0.0]  # the gate reads the load from other processes
+                cell["other_load_before"] = [load]
         path = tmp_path / f"{load}.json"
         path.write_text(json.dumps(results))
         if refused:
