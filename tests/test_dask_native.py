@@ -140,6 +140,69 @@ def test_scheduler_may_be_the_client_object(client):
     assert len(client.jobs) == 1
 
 
+def inc(x):
+    return x + 1
+
+
+def gated(path, value):
+    """Returns ``value`` once ``path`` exists (bounded: never blocks a worker for long)."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return value
+
+
+def test_compute_futures_fire_the_callbacks_as_get_does(client):
+    x = (da.ones((40, 40), chunks=10) + 1).sum()
+    with Recorder() as rec:
+        future = client.compute(x, optimize_graph=False)
+        assert future.result() == 3200
+        calls = list(rec.calls)  # the future settles after ``finish``: the job is complete here
+    assert calls[0] == ("start",) and calls[1][0] == "start_state" and calls[-1] == ("finish", False)
+    post = [c[1] for c in calls if c[0] == "post"]
+    assert [c[1] for c in calls if c[0] == "pre"] == post
+    assert {same(k) for k in post} == tasks_of(x) and len(post) == len(set(post)) == calls[1][1]
+    assert {c[2] for c in calls if c[0] == "post"} <= worker_ids()
+
+
+def test_submit_fires_the_callbacks_and_compute_takes_callbacks_for_one_job(client):
+    def boom(x):
+        raise ValueError("no")
+
+    with Recorder() as rec:
+        f = client.submit(inc, 1, key="inc-one")
+        assert f.result() == 2
+    assert rec.calls == [("start",), ("start_state", 1), ("pre", "inc-one"), ("post", "inc-one", rec.calls[3][2]),
+                         ("finish", False)]  # fmt: skip
+    rec = Recorder()
+    g = client.compute(dask.delayed(boom)(1), callbacks=[rec])  # for this job only
+    assert isinstance(g.exception(), ValueError)
+    assert rec.calls[-1] == ("finish", True)
+
+
+def test_callbacks_are_taken_when_the_future_is_made(client, tmp_path):
+    """A job that runs after the ``with`` block still reports to the callbacks active when it began."""
+    gate = tmp_path / "go"
+    with Recorder() as rec:
+        f = client.submit(gated, str(gate), 5)
+    assert Recorder.active == set()
+    gate.touch()
+    assert f.result() == 5
+    assert [c[0] for c in rec.calls] == ["start", "start_state", "pre", "post", "finish"]
+
+
+def test_progress_bar_and_profiler_on_futures(client):
+    x = da.ones((40, 40), chunks=10).sum()
+    out = io.StringIO()
+    with ProgressBar(out=out, minimum=0, dt=0.01), Profiler() as prof:
+        assert client.compute(x, optimize_graph=False).result() == 1600
+        (y,) = client.persist([da.arange(20, chunks=5) + 1])
+        assert y.sum().compute(scheduler=client) == 210
+    assert "100% Completed" in out.getvalue()
+    assert {same(r.key) for r in prof.results} >= tasks_of(x)
+    assert all(r.worker_id in worker_ids() and r.start_time <= r.end_time for r in prof.results)
+
+
 def test_set_as_default_routes_bare_computes_until_close(cluster):
     x = da.arange(10, chunks=5)
     with Client(cluster, progress=False, set_as_default=True) as client:

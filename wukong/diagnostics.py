@@ -21,6 +21,10 @@ start and end (moved onto the client's ``timeit.default_timer`` scale, the one
 ``ResourceProfiler`` uses, so ``visualize`` lines them up).  Data nodes are
 not tasks to Dask (they sit in ``state["cache"]``), so they get no calls.
 
+A futures job (``client.compute``, ``submit``, ``persist``) drives them the
+same way, from the thread that runs it, with the callbacks active when it was
+started (``wukong.futures``).
+
 ``JobRecord`` is what the client keeps of each job (``client.jobs``): tasks
 with their executor and times, bytes stored and fetched, fan-in round trips,
 invocations, cost; ``wukong.report`` draws it.

@@ -5,7 +5,10 @@ thread of the client and return at once.  The job runs with the option
 ``hold``: each executor keeps a requested result in the KVS (``Keys.held``)
 and says so on the job's stream (an ``h`` event), so a future becomes done as
 soon as its own result is stored, not when the whole job ends.  Several jobs
-run at once on one cluster, one client thread each.
+run at once on one cluster, one client thread each.  Dask's callbacks
+(``ProgressBar``, ``Profiler``, ...) active when a job is started fire from its
+thread through ``Client.run_job``, as for ``get``; such a job's futures settle
+after the callbacks' ``finish``, as ``get`` returns after it.
 
 State, all on the client (``Futures``, one per client, under one lock):
 
@@ -38,6 +41,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from dask._task_spec import Task, TaskRef, convert_legacy_graph, parse_input
 
 from wukong import serialization
+from wukong.diagnostics import active_callbacks
 from wukong.errors import JobCancelled, JobFailed
 from wukong.store import held
 
@@ -166,9 +170,15 @@ class Futures:
         return _nested(keys, dict(zip(flat, futures, strict=True)))
 
     def launch(self, dsk: Any, keys: list[Hashable], **kwargs: Any) -> list[Future]:
-        """Futures for ``keys`` of ``dsk``; keys already held or in flight are not run again."""
+        """Futures for ``keys`` of ``dsk``; keys already held or in flight are not run again.
+
+        Dask's callbacks active here (``with ProgressBar():``) and ``callbacks=``
+        are taken now, in the caller's thread: the job runs in its own thread,
+        perhaps after the ``with`` block has ended.
+        """
         if self.closed:
             raise RuntimeError("the client is closed")
+        kwargs["callbacks"] = active_callbacks(kwargs.pop("callbacks", None))
         self.start()
         with self.lock:
             futures = [Future(k, self.client) for k in keys]
@@ -217,8 +227,15 @@ class Futures:
             if run.cancelled:
                 job.cancel(by_user=True)
 
+        # With Dask callbacks, the futures settle after ``finish``, as ``get`` returns after it:
+        # a ``with Profiler():`` block around ``.result()`` then sees the whole job.
+        deferred: list[tuple[Hashable, str]] | None = [] if kwargs.get("callbacks") else None
+
         def on_held(key: Hashable, name: str) -> None:
-            self.finish(run, key, name)
+            if deferred is not None:
+                deferred.append((key, name))
+            else:
+                self.finish(run, key, name)
 
         kwargs.setdefault("progress", False)
         error: BaseException | None = None
@@ -229,6 +246,8 @@ class Futures:
         finally:
             with self.lock:
                 self.runs.discard(run)
+        for key, name in deferred or ():
+            self.finish(run, key, name)
         for key in run.keys:
             self.fail(run, key, error or JobFailed(f"the job ended without a result for {key!r}"))
         job = run.job
