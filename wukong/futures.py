@@ -22,6 +22,11 @@ State, all on the client (``Futures``, one per client, under one lock):
   nobody refers to any more is deleted at once.  ``client.close()`` deletes
   everything; every held value also carries the store's TTL.
 
+In asyncio code, ``await future`` and ``client.gather(..., asynchronous=True)``
+(or any ``gather`` of a ``Client(asynchronous=True)``) never block the loop:
+the futures' done callbacks wake it (``until_done``), and the one read of the
+held values runs in the loop's default executor.
+
 A future used by a later graph (an argument of ``submit``, a chunk of a
 persisted collection) is never pulled through the client: ``substitute``
 replaces it by a task that loads the held value on the executor that needs it
@@ -35,7 +40,7 @@ import itertools
 import queue
 import threading
 import uuid
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Hashable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dask._task_spec import Task, TaskRef, convert_legacy_graph, parse_input
@@ -458,6 +463,16 @@ class Future(TaskRef):
         if not self._state.event.wait(timeout):
             raise TimeoutError(f"future {self.key!r} not done after {timeout}s")
 
+    def __await__(self) -> Generator[Any, None, Any]:
+        """``await future`` in asyncio code: the value (or the task's error), without blocking the loop."""
+        return self._result_async().__await__()
+
+    async def _result_async(self) -> Any:
+        import asyncio  # imported by its users only (a loop runs here): not a cost of every client
+
+        await until_done([self])
+        return await asyncio.get_running_loop().run_in_executor(None, self.result)
+
     def __del__(self) -> None:
         try:
             if self._state is not None:
@@ -499,6 +514,34 @@ def task_key(fn: Callable, args: tuple, kwargs: dict, pure: bool) -> str:
 
 
 # -- waiting on several futures ---------------------------------------------------------
+
+
+async def until_done(futures: Iterable[Future]) -> None:
+    """Wait in asyncio code until every one of ``futures`` is done.
+
+    The loop is never blocked: each future's done callback (called in the
+    client thread that settles it) wakes the loop with ``call_soon_threadsafe``.
+    """
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    waiters = []
+    for f in futures:
+        if not f.done():
+            waiters.append(loop.create_future())
+            f.add_done_callback(_waker(loop, waiters[-1]))
+    if waiters:
+        await asyncio.gather(*waiters)
+
+
+def _waker(loop: Any, waiter: Any) -> Callable[[Future], None]:
+    """A done callback (called in any thread) that completes ``waiter`` on ``loop``."""
+
+    def wake() -> None:
+        if not waiter.done():  # not cancelled meanwhile
+            waiter.set_result(None)
+
+    return lambda _: loop.call_soon_threadsafe(wake)
 
 
 class DoneAndNotDoneFutures(NamedTuple):
