@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import io
 import os
 import subprocess
@@ -17,7 +18,7 @@ from dask.callbacks import Callback
 from dask.diagnostics import Profiler, ProgressBar, ResourceProfiler
 
 from wukong import Client, LocalCluster
-from wukong.diagnostics import JobRecord
+from wukong.diagnostics import JobRecord, format_bytes
 
 
 @pytest.fixture
@@ -133,6 +134,41 @@ def test_jobs_are_recorded(client):
     assert record.invocations >= 1 and record.fanin_round_trips >= 1 and record.bytes_stored > 0
     assert set(record.executors) <= worker_ids()
     assert all(t.start <= t.end for t in record.tasks)
+
+
+def payload(i):
+    return bytes([i]) * 20_000
+
+
+def joined(a, b):
+    return len(a) + len(b)
+
+
+def test_a_fan_in_of_remote_values_records_the_bytes_it_fetched(client):
+    """Two leaves start in two invocations: the one completing the fan-in reads the other's output."""
+    assert client.get({"a": (payload, 1), "b": (payload, 2), "c": (joined, "a", "b")}, "c") == 40_000
+    record = client.jobs[-1]
+    fetched = {t.key: t.fetched for t in record.tasks}
+    assert fetched["a"] == fetched["b"] == 0
+    assert 20_000 <= fetched["c"] < 21_000  # one of the two values, serialized, read once
+    assert record.bytes_fetched == fetched["c"] and f"{record.bytes_fetched / 1000:.1f} kB fetched" in record.summary()
+
+
+def test_a_chain_fetches_nothing(client):
+    x = dask.delayed(payload)(3)
+    for _ in range(4):
+        x = dask.delayed(bytes)(x)
+    assert len(x.compute(scheduler=client)) == 20_000
+    record = client.jobs[-1]
+    assert len(record.tasks) == 5 and [t.fetched for t in record.tasks] == [0] * 5 and record.bytes_fetched == 0
+
+
+def test_a_future_read_on_an_executor_counts_as_fetched(client):
+    f = client.submit(payload, 4)
+    assert client.submit(len, f).result() == 20_000
+    record = client.jobs[-1]
+    assert [t.fetched for t in record.tasks if t.key == f.key] == [record.bytes_fetched]
+    assert 20_000 <= record.bytes_fetched < 21_000
 
 
 def test_scheduler_may_be_the_client_object(client):
@@ -256,8 +292,12 @@ def test_performance_report_writes_one_self_contained_html_file(client, tmp_path
     with wukong.performance_report(str(path)) as records:
         da.ones((40, 40), chunks=10).sum().compute(scheduler=client)
         db.from_sequence(range(50), npartitions=5).frequencies().compute(scheduler=client)
-    assert [r.job for r in records] == [r.job for r in list(client.jobs)[-2:]]
+        client.get({"a": (payload, 1), "b": (payload, 2), "c": (joined, "a", "b")}, "c")
+    assert [r.job for r in records] == [r.job for r in list(client.jobs)[-3:]]
     text = path.read_text()
+    fetched = sum(r.bytes_fetched for r in records)
+    total = html.escape(f"<b>{format_bytes(fetched)} fetched</b> by ")  # the data movement's total (the Div's text)
+    assert fetched >= 20_000 and total in text
     for r in records:
         assert r.job in text
     from dask.utils import key_split

@@ -549,13 +549,13 @@ class Job:
         """An executor's report of the tasks it ran: into the job record and Dask's callbacks."""
         r = self.record
         r.bytes_stored += ev.stats[0]
-        r.bytes_fetched += ev.stats[1]
-        r.fanin_round_trips += ev.stats[2]
+        r.fanin_round_trips += ev.stats[1]
+        r.bytes_fetched += sum(t[3] for t in ev.timings)
         if self.order is None:
             return
-        for tid, start, end in ev.timings:
+        for tid, start, end, fetched in ev.timings:
             key = self.order[tid]
-            r.tasks.append(TaskRun(key, start, end, ev.worker))
+            r.tasks.append(TaskRun(key, start, end, ev.worker, fetched))
             if self.callbacks is not None:
                 self.callbacks.ran(key, start, end, ev.worker)
 

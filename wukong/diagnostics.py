@@ -26,7 +26,8 @@ same way, from the thread that runs it, with the callbacks active when it was
 started (``wukong.futures``).
 
 ``JobRecord`` is what the client keeps of each job (``client.jobs``): tasks
-with their executor and times, bytes stored and fetched, fan-in round trips,
+with their executor, times and bytes fetched; bytes stored and fetched (the
+sum of the tasks'), fan-in round trips,
 invocations, cost; ``wukong.report`` draws it.
 """
 
@@ -129,6 +130,7 @@ class TaskRun:
     start: float  # seconds since the epoch, the executor's clock
     end: float
     worker: str
+    fetched: int = 0  # bytes of its inputs read from the KV store (0: all were in the executor's memory)
 
 
 @dataclass
