@@ -334,3 +334,24 @@ def test_gather_asynchronous_per_call(fclient):
     f = fclient.submit(inc, 1)
     assert fclient.gather(f) == 2  # a synchronous client
     assert asyncio.run(fclient.gather([f, f], asynchronous=True)) == [2, 2]
+
+
+def test_async_for_over_as_completed(fclient, tmp_path):
+    import asyncio
+
+    gate = tmp_path / "go"
+
+    async def main():
+        futures = [fclient.submit(inc, 1), fclient.submit(gated_strict, str(gate), "gated")]
+
+        async def open_gate():  # runs only if the loop is free while the iteration waits
+            while not futures[0].done():
+                await asyncio.sleep(0.01)
+            gate.touch()
+
+        opener = asyncio.create_task(open_gate())
+        seen = [value async for _, value in as_completed(futures, with_results=True)]
+        await opener
+        return seen
+
+    assert asyncio.run(main()) == [2, "gated"]

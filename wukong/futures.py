@@ -573,7 +573,8 @@ def wait(
 
 
 class as_completed:
-    """Iterate over futures in the order they finish, as ``distributed.as_completed``.
+    """Iterate over futures in the order they finish, as ``distributed.as_completed``
+    (``async for`` too).
 
     ``with_results=True`` yields ``(future, result)``; ``add`` more while
     iterating; ``raise_errors`` (with results) re-raises a failed future's error.
@@ -620,6 +621,17 @@ class as_completed:
         if self.raise_errors:
             raise future._state.exception or FutureCancelledError(future.key)
         return future, future._state.exception
+
+    def __aiter__(self) -> as_completed:
+        return self
+
+    async def __anext__(self) -> Any:
+        """``async for`` in asyncio code: the wait runs in the loop's default executor, not on the loop."""
+        import asyncio
+
+        if self.pending == 0:
+            raise StopAsyncIteration
+        return await asyncio.get_running_loop().run_in_executor(None, self.__next__)
 
     def next_batch(self, block: bool = True) -> list[Any]:
         out = [next(self)] if block and self.pending else []
