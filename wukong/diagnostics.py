@@ -27,8 +27,8 @@ started (``wukong.futures``).
 
 ``JobRecord`` is what the client keeps of each job (``client.jobs``): tasks
 with their executor, times and bytes fetched; bytes stored and fetched (the
-sum of the tasks'), fan-in round trips,
-invocations, cost; ``wukong.report`` draws it.
+sum of the tasks'), fan-in round trips, invocations, cost; ``wukong.report``
+draws it.
 """
 
 from __future__ import annotations
