@@ -31,7 +31,6 @@ import secrets
 import sys
 import threading
 import time
-import warnings
 import weakref
 from collections import deque
 from collections.abc import Callable, Generator, Hashable
@@ -41,7 +40,7 @@ import dask
 import redis
 
 from wukong import config as wukong_config
-from wukong import protocol, serialization, versions
+from wukong import protocol, serialization, task_warnings, versions
 from wukong.backends.base import Backend, launch
 from wukong.cost import cost_summary
 from wukong.diagnostics import DaskCallbacks, JobRecord, TaskRun, active_callbacks, note
@@ -515,7 +514,7 @@ class Job:
             self.results[self.plan.outputs[ev.tid]] = serialization.loads(ev.value)
         elif ev.kind == "w":  # a task's warnings, issued again here as Dask's local schedulers would
             for message, category, filename, lineno in protocol.decode_warnings(ev.value):
-                warnings.warn_explicit(message, category, filename, lineno)
+                task_warnings.reissue(message, category, filename, lineno)
         elif ev.kind == "R":  # a result too long for the stream, stored in the KVS
             self.read_stored_result(ev.tid)
         elif ev.kind == "h":  # a result held in the KVS for a future

@@ -13,6 +13,7 @@ import json
 import signal
 import sys
 
+from wukong import task_warnings
 from wukong.backends.local import STOP, queue_invoker
 from wukong.backends.supervise import READY
 from wukong.executor import Executor
@@ -30,6 +31,7 @@ def serve(config: dict) -> None:
     route = {"backend": "local", "store": config["store"], "queue": queue}  # where the proxy pushes
     proxy = proxy_options(config.get("proxy"), store, route)
     executor = Executor(store, queue_invoker(queue), **config["executor"], **proxy)
+    task_warnings.executor_process()
     blocking = store.connect_mds(socket_timeout=None)
     blocking.ping()
     _warm_imports()
