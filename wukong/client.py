@@ -20,7 +20,9 @@ One call is one job:
 Around that loop (issue 14): Dask's callbacks fire from the timings in the
 count events and each job leaves a ``JobRecord`` in ``client.jobs``
 (``wukong.diagnostics``); futures, ``compute``/``submit``/``map``/``persist``
-run jobs that hold their results in the KVS (``wukong.futures``); the client
+run jobs that hold their results in the KVS (``wukong.futures``), through the
+same ``run_job``, callbacks included, and can be awaited in asyncio code
+(``gather(asynchronous=True)``, ``Client(asynchronous=True)``); the client
 can be Dask's default scheduler (``set_as_default``).
 """
 
