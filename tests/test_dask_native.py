@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import io
 import os
 import subprocess
@@ -17,7 +18,7 @@ from dask.callbacks import Callback
 from dask.diagnostics import Profiler, ProgressBar, ResourceProfiler
 
 from wukong import Client, LocalCluster
-from wukong.diagnostics import JobRecord
+from wukong.diagnostics import JobRecord, format_bytes
 
 
 @pytest.fixture
@@ -135,9 +136,107 @@ def test_jobs_are_recorded(client):
     assert all(t.start <= t.end for t in record.tasks)
 
 
+def payload(i):
+    return bytes([i]) * 20_000
+
+
+def joined(a, b):
+    return len(a) + len(b)
+
+
+def test_a_fan_in_of_remote_values_records_the_bytes_it_fetched(client):
+    """Two leaves start in two invocations: the one completing the fan-in reads the other's output."""
+    assert client.get({"a": (payload, 1), "b": (payload, 2), "c": (joined, "a", "b")}, "c") == 40_000
+    record = client.jobs[-1]
+    fetched = {t.key: t.fetched for t in record.tasks}
+    assert fetched["a"] == fetched["b"] == 0
+    assert 20_000 <= fetched["c"] < 21_000  # one of the two values, serialized, read once
+    assert record.bytes_fetched == fetched["c"] and f"{record.bytes_fetched / 1000:.1f} kB fetched" in record.summary()
+
+
+def test_a_chain_fetches_nothing(client):
+    x = dask.delayed(payload)(3)
+    for _ in range(4):
+        x = dask.delayed(bytes)(x)
+    assert len(x.compute(scheduler=client)) == 20_000
+    record = client.jobs[-1]
+    assert len(record.tasks) == 5 and [t.fetched for t in record.tasks] == [0] * 5 and record.bytes_fetched == 0
+
+
+def test_a_future_read_on_an_executor_counts_as_fetched(client):
+    f = client.submit(payload, 4)
+    assert client.get({"n": (len, f)}, "n") == 20_000  # get returns once the job's record is complete
+    record = client.jobs[-1]
+    assert [t.fetched for t in record.tasks if t.key == f.key] == [record.bytes_fetched]
+    assert 20_000 <= record.bytes_fetched < 21_000
+
+
 def test_scheduler_may_be_the_client_object(client):
     assert da.arange(10, chunks=5).sum().compute(scheduler=client) == 45
     assert len(client.jobs) == 1
+
+
+def inc(x):
+    return x + 1
+
+
+def gated(path, value):
+    """Returns ``value`` once ``path`` exists (bounded: never blocks a worker for long)."""
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return value
+
+
+def test_compute_futures_fire_the_callbacks_as_get_does(client):
+    x = (da.ones((40, 40), chunks=10) + 1).sum()
+    with Recorder() as rec:
+        future = client.compute(x, optimize_graph=False)
+        assert future.result() == 3200
+        calls = list(rec.calls)  # the future settles after ``finish``: the job is complete here
+    assert calls[0] == ("start",) and calls[1][0] == "start_state" and calls[-1] == ("finish", False)
+    post = [c[1] for c in calls if c[0] == "post"]
+    assert [c[1] for c in calls if c[0] == "pre"] == post
+    assert {same(k) for k in post} == tasks_of(x) and len(post) == len(set(post)) == calls[1][1]
+    assert {c[2] for c in calls if c[0] == "post"} <= worker_ids()
+
+
+def test_submit_fires_the_callbacks_and_compute_takes_callbacks_for_one_job(client):
+    def boom(x):
+        raise ValueError("no")
+
+    with Recorder() as rec:
+        f = client.submit(inc, 1, key="inc-one")
+        assert f.result() == 2
+    assert rec.calls == [("start",), ("start_state", 1), ("pre", "inc-one"), ("post", "inc-one", rec.calls[3][2]),
+                         ("finish", False)]  # fmt: skip
+    rec = Recorder()
+    g = client.compute(dask.delayed(boom)(1), callbacks=[rec])  # for this job only
+    assert isinstance(g.exception(), ValueError)
+    assert rec.calls[-1] == ("finish", True)
+
+
+def test_callbacks_are_taken_when_the_future_is_made(client, tmp_path):
+    """A job that runs after the ``with`` block still reports to the callbacks active when it began."""
+    gate = tmp_path / "go"
+    with Recorder() as rec:
+        f = client.submit(gated, str(gate), 5)
+    assert Recorder.active == set()
+    gate.touch()
+    assert f.result() == 5
+    assert [c[0] for c in rec.calls] == ["start", "start_state", "pre", "post", "finish"]
+
+
+def test_progress_bar_and_profiler_on_futures(client):
+    x = da.ones((40, 40), chunks=10).sum()
+    out = io.StringIO()
+    with ProgressBar(out=out, minimum=0, dt=0.01), Profiler() as prof:
+        assert client.compute(x, optimize_graph=False).result() == 1600
+        (y,) = client.persist([da.arange(20, chunks=5) + 1])
+        assert y.sum().compute(scheduler=client) == 210
+    assert "100% Completed" in out.getvalue()
+    assert {same(r.key) for r in prof.results} >= tasks_of(x)
+    assert all(r.worker_id in worker_ids() and r.start_time <= r.end_time for r in prof.results)
 
 
 def test_set_as_default_routes_bare_computes_until_close(cluster):
@@ -193,8 +292,12 @@ def test_performance_report_writes_one_self_contained_html_file(client, tmp_path
     with wukong.performance_report(str(path)) as records:
         da.ones((40, 40), chunks=10).sum().compute(scheduler=client)
         db.from_sequence(range(50), npartitions=5).frequencies().compute(scheduler=client)
-    assert [r.job for r in records] == [r.job for r in list(client.jobs)[-2:]]
+        client.get({"a": (payload, 1), "b": (payload, 2), "c": (joined, "a", "b")}, "c")
+    assert [r.job for r in records] == [r.job for r in list(client.jobs)[-3:]]
     text = path.read_text()
+    fetched = sum(r.bytes_fetched for r in records)
+    total = html.escape(f"<b>{format_bytes(fetched)} fetched</b> by ")  # the data movement's total (the Div's text)
+    assert fetched >= 20_000 and total in text
     for r in records:
         assert r.job in text
     from dask.utils import key_split

@@ -37,6 +37,11 @@ CI_SELECTION = [
     "dask.array.tests.test_overlap",
 ]
 # ``make dask-suites`` (WUKONG_DASK_SUITES=full): the whole selection of issue 14, about an hour.
+# The four modules beyond CI's, run once on each route (2026-11-30, dask 2026.8.0, two cores
+# shared with other work, both routes at once, ``nice -n 19``): 3355 tests; wukong 2957 passed,
+# 2 failed, 388 skipped, 8 xfailed in 971 s; sync 2958 passed, 1 failed (``SYNC_ALSO_FAILS``)
+# in 660 s.  The wukong-only failure (a RuntimeWarning a worker had issued before was not sent
+# again) is fixed (``wukong.task_warnings``).  Too slow for CI's selection.
 FULL_SELECTION = CI_SELECTION + [
     "dask.array.tests.test_reductions",
     "dask.array.tests.test_linalg",
@@ -89,6 +94,10 @@ SYNC_ALSO_FAILS = {
     "dask.bag.tests.test_bag::test_groupby_with_npartitions_changed",
     "dask.bag.tests.test_bag::test_msgpack_unicode",
     "dask.bag.tests.test_bag::test_temporary_directory",
+    # expects a RuntimeWarning raised as an error: dask's own pytest configuration
+    # (``filterwarnings = error``) is not loaded by a ``--pyargs`` run; passes on both routes with
+    # ``-W error::RuntimeWarning``
+    "dask.array.tests.test_reductions::test_nanquantile_all_nan",
 }
 FULL = os.environ.get("WUKONG_DASK_SUITES") == "full"
 

@@ -265,3 +265,93 @@ def test_scatter_then_submit_reads_the_data_where_it_is_stored(fclient):
 
 def test_compute_sync_returns_values(fclient):
     assert fclient.compute([da.ones(10, chunks=5).sum()], sync=True) == [10]
+
+
+def gated_strict(path, value):
+    """``value`` once ``path`` exists; an error if it never does (a blocked event loop never makes it)."""
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} never appeared")
+        time.sleep(0.01)
+    return value
+
+
+def test_await_a_future_without_blocking_the_event_loop(fclient, tmp_path):
+    import asyncio
+
+    gate = tmp_path / "go"
+
+    async def main():
+        f = fclient.submit(gated_strict, str(gate), 7)
+
+        async def open_gate():  # runs only if the loop is free while ``await f`` waits
+            await asyncio.sleep(0.05)
+            gate.touch()
+
+        opener = asyncio.create_task(open_gate())
+        value = await f
+        await opener
+        return value
+
+    assert asyncio.run(main()) == 7
+
+
+def test_await_a_failed_future_raises_its_error(fclient):
+    import asyncio
+
+    async def main():
+        return await fclient.submit(boom, 3)
+
+    with pytest.raises(ValueError, match="boom 3"):
+        asyncio.run(main())
+
+
+def test_async_gather_in_an_asynchronous_client(cluster, tmp_path):
+    import asyncio
+
+    gate = tmp_path / "go"
+
+    async def main():
+        async with Client(cluster, progress=False, asynchronous=True) as client:
+            assert await client is client
+            futures = client.map(gated_strict, [str(gate)] * 3, [1, 2, 3])
+            gathering = asyncio.ensure_future(client.gather({"xs": futures, "y": client.submit(inc, 10)}))
+            await asyncio.sleep(0.05)
+            assert not gathering.done()
+            gate.touch()  # on the loop: the gather must not be holding it
+            out = await gathering
+            assert await client.compute(dask.delayed(inc)(1), sync=True) == 2
+            return out
+
+    assert asyncio.run(main()) == {"xs": [1, 2, 3], "y": 11}
+    assert job_keys(cluster) == []
+
+
+def test_gather_asynchronous_per_call(fclient):
+    import asyncio
+
+    f = fclient.submit(inc, 1)
+    assert fclient.gather(f) == 2  # a synchronous client
+    assert asyncio.run(fclient.gather([f, f], asynchronous=True)) == [2, 2]
+
+
+def test_async_for_over_as_completed(fclient, tmp_path):
+    import asyncio
+
+    gate = tmp_path / "go"
+
+    async def main():
+        futures = [fclient.submit(inc, 1), fclient.submit(gated_strict, str(gate), "gated")]
+
+        async def open_gate():  # runs only if the loop is free while the iteration waits
+            while not futures[0].done():
+                await asyncio.sleep(0.01)
+            gate.touch()
+
+        opener = asyncio.create_task(open_gate())
+        seen = [value async for _, value in as_completed(futures, with_results=True)]
+        await opener
+        return seen
+
+    assert asyncio.run(main()) == [2, "gated"]

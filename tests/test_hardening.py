@@ -15,6 +15,7 @@ import sys
 import textwrap
 import threading
 import time
+import warnings
 
 import dask
 import psutil
@@ -349,6 +350,33 @@ def test_a_task_warning_is_issued_again_on_the_client(client):
     with pytest.warns(TaskWarning, match="careful with 41") as record:
         assert client.get({"a": (warn_and_return, 41)}, "a") == 41
     assert record[0].filename == __file__
+
+
+def warn_same(x):
+    import warnings
+
+    warnings.warn("the same warning", TaskWarning, stacklevel=1)
+    return x
+
+
+def test_every_warns_block_sees_its_jobs_warning_as_on_sync(client):
+    """An executor process that issued a warning before still sends it: the client's filters decide."""
+    graph = {f"w{i}": (warn_same, i) for i in range(4)}
+    for get in (get_sync, client.get):
+        for _ in range(2):  # the second job: on workers that issued this warning already
+            with pytest.warns(TaskWarning, match="the same warning"):
+                assert list(get(graph, list(graph))) == [0, 1, 2, 3]
+
+
+def test_a_repeated_warning_is_shown_once_per_location_as_on_sync(client):
+    def shown(run) -> int:
+        with warnings.catch_warnings(record=True) as record:
+            warnings.simplefilter("default")  # Python's default: once per location
+            run({f"w{i}": (warn_same, i) for i in range(6)})
+            run({"again": (warn_same, 7)})  # a second job
+        return sum(issubclass(w.category, TaskWarning) for w in record)
+
+    assert shown(lambda g: client.get(g, list(g))) == shown(lambda g: get_sync(g, list(g))) == 1
 
 
 # -- point 4: stopping work that is running --------------------------------------------------

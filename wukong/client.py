@@ -20,7 +20,9 @@ One call is one job:
 Around that loop (issue 14): Dask's callbacks fire from the timings in the
 count events and each job leaves a ``JobRecord`` in ``client.jobs``
 (``wukong.diagnostics``); futures, ``compute``/``submit``/``map``/``persist``
-run jobs that hold their results in the KVS (``wukong.futures``); the client
+run jobs that hold their results in the KVS (``wukong.futures``), through the
+same ``run_job``, callbacks included, and can be awaited in asyncio code
+(``gather(asynchronous=True)``, ``Client(asynchronous=True)``); the client
 can be Dask's default scheduler (``set_as_default``).
 """
 
@@ -31,22 +33,21 @@ import secrets
 import sys
 import threading
 import time
-import warnings
 import weakref
 from collections import deque
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Generator, Hashable
 from typing import Any
 
 import dask
 import redis
 
 from wukong import config as wukong_config
-from wukong import protocol, serialization, versions
+from wukong import protocol, serialization, task_warnings, versions
 from wukong.backends.base import Backend, launch
 from wukong.cost import cost_summary
 from wukong.diagnostics import DaskCallbacks, JobRecord, TaskRun, active_callbacks, note
 from wukong.errors import JobCancelled, JobFailed, task_error
-from wukong.futures import Future, Futures, as_completed, submit_graph, task_key, wait
+from wukong.futures import Future, Futures, as_completed, submit_graph, task_key, until_done, wait
 from wukong.graph import acquire_dask_defaults, dask_defaults, flatten_keys, prepare, release_dask_defaults
 from wukong.progress import ProgressBar
 from wukong.protocol import Invocation, Keys, decode_invocation
@@ -76,6 +77,11 @@ class Client:
         ``close()``; shuffles are task-based meanwhile (``dataframe.shuffle.method``,
         as with distributed).  ``scheduler=client`` and ``scheduler=client.get``
         work either way.
+    asynchronous : bool
+        For asyncio code, as distributed's: ``gather`` (and so
+        ``compute(sync=True)``) returns a coroutine to ``await``; ``await client``
+        and ``async with`` work.  Whatever this says, ``await future`` works
+        in a running loop, and ``submit``/``compute``/``persist`` return at once.
 
     While a client is open, Dask builds shuffles (``bag.groupby``,
     ``df.shuffle``, ``merge``) task-based, as with a distributed client:
@@ -92,8 +98,16 @@ class Client:
     ...     y = client.persist(x)                      # chunks stay in the KV store
     """
 
-    def __init__(self, cluster: Any = None, *, progress: bool | None = None, set_as_default: bool = False):
+    def __init__(
+        self,
+        cluster: Any = None,
+        *,
+        progress: bool | None = None,
+        set_as_default: bool = False,
+        asynchronous: bool = False,
+    ):
         self.owns_cluster = cluster is None
+        self.asynchronous = asynchronous
         if cluster is None:
             from wukong.cluster import LocalCluster
 
@@ -248,11 +262,15 @@ class Client:
             graph.update(submit_graph(fn, a, kwargs, k))
         return self.futures.launch(graph, keys)
 
-    def gather(self, futures: Any, errors: str = "raise") -> Any:
+    def gather(self, futures: Any, errors: str = "raise", asynchronous: bool | None = None) -> Any:
         """The values of (nested lists/dicts of) futures; the held values are read in one round trip per server.
 
         ``errors="skip"`` leaves out failed futures (from lists) instead of raising.
+        ``asynchronous`` (default: the client's): a coroutine to ``await`` in
+        asyncio code instead; the loop is not blocked while it waits or reads.
         """
+        if self.asynchronous if asynchronous is None else asynchronous:
+            return self._gather_async(futures, errors)
         flat = _futures_in(futures)
         wait(flat)
         ok = [f for f in flat if f.status == "finished"]
@@ -261,6 +279,13 @@ class Client:
             bad.result()
         values = dict(zip([id(f) for f in ok], self.futures.fetch(ok), strict=True))
         return _pack(futures, values)
+
+    async def _gather_async(self, futures: Any, errors: str) -> Any:
+        import asyncio
+
+        await until_done(_futures_in(futures))
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(None, lambda: self.gather(futures, errors, asynchronous=False))
 
     def cancel(self, futures: Any = None) -> None:
         """Cancel ``futures`` (their jobs stop when no future waits on them).
@@ -294,6 +319,21 @@ class Client:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # ``client = await Client(asynchronous=True)`` and ``async with``, as with distributed
+    def __await__(self) -> Generator[Any, None, Client]:
+        import asyncio
+
+        yield from asyncio.sleep(0).__await__()
+        return self
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        import asyncio
+
+        await asyncio.get_running_loop().run_in_executor(None, self.close)  # close joins threads: not on the loop
 
 
 def group_leaves(leaves: list[int], ngroups: int | None) -> list[list[int]]:
@@ -476,7 +516,7 @@ class Job:
             self.results[self.plan.outputs[ev.tid]] = serialization.loads(ev.value)
         elif ev.kind == "w":  # a task's warnings, issued again here as Dask's local schedulers would
             for message, category, filename, lineno in protocol.decode_warnings(ev.value):
-                warnings.warn_explicit(message, category, filename, lineno)
+                task_warnings.reissue(message, category, filename, lineno)
         elif ev.kind == "R":  # a result too long for the stream, stored in the KVS
             self.read_stored_result(ev.tid)
         elif ev.kind == "h":  # a result held in the KVS for a future
@@ -510,13 +550,13 @@ class Job:
         """An executor's report of the tasks it ran: into the job record and Dask's callbacks."""
         r = self.record
         r.bytes_stored += ev.stats[0]
-        r.bytes_fetched += ev.stats[1]
-        r.fanin_round_trips += ev.stats[2]
+        r.fanin_round_trips += ev.stats[1]
+        r.bytes_fetched += sum(t[3] for t in ev.timings)
         if self.order is None:
             return
-        for tid, start, end in ev.timings:
+        for tid, start, end, fetched in ev.timings:
             key = self.order[tid]
-            r.tasks.append(TaskRun(key, start, end, ev.worker))
+            r.tasks.append(TaskRun(key, start, end, ev.worker, fetched))
             if self.callbacks is not None:
                 self.callbacks.ran(key, start, end, ev.worker)
 

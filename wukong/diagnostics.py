@@ -21,9 +21,14 @@ start and end (moved onto the client's ``timeit.default_timer`` scale, the one
 ``ResourceProfiler`` uses, so ``visualize`` lines them up).  Data nodes are
 not tasks to Dask (they sit in ``state["cache"]``), so they get no calls.
 
+A futures job (``client.compute``, ``submit``, ``persist``) drives them the
+same way, from the thread that runs it, with the callbacks active when it was
+started (``wukong.futures``).
+
 ``JobRecord`` is what the client keeps of each job (``client.jobs``): tasks
-with their executor and times, bytes stored and fetched, fan-in round trips,
-invocations, cost; ``wukong.report`` draws it.
+with their executor, times and bytes fetched; bytes stored and fetched (the
+sum of the tasks'), fan-in round trips, invocations, cost; ``wukong.report``
+draws it.
 """
 
 from __future__ import annotations
@@ -125,6 +130,7 @@ class TaskRun:
     start: float  # seconds since the epoch, the executor's clock
     end: float
     worker: str
+    fetched: int = 0  # bytes of its inputs read from the KV store (0: all were in the executor's memory)
 
 
 @dataclass

@@ -41,9 +41,13 @@ Events for the client (results, errors, tasks done, the ids of invocations
 made and of this one when it exits) go on the job's stream in the same
 pipelines as the executor's other writes; from the ids the client knows when
 every invocation of the job has ended, and which to send again if lost.  The
-counts carry, batched, each task's (id, start, end), this worker's id, and the
-bytes stored and fetched and fan-in round trips since the last report: the
-client's Dask callbacks, profiler and job record are built from them.
+counts carry, batched, each task's (id, start, end, bytes fetched), this
+worker's id, and the bytes stored and fan-in round trips since the last
+report: the client's Dask callbacks, profiler and job record are built from
+them.  A task's bytes fetched are those of its inputs read from the KVS for
+it (a value read once counts for the first task here that uses it; 0 when its
+inputs were in this executor's memory or came inline), plus the held values
+it loaded itself (a future's, ``held.load``).
 
 A job run for the client's futures (option ``hold``) keeps its requested
 results in the KVS (``Keys.held``) instead of sending them; a task standing for
@@ -249,8 +253,9 @@ class _Run:
         # running it (one round trip each), so a task that kills its process is named.
         self.careful = False
         self.crash_after = ex.faults.crash_point() if ex.faults else None
-        self.timings: list[tuple[int, float, float]] = []  # (tid, start, end) since the last report
-        self.stats = [0, 0, 0]  # since the last report: bytes stored, bytes fetched, fan-in round trips
+        self.timings: list[tuple[int, float, float, int]] = []  # (tid, start, end, fetched) since the last report
+        self.stats = [0, 0]  # since the last report: bytes stored, fan-in round trips
+        self.fetched: dict[int, int] = {}  # tid -> bytes read from the KVS, until a task here uses it
         # values that stay on this machine (shared memory) are not worth compressing
         self.compress = self.store.shm_dir is None
 
@@ -278,11 +283,9 @@ class _Run:
         self.last_report = time.monotonic()
         attempt = f"{self.inv.id}@{self.token}"
         timings, self.timings = protocol.pack_timings(self.timings), []
-        stats, self.stats = self.stats, [0, 0, 0]
+        (stored, trips), self.stats = self.stats, [0, 0]
         exit_id = self.inv.id if exited else ""
-        protocol.emit_counts(
-            batch, self.keys, n, invoked, exit_id, attempt, timings, self.ex.worker, (stats[0], stats[1], stats[2])
-        )
+        protocol.emit_counts(batch, self.keys, n, invoked, exit_id, attempt, timings, self.ex.worker, (stored, trips))
 
     # -- start, loop, exit ---------------------------------------------------
     def start(self) -> None:
@@ -350,7 +353,7 @@ class _Run:
                     f"input {key!r} is missing from KV store {self.store.name_of(self.store.kvs_server(key))}"
                 )
             )
-        self.stats[1] += len(value)
+        self.fetched[tid] = len(value)
         return serialization.loads(value)
 
     def cancelled(self) -> bool:
@@ -384,7 +387,8 @@ class _Run:
                 self.store.mds.set(self.keys.current(self.inv.id), pickle.dumps(self.current), xx=True, keepttl=True)
             start = time.time()
             result = self.execute(rec, body)
-            self.timings.append((rec.tid, start, time.time()))
+            fetched = sum(self.fetched.pop(d, 0) for d in rec.deps) + held.take_fetched()
+            self.timings.append((rec.tid, start, time.time(), fetched))
             self.ndone += 1
             if self.warned:
                 protocol.emit_warnings(self.pending, self.keys, rec.tid, self.warned)
@@ -461,7 +465,7 @@ class _Run:
         if stored_result:
             protocol.emit_stored_result(self.pending, self.keys, out.tid)  # sent with or after the write
         if fanins:
-            self.stats[2] += 1
+            self.stats[1] += 1
             calls = [self.notify(batch, out.tid, c) for c in fanins]
             ready += self.completed(self.send(batch), calls)
             batch = self.store.batch()
@@ -578,7 +582,7 @@ class _Run:
         whole = {t for t, n in lacking.items() if n == 0}
         batch = self.store.batch()
         calls = []
-        self.stats[2] += 1
+        self.stats[1] += 1
         local: list[Dependent] = []
         for tid, out, fanins in deferred:
             if any(c.tid not in whole for c in fanins):  # read elsewhere: store it

@@ -5,7 +5,10 @@ thread of the client and return at once.  The job runs with the option
 ``hold``: each executor keeps a requested result in the KVS (``Keys.held``)
 and says so on the job's stream (an ``h`` event), so a future becomes done as
 soon as its own result is stored, not when the whole job ends.  Several jobs
-run at once on one cluster, one client thread each.
+run at once on one cluster, one client thread each.  Dask's callbacks
+(``ProgressBar``, ``Profiler``, ...) active when a job is started fire from its
+thread through ``Client.run_job``, as for ``get``; such a job's futures settle
+after the callbacks' ``finish``, as ``get`` returns after it.
 
 State, all on the client (``Futures``, one per client, under one lock):
 
@@ -18,6 +21,11 @@ State, all on the client (``Futures``, one per client, under one lock):
   held value (``wukong.store.held.release``).  A result that arrives for a key
   nobody refers to any more is deleted at once.  ``client.close()`` deletes
   everything; every held value also carries the store's TTL.
+
+In asyncio code, ``await future`` and ``client.gather(..., asynchronous=True)``
+(or any ``gather`` of a ``Client(asynchronous=True)``) never block the loop:
+the futures' done callbacks wake it (``until_done``), and the one read of the
+held values runs in the loop's default executor.
 
 A future used by a later graph (an argument of ``submit``, a chunk of a
 persisted collection) is never pulled through the client: ``substitute``
@@ -32,12 +40,13 @@ import itertools
 import queue
 import threading
 import uuid
-from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Hashable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from dask._task_spec import Task, TaskRef, convert_legacy_graph, parse_input
 
 from wukong import serialization
+from wukong.diagnostics import active_callbacks
 from wukong.errors import JobCancelled, JobFailed
 from wukong.store import held
 
@@ -166,9 +175,15 @@ class Futures:
         return _nested(keys, dict(zip(flat, futures, strict=True)))
 
     def launch(self, dsk: Any, keys: list[Hashable], **kwargs: Any) -> list[Future]:
-        """Futures for ``keys`` of ``dsk``; keys already held or in flight are not run again."""
+        """Futures for ``keys`` of ``dsk``; keys already held or in flight are not run again.
+
+        Dask's callbacks active here (``with ProgressBar():``) and ``callbacks=``
+        are taken now, in the caller's thread: the job runs in its own thread,
+        perhaps after the ``with`` block has ended.
+        """
         if self.closed:
             raise RuntimeError("the client is closed")
+        kwargs["callbacks"] = active_callbacks(kwargs.pop("callbacks", None))
         self.start()
         with self.lock:
             futures = [Future(k, self.client) for k in keys]
@@ -217,8 +232,15 @@ class Futures:
             if run.cancelled:
                 job.cancel(by_user=True)
 
+        # With Dask callbacks, the futures settle after ``finish``, as ``get`` returns after it:
+        # a ``with Profiler():`` block around ``.result()`` then sees the whole job.
+        deferred: list[tuple[Hashable, str]] | None = [] if kwargs.get("callbacks") else None
+
         def on_held(key: Hashable, name: str) -> None:
-            self.finish(run, key, name)
+            if deferred is not None:
+                deferred.append((key, name))
+            else:
+                self.finish(run, key, name)
 
         kwargs.setdefault("progress", False)
         error: BaseException | None = None
@@ -229,6 +251,8 @@ class Futures:
         finally:
             with self.lock:
                 self.runs.discard(run)
+        for key, name in deferred or ():
+            self.finish(run, key, name)
         for key in run.keys:
             self.fail(run, key, error or JobFailed(f"the job ended without a result for {key!r}"))
         job = run.job
@@ -439,6 +463,16 @@ class Future(TaskRef):
         if not self._state.event.wait(timeout):
             raise TimeoutError(f"future {self.key!r} not done after {timeout}s")
 
+    def __await__(self) -> Generator[Any, None, Any]:
+        """``await future`` in asyncio code: the value (or the task's error), without blocking the loop."""
+        return self._result_async().__await__()
+
+    async def _result_async(self) -> Any:
+        import asyncio  # imported by its users only (a loop runs here): not a cost of every client
+
+        await until_done([self])
+        return await asyncio.get_running_loop().run_in_executor(None, self.result)
+
     def __del__(self) -> None:
         try:
             if self._state is not None:
@@ -482,6 +516,34 @@ def task_key(fn: Callable, args: tuple, kwargs: dict, pure: bool) -> str:
 # -- waiting on several futures ---------------------------------------------------------
 
 
+async def until_done(futures: Iterable[Future]) -> None:
+    """Wait in asyncio code until every one of ``futures`` is done.
+
+    The loop is never blocked: each future's done callback (called in the
+    client thread that settles it) wakes the loop with ``call_soon_threadsafe``.
+    """
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    waiters = []
+    for f in futures:
+        if not f.done():
+            waiters.append(loop.create_future())
+            f.add_done_callback(_waker(loop, waiters[-1]))
+    if waiters:
+        await asyncio.gather(*waiters)
+
+
+def _waker(loop: Any, waiter: Any) -> Callable[[Future], None]:
+    """A done callback (called in any thread) that completes ``waiter`` on ``loop``."""
+
+    def wake() -> None:
+        if not waiter.done():  # not cancelled meanwhile
+            waiter.set_result(None)
+
+    return lambda _: loop.call_soon_threadsafe(wake)
+
+
 class DoneAndNotDoneFutures(NamedTuple):
     done: set[Future]
     not_done: set[Future]
@@ -511,7 +573,8 @@ def wait(
 
 
 class as_completed:
-    """Iterate over futures in the order they finish, as ``distributed.as_completed``.
+    """Iterate over futures in the order they finish, as ``distributed.as_completed``
+    (``async for`` too).
 
     ``with_results=True`` yields ``(future, result)``; ``add`` more while
     iterating; ``raise_errors`` (with results) re-raises a failed future's error.
@@ -558,6 +621,17 @@ class as_completed:
         if self.raise_errors:
             raise future._state.exception or FutureCancelledError(future.key)
         return future, future._state.exception
+
+    def __aiter__(self) -> as_completed:
+        return self
+
+    async def __anext__(self) -> Any:
+        """``async for`` in asyncio code: the wait runs in the loop's default executor, not on the loop."""
+        import asyncio
+
+        if self.pending == 0:
+            raise StopAsyncIteration
+        return await asyncio.get_running_loop().run_in_executor(None, self.__next__)
 
     def next_batch(self, block: bool = True) -> list[Any]:
         out = [next(self)] if block and self.pending else []

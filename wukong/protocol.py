@@ -30,9 +30,9 @@ kind    written by            fields
                               (``<invocation id>@<attempt>``), ``i`` ids of
                               invocations made, ``x`` this one's id on exit;
                               from an executor also ``w`` its worker id, ``t``
-                              the (task id, start, end) of each task it ran
-                              since (``pack_timings``), ``st``/``ft`` bytes it
-                              stored/fetched and ``fi`` its fan-in round trips
+                              the (task id, start, end, bytes fetched) of each
+                              task it ran since (``pack_timings``), ``st``
+                              bytes it stored and ``fi`` its fan-in round trips
 ``w``   executor              ``t`` task id, ``v`` = ``encode_warnings`` of the
                               warnings it issued
 ``h``   executor              ``t`` task id: its result is held in the KVS at
@@ -234,19 +234,20 @@ def emit_counts(
     attempt: str = "",
     timings: bytes = b"",
     worker: str = "",
-    stats: tuple[int, int, int] = (0, 0, 0),
+    stats: tuple[int, int] = (0, 0),
 ) -> None:
     """``done`` tasks finished by ``attempt``; invocations made (their ids); an invocation's exit.
 
     ``attempt`` (``<invocation id>@<token>``) lets the client count a re-run
     invocation's tasks once: it keeps, per invocation, its busiest attempt.
     An executor adds its worker id, the packed timings of the tasks it ran
-    since its last report (``pack_timings``) and, in ``stats``, the bytes it
-    stored and fetched and its fan-in round trips since then.
+    since its last report (``pack_timings``: with the bytes each task's inputs
+    were read from the KVS) and, in ``stats``, the bytes it stored and its
+    fan-in round trips since then.
     """
     fields: dict[str, Any] = {"k": "c", "n": done, "i": ",".join(invoked), "x": exited, "a": attempt}
     if timings or any(stats):
-        fields.update(w=worker, t=timings, st=stats[0], ft=stats[1], fi=stats[2])
+        fields.update(w=worker, t=timings, st=stats[0], fi=stats[1])
     _xadd(batch, keys, fields)
 
 
@@ -281,14 +282,15 @@ def decode_warnings(payload: bytes) -> list[tuple[str, type[Warning], str, int]]
     return out
 
 
-_TIMING = struct.Struct("<qdd")  # task id, start, end (seconds since the epoch)
+# task id, start, end (seconds since the epoch), bytes of its inputs read from the KVS
+_TIMING = struct.Struct("<qddq")
 
 
-def pack_timings(timings: list[tuple[int, float, float]]) -> bytes:
+def pack_timings(timings: list[tuple[int, float, float, int]]) -> bytes:
     return b"".join(_TIMING.pack(*t) for t in timings)
 
 
-def unpack_timings(blob: bytes) -> list[tuple[int, float, float]]:
+def unpack_timings(blob: bytes) -> list[tuple[int, float, float, int]]:
     return list(_TIMING.iter_unpack(blob))
 
 
@@ -378,8 +380,8 @@ class Event:
     ms: float = 0.0
     memory_mb: int = 0
     worker: str = ""
-    timings: list[tuple[int, float, float]] = field(default_factory=list)
-    stats: tuple[int, int, int] = (0, 0, 0)  # bytes stored, bytes fetched, fan-in round trips
+    timings: list[tuple[int, float, float, int]] = field(default_factory=list)  # tid, start, end, bytes fetched
+    stats: tuple[int, int] = (0, 0)  # bytes stored, fan-in round trips
 
 
 def parse_event(f: dict[bytes, bytes]) -> Event:
@@ -391,7 +393,7 @@ def parse_event(f: dict[bytes, bytes]) -> Event:
         if b"w" in f:
             ev.worker = f[b"w"].decode()
             ev.timings = unpack_timings(f[b"t"])
-            ev.stats = (int(f[b"st"]), int(f[b"ft"]), int(f[b"fi"]))
+            ev.stats = (int(f[b"st"]), int(f[b"fi"]))
         return ev
     if kind == "r":
         return Event(kind, tid=int(f[b"t"]), value=f[b"v"])

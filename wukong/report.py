@@ -10,8 +10,10 @@ plots), its JavaScript inlined so the file opens anywhere:
   trips, bytes stored and fetched, and the cost line (Lambda) ;
 * the timeline: one row per executor (worker), one bar per task from its
   start to its end, coloured by the task's Dask key prefix (``key_split``),
-  with the key, duration and job on hover; each job's span shaded;
-* data movement: bytes stored in and fetched from the KV store, per job;
+  with the key, duration, bytes fetched and job on hover; each job's span shaded;
+* data movement: bytes stored in and fetched from the KV store, per job, with
+  the totals, and the tasks that fetched the most (a task's bytes fetched are
+  its inputs read from the KVS: 0 when they were in its executor's memory);
 * a table of the jobs (``wukong.diagnostics.JobRecord``).
 
 The records come from every client's jobs that start inside the block
@@ -91,7 +93,8 @@ def _timeline(records: list[JobRecord]) -> Any:
     prefixes = list(dict.fromkeys(key_split(t.key) for _, t in tasks))
     palette = Category20[20]
     colour = {p: palette[i % len(palette)] for i, p in enumerate(prefixes)}
-    data: dict[str, list] = {k: [] for k in ("left", "right", "worker", "key", "prefix", "ms", "job", "colour")}
+    fields = ("left", "right", "worker", "key", "prefix", "ms", "fetched", "job", "colour")
+    data: dict[str, list] = {k: [] for k in fields}
     for r, t in tasks:
         prefix = key_split(t.key)
         data["left"].append(t.start - t0)
@@ -100,6 +103,7 @@ def _timeline(records: list[JobRecord]) -> Any:
         data["key"].append(str(t.key))
         data["prefix"].append(prefix)
         data["ms"].append(round((t.end - t.start) * 1000, 3))
+        data["fetched"].append(format_bytes(t.fetched))
         data["job"].append(r.job)
         data["colour"].append(colour[prefix])
     fig = figure(
@@ -117,7 +121,8 @@ def _timeline(records: list[JobRecord]) -> Any:
             fig.quad(left=start, right=end, bottom=0, top=len(workers), fill_alpha=0.06, line_alpha=0, color="grey")
     source = ColumnDataSource(data)
     fig.hbar(y="worker", left="left", right="right", height=0.8, color="colour", legend_group="prefix", source=source)
-    fig.add_tools(HoverTool(tooltips=[("key", "@key"), ("ms", "@ms"), ("executor", "@worker"), ("job", "@job")]))
+    tips = [("key", "@key"), ("ms", "@ms"), ("fetched", "@fetched"), ("executor", "@worker"), ("job", "@job")]
+    fig.add_tools(HoverTool(tooltips=tips))
     legend = fig.legend[0]
     legend.click_policy = "hide"
     fig.add_layout(legend, "right")  # beside the rows, not over them
@@ -125,6 +130,7 @@ def _timeline(records: list[JobRecord]) -> Any:
 
 
 def _data_movement(records: list[JobRecord]) -> Any:
+    from bokeh.layouts import column
     from bokeh.models import ColumnDataSource, FactorRange
     from bokeh.plotting import figure
     from bokeh.transform import dodge
@@ -150,7 +156,26 @@ def _data_movement(records: list[JobRecord]) -> Any:
     fig.vbar(x=dodge("job", 0.17, range=fig.x_range), top="fetched", width=0.3, source=source,
              color="#ff7f0e", legend_label="fetched")  # fmt: skip
     fig.xaxis.major_label_orientation = 0.6
-    return fig
+    return column(_fetched_totals(records), fig, sizing_mode="stretch_width")
+
+
+def _fetched_totals(records: list[JobRecord]) -> Any:
+    """The data movement's totals, and the tasks that read the most from the KV store."""
+    from bokeh.models.widgets import Div
+
+    stored = sum(r.bytes_stored for r in records)
+    fetched = sum(r.bytes_fetched for r in records)
+    tasks = [t for r in records for t in r.tasks]
+    reading = sorted((t for t in tasks if t.fetched), key=lambda t: -t.fetched)
+    top = "".join(f"<li>{html.escape(str(t.key))}: {format_bytes(t.fetched)}</li>" for t in reading[:5])
+    text = (
+        f"<h3>Data movement</h3><p>{format_bytes(stored)} stored in the KV store, "
+        f"<b>{format_bytes(fetched)} fetched</b> by {len(reading)} of {len(tasks)} tasks "
+        "(the others found their inputs in their executor's memory, or inline).</p>"
+    )
+    if top:
+        text += f"<p>Tasks that fetched the most:</p><ul>{top}</ul>"
+    return Div(text=text, sizing_mode="stretch_width")
 
 
 def _table(records: list[JobRecord]) -> Any:

@@ -56,7 +56,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from wukong import aws, protocol, versions
+from wukong import aws, protocol, task_warnings, versions
 from wukong.backends import invoker_tree
 from wukong.cost import job_cost
 from wukong.errors import JobFailed
@@ -429,6 +429,7 @@ def _executor_for(config: dict) -> tuple[Store, Executor]:
                 )
             proxy = {**proxy, "secret": secret} if secret else None
         executor = Executor(store, invoker, **config["executor"], **proxy_options(proxy, store, route))
+        task_warnings.executor_process()
         cached = _warm[ident] = (store, executor)
     return cached
 

@@ -13,6 +13,7 @@ import json
 import signal
 import sys
 
+from wukong import task_warnings
 from wukong.backends.local import STOP, queue_invoker
 from wukong.backends.supervise import READY
 from wukong.executor import Executor
@@ -32,6 +33,7 @@ def serve(config: dict) -> None:
     proxy = proxy_options(config.get("proxy"), store, route)
     board = TaskBoard(config["board"]) if config.get("board") is not None else None
     executor = Executor(store, queue_invoker(queue), **config["executor"], **proxy, board=board)
+    task_warnings.executor_process()
     blocking = store.connect_mds(socket_timeout=None)
     blocking.ping()
     _warm_imports()

@@ -27,6 +27,14 @@ _current = threading.local()
 def use(store: Store) -> None:
     """Tasks run by this thread from now on load held values with ``store`` (their executor's)."""
     _current.store = store
+    _current.fetched = 0
+
+
+def take_fetched() -> int:
+    """The bytes ``load`` read in this thread since the last call (the executor's task record)."""
+    n = getattr(_current, "fetched", 0)
+    _current.fetched = 0
+    return n
 
 
 def fetch(store: Store, names: list[str]) -> list[bytes | memoryview | None]:
@@ -45,6 +53,7 @@ def load(name: str) -> Any:
     (value,) = fetch(store, [name])
     if value is None:
         raise LookupError(f"the held value {name!r} is gone (released, or its TTL expired)")
+    _current.fetched = getattr(_current, "fetched", 0) + len(value)
     return serialization.loads(value)
 
 
