@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -15,10 +16,20 @@ class TaskTimeout(TimeoutError):
 
 @contextmanager
 def task_timeout(seconds: float | None, key: Any) -> Iterator[None]:
-    """Interrupt the task after ``seconds`` (SIGALRM: on the main thread only,
-    as in local workers and Lambda handlers; elsewhere the limit is not enforced)."""
-    if not seconds or threading.current_thread() is not threading.main_thread():
+    """Interrupt the task after ``seconds``.
+
+    On the main thread with SIGALRM, which also interrupts a blocking system
+    call; on other threads (executors run as threads of a worker process) by
+    raising ``TaskTimeout`` in the thread (``PyThreadState_SetAsyncExc``), which
+    takes effect when the task next runs Python code: a task blocked in C is
+    ended by its ``Guard`` instead, with its process.
+    """
+    if not seconds:
         yield
+        return
+    if threading.current_thread() is not threading.main_thread():
+        with _interrupt_thread(seconds, key):
+            yield
         return
 
     def expire(signum: int, frame: Any) -> None:
@@ -31,6 +42,34 @@ def task_timeout(seconds: float | None, key: Any) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
+
+
+@contextmanager
+def _interrupt_thread(seconds: float, key: Any) -> Iterator[None]:
+    """Raise ``TaskTimeout`` in this thread after ``seconds``, unless the block has ended."""
+    ident = threading.get_ident()
+    lock = threading.Lock()
+    running = [True]
+
+    def expire() -> None:
+        with lock:  # never once the block has ended: the exception would hit the executor
+            if running[0]:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(TaskTimeout))
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        try:
+            yield
+        finally:
+            with lock:
+                running[0] = False
+            timer.cancel()
+    except TaskTimeout as exc:  # raised as a bare class: give it the message
+        if exc.args:
+            raise
+        raise TaskTimeout(f"task {key!r} ran longer than {seconds}s") from None
 
 
 GRACE_S = 2.0  # a task that must stop gets this long before its executor is ended

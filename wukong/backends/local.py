@@ -1,6 +1,7 @@
 """The local backend: warm executor processes on this machine.
 
-``n_workers`` worker processes (``wukong.backends.worker``) block on the
+``n_workers`` worker processes (``wukong.backends.worker``), each running
+``threads`` executors as threads that share an object table, block on the
 cluster's invocation queue, a Redis list on the metadata store
 (``protocol.cluster_queue``).  Invoking is one RPUSH in the caller's batch.
 A worker takes an invocation with BLMOVE into its own processing list
@@ -75,11 +76,13 @@ class LocalBackend:
         *,
         shared_redis: bool = False,
         start_timeout: float = START_TIMEOUT,
+        threads: int = 1,
     ):
         self.store = store
         self.shared_redis = shared_redis  # on close, delete the queue keys
         self.n_workers = n_workers
-        self.leaf_groups = LEAF_GROUPS_PER_WORKER * n_workers
+        self.threads = threads  # executors per worker process
+        self.leaf_groups = LEAF_GROUPS_PER_WORKER * n_workers * threads
         self.queue = protocol.cluster_queue(cluster_id)
         self.cluster_id = cluster_id
         self.executor_options = executor_options
@@ -102,6 +105,7 @@ class LocalBackend:
             "queue": self.queue,
             "processing": protocol.worker_processing(self.cluster_id, wid),
             "executor": self.executor_options,
+            "threads": self.threads,
             "proxy": self.proxy,
             "parent": os.getpid(),  # the worker dies with us (``process.die_with_parent``)
         }
@@ -178,7 +182,9 @@ class LocalBackend:
         return None  # the workers run sys.executable with this sys.path
 
     def describe(self) -> str:
-        return f"{self.n_workers} workers"
+        if self.threads == 1:
+            return f"{self.n_workers} workers"
+        return f"{self.n_workers} workers × {self.threads} threads"
 
     def close(self) -> None:
         """Stop the workers: idle ones leave at once, busy ones are terminated."""
@@ -188,7 +194,7 @@ class LocalBackend:
             self.closed = True
             self._closing.set()  # slots in a back-off wake up and leave; none starts another worker
         try:
-            self.store.mds.rpush(self.queue, *[STOP] * self.n_workers)
+            self.store.mds.rpush(self.queue, *[STOP] * (self.n_workers * self.threads))
         except Exception:
             pass
         stop_workers(self.workers, graceful=True)
