@@ -39,6 +39,7 @@ from test_faults import (  # noqa: F401
 from test_random_dags import test_random_dag_equals_sync  # noqa: F401
 
 from wukong import Client, LocalCluster, TaskError
+from wukong.backends.worker import IDLE_S
 from wukong.protocol import Keys
 from wukong.store.objects import ObjectTable, drop_ended
 from wukong.timeout import TaskTimeout, task_timeout
@@ -105,6 +106,25 @@ def test_processes_fetch_what_threads_share():
             client.get(dsk, "sum")
             fetched += client.jobs[-1].bytes_fetched
         assert fetched > 0
+
+
+def table_jobs(_):
+    """Run on a worker (``python -m wukong.backends.worker``): the jobs its object table holds."""
+    import sys
+
+    return sorted(sys.modules["__main__"].table.jobs())
+
+
+def test_no_value_of_an_ended_job_stays_in_the_table(client):
+    dsk = {f"p{i}": (widen, i) for i in range(8)}
+    dsk["sum"] = (lambda *xs: float(sum(x.sum() for x in xs)), *dsk)
+    dsk["during"] = (table_jobs, "sum")
+    during = client.get(dsk, "during")
+    ended = client.jobs[-1].job
+    assert ended in during  # the parents' values were in the table while the job ran
+    time.sleep(3 * IDLE_S)  # idle executors drop what ended jobs left
+    after = client.get({f"t{i}": (table_jobs, i) for i in range(8)}, [f"t{i}" for i in range(8)])
+    assert [jobs for jobs in after if ended in jobs] == []
 
 
 # -- the object table ------------------------------------------------------------------------

@@ -28,6 +28,10 @@ executor then schedules itself:
   grouped leaves are started: that many invocations, each carrying the
   parent's output once (``Invocation.more``).
 * With nothing ready it exits: it never waits for another executor.
+* Executors that are threads of one local worker process share an object
+  table (``wukong.store.objects``): an output stored in the KVS is also put
+  there, and an input found there is taken by reference, not read and
+  unpickled.  The KVS copy stays: executors elsewhere, and re-runs, read it.
 
 Delivery may repeat and executors may die.  Each invocation has a
 deterministic id and takes a lease in the MDS first (``lease.lua``; renewed
@@ -118,7 +122,8 @@ class TaskFailed(Exception):
 
 
 class Executor:
-    """Runs invocations; one per process, reused across invocations (warm).
+    """Runs invocations, one at a time, reused across invocations (warm); one per
+    process, or one per thread of a local worker process (sharing ``table``).
 
     ``invoke(batch, job, invocations)`` starts other executors: it may add
     commands to ``batch`` (local backend: push to the queue) and must not

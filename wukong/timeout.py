@@ -82,12 +82,16 @@ class Guard:
     ``Client.cancel``, a job's ``timeout=``, Ctrl-C and a failed task set the
     job's cancel flag; executors stop before their next task, but a task
     that is running (in Python or in C: a deadlock, a long native call) is not
-    interrupted by that, and ``task_timeout``'s SIGALRM reaches only a main
-    thread that returns to Python.  The heartbeat thread calls ``beat`` about
-    every third of a lease; when the job has been cancelled for ``GRACE_S``,
-    or the same task has run ``GRACE_S`` past its ``task_timeout``, ``abandon``
-    reports the invocation's end (naming the task, for a timeout) and ends the
-    process: the local backend starts a fresh worker at once.
+    interrupted by that, and ``task_timeout`` reaches only a task that returns
+    to Python (or, on the main thread, waits in an interruptible system call).
+    The heartbeat thread calls ``beat`` about every third of a lease; when the
+    job has been cancelled for ``GRACE_S``, or the same task has run
+    ``GRACE_S`` past its ``task_timeout``, ``abandon`` reports the invocation's
+    end (naming the task, for a timeout) and ends the process: the local
+    backend starts a fresh worker at once.  Python cannot
+    stop one thread, so where executors are threads of one worker process the
+    others' invocations end with it; the cluster sends them again at once
+    (they are in the process's processing list), so they are re-run, not lost.
 
     ``running()`` returns something that changes whenever a new task starts.
     """

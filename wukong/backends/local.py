@@ -33,7 +33,7 @@ from wukong.errors import WukongError
 from wukong.process import stop
 from wukong.protocol import Invocation, decode_invocation, encode_invocation
 from wukong.recovery import MAX_ATTEMPTS, resend
-from wukong.store import Batch, Store
+from wukong.store import Batch, Store, objects
 
 STOP = b"stop"  # a worker that takes this from the queue exits
 START_TIMEOUT = 60.0  # seconds a worker may take to import and connect before it is replaced
@@ -106,6 +106,7 @@ class LocalBackend:
             "processing": protocol.worker_processing(self.cluster_id, wid),
             "executor": self.executor_options,
             "threads": self.threads,
+            "table_bytes": objects.bound(self.n_workers),
             "proxy": self.proxy,
             "parent": os.getpid(),  # the worker dies with us (``process.die_with_parent``)
         }

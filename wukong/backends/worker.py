@@ -38,14 +38,18 @@ from wukong.process import die_with_parent
 from wukong.protocol import decode_invocation
 from wukong.proxy.client import executor_options as proxy_options
 from wukong.store import Batch, Store
-from wukong.store.objects import ObjectTable, drop_ended
+from wukong.store.objects import MAX_BYTES, ObjectTable, drop_ended
 
 GC_GEN0 = 20_000  # allocations between collections of the youngest generation (Python's default: 700)
 IDLE_S = 1  # seconds; an idle executor thread drops the object table's values of ended jobs this often
 
 
+table: ObjectTable | None = None  # this process's object table, for inspection (``tests/test_threads.py``)
+
+
 def serve(config: dict) -> None:
-    table = ObjectTable()
+    global table
+    table = ObjectTable(config.get("table_bytes", MAX_BYTES))
     loops = [_Loop(config, table) for _ in range(config.get("threads", 1))]
     _warm_imports()
     # What start-up made lives as long as the process: never scan it again.  Tasks make

@@ -14,8 +14,10 @@ process, or a re-run after this process died, still reads it there.  Hence
 dropping an entry is always safe, and the table is kept small:
 
 * its entries hold at most ``max_bytes`` (serialized sizes, a close measure
-  of an array's memory); the least recently used go first, and a value
-  larger than the whole table is not kept;
+  of an array's memory; ``bound``: 512 MiB per process, and the processes
+  of a cluster together at most an eighth of the machine's memory); the
+  least recently used go first, and a value larger than the whole table is
+  not kept;
 * a job's entries are dropped when the job ends: the worker drops those of
   jobs whose event stream is gone (``drop_ended``, when a thread is idle) and
   an executor drops those of a job it found ended (``JobGone``) or forgot.
@@ -27,6 +29,7 @@ under it is a few dict operations.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -34,7 +37,17 @@ from typing import Any
 
 from wukong.protocol import Keys
 
-MAX_BYTES = 512 * 1024 * 1024  # per worker process
+MAX_BYTES = 512 * 1024 * 1024  # per worker process, at most ...
+MEMORY_SHARE = 8  # ... and at most this share (1/8) of the machine's memory over all worker processes
+
+
+def bound(processes: int) -> int:
+    """The table's bound in each of ``processes`` worker processes on this machine."""
+    try:
+        memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return MAX_BYTES
+    return min(MAX_BYTES, memory // (MEMORY_SHARE * max(processes, 1)))
 
 
 class ObjectTable:
