@@ -73,6 +73,20 @@ def test_processes_false_is_one_worker_process_with_every_executor_as_a_thread()
         assert "1 workers × 4 threads" in repr(cluster)
 
 
+def test_each_executor_thread_is_named_in_the_job_record(client):
+    dsk = {f"p{i}": (time.sleep, 0.05) for i in range(16)}
+    client.get(dsk, list(dsk))
+    executors = client.jobs[-1].executors
+    assert len({e.rpartition("/")[0] for e in executors}) == 1  # one process ...
+    assert sorted(e.rpartition("/")[2] for e in executors) == ["0", "1"]  # ... two executor threads
+
+
+def test_threads_per_worker_and_processes_come_from_dask_config():
+    with dask.config.set({"wukong.threads-per-worker": 2, "wukong.processes": False}):
+        with LocalCluster(n_workers=2) as cluster:
+            assert (cluster.n_workers, cluster.threads_per_worker) == (1, 4)
+
+
 def test_threads_per_worker_must_be_positive():
     with pytest.raises(ValueError, match="threads_per_worker must be at least 1"):
         LocalCluster(threads_per_worker=0)

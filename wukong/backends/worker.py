@@ -50,7 +50,8 @@ table: ObjectTable | None = None  # this process's object table, for inspection 
 def serve(config: dict) -> None:
     global table
     table = ObjectTable(config.get("table_bytes", MAX_BYTES))
-    loops = [_Loop(config, table) for _ in range(config.get("threads", 1))]
+    threads = config.get("threads", 1)
+    loops = [_Loop(config, table, i if threads > 1 else None) for i in range(threads)]
     _warm_imports()
     # What start-up made lives as long as the process: never scan it again.  Tasks make
     # many small objects; collecting the youngest every 700 allocations costs more
@@ -84,13 +85,15 @@ def _or_exit(run: Callable[[], None]) -> None:
 class _Loop:
     """One executor thread: its connections, its executor, the loop that feeds it."""
 
-    def __init__(self, config: dict, table: ObjectTable):
+    def __init__(self, config: dict, table: ObjectTable, thread: int | None):
         store = Store.from_config(config["store"])
         self.queue, self.processing = config["queue"], config["processing"]
         route = {"backend": "local", "store": config["store"], "queue": self.queue}  # where the proxy pushes
         proxy = proxy_options(config.get("proxy"), store, route)
         self.table = table
         self.executor = Executor(store, queue_invoker(self.queue), **config["executor"], **proxy, table=table)
+        if thread is not None:  # the profiler tells the executors of one process apart
+            self.executor.worker += f"/{thread}"
         self.blocking = store.connect_mds(socket_timeout=None)
         self.blocking.ping()
 
