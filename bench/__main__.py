@@ -39,7 +39,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", help=f"workloads, comma-separated (default all: {','.join(workloads.BUILDERS)})")
     parser.add_argument(
         "--systems",
-        help=f"systems, comma-separated (default all available: {','.join(harness.available_systems())})",
+        help=f"systems, comma-separated (default all available: {','.join(harness.available_systems())}; "
+        f"on request: {','.join(harness.ON_REQUEST)})",
     )
     parser.add_argument(
         "--storage",
@@ -54,8 +55,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     args.only = _names(args.only, list(workloads.BUILDERS), "workload", parser)
-    available = harness.available_systems()
-    args.systems = _names(args.systems, available, "system", parser)
+    args.systems = _names(args.systems, harness.available_systems(named=args.systems is not None), "system", parser)
     if args.storage is not None:
         storage = _names(args.storage, list(harness.STORAGE), "storage", parser)
         wukongs = [harness.STORAGE[k] for k in storage]

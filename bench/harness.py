@@ -39,10 +39,15 @@ import psutil
 from bench import report, workloads
 
 TIMEOUT_S = {"tiny": 20.0, "small": 120.0, "full": 1800.0}  # per run; a run past it is a failure
-SYSTEMS = ["wukong", "wukong-ring3", "wukong-cluster3", "sync", "threads", "processes", "distributed", "ray"]
+SYSTEMS = [
+    "wukong", "wukong-threads", "wukong-ring3", "wukong-cluster3",
+    "sync", "threads", "processes", "distributed", "ray",
+]  # fmt: skip
 # wukong on other storage than its one embedded Redis (``--storage``): not run by default
 STORAGE = {"standalone": "wukong", "ring3": "wukong-ring3", "cluster3": "wukong-cluster3"}
 OTHER_STORAGE = ("wukong-ring3", "wukong-cluster3")
+# run only when named (``--systems``): wukong's executors as threads of one worker process
+ON_REQUEST = ("wukong-threads",)
 
 
 @dataclass
@@ -68,9 +73,10 @@ def _cores() -> int:
     return os.cpu_count() or 1
 
 
-def _start_wukong(storage: str = "standalone") -> System:
+def _start_wukong(storage: str = "standalone", name: str | None = None, **options: Any) -> System:
     """wukong with its embedded Redis (``standalone``), three embedded Redis as ring shards
-    (``ring3``), or a private 3-master Redis Cluster without replicas (``cluster3``)."""
+    (``ring3``), or a private 3-master Redis Cluster without replicas (``cluster3``);
+    ``options`` for ``LocalCluster`` (``wukong-threads``: ``processes=False``)."""
     from wukong import Client, LocalCluster
     from wukong.store.server import RedisClusterServers
 
@@ -78,9 +84,9 @@ def _start_wukong(storage: str = "standalone") -> System:
     servers = None
     if storage == "cluster3":
         servers = RedisClusterServers(masters=3, replicas=0).start()
-        cluster = LocalCluster(redis_cluster=servers.url)
+        cluster = LocalCluster(redis_cluster=servers.url, **options)
     else:
-        cluster = LocalCluster(kvs_shards=3 if storage == "ring3" else 1)
+        cluster = LocalCluster(kvs_shards=3 if storage == "ring3" else 1, **options)
     client = Client(cluster, progress=False)
     startup = time.perf_counter() - t0
 
@@ -90,7 +96,7 @@ def _start_wukong(storage: str = "standalone") -> System:
             servers.stop()
 
     return System(
-        STORAGE[storage],
+        name or STORAGE[storage],
         client.get,
         {},
         startup,
@@ -191,6 +197,7 @@ def _start_ray() -> System:
 
 STARTERS: dict[str, Callable[[], System]] = {
     "wukong": _start_wukong,
+    "wukong-threads": lambda: _start_wukong(name="wukong-threads", processes=False),
     "wukong-ring3": lambda: _start_wukong("ring3"),
     "wukong-cluster3": lambda: _start_wukong("cluster3"),
     "sync": lambda: System("sync", "sync", blas_threads=_cores()),
@@ -201,13 +208,15 @@ STARTERS: dict[str, Callable[[], System]] = {
 }
 
 
-def available_systems() -> list[str]:
-    """Every system this machine can run: ``ray`` only when it is importable."""
+def available_systems(named: bool = False) -> list[str]:
+    """Every system this machine runs by default (``ray`` only when it is importable);
+    ``named``: also those run only when named."""
+    skip = {*OTHER_STORAGE, *(() if named else ON_REQUEST)}
     try:
         import ray  # noqa: F401
     except ImportError:
-        return [s for s in SYSTEMS if s not in ("ray", *OTHER_STORAGE)]
-    return [s for s in SYSTEMS if s not in OTHER_STORAGE]
+        skip.add("ray")
+    return [s for s in SYSTEMS if s not in skip]
 
 
 # --- machine -----------------------------------------------------------------------------

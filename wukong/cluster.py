@@ -34,7 +34,19 @@ class LocalCluster:
     Parameters
     ----------
     n_workers : int, optional
-        Warm executor processes (default: one per core).
+        Warm executor processes (default: one per core, divided by
+        ``threads_per_worker``).
+    threads_per_worker : int, optional
+        Executors each worker process runs as threads (default ``1``; see
+        ``wukong.backends.worker``).  Executors of one process hand values to
+        each other by reference, as Dask's threaded scheduler does: work that
+        releases the GIL (numpy, BLAS) may run as threads, pure-Python work
+        wants processes.
+    processes : bool
+        ``False``: one worker process runs all ``n_workers × threads_per_worker``
+        executors as threads (distributed's ``processes=False``).  Not the
+        client's own process: a task that must be ended (a stuck task, a
+        crash) ends its worker process, which must not be the user's program.
     redis_endpoints : list of (host, port), URLs or ``"host:port"``, optional
         Existing Redis servers to use instead of the embedded one: the first is
         the metadata store, all of them hold intermediate data.  A URL may
@@ -142,6 +154,8 @@ class LocalCluster:
         self,
         n_workers: int | None = None,
         *,
+        threads_per_worker: int | None = None,
+        processes: bool | None = None,
         redis_endpoints: Sequence[Any] | None = None,
         redis_password: str | None = None,
         redis_cluster: str | None = None,
@@ -181,17 +195,19 @@ class LocalCluster:
     ):
         # arguments not given come from dask.config's ``wukong`` namespace (wukong.config)
         given = dict(
-            backend=backend, n_workers=n_workers, redis_endpoints=redis_endpoints, kvs_shards=kvs_shards,
+            backend=backend, n_workers=n_workers, threads_per_worker=threads_per_worker, processes=processes,
+            redis_endpoints=redis_endpoints, kvs_shards=kvs_shards,
             inline_limit=inline_limit, cluster_threshold=cluster_threshold, ttl=ttl, retries=retries,
             function_name=function_name, region=region, max_task_fanout=max_task_fanout,
         )  # fmt: skip
         (
-            backend, n_workers, redis_endpoints, kvs_shards, inline_limit, cluster_threshold, ttl, retries,
+            backend, n_workers, threads_per_worker, processes, redis_endpoints, kvs_shards, inline_limit,
+            cluster_threshold, ttl, retries,
             function_name, region, max_task_fanout,
         ) = wukong_config.cluster_defaults(**given).values()  # fmt: skip
         if backend not in ("local", "lambda"):
             raise ValueError(f"backend must be 'local' or 'lambda', got {backend!r}")
-        self.n_workers = (n_workers or os.cpu_count() or 1) if backend == "local" else 0
+        self.n_workers, self.threads_per_worker = _workers(backend, n_workers, threads_per_worker, processes)
         self.inline_limit = inline_limit
         self.cluster_threshold = cluster_threshold
         self.retries, self.lease_ms, self.max_attempts = retries, lease_ms, max_attempts
@@ -266,6 +282,7 @@ class LocalCluster:
                     max_attempts,
                     shared_redis=not self.redis_servers,
                     start_timeout=worker_start_timeout,
+                    threads=self.threads_per_worker,
                 )
         except BaseException:
             self.close()
@@ -311,7 +328,7 @@ class LocalCluster:
             "max_result_bytes": self.max_result_bytes,
         }
         if self.n_workers:  # local workers: siblings of a wide fan-out are started as grouped leaves are
-            options["fanout_groups"] = LEAF_GROUPS_PER_WORKER * self.n_workers
+            options["fanout_groups"] = LEAF_GROUPS_PER_WORKER * self.n_workers * self.threads_per_worker
         return options
 
     def close(self) -> None:
@@ -340,6 +357,17 @@ class LocalCluster:
         where = "embedded" if self.redis_servers else "external"
         shards = len(self.store.kvs_index) if self.store is not None else 0
         return f"<LocalCluster {what}, {shards} KV shard(s), {where} Redis>"
+
+
+def _workers(backend: str, n_workers: int | None, threads: int, processes: bool) -> tuple[int, int]:
+    """Worker processes and executor threads in each: ``n_workers × threads`` executors in all
+    (one per core by default), in one process when not ``processes``."""
+    if backend != "local":
+        return 0, 0
+    if threads < 1 or (n_workers is not None and n_workers < 1):
+        raise ValueError(f"n_workers and threads_per_worker must be at least 1, got {n_workers} and {threads}")
+    n = n_workers or max(1, (os.cpu_count() or 1) // threads)
+    return (n, threads) if processes else (1, n * threads)
 
 
 def _cleanup(redis_servers: list[RedisServer], children: list, shm_dir: str | None) -> None:

@@ -26,6 +26,8 @@ dask.config.update_defaults(DEFAULTS)
 CLUSTER_KEYS = {
     "backend": "wukong.backend",
     "n_workers": "wukong.n-workers",
+    "threads_per_worker": "wukong.threads-per-worker",
+    "processes": "wukong.processes",
     "redis_endpoints": "wukong.redis-endpoints",
     "kvs_shards": "wukong.kvs-shards",
     "inline_limit": "wukong.inline-limit",

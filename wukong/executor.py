@@ -28,6 +28,10 @@ executor then schedules itself:
   grouped leaves are started: that many invocations, each carrying the
   parent's output once (``Invocation.more``).
 * With nothing ready it exits: it never waits for another executor.
+* Executors that are threads of one local worker process share an object
+  table (``wukong.store.objects``): an output stored in the KVS is also put
+  there, and an input found there is taken by reference, not read and
+  unpickled.  The KVS copy stays: executors elsewhere, and re-runs, read it.
 
 Delivery may repeat and executors may die.  Each invocation has a
 deterministic id and takes a lease in the MDS first (``lease.lua``; renewed
@@ -60,6 +64,7 @@ import json
 import os
 import pickle
 import socket
+import threading
 import time
 import traceback
 from collections import OrderedDict
@@ -73,6 +78,7 @@ from wukong.faults import CRASH_EXIT, Faults
 from wukong.protocol import OUTPUT, Dependent, Invocation, Keys, TaskRecord
 from wukong.recovery import LEASE_MS, Heartbeat
 from wukong.store import Batch, Store, held, shm
+from wukong.store.objects import ObjectTable
 from wukong.timeout import STUCK_EXIT, Guard, TaskBoard, TaskTimeout, report_ended, task_timeout
 
 PROGRESS_EVERY = 0.5  # seconds between progress events on long chains
@@ -120,7 +126,8 @@ class TaskFailed(Exception):
 
 
 class Executor:
-    """Runs invocations; one per process, reused across invocations (warm).
+    """Runs invocations, one at a time, reused across invocations (warm); one per
+    process, or one per thread of a local worker process (sharing ``table``).
 
     ``invoke(batch, job, invocations)`` starts other executors: it may add
     commands to ``batch`` (local backend: push to the queue) and must not
@@ -142,6 +149,7 @@ class Executor:
         max_result_bytes: int | None = None,
         fanout_groups: int | None = None,
         board: TaskBoard | None = None,
+        table: ObjectTable | None = None,
     ):
         self.store = store
         self.board = board  # where a local worker shows its running task to its cluster
@@ -156,6 +164,8 @@ class Executor:
         # a fan-out to more new schedules than this starts them in this many invocations
         # (each carries the parent's output once); ``None``: one invocation each (Lambda)
         self.fanout_groups = fanout_groups
+        # shared by the executors (threads) of this process: stored outputs, by reference
+        self.table = table
         self.faults = Faults(faults) if faults else None
         self.invoke = self.faults.wrap(invoke) if self.faults else invoke
         self.jobs: OrderedDict[str, dict[int, Schedule]] = OrderedDict()
@@ -208,6 +218,8 @@ class Executor:
         except (JobGone, Duplicate) as exc:
             if isinstance(exc, JobGone):
                 self.forget(inv.job)
+                if self.table is not None:
+                    self.table.drop_job(inv.job)
             if on_exit is not None:
                 batch = self.store.batch()
                 on_exit(batch)
@@ -247,7 +259,7 @@ class _Run:
         self.deferred: list[tuple[int, _Output, list[Dependent]]] = []
         self.deferred_since = 0.0
         self.early: dict[int, Any] = {}  # serialized outputs of fan-in parents read with the arrival
-        self.token = f"{os.getpid()}-{time.monotonic_ns()}"  # this attempt's lease
+        self.token = f"{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"  # this attempt's lease
         self.warned: list = []  # warnings of the task just run (``task_warnings``)
         # A re-run of an invocation whose executor died records each task before
         # running it (one round trip each), so a task that kills its process is named.
@@ -299,7 +311,9 @@ class _Run:
         h_scheds = [
             (s, batch.get_value(self.store.mds_index, self.keys.schedule(s))) for s in starts if s not in self.scheds
         ]
-        h_remote = batch.kvs_get_many([self.keys.data(t) for t in inv.remote])
+        shared = self.shared(inv.remote)
+        remote = [t for t in inv.remote if t not in shared]
+        h_remote = batch.kvs_get_many([self.keys.data(t) for t in remote])
         batch = self.send(batch)
         if batch[h_lease] == -1:  # a delivery after the job ended: nothing was written
             raise JobGone()
@@ -315,7 +329,8 @@ class _Run:
             self.scheds[s] = Schedule(batch[h])
         for t, value in inv.inline.items():
             self.data[t] = serialization.loads(value)
-        for t, h in zip(inv.remote, h_remote, strict=False):
+        self.data.update(shared)
+        for t, h in zip(remote, h_remote, strict=False):
             self.data[t] = self.load_remote(t, batch[h])
         for s in reversed(inv.more):  # the stack runs them in order, after the first
             self.push(s, 0)
@@ -342,6 +357,17 @@ class _Run:
             batch.execute()
         finally:
             os._exit(STUCK_EXIT)
+
+    def shared(self, tids: Any) -> dict[int, Any]:
+        """The values of ``tids`` that an executor of this process stored: taken by reference."""
+        return self.ex.table.get(self.inv.job, tids) if self.ex.table is not None and tids else {}
+
+    def store_output(self, batch: Batch, out: _Output) -> None:
+        """Put ``out`` in the KVS (with ``batch``) and in this process's object table."""
+        batch.kvs_set(self.keys.data(out.tid), out.parts())
+        self.stats[0] += out.size()
+        if self.ex.table is not None:
+            self.ex.table.put(self.inv.job, out.tid, out.value, out.size())
 
     def load_remote(self, tid: int, value: bytes | None) -> Any:
         if value is None:
@@ -460,8 +486,7 @@ class _Run:
         shipped = bool(fanins) or (len(ready) > 1 and not big and out.size() > self.ex.inline_limit)
         batch = self.store.batch()
         if shipped or stored_result:  # before the fan-in calls of the same round trip
-            (batch if shipped else self.pending).kvs_set(self.keys.data(out.tid), out.parts())
-            self.stats[0] += out.size()
+            self.store_output(batch if shipped else self.pending, out)
         if stored_result:
             protocol.emit_stored_result(self.pending, self.keys, out.tid)  # sent with or after the write
         if fanins:
@@ -535,6 +560,9 @@ class _Run:
         if want or not (c.ndeps == 2 or (self.store.shm_dir and c.ndeps <= EARLY_READS_MAX_DEPS)):
             return c, h, ()
         others = [d for d in self.scheds[c.sched].records[c.pos].deps if d != parent and d not in self.data]
+        if self.ex.table is not None:  # read from the object table once the fan-in completes here
+            held = self.ex.table.holds(self.inv.job, others)
+            others = [d for d in others if d not in held]
         return c, h, tuple(zip(others, batch.kvs_get_many([self.keys.data(d) for d in others]), strict=True))
 
     def completed(self, batch: Batch, calls: list[_Call]) -> list[Dependent]:
@@ -586,8 +614,7 @@ class _Run:
         local: list[Dependent] = []
         for tid, out, fanins in deferred:
             if any(c.tid not in whole for c in fanins):  # read elsewhere: store it
-                batch.kvs_set(self.keys.data(tid), out.parts())
-                self.stats[0] += out.size()
+                self.store_output(batch, out)
             for c in fanins:
                 if c.tid not in whole:
                     calls.append(self.notify(batch, tid, c))
@@ -624,8 +651,9 @@ class _Run:
             }
         )
         early, self.early = self.early, {}
-        values = {t: self.load_remote(t, early[t]) for t in want if t in early}
-        want = [t for t in want if t not in early]
+        values = self.shared(want)
+        values |= {t: self.load_remote(t, early[t]) for t in want if t in early and t not in values}
+        want = [t for t in want if t not in values]
         if not want and not scheds:
             return values
         batch = self.store.batch()

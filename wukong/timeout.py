@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import signal
 import struct
@@ -24,10 +25,20 @@ class TaskTimeout(TimeoutError):
 
 @contextmanager
 def task_timeout(seconds: float | None, key: Any) -> Iterator[None]:
-    """Interrupt the task after ``seconds`` (SIGALRM: on the main thread only,
-    as in local workers and Lambda handlers; elsewhere the limit is not enforced)."""
-    if not seconds or threading.current_thread() is not threading.main_thread():
+    """Interrupt the task after ``seconds``.
+
+    On the main thread with SIGALRM, which also interrupts a blocking system
+    call; on other threads (executors run as threads of a worker process) by
+    raising ``TaskTimeout`` in the thread (``PyThreadState_SetAsyncExc``), which
+    takes effect when the task next runs Python code: a task blocked in C is
+    ended by its ``Guard`` instead, with its process.
+    """
+    if not seconds:
         yield
+        return
+    if threading.current_thread() is not threading.main_thread():
+        with _interrupt_thread(seconds, key):
+            yield
         return
 
     def expire(signum: int, frame: Any) -> None:
@@ -42,6 +53,34 @@ def task_timeout(seconds: float | None, key: Any) -> Iterator[None]:
         signal.signal(signal.SIGALRM, previous)
 
 
+@contextmanager
+def _interrupt_thread(seconds: float, key: Any) -> Iterator[None]:
+    """Raise ``TaskTimeout`` in this thread after ``seconds``, unless the block has ended."""
+    ident = threading.get_ident()
+    lock = threading.Lock()
+    running = [True]
+
+    def expire() -> None:
+        with lock:  # never once the block has ended: the exception would hit the executor
+            if running[0]:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(TaskTimeout))
+
+    timer = threading.Timer(seconds, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        try:
+            yield
+        finally:
+            with lock:
+                running[0] = False
+            timer.cancel()
+    except TaskTimeout as exc:  # raised as a bare class: give it the message
+        if exc.args:
+            raise
+        raise TaskTimeout(f"task {key!r} ran longer than {seconds}s") from None
+
+
 GRACE_S = 2.0  # a task that must stop gets this long before its executor is ended
 STUCK_EXIT = 78  # exit code of an executor ended because its task would not stop
 
@@ -52,15 +91,20 @@ class Guard:
     ``Client.cancel``, a job's ``timeout=``, Ctrl-C and a failed task set the
     job's cancel flag; executors stop before their next task, but a task
     that is running (in Python or in C: a deadlock, a long native call) is not
-    interrupted by that, and ``task_timeout``'s SIGALRM reaches only a main
-    thread that returns to Python.  The heartbeat thread calls ``beat`` about
-    every third of a lease; when the job has been cancelled for ``GRACE_S``,
-    or the same task has run ``GRACE_S`` past its ``task_timeout``, ``abandon``
-    reports the invocation's end (naming the task, for a timeout) and ends the
-    process: the local backend starts a fresh worker at once.  A task that
-    holds the GIL (a C call, a deadlock in C) starves the heartbeat thread and
-    so the guard: the local cluster then ends the worker from its own process
-    (``wukong.backends.stuck``, reading the worker's ``TaskBoard``).
+    interrupted by that, and ``task_timeout`` reaches only a task that returns
+    to Python (or, on the main thread, waits in an interruptible system call).
+    The heartbeat thread calls ``beat`` about every third of a lease; when the
+    job has been cancelled for ``GRACE_S``, or the same task has run
+    ``GRACE_S`` past its ``task_timeout``, ``abandon`` reports the invocation's
+    end (naming the task, for a timeout) and ends the process: the local
+    backend starts a fresh worker at once.  A task that holds the GIL (a C
+    call, a deadlock in C) starves the heartbeat thread and so the guard: the
+    local cluster then ends the worker from its own process
+    (``wukong.backends.stuck``, reading the worker's ``TaskBoard``).  Python
+    cannot stop one thread, so where executors are threads of one worker
+    process the others' invocations end with it; the cluster sends them again
+    at once (they are in the process's processing list), so they are re-run,
+    not lost.
 
     ``running()`` returns something that changes whenever a new task starts.
     """

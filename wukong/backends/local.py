@@ -1,6 +1,7 @@
 """The local backend: warm executor processes on this machine.
 
-``n_workers`` worker processes (``wukong.backends.worker``) block on the
+``n_workers`` worker processes (``wukong.backends.worker``), each running
+``threads`` executors as threads that share an object table, block on the
 cluster's invocation queue, a Redis list on the metadata store
 (``protocol.cluster_queue``).  Invoking is one RPUSH in the caller's batch.
 A worker takes an invocation with BLMOVE into its own processing list
@@ -35,7 +36,7 @@ from wukong.errors import WukongError
 from wukong.process import frozen, stop
 from wukong.protocol import Invocation, decode_invocation, encode_invocation
 from wukong.recovery import MAX_ATTEMPTS, resend
-from wukong.store import Batch, Store
+from wukong.store import Batch, Store, objects
 
 STOP = b"stop"  # a worker that takes this from the queue exits
 START_TIMEOUT = 60.0  # seconds a worker may take to import and connect before it is replaced
@@ -78,11 +79,13 @@ class LocalBackend:
         *,
         shared_redis: bool = False,
         start_timeout: float = START_TIMEOUT,
+        threads: int = 1,
     ):
         self.store = store
         self.shared_redis = shared_redis  # on close, delete the queue keys
         self.n_workers = n_workers
-        self.leaf_groups = LEAF_GROUPS_PER_WORKER * n_workers
+        self.threads = threads  # executors per worker process
+        self.leaf_groups = LEAF_GROUPS_PER_WORKER * n_workers * threads
         self.queue = protocol.cluster_queue(cluster_id)
         self.cluster_id = cluster_id
         self.executor_options = executor_options
@@ -107,6 +110,8 @@ class LocalBackend:
             "queue": self.queue,
             "processing": protocol.worker_processing(self.cluster_id, wid),
             "executor": self.executor_options,
+            "threads": self.threads,
+            "table_bytes": objects.bound(self.n_workers),
             "proxy": self.proxy,
             "parent": os.getpid(),  # the worker dies with us (``process.die_with_parent``)
             "board": self.watch.board_fd(wid),  # where it shows its running task (``TaskBoard``)
@@ -193,7 +198,9 @@ class LocalBackend:
         return None  # the workers run sys.executable with this sys.path
 
     def describe(self) -> str:
-        return f"{self.n_workers} workers"
+        if self.threads == 1:
+            return f"{self.n_workers} workers"
+        return f"{self.n_workers} workers × {self.threads} threads"
 
     def close(self) -> None:
         """Stop the workers: idle ones leave at once, busy ones are terminated."""
@@ -203,7 +210,7 @@ class LocalBackend:
             self.closed = True
             self._closing.set()  # slots in a back-off wake up and leave; none starts another worker
         try:
-            self.store.mds.rpush(self.queue, *[STOP] * self.n_workers)
+            self.store.mds.rpush(self.queue, *[STOP] * (self.n_workers * self.threads))
         except Exception:
             pass
         stop_workers(self.workers, graceful=True)

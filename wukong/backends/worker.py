@@ -1,17 +1,38 @@
 """A warm local executor process: ``python -m wukong.backends.worker`` (config on stdin).
 
-It blocks on the cluster's invocation queue (a Redis list on the MDS) with
-BLMOVE, which atomically moves the invocation to this worker's own
-"processing" list: if the process dies, the cluster finds there what it was
-running.  The entry is removed in the same pipeline that reports the exit.
+It runs ``threads`` executors, each on its own thread (the first on the main
+thread, where a task's timeout can use SIGALRM), each with its own Redis
+connections.  Each blocks on the cluster's invocation queue (a Redis list on
+the MDS) with BLMOVE, which atomically moves the invocation to this process's
+"processing" list: if the process dies, the cluster finds there what its
+executors were running.  An entry is removed in the same pipeline that
+reports the invocation's exit.
+
+The executors share the process's object table (``wukong.store.objects``):
+an output one of them stores is handed to the others by reference.  A
+thread that finds the queue empty for ``IDLE_S``, or that finishes an
+invocation while the table holds values of several jobs, drops the values of
+jobs that have ended.
+
+A task that must stop and will not (``wukong.timeout.Guard``) ends the whole
+process, as with one executor per process: Python cannot stop one thread.
+The invocations its other executors were running are in the processing list:
+the cluster sends them again at once, and they run elsewhere.  The process's
+executors share its ``TaskBoard`` (where the cluster reads the task that runs,
+``wukong.backends.stuck``): the newest task started is shown -- a task that
+holds the GIL is the last to have started one.
 """
 
 from __future__ import annotations
 
 import gc
 import json
+import os
 import signal
 import sys
+import threading
+import traceback
+from collections.abc import Callable
 
 from wukong import task_warnings
 from wukong.backends.local import STOP, queue_invoker
@@ -21,39 +42,87 @@ from wukong.process import die_with_parent
 from wukong.protocol import decode_invocation
 from wukong.proxy.client import executor_options as proxy_options
 from wukong.store import Batch, Store
+from wukong.store.objects import MAX_BYTES, ObjectTable, drop_ended
 from wukong.timeout import TaskBoard
 
 GC_GEN0 = 20_000  # allocations between collections of the youngest generation (Python's default: 700)
+IDLE_S = 1  # seconds; an idle executor thread drops the object table's values of ended jobs this often
+
+
+table: ObjectTable | None = None  # this process's object table, for inspection (``tests/test_threads.py``)
 
 
 def serve(config: dict) -> None:
-    store = Store.from_config(config["store"])
-    queue, processing = config["queue"], config["processing"]
-    route = {"backend": "local", "store": config["store"], "queue": queue}  # where the proxy pushes
-    proxy = proxy_options(config.get("proxy"), store, route)
+    global table
+    table = ObjectTable(config.get("table_bytes", MAX_BYTES))
+    threads = config.get("threads", 1)
     board = TaskBoard(config["board"]) if config.get("board") is not None else None
-    executor = Executor(store, queue_invoker(queue), **config["executor"], **proxy, board=board)
+    loops = [_Loop(config, table, board, i if threads > 1 else None) for i in range(threads)]
     task_warnings.executor_process()
-    blocking = store.connect_mds(socket_timeout=None)
-    blocking.ping()
     _warm_imports()
     # What start-up made lives as long as the process: never scan it again.  Tasks make
     # many small objects; collecting the youngest every 700 allocations costs more
     # than it frees (noop jobs: up to 0.45 s of collections per worker per job).
     gc.freeze()
     gc.set_threshold(GC_GEN0, *gc.get_threshold()[1:])
+    others = [
+        threading.Thread(target=_or_exit, args=(loop.run,), name=f"wukong-executor-{i}", daemon=True)
+        for i, loop in enumerate(loops[1:], 1)
+    ]
+    for thread in others:
+        thread.start()
     sys.stdout.buffer.write(READY)
     sys.stdout.flush()
-    while True:
-        payload: bytes = blocking.blmove(queue, processing, 0, "LEFT", "RIGHT")  # type: ignore[assignment]
-        if payload == STOP:
-            blocking.lrem(processing, 1, payload)  # type: ignore[arg-type]
-            return
+    loops[0].run()  # each thread leaves when it takes a STOP; the cluster pushes one per thread
+    for thread in others:
+        thread.join()
 
-        def ack(batch: Batch, payload: bytes = payload) -> None:
-            batch.mds("lrem", processing, 1, payload)
 
-        executor.run(decode_invocation(payload), on_exit=ack)
+def _or_exit(run: Callable[[], None]) -> None:
+    """A thread's loop; if it fails (Redis is gone) the process ends, as with one executor,
+    and the cluster starts a fresh one rather than run with fewer executors."""
+    try:
+        run()
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+
+
+class _Loop:
+    """One executor thread: its connections, its executor, the loop that feeds it."""
+
+    def __init__(self, config: dict, table: ObjectTable, board: TaskBoard | None, thread: int | None):
+        store = Store.from_config(config["store"])
+        self.queue, self.processing = config["queue"], config["processing"]
+        route = {"backend": "local", "store": config["store"], "queue": self.queue}  # where the proxy pushes
+        proxy = proxy_options(config.get("proxy"), store, route)
+        self.table = table
+        self.executor = Executor(
+            store, queue_invoker(self.queue), **config["executor"], **proxy, table=table, board=board
+        )
+        if thread is not None:  # the profiler tells the executors of one process apart
+            self.executor.worker += f"/{thread}"
+        self.blocking = store.connect_mds(socket_timeout=None)
+        self.blocking.ping()
+
+    def run(self) -> None:
+        queue, processing = self.queue, self.processing
+        while True:
+            payload: bytes | None = self.blocking.blmove(queue, processing, IDLE_S, "LEFT", "RIGHT")  # type: ignore[assignment]
+            if payload is None:
+                drop_ended(self.table, self.blocking)
+                continue
+            if payload == STOP:
+                self.blocking.lrem(processing, 1, payload)  # type: ignore[arg-type]
+                return
+
+            def ack(batch: Batch, payload: bytes = payload) -> None:
+                batch.mds("lrem", processing, 1, payload)
+
+            self.executor.run(decode_invocation(payload), on_exit=ack)
+            if len(self.table.jobs()) > 1:
+                drop_ended(self.table, self.blocking)
 
 
 def _warm_imports() -> None:

@@ -9,6 +9,7 @@ module             what
 ``parts``          values over Redis's 512 MB string limit, split and joined
 ``shm``            large values between local processes through ``/dev/shm``
 ``held``           results kept after their job for the client's futures
+``objects``        a worker process's object table: values its executors share by reference
 ``scripts``        the Lua registry (``lua/*.lua``), EVALSHA, reload on NOSCRIPT
 ``server``         an embedded, private ``redis-server`` child process
 =================  ==========================================================

@@ -16,6 +16,7 @@ import mmap
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def write(directory: str, key: str, value: bytes | memoryview | Sequence[bytes |
     """
     pieces = [value] if isinstance(value, (bytes, memoryview)) else list(value)
     path = os.path.join(directory, filename(key))
-    tmp = f"{path}.{os.getpid()}.tmp"
+    tmp = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"  # executors may be threads of one process
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         while pieces:
