@@ -144,14 +144,35 @@ def joined(a, b):
     return len(a) + len(b)
 
 
+def _process(worker: str) -> str:
+    """The worker process of an executor (``host:pid``, or ``host:pid/thread``)."""
+    return worker.split("/")[0]
+
+
 def test_a_fan_in_of_remote_values_records_the_bytes_it_fetched(client):
-    """Two leaves start in two invocations: the one completing the fan-in reads the other's output."""
-    assert client.get({"a": (payload, 1), "b": (payload, 2), "c": (joined, "a", "b")}, "c") == 40_000
-    record = client.jobs[-1]
-    fetched = {t.key: t.fetched for t in record.tasks}
-    assert fetched["a"] == fetched["b"] == 0
-    assert 20_000 <= fetched["c"] < 21_000  # one of the two values, serialized, read once
-    assert record.bytes_fetched == fetched["c"] and f"{record.bytes_fetched / 1000:.1f} kB fetched" in record.summary()
+    """Two leaves start in two invocations: the one completing the fan-in reads the other's
+    output from the KV store -- unless both ran in its process, whose object table hands
+    values over by reference.  Run until the remote case has been seen."""
+    remote_seen = 0
+    for _ in range(10):
+        assert client.get({"a": (payload, 1), "b": (payload, 2), "c": (joined, "a", "b")}, "c") == 40_000
+        record = client.jobs[-1]
+        runs = {t.key: t for t in record.tasks}
+        fetched = {k: t.fetched for k, t in runs.items()}
+        assert fetched["a"] == fetched["b"] == 0
+        remote = [k for k in "ab" if _process(runs[k].worker) != _process(runs["c"].worker)]
+        assert len(remote) <= 1  # c ran where the last of its inputs was made
+        if remote:
+            assert 20_000 <= fetched["c"] < 21_000  # the other value, serialized, read once
+            remote_seen += 1
+        else:
+            assert fetched["c"] == 0
+        assert record.bytes_fetched == fetched["c"]
+        if remote:
+            assert f"{record.bytes_fetched / 1000:.1f} kB fetched" in record.summary()
+        if remote_seen >= 2:
+            break
+    assert remote_seen >= 1
 
 
 def test_a_chain_fetches_nothing(client):
@@ -164,11 +185,20 @@ def test_a_chain_fetches_nothing(client):
 
 
 def test_a_future_read_on_an_executor_counts_as_fetched(client):
-    f = client.submit(payload, 4)
-    assert client.get({"n": (len, f)}, "n") == 20_000  # get returns once the job's record is complete
-    record = client.jobs[-1]
-    assert [t.fetched for t in record.tasks if t.key == f.key] == [record.bytes_fetched]
-    assert 20_000 <= record.bytes_fetched < 21_000
+    """A future's value read by a task in another worker process is fetched from the KV
+    store (in the process that made it, the object table may hand it over: 0 bytes).
+    Run until a read has come from the store."""
+    for _ in range(10):
+        f = client.submit(payload, 4)
+        assert client.get({"n": (len, f)}, "n") == 20_000  # get returns once the job's record is complete
+        record = client.jobs[-1]
+        assert [t.fetched for t in record.tasks if t.key == f.key] == [record.bytes_fetched]
+        assert record.bytes_fetched == 0 or 20_000 <= record.bytes_fetched < 21_000
+        f.release()
+        if record.bytes_fetched:
+            break
+    else:
+        raise AssertionError("no read of the future was counted")
 
 
 def test_scheduler_may_be_the_client_object(client):
@@ -297,7 +327,7 @@ def test_performance_report_writes_one_self_contained_html_file(client, tmp_path
     text = path.read_text()
     fetched = sum(r.bytes_fetched for r in records)
     total = html.escape(f"<b>{format_bytes(fetched)} fetched</b> by ")  # the data movement's total (the Div's text)
-    assert fetched >= 20_000 and total in text
+    assert total in text  # how much depends on where tasks ran (test_a_fan_in_of_remote_values_...)
     for r in records:
         assert r.job in text
     from dask.utils import key_split
