@@ -1,5 +1,8 @@
 """Task outputs survive ``dumps``/``loads``: same value, arrays writable, large buffers framed."""
 
+import operator
+from typing import Any
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -68,3 +71,53 @@ def test_uncompressed_and_compressed_values_read_the_same():
     raw, packed = serialization.dumps(array, compress=False), serialization.dumps(array)
     assert len(raw) > array.nbytes > len(packed)
     np.testing.assert_array_equal(serialization.loads(raw), serialization.loads(packed))
+
+
+def _main_function() -> Any:
+    """A function defined in ``__main__``: workers cannot import it, it must go by value."""
+    ns: dict = {"__name__": "__main__"}
+    exec("def double(x):\n    return 2 * x\n", ns)
+    return ns["double"]
+
+
+def test_by_value_functions_are_cloudpickled_once_per_plan(monkeypatch):
+    calls = []
+    real = serialization.cloudpickle.dumps
+    monkeypatch.setattr(serialization.cloudpickle, "dumps", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    double = _main_function()
+    pickler = serialization.BodyPickler()
+    blobs = [pickler.dumps([(double, i), (double, -i)]) for i in range(3)]
+    assert calls == [double]
+    for i, blob in enumerate(blobs):
+        (f, a), (g, b) = serialization.loads_function(blob)
+        assert f is g and (f(a), g(b)) == (2 * i, -2 * i)
+
+
+def test_each_body_pickle_loads_alone_where_main_functions_are_unknown():
+    import subprocess
+    import sys
+
+    pickler = serialization.BodyPickler()
+    double = _main_function()
+    blobs = [pickler.dumps((double, operator.add, i)) for i in range(2)]
+    code = "import pickle, sys; f, add, i = pickle.loads(sys.stdin.buffer.read()); print(add(f(i), 1))"
+    for i, blob in enumerate(blobs):
+        out = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True, timeout=60, check=True)
+        assert out.stdout.decode().strip() == str(2 * i + 1)
+
+
+def test_local_classes_and_lambdas_go_by_value():
+    class Local:
+        def __reduce__(self):
+            return (Local, ())
+
+    pickler = serialization.BodyPickler()
+    body = serialization.loads_function(pickler.dumps([Local(), (lambda: 3)]))
+    assert body[1]() == 3 and type(body[0]).__qualname__.endswith("Local")
+    assert serialization.loads_function(pickler.dumps((operator.add, 1, 2)))[0] is operator.add
+
+
+def test_bodies_the_c_pickler_refuses_go_whole_through_cloudpickle():
+    pickler = serialization.BodyPickler()
+    assert serialization.loads_function(pickler.dumps([np, 1])) == [np, 1]  # a module: cloudpickle only
+    assert serialization.loads_function(pickler.dumps([2])) == [2]  # the pickler is still usable

@@ -46,20 +46,20 @@ def plan(order: Sequence[Hashable], graph: Mapping[Hashable, GraphNode], outputs
     metas = _core.encode_schedules(sched_ptr, sched_idx, sched_of, pos_of, dep_ptr, dep_idx, dnt_ptr, dnt_idx, flags)
     blobs = []
     leaves = []
-    by_reference: dict = {}  # functions seen so far, and whether they go by reference
+    pickler = serialization.BodyPickler()
     for s, meta in enumerate(metas):
         chain = sched_idx[sched_ptr[s] : sched_ptr[s + 1]]
         bodies = [(graph[order[t]], deps[t]) for t in chain]
-        blobs.append(pack_schedule(meta, _dumps_bodies(bodies, by_reference)))
+        blobs.append(pack_schedule(meta, _dumps_bodies(bodies, pickler)))
         if dep_ptr[chain[0]] == dep_ptr[chain[0] + 1]:
             leaves.append(s)
     fanins = [t for t in range(n) if dep_ptr[t + 1] - dep_ptr[t] > 1]
     return Plan(n, blobs, leaves, out_ids, fanins)
 
 
-def _dumps_bodies(bodies: list, by_reference: dict) -> bytes:
+def _dumps_bodies(bodies: list, pickler: serialization.BodyPickler) -> bytes:
     try:
-        return serialization.dumps_function(bodies, by_reference)
+        return pickler.dumps(bodies)
     except Exception:
         for node, _ in bodies:  # find the culprit to name it
             try:

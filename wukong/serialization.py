@@ -116,41 +116,54 @@ def _writable(frame: memoryview) -> bytearray | memoryview:
     return bytearray(decompress(frame))
 
 
-def dumps_function(obj: Any, by_reference: dict | None = None) -> bytes:
-    """Serialize task bodies; functions and classes the workers cannot import
-    (``__main__``'s, lambdas, locals) go by value, through cloudpickle.
+def dumps_function(obj: Any) -> bytes:
+    """Serialize task bodies (``BodyPickler``, for one object)."""
+    return BodyPickler().dumps(obj)
 
-    The C pickler goes first: cloudpickle decides how to pickle every object
-    in Python, about three times slower on task bodies.  At the first function
-    or class that must go by value the whole object is pickled again with
-    cloudpickle.  ``by_reference`` caches that decision per object across calls
-    (one dict per plan: the functions of a graph repeat).
+
+class BodyPickler:
+    """Serializes task bodies, one ``dumps`` per schedule, with one pickler for a whole plan.
+
+    Functions and classes the workers cannot import (``__main__``'s, lambdas,
+    locals) go by value: cloudpickle pickles each once per plan and every
+    schedule's pickle carries that payload (``pickle.loads(payload)``), so a
+    graph of a million tasks calling one ``__main__`` function does not pay
+    cloudpickle a million times.  Everything else goes through the C pickler
+    (cloudpickle decides how to pickle every object in Python, about three
+    times slower on task bodies).  Each ``dumps`` is a complete pickle: the
+    memo is cleared in between.  An object the C pickler refuses is pickled
+    whole by cloudpickle.
     """
-    cache = {} if by_reference is None else by_reference
-    buf = io.BytesIO()
-    try:
-        _BodyPickler(buf, cache).dump(obj)
-        return buf.getvalue()
-    except (_ByValue, pickle.PicklingError, AttributeError, TypeError):
-        return cloudpickle.dumps(obj, protocol=5)
 
+    def __init__(self) -> None:
+        self._buf = io.BytesIO()
+        self._pickler = _BodyPickler(self._buf, {})
 
-class _ByValue(Exception):
-    """A function or class in the task bodies must be pickled by value."""
+    def dumps(self, obj: Any) -> bytes:
+        buf = self._buf
+        buf.seek(0)
+        buf.truncate()
+        self._pickler.clear_memo()
+        try:
+            self._pickler.dump(obj)
+            return buf.getvalue()
+        except (pickle.PicklingError, AttributeError, TypeError):
+            return cloudpickle.dumps(obj, protocol=5)
 
 
 class _BodyPickler(pickle.Pickler):
     def __init__(self, file: io.BytesIO, cache: dict):
         super().__init__(file, protocol=5)
-        self.cache = cache
+        self.cache = cache  # id -> (object, None when importable else its cloudpickle payload)
 
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, (types.FunctionType, type)):
             hit = self.cache.get(id(obj))
             if hit is None:  # the object is kept in the entry, so its id is not reused
-                hit = self.cache[id(obj)] = (obj, _importable(obj))
-            if not hit[1]:
-                raise _ByValue()
+                payload = None if _importable(obj) else cloudpickle.dumps(obj, protocol=5)
+                hit = self.cache[id(obj)] = (obj, payload)
+            if hit[1] is not None:
+                return pickle.loads, (hit[1],)
         return NotImplemented
 
 
