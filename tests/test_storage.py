@@ -219,6 +219,29 @@ def test_split_values_round_trip_in_one_batch(sharded):
     assert job_keys(sharded.servers) == []
 
 
+def test_set_many_writes_each_key_with_the_ttl_in_few_commands(sharded, monkeypatch):
+    from wukong.store import batch as batches
+
+    monkeypatch.setattr(batches, "SET_MANY_KEYS", 3)  # 6 small keys: two calls
+    store = sharded.cluster.store
+    keys = Keys("setmany000000001")
+    values = [f"schedule {s}".encode() for s in range(7)]
+    values[4] = bytes(SMALL_PART + 5)  # longer than a part: split, as set_value does
+    names = [keys.schedule(s) for s in range(len(values))]
+    batch = store.batch()
+    batch.set_many(store.mds_index, names, values)
+    assert batch.counts[store.mds_index] == 2 + 3  # the split one: its registry (SADD, EXPIRE) and header
+    batch.execute()
+    batch = store.batch()
+    handles = [batch.get_value(store.mds_index, n) for n in names]
+    batch.execute()
+    assert [bytes(batch[h]) for h in handles] == values
+    with connect(sharded.mds) as r:
+        assert all(0 < r.ttl(n) <= store.ttl for n in names)
+    store.delete_job(keys, ntasks=0, nschedules=len(values), fanins=())
+    assert job_keys(sharded.servers) == []
+
+
 def test_a_missing_part_is_an_error_naming_its_server(sharded):
     store = sharded.cluster.store
     keys = Keys("splittest0000002")

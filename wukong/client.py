@@ -409,8 +409,8 @@ class Job:
         p, keys, store = self.plan, self.keys, self.store
         batch = store.batch()
         batch.mds("set", keys.options, json.dumps(self.options), store.ttl)
-        for sid, blob in enumerate(p.schedules):
-            batch.set_value(store.mds_index, keys.schedule(sid), blob)  # split if a literal makes it huge
+        names = [keys.schedule(sid) for sid in range(p.nschedules)]
+        batch.set_many(store.mds_index, names, p.schedules)  # a blob a literal makes huge is split
         starts = [
             Invocation(keys.job, group[0], 0, {}, (), tuple(group[1:]))
             for group in group_leaves(p.leaf_schedules, self.backend.leaf_groups)
@@ -420,6 +420,7 @@ class Job:
         self.check_backend()
         protocol.emit_start(batch, keys, store.ttl)
         launch(self.backend.invoke, batch, keys.job, starts)
+        self.record.launch_s = time.time() - self.record.started
 
     def wait(self) -> None:
         while self.live:
