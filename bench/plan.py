@@ -12,7 +12,8 @@ the numbers are what a caller waits for before the first executor can start:
 * ``plan``: graph conversion, cull, validation and ``scheduler.plan``
   (``JobRecord.plan_s``);
 * ``launch``: from ``get``'s entry to the invocations sent, the writes of the
-  schedules to the MDS included (``JobRecord.launch_s``);
+  schedules to the MDS included (``JobRecord.launch_s``); ``cpu``: the client's
+  CPU seconds over the same span (steadier than wall time on a loaded machine);
 * ``peak``: the client's peak RSS during ``get``; ``graph``: its RSS before
   (the Dask graph, built by the caller).
 
@@ -96,7 +97,10 @@ def child(shape: str, n: int, profile: str | None) -> dict:
     import wukong
     from wukong.client import Job
 
+    launched: list[float] = []
+
     def stop(self: Job) -> None:
+        launched.append(time.process_time())  # the invocations are sent: the client's CPU so far
         raise _Stop
 
     with wukong.LocalCluster(n_workers=1) as cluster, wukong.Client(cluster) as client:
@@ -107,7 +111,7 @@ def child(shape: str, n: int, profile: str | None) -> dict:
         graph_rss = _status("VmRSS")
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM to the current RSS
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         prof = None
         if profile:
             import cProfile
@@ -130,6 +134,7 @@ def child(shape: str, n: int, profile: str | None) -> dict:
         "schedules": record.nschedules,
         "plan_s": record.plan_s,
         "launch_s": record.launch_s,
+        "launch_cpu_s": launched[0] - cpu0,
         "get_s": total,  # launch_s + stopping the job and deleting its keys
         "graph_rss": graph_rss,
         "peak_rss": peak,
@@ -151,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown shape {', '.join(unknown)}; choose from {', '.join(SHAPES)}")
     print(f"load {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
-    print(f"{'shape':6} {'tasks':>8} {'scheds':>8} {'plan s':>7} {'launch s':>8} {'µs/task':>7} {'graph MB':>8} {'peak MB':>8}")
+    print(f"{'shape':6} {'tasks':>8} {'scheds':>8} {'plan s':>7} {'launch s':>8} {'cpu s':>6} {'cpu µs/task':>11} {'graph MB':>8} {'peak MB':>8}")
     for size in (int(s) for s in args.tasks.split(",")):
         for shape in shapes:
             cmd = [sys.executable, "-m", "bench.plan", "--child", shape, str(size)]
@@ -163,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             r = json.loads(out.stdout.strip().splitlines()[-1])
             print(
-                f"{shape:6} {r['tasks']:>8} {r['schedules']:>8} {r['plan_s']:>7.2f} {r['launch_s']:>8.2f} "
-                f"{1e6 * r['launch_s'] / r['tasks']:>7.1f} {r['graph_rss'] / 2**20:>8.0f} {r['peak_rss'] / 2**20:>8.0f}",
+                f"{shape:6} {r['tasks']:>8} {r['schedules']:>8} {r['plan_s']:>7.2f} {r['launch_s']:>8.2f} {r['launch_cpu_s']:>6.2f} "
+                f"{1e6 * r['launch_cpu_s'] / r['tasks']:>11.1f} {r['graph_rss'] / 2**20:>8.0f} {r['peak_rss'] / 2**20:>8.0f}",
                 flush=True,
             )
     print(f"load {os.getloadavg()[0]:.2f}")

@@ -121,3 +121,50 @@ def test_bodies_the_c_pickler_refuses_go_whole_through_cloudpickle():
     pickler = serialization.BodyPickler()
     assert serialization.loads_function(pickler.dumps([np, 1])) == [np, 1]  # a module: cloudpickle only
     assert serialization.loads_function(pickler.dumps([2])) == [2]  # the pickler is still usable
+
+
+class _Counted:
+    """A callable that counts how often it is pickled."""
+
+    reduced = 0
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __call__(self, x: int) -> int:
+        return x + self.n
+
+    def __reduce__(self):
+        type(self).reduced += 1
+        return (_Counted, (self.n,))
+
+
+def test_shared_callables_are_pickled_once_per_plan_and_keep_identity_within_a_schedule():
+    shared = _Counted(5)
+    _Counted.reduced = 0
+    pickler = serialization.BodyPickler()
+    blobs = [pickler.dumps([(shared, i), (shared, i + 1)]) for i in range(4)]
+    assert _Counted.reduced == 1
+    for i, blob in enumerate(blobs):
+        (f, a), (g, b) = serialization.loads_function(blob)
+        assert f is g and (f(a), g(b)) == (i + 5, i + 6)
+
+
+def test_objects_of_the_per_task_types_are_never_cached():
+    pickler = serialization.BodyPickler(per_task=(_Counted,))
+    _Counted.reduced = 0
+    for _ in range(3):
+        pickler.dumps(_Counted(1))
+    assert _Counted.reduced == 3
+    assert not any(isinstance(obj, _Counted) for obj, _ in pickler._pickler.cache.values())
+
+
+def test_a_callable_that_refers_to_itself_round_trips():
+    import functools
+
+    holder: list = []
+    f = functools.partial(operator.getitem, holder)
+    holder.append(f)
+    pickler = serialization.BodyPickler()
+    g = serialization.loads_function(pickler.dumps([f, f]))
+    assert g[0] is g[1] and g[0](0) is g[0]

@@ -46,7 +46,7 @@ def plan(order: Sequence[Hashable], graph: Mapping[Hashable, GraphNode], outputs
     metas = _core.encode_schedules(sched_ptr, sched_idx, sched_of, pos_of, dep_ptr, dep_idx, dnt_ptr, dnt_idx, flags)
     blobs = []
     leaves = []
-    pickler = serialization.BodyPickler()
+    pickler = serialization.BodyPickler(per_task=(GraphNode,))
     for s, meta in enumerate(metas):
         chain = sched_idx[sched_ptr[s] : sched_ptr[s + 1]]
         bodies = [(graph[order[t]], deps[t]) for t in chain]

@@ -124,20 +124,23 @@ def dumps_function(obj: Any) -> bytes:
 class BodyPickler:
     """Serializes task bodies, one ``dumps`` per schedule, with one pickler for a whole plan.
 
-    Functions and classes the workers cannot import (``__main__``'s, lambdas,
-    locals) go by value: cloudpickle pickles each once per plan and every
-    schedule's pickle carries that payload (``pickle.loads(payload)``), so a
-    graph of a million tasks calling one ``__main__`` function does not pay
-    cloudpickle a million times.  Everything else goes through the C pickler
-    (cloudpickle decides how to pickle every object in Python, about three
-    times slower on task bodies).  Each ``dumps`` is a complete pickle: the
-    memo is cleared in between.  An object the C pickler refuses is pickled
-    whole by cloudpickle.
+    What many schedules share is pickled once per plan: a callable other than
+    a plain function or class (a ``functools.partial``, a toolz ``curry``
+    carrying its function's docstring, a ``Compose``) becomes a payload that
+    every schedule's pickle carries (``pickle.loads(payload)``); functions and
+    classes the workers cannot import (``__main__``'s, lambdas, locals) are
+    such payloads too, made by cloudpickle.  A graph of a million tasks calling
+    one curried or ``__main__`` function pays for pickling it once.  Objects of
+    the ``per_task`` types (the graph's nodes) are never cached.  Everything
+    goes through the C pickler (cloudpickle decides how to pickle every
+    object in Python, about three times slower on task bodies); an object it
+    refuses is pickled whole by cloudpickle.  Each ``dumps`` is a complete
+    pickle: the memo is cleared in between.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, per_task: tuple[type, ...] = ()) -> None:
         self._buf = io.BytesIO()
-        self._pickler = _BodyPickler(self._buf, {})
+        self._pickler = _BodyPickler(self._buf, {}, per_task)
 
     def dumps(self, obj: Any) -> bytes:
         buf = self._buf
@@ -152,19 +155,29 @@ class BodyPickler:
 
 
 class _BodyPickler(pickle.Pickler):
-    def __init__(self, file: io.BytesIO, cache: dict):
+    def __init__(self, file: io.BytesIO, cache: dict, per_task: tuple[type, ...], top: Any = None):
         super().__init__(file, protocol=5)
-        self.cache = cache  # id -> (object, None when importable else its cloudpickle payload)
+        self.cache = cache  # id -> (object, None: pickled in place, or its payload)
+        self.per_task = per_task
+        self.top = top  # the object a payload is being made of
 
     def reducer_override(self, obj: Any) -> Any:
+        if not callable(obj) or obj is self.top or isinstance(obj, self.per_task):
+            return NotImplemented
+        hit = self.cache.get(id(obj))
+        if hit is None:  # the object is kept in the entry, so its id is not reused
+            self.cache[id(obj)] = (obj, None)  # a reference back to it, while its payload is made, goes in place
+            hit = self.cache[id(obj)] = (obj, self._payload(obj))
+        return NotImplemented if hit[1] is None else (pickle.loads, (hit[1],))
+
+    def _payload(self, obj: Any) -> bytes | None:
         if isinstance(obj, (types.FunctionType, type)):
-            hit = self.cache.get(id(obj))
-            if hit is None:  # the object is kept in the entry, so its id is not reused
-                payload = None if _importable(obj) else cloudpickle.dumps(obj, protocol=5)
-                hit = self.cache[id(obj)] = (obj, payload)
-            if hit[1] is not None:
-                return pickle.loads, (hit[1],)
-        return NotImplemented
+            return None if _importable(obj) else cloudpickle.dumps(obj, protocol=5)
+        if isinstance(obj, types.BuiltinFunctionType):
+            return None  # a name: nothing to save
+        buf = io.BytesIO()
+        _BodyPickler(buf, self.cache, self.per_task, obj).dump(obj)
+        return buf.getvalue()
 
 
 def _importable(obj: Any) -> bool:
