@@ -411,6 +411,7 @@ class Job:
         batch.mds("set", keys.options, json.dumps(self.options), store.ttl)
         names = [keys.schedule(sid) for sid in range(p.nschedules)]
         batch.set_many(store.mds_index, names, p.schedules)  # a blob a literal makes huge is split
+        p.schedules = []  # the pipeline holds them until sent; not kept for the run
         starts = [
             Invocation(keys.job, group[0], 0, {}, (), tuple(group[1:]))
             for group in group_leaves(p.leaf_schedules, self.backend.leaf_groups)
