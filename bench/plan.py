@@ -38,6 +38,8 @@ import sys
 import time
 
 SHAPES = ("tree", "array", "wide")
+HEADER = "{:6} {:>8} {:>8} {:>7} {:>8} {:>6} {:>11} {:>8} {:>8}"
+ROW = "{:6} {:>8} {:>8} {:>7.2f} {:>8.2f} {:>6.2f} {:>11.1f} {:>8.0f} {:>8.0f}"
 
 
 def _inc(x: int) -> int:
@@ -156,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown shape {', '.join(unknown)}; choose from {', '.join(SHAPES)}")
     print(f"load {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
-    print(f"{'shape':6} {'tasks':>8} {'scheds':>8} {'plan s':>7} {'launch s':>8} {'cpu s':>6} {'cpu µs/task':>11} {'graph MB':>8} {'peak MB':>8}")
+    print(
+        HEADER.format("shape", "tasks", "scheds", "plan s", "launch s", "cpu s", "cpu µs/task", "graph MB", "peak MB")
+    )
     for size in (int(s) for s in args.tasks.split(",")):
         for shape in shapes:
             cmd = [sys.executable, "-m", "bench.plan", "--child", shape, str(size)]
@@ -167,11 +171,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{shape:6} {size:>8} failed:\n{out.stderr[-2000:]}")
                 return 1
             r = json.loads(out.stdout.strip().splitlines()[-1])
-            print(
-                f"{shape:6} {r['tasks']:>8} {r['schedules']:>8} {r['plan_s']:>7.2f} {r['launch_s']:>8.2f} {r['launch_cpu_s']:>6.2f} "
-                f"{1e6 * r['launch_cpu_s'] / r['tasks']:>11.1f} {r['graph_rss'] / 2**20:>8.0f} {r['peak_rss'] / 2**20:>8.0f}",
-                flush=True,
-            )
+            cells = [r[k] for k in ("tasks", "schedules", "plan_s", "launch_s", "launch_cpu_s")]
+            per_task = 1e6 * r["launch_cpu_s"] / r["tasks"]
+            print(ROW.format(shape, *cells, per_task, r["graph_rss"] / 2**20, r["peak_rss"] / 2**20), flush=True)
     print(f"load {os.getloadavg()[0]:.2f}")
     return 0
 
