@@ -242,6 +242,21 @@ def test_set_many_writes_each_key_with_the_ttl_in_few_commands(sharded, monkeypa
     assert job_keys(sharded.servers) == []
 
 
+def test_schedules_written_in_many_small_pipelines_run_the_job(sharded, monkeypatch):
+    from wukong import client as client_module
+    from wukong.store.batch import Batch
+
+    monkeypatch.setattr(client_module, "WRITE_BYTES", 256)  # a pipeline per few schedules
+    calls = []
+    real = Batch.set_many
+    monkeypatch.setattr(Batch, "set_many", lambda self, *a: calls.append(len(a[1])) or real(self, *a))
+    total = sum(delayed(lambda i: i * i)(i) for i in range(40))  # a __main__-like lambda: by value
+    client = Client(sharded.cluster, progress=False)
+    assert total.compute(scheduler=client.get) == sum(i * i for i in range(40))
+    assert len(calls) > 3 and sum(calls) == client.jobs[-1].nschedules
+    assert job_keys(sharded.servers) == []
+
+
 def test_a_missing_part_is_an_error_naming_its_server(sharded):
     store = sharded.cluster.store
     keys = Keys("splittest0000002")

@@ -57,6 +57,7 @@ from wukong.scheduler import Plan, plan
 from wukong.store import StorageError, Store
 
 BLOCK_MS = 250  # a blocking read returns at least this often, to redraw progress
+WRITE_BYTES = 32 << 20  # schedule blobs sent per pipeline (Job.write_schedules)
 DRAIN_S = 30.0  # after a failure, how long executors get to notice the cancel flag
 
 
@@ -427,11 +428,9 @@ class Job:
 
     def submit(self) -> None:
         p, keys, store = self.plan, self.keys, self.store
+        self.write_schedules()
         batch = store.batch()
         batch.mds("set", keys.options, json.dumps(self.options), store.ttl)
-        names = [keys.schedule(sid) for sid in range(p.nschedules)]
-        batch.set_many(store.mds_index, names, p.schedules)  # a blob a literal makes huge is split
-        p.schedules = []  # the pipeline holds them until sent; not kept for the run
         starts = [
             Invocation(keys.job, group[0], 0, {}, (), tuple(group[1:]))
             for group in group_leaves(p.leaf_schedules, self.backend.leaf_groups)
@@ -442,6 +441,22 @@ class Job:
         protocol.emit_start(batch, keys, store.ttl)
         launch(self.backend.invoke, batch, keys.job, starts)
         self.record.launch_s = time.time() - self.record.started
+
+    def write_schedules(self) -> None:
+        """Write the plan's schedule blobs, in pipelines of about ``WRITE_BYTES`` each
+        sent at once (so one pipeline's packed copy is in memory at a time), then
+        drop them from the plan: they are not kept for the run."""
+        p, keys, store = self.plan, self.keys, self.store
+        start = size = 0
+        for sid, blob in enumerate(p.schedules):
+            size += len(blob)
+            if size >= WRITE_BYTES or sid == p.nschedules - 1:
+                batch = store.batch()
+                names = [keys.schedule(s) for s in range(start, sid + 1)]
+                batch.set_many(store.mds_index, names, p.schedules[start : sid + 1])  # a huge blob is split
+                batch.execute()
+                start, size = sid + 1, 0
+        p.schedules = []
 
     def wait(self) -> None:
         while self.live:
