@@ -161,6 +161,52 @@ def test_odd_shapes_give_identical_outputs(shape):
     assert_same(run(_core, order, deps, outputs), run(REFERENCE, order, deps, outputs))
 
 
+def shuffled(order, deps, seed):
+    """The same graph interned in a random order (ids no longer topological)."""
+    perm = list(range(len(order)))
+    random.Random(seed).shuffle(perm)
+    return [order[i] for i in perm], [deps[i] for i in perm]
+
+
+def kahn(order, deps):
+    """Kahn's order of keys, written out plainly: the specification of ``toposort``."""
+    missing = {k: len(d) for k, d in zip(order, deps, strict=True)}
+    dependents: dict = {k: [] for k in order}
+    for k, ds in zip(order, deps, strict=True):
+        for d in ds:
+            dependents[d].append(k)
+    out = [k for k in order if missing[k] == 0]
+    for k in out:
+        for c in dependents[k]:
+            missing[c] -= 1
+            if missing[c] == 0:
+                out.append(c)
+    return out
+
+
+@FAST
+@given(dags(), st.integers(0, 2**32 - 1))
+def test_toposort_of_a_shuffled_dag_is_kahns_order_in_both(graph, seed):
+    order, deps = shuffled(*graph[:2], seed)
+    ids, dep_ptr, dep_idx = _core.intern(order, deps)
+    got = [list(impl.toposort(len(order), dep_ptr, dep_idx)) for impl in (_core, REFERENCE)]
+    assert got[0] == got[1]
+    assert [order[i] for i in got[0]] == kahn(order, deps)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_toposort_leaves_out_what_lies_on_or_behind_a_cycle(impl):
+    order = ["a", "b", "c", "d", "e"]  # a -> b -> c -> b, c -> d; e alone
+    ids, dep_ptr, dep_idx = impl.intern(order, [(), ("a", "c"), ("b",), ("c",), ()])
+    assert list(impl.toposort(5, dep_ptr, dep_idx)) == [0, 4]
+    assert list(impl.toposort(0, array("q", [0]), array("q"))) == []
+
+
+def test_toposort_refuses_a_malformed_csr():
+    with pytest.raises(ValueError):
+        _core.toposort(3, array("q", [0, 1, 2, 3]), array("q", [0, 7, 1]))
+
+
 @FAST
 @given(dags(max_tasks=60))
 def test_schedule_view_reads_the_decoded_records(graph):

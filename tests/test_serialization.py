@@ -1,5 +1,8 @@
 """Task outputs survive ``dumps``/``loads``: same value, arrays writable, large buffers framed."""
 
+import operator
+from typing import Any
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -68,3 +71,100 @@ def test_uncompressed_and_compressed_values_read_the_same():
     raw, packed = serialization.dumps(array, compress=False), serialization.dumps(array)
     assert len(raw) > array.nbytes > len(packed)
     np.testing.assert_array_equal(serialization.loads(raw), serialization.loads(packed))
+
+
+def _main_function() -> Any:
+    """A function defined in ``__main__``: workers cannot import it, it must go by value."""
+    ns: dict = {"__name__": "__main__"}
+    exec("def double(x):\n    return 2 * x\n", ns)
+    return ns["double"]
+
+
+def test_by_value_functions_are_cloudpickled_once_per_plan(monkeypatch):
+    calls = []
+    real = serialization.cloudpickle.dumps
+    monkeypatch.setattr(serialization.cloudpickle, "dumps", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    double = _main_function()
+    pickler = serialization.BodyPickler()
+    blobs = [pickler.dumps([(double, i), (double, -i)]) for i in range(3)]
+    assert calls == [double]
+    for i, blob in enumerate(blobs):
+        (f, a), (g, b) = serialization.loads_function(blob)
+        assert f is g and (f(a), g(b)) == (2 * i, -2 * i)
+
+
+def test_each_body_pickle_loads_alone_where_main_functions_are_unknown():
+    import subprocess
+    import sys
+
+    pickler = serialization.BodyPickler()
+    double = _main_function()
+    blobs = [pickler.dumps((double, operator.add, i)) for i in range(2)]
+    code = "import pickle, sys; f, add, i = pickle.loads(sys.stdin.buffer.read()); print(add(f(i), 1))"
+    for i, blob in enumerate(blobs):
+        out = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True, timeout=60, check=True)
+        assert out.stdout.decode().strip() == str(2 * i + 1)
+
+
+def test_local_classes_and_lambdas_go_by_value():
+    class Local:
+        def __reduce__(self):
+            return (Local, ())
+
+    pickler = serialization.BodyPickler()
+    body = serialization.loads_function(pickler.dumps([Local(), (lambda: 3)]))
+    assert body[1]() == 3 and type(body[0]).__qualname__.endswith("Local")
+    assert serialization.loads_function(pickler.dumps((operator.add, 1, 2)))[0] is operator.add
+
+
+def test_bodies_the_c_pickler_refuses_go_whole_through_cloudpickle():
+    pickler = serialization.BodyPickler()
+    assert serialization.loads_function(pickler.dumps([np, 1])) == [np, 1]  # a module: cloudpickle only
+    assert serialization.loads_function(pickler.dumps([2])) == [2]  # the pickler is still usable
+
+
+class _Counted:
+    """A callable that counts how often it is pickled."""
+
+    reduced = 0
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __call__(self, x: int) -> int:
+        return x + self.n
+
+    def __reduce__(self):
+        type(self).reduced += 1
+        return (_Counted, (self.n,))
+
+
+def test_shared_callables_are_pickled_once_per_plan_and_keep_identity_within_a_schedule():
+    shared = _Counted(5)
+    _Counted.reduced = 0
+    pickler = serialization.BodyPickler()
+    blobs = [pickler.dumps([(shared, i), (shared, i + 1)]) for i in range(4)]
+    assert _Counted.reduced == 1
+    for i, blob in enumerate(blobs):
+        (f, a), (g, b) = serialization.loads_function(blob)
+        assert f is g and (f(a), g(b)) == (i + 5, i + 6)
+
+
+def test_objects_of_the_per_task_types_are_never_cached():
+    pickler = serialization.BodyPickler(per_task=(_Counted,))
+    _Counted.reduced = 0
+    for _ in range(3):
+        pickler.dumps(_Counted(1))
+    assert _Counted.reduced == 3
+    assert not any(isinstance(obj, _Counted) for obj, _ in pickler._pickler.cache.values())
+
+
+def test_a_callable_that_refers_to_itself_round_trips():
+    import functools
+
+    holder: list = []
+    f = functools.partial(operator.getitem, holder)
+    holder.append(f)
+    pickler = serialization.BodyPickler()
+    g = serialization.loads_function(pickler.dumps([f, f]))
+    assert g[0] is g[1] and g[0](0) is g[0]

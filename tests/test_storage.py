@@ -219,6 +219,44 @@ def test_split_values_round_trip_in_one_batch(sharded):
     assert job_keys(sharded.servers) == []
 
 
+def test_set_many_writes_each_key_with_the_ttl_in_few_commands(sharded, monkeypatch):
+    from wukong.store import batch as batches
+
+    monkeypatch.setattr(batches, "SET_MANY_KEYS", 3)  # 6 small keys: two calls
+    store = sharded.cluster.store
+    keys = Keys("setmany000000001")
+    values = [f"schedule {s}".encode() for s in range(7)]
+    values[4] = bytes(SMALL_PART + 5)  # longer than a part: split, as set_value does
+    names = [keys.schedule(s) for s in range(len(values))]
+    batch = store.batch()
+    batch.set_many(store.mds_index, names, values)
+    assert batch.counts[store.mds_index] == 2 + 3  # the split one: its registry (SADD, EXPIRE) and header
+    batch.execute()
+    batch = store.batch()
+    handles = [batch.get_value(store.mds_index, n) for n in names]
+    batch.execute()
+    assert [bytes(batch[h]) for h in handles] == values
+    with connect(sharded.mds) as r:
+        assert all(0 < r.ttl(n) <= store.ttl for n in names)
+    store.delete_job(keys, ntasks=0, nschedules=len(values), fanins=())
+    assert job_keys(sharded.servers) == []
+
+
+def test_schedules_written_in_many_small_pipelines_run_the_job(sharded, monkeypatch):
+    from wukong import client as client_module
+    from wukong.store.batch import Batch
+
+    monkeypatch.setattr(client_module, "WRITE_BYTES", 256)  # a pipeline per few schedules
+    calls = []
+    real = Batch.set_many
+    monkeypatch.setattr(Batch, "set_many", lambda self, *a: calls.append(len(a[1])) or real(self, *a))
+    total = sum(delayed(lambda i: i * i)(i) for i in range(40))  # a __main__-like lambda: by value
+    client = Client(sharded.cluster, progress=False)
+    assert total.compute(scheduler=client.get) == sum(i * i for i in range(40))
+    assert len(calls) > 3 and sum(calls) == client.jobs[-1].nschedules
+    assert job_keys(sharded.servers) == []
+
+
 def test_a_missing_part_is_an_error_naming_its_server(sharded):
     store = sharded.cluster.store
     keys = Keys("splittest0000002")

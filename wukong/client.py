@@ -28,6 +28,8 @@ can be Dask's default scheduler (``set_as_default``).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import secrets
 import sys
@@ -35,7 +37,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Generator, Hashable
+from collections.abc import Callable, Generator, Hashable, Iterator
 from typing import Any
 
 import dask
@@ -56,6 +58,7 @@ from wukong.scheduler import Plan, plan
 from wukong.store import StorageError, Store
 
 BLOCK_MS = 250  # a blocking read returns at least this often, to redraw progress
+WRITE_BYTES = 32 << 20  # schedule blobs sent per pipeline (Job.write_schedules)
 DRAIN_S = 30.0  # after a failure, how long executors get to notice the cancel flag
 
 
@@ -178,11 +181,11 @@ class Client:
         t0 = time.perf_counter()
         record = JobRecord("", time.time())
         dsk = self.futures.substitute(dsk)
-        with dask.config.set(dask_defaults()):  # an expression is lowered here
+        with gc_paused(), dask.config.set(dask_defaults()):  # an expression is lowered here
             order, graph = prepare(dsk, outputs)
-        if not order:  # nothing to run (``get({}, [])``): what Dask's own schedulers return
+            job_plan = plan(order, graph, outputs) if order else None
+        if job_plan is None:  # nothing to run (``get({}, [])``): what Dask's own schedulers return
             return {}
-        job_plan = plan(order, graph, outputs)
         t1 = time.perf_counter()
         dask_cbs = DaskCallbacks(callbacks, graph, outputs, order) if callbacks else None
         if dask_cbs is not None and dask_cbs.shows_progress:
@@ -336,6 +339,23 @@ class Client:
         await asyncio.get_running_loop().run_in_executor(None, self.close)  # close joins threads: not on the loop
 
 
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a job is planned and submitted.
+
+    Planning makes a few objects per task and frees little; at a million tasks
+    the collector's full passes over them cost about a third of the client's
+    CPU (``python -m bench.plan``).  Left as it was if it was already off.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def group_leaves(leaves: list[int], ngroups: int | None) -> list[list[int]]:
     """Cut the leaf schedules, in order, into at most ``ngroups`` invocations.
 
@@ -433,7 +453,8 @@ class Job:
 
     def run(self) -> dict:
         try:
-            self.submit()
+            with gc_paused():
+                self.submit()
             self.wait()
         except BaseException:  # KeyboardInterrupt included: stop the job, then re-raise
             self.cancel()
@@ -447,10 +468,9 @@ class Job:
 
     def submit(self) -> None:
         p, keys, store = self.plan, self.keys, self.store
+        self.write_schedules()
         batch = store.batch()
         batch.mds("set", keys.options, json.dumps(self.options), store.ttl)
-        for sid, blob in enumerate(p.schedules):
-            batch.set_value(store.mds_index, keys.schedule(sid), blob)  # split if a literal makes it huge
         starts = [
             Invocation(keys.job, group[0], 0, {}, (), tuple(group[1:]))
             for group in group_leaves(p.leaf_schedules, self.backend.leaf_groups)
@@ -460,6 +480,23 @@ class Job:
         self.check_backend()
         protocol.emit_start(batch, keys, store.ttl)
         launch(self.backend.invoke, batch, keys.job, starts)
+        self.record.launch_s = time.time() - self.record.started
+
+    def write_schedules(self) -> None:
+        """Write the plan's schedule blobs, in pipelines of about ``WRITE_BYTES`` each
+        sent at once (so one pipeline's packed copy is in memory at a time), then
+        drop them from the plan: they are not kept for the run."""
+        p, keys, store = self.plan, self.keys, self.store
+        start = size = 0
+        for sid, blob in enumerate(p.schedules):
+            size += len(blob)
+            if size >= WRITE_BYTES or sid == p.nschedules - 1:
+                batch = store.batch()
+                names = [keys.schedule(s) for s in range(start, sid + 1)]
+                batch.set_many(store.mds_index, names, p.schedules[start : sid + 1])  # a huge blob is split
+                batch.execute()
+                start, size = sid + 1, 0
+        p.schedules = []
 
     def wait(self) -> None:
         while self.live:

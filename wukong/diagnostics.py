@@ -144,7 +144,8 @@ class JobRecord:
     noutputs: int = 0
     status: str = "running"  # running, finished, error, cancelled
     error: str = ""
-    plan_s: float = 0.0
+    plan_s: float = 0.0  # graph conversion + plan
+    launch_s: float = 0.0  # from the job's start to its first invocations sent (plan + writes + launch)
     run_s: float = 0.0
     invocations: int = 0
     bytes_stored: int = 0

@@ -4,8 +4,10 @@
 the graph into static schedules and encodes their metadata (all compiled, in
 ``wukong._core``; the algorithms are explained in their pure-Python oracles,
 ``wukong.reference.partition`` and ``.encoding``), and pickles the task bodies
-of each schedule once, together: functions shared by a schedule's tasks are
-pickled once.  Each schedule is stored as one blob (``wukong.protocol``).
+of each schedule together, with one ``serialization.BodyPickler`` for the
+whole plan: a callable many tasks share is pickled once per plan, not once per
+schedule.  Each schedule is stored as one blob (``wukong.protocol``); an
+executor reads only the blobs of the schedules it runs.
 """
 
 from __future__ import annotations
@@ -23,14 +25,11 @@ from wukong.protocol import OUTPUT, pack_schedule
 @dataclass
 class Plan:
     ntasks: int
-    schedules: list[bytes]  # stored blobs, by schedule id
+    nschedules: int
+    schedules: list[bytes]  # stored blobs, by schedule id (emptied once written: ``Job.submit``)
     leaf_schedules: list[int]  # schedules that start at a task with no dependencies
     outputs: dict[int, Hashable]  # task id -> key, for requested keys
     fanins: list[int]  # tasks with several dependencies (they own fan-in state)
-
-    @property
-    def nschedules(self) -> int:
-        return len(self.schedules)
 
 
 def plan(order: Sequence[Hashable], graph: Mapping[Hashable, GraphNode], outputs: Sequence[Hashable]) -> Plan:
@@ -46,20 +45,20 @@ def plan(order: Sequence[Hashable], graph: Mapping[Hashable, GraphNode], outputs
     metas = _core.encode_schedules(sched_ptr, sched_idx, sched_of, pos_of, dep_ptr, dep_idx, dnt_ptr, dnt_idx, flags)
     blobs = []
     leaves = []
-    by_reference: dict = {}  # functions seen so far, and whether they go by reference
+    pickler = serialization.BodyPickler(per_task=(GraphNode,))
     for s, meta in enumerate(metas):
         chain = sched_idx[sched_ptr[s] : sched_ptr[s + 1]]
         bodies = [(graph[order[t]], deps[t]) for t in chain]
-        blobs.append(pack_schedule(meta, _dumps_bodies(bodies, by_reference)))
+        blobs.append(pack_schedule(meta, _dumps_bodies(bodies, pickler)))
         if dep_ptr[chain[0]] == dep_ptr[chain[0] + 1]:
             leaves.append(s)
     fanins = [t for t in range(n) if dep_ptr[t + 1] - dep_ptr[t] > 1]
-    return Plan(n, blobs, leaves, out_ids, fanins)
+    return Plan(n, len(blobs), blobs, leaves, out_ids, fanins)
 
 
-def _dumps_bodies(bodies: list, by_reference: dict) -> bytes:
+def _dumps_bodies(bodies: list, pickler: serialization.BodyPickler) -> bytes:
     try:
-        return serialization.dumps_function(bodies, by_reference)
+        return pickler.dumps(bodies)
     except Exception:
         for node, _ in bodies:  # find the culprit to name it
             try:

@@ -116,42 +116,68 @@ def _writable(frame: memoryview) -> bytearray | memoryview:
     return bytearray(decompress(frame))
 
 
-def dumps_function(obj: Any, by_reference: dict | None = None) -> bytes:
-    """Serialize task bodies; functions and classes the workers cannot import
-    (``__main__``'s, lambdas, locals) go by value, through cloudpickle.
+def dumps_function(obj: Any) -> bytes:
+    """Serialize task bodies (``BodyPickler``, for one object)."""
+    return BodyPickler().dumps(obj)
 
-    The C pickler goes first: cloudpickle decides how to pickle every object
-    in Python, about three times slower on task bodies.  At the first function
-    or class that must go by value the whole object is pickled again with
-    cloudpickle.  ``by_reference`` caches that decision per object across calls
-    (one dict per plan: the functions of a graph repeat).
+
+class BodyPickler:
+    """Serializes task bodies, one ``dumps`` per schedule, with one pickler for a whole plan.
+
+    What many schedules share is pickled once per plan: a callable other than
+    a plain function or class (a ``functools.partial``, a toolz ``curry``
+    carrying its function's docstring, a ``Compose``) becomes a payload that
+    every schedule's pickle carries (``pickle.loads(payload)``); functions and
+    classes the workers cannot import (``__main__``'s, lambdas, locals) are
+    such payloads too, made by cloudpickle.  A graph of a million tasks calling
+    one curried or ``__main__`` function pays for pickling it once.  Objects of
+    the ``per_task`` types (the graph's nodes) are never cached.  Everything
+    goes through the C pickler (cloudpickle decides how to pickle every
+    object in Python, about three times slower on task bodies); an object it
+    refuses is pickled whole by cloudpickle.  Each ``dumps`` is a complete
+    pickle: the memo is cleared in between.
     """
-    cache = {} if by_reference is None else by_reference
-    buf = io.BytesIO()
-    try:
-        _BodyPickler(buf, cache).dump(obj)
-        return buf.getvalue()
-    except (_ByValue, pickle.PicklingError, AttributeError, TypeError):
-        return cloudpickle.dumps(obj, protocol=5)
 
+    def __init__(self, per_task: tuple[type, ...] = ()) -> None:
+        self._buf = io.BytesIO()
+        self._pickler = _BodyPickler(self._buf, {}, per_task)
 
-class _ByValue(Exception):
-    """A function or class in the task bodies must be pickled by value."""
+    def dumps(self, obj: Any) -> bytes:
+        buf = self._buf
+        buf.seek(0)
+        buf.truncate()
+        self._pickler.clear_memo()
+        try:
+            self._pickler.dump(obj)
+            return buf.getvalue()
+        except (pickle.PicklingError, AttributeError, TypeError):
+            return cloudpickle.dumps(obj, protocol=5)
 
 
 class _BodyPickler(pickle.Pickler):
-    def __init__(self, file: io.BytesIO, cache: dict):
+    def __init__(self, file: io.BytesIO, cache: dict, per_task: tuple[type, ...], top: Any = None):
         super().__init__(file, protocol=5)
-        self.cache = cache
+        self.cache = cache  # id -> (object, None: pickled in place, or its payload)
+        self.per_task = per_task
+        self.top = top  # the object a payload is being made of
 
     def reducer_override(self, obj: Any) -> Any:
+        if not callable(obj) or obj is self.top or isinstance(obj, self.per_task):
+            return NotImplemented
+        hit = self.cache.get(id(obj))
+        if hit is None:  # the object is kept in the entry, so its id is not reused
+            self.cache[id(obj)] = (obj, None)  # a reference back to it, while its payload is made, goes in place
+            hit = self.cache[id(obj)] = (obj, self._payload(obj))
+        return NotImplemented if hit[1] is None else (pickle.loads, (hit[1],))
+
+    def _payload(self, obj: Any) -> bytes | None:
         if isinstance(obj, (types.FunctionType, type)):
-            hit = self.cache.get(id(obj))
-            if hit is None:  # the object is kept in the entry, so its id is not reused
-                hit = self.cache[id(obj)] = (obj, _importable(obj))
-            if not hit[1]:
-                raise _ByValue()
-        return NotImplemented
+            return None if _importable(obj) else cloudpickle.dumps(obj, protocol=5)
+        if isinstance(obj, types.BuiltinFunctionType):
+            return None  # a name: nothing to save
+        buf = io.BytesIO()
+        _BodyPickler(buf, self.cache, self.per_task, obj).dump(obj)
+        return buf.getvalue()
 
 
 def _importable(obj: Any) -> bool:

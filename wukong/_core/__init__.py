@@ -8,6 +8,6 @@ Built by ``setup.py`` (``pip install -e .``).
 """
 
 from wukong._core.encoding import ScheduleView, decode_schedule, encode_schedules
-from wukong._core.partition import dependents, intern, schedules
+from wukong._core.partition import dependents, intern, schedules, toposort
 
-__all__ = ["ScheduleView", "decode_schedule", "dependents", "encode_schedules", "intern", "schedules"]
+__all__ = ["ScheduleView", "decode_schedule", "dependents", "encode_schedules", "intern", "schedules", "toposort"]

@@ -6,7 +6,7 @@ from typing import Any
 
 from wukong.protocol import Dependent, TaskRecord
 
-__all__ = ["ScheduleView", "decode_schedule", "dependents", "encode_schedules", "intern", "schedules"]
+__all__ = ["ScheduleView", "decode_schedule", "dependents", "encode_schedules", "intern", "schedules", "toposort"]
 
 # int64 arrays: array('q'), numpy int64 arrays, or any buffer of format 'q'
 Int64Buffer = Any
@@ -15,6 +15,7 @@ def intern(
     order: Sequence[Hashable], dependencies: Sequence[Sequence[Hashable]]
 ) -> tuple[dict[Hashable, int], array[int], array[int]]: ...
 def dependents(n: int, dep_ptr: Int64Buffer, dep_idx: Int64Buffer) -> tuple[array[int], array[int]]: ...
+def toposort(n: int, dep_ptr: Int64Buffer, dep_idx: Int64Buffer) -> array[int]: ...
 def schedules(
     n: int, dep_ptr: Int64Buffer, dnt_ptr: Int64Buffer, dnt_idx: Int64Buffer
 ) -> tuple[array[int], array[int], array[int], array[int]]: ...

@@ -193,6 +193,45 @@ def dependents(Py_ssize_t n, const long long[:] dep_ptr, const long long[:] dep_
     return dnt_ptr, dnt_idx
 
 
+cdef Py_ssize_t toposort_core(Py_ssize_t n, const long long* dep_ptr, const long long* dnt_ptr,
+                              const long long* dnt_idx, long long* missing, long long* order) noexcept nogil:
+    """Kahn's algorithm with ``order`` as its queue; returns how many tasks it ordered."""
+    cdef Py_ssize_t t, j, c, head = 0, tail = 0
+    for t in range(n):
+        missing[t] = dep_ptr[t + 1] - dep_ptr[t]
+        if missing[t] == 0:
+            order[tail] = t
+            tail += 1
+    while head < tail:
+        t = order[head]
+        head += 1
+        for j in range(dnt_ptr[t], dnt_ptr[t + 1]):
+            c = dnt_idx[j]
+            missing[c] -= 1
+            if missing[c] == 0:
+                order[tail] = c
+                tail += 1
+    return tail
+
+
+def toposort(Py_ssize_t n, const long long[:] dep_ptr, const long long[:] dep_idx):
+    """Kahn's topological order of ids interned in any order; shorter than ``n``
+    on a cycle.  Same output as ``wukong.reference.partition.toposort``."""
+    dnt_ptr, dnt_idx = dependents(n, dep_ptr, dep_idx)  # checks the CSR
+    cdef const long long[:] dptr = dnt_ptr
+    cdef const long long[:] didx = dnt_idx
+    cdef array.array order = _new(n)
+    cdef long long* missing = <long long*>malloc((n + 1) * sizeof(long long))
+    if missing is NULL:
+        raise MemoryError()
+    cdef Py_ssize_t k
+    with nogil:
+        k = toposort_core(n, _p(dep_ptr), _p(dptr), _p(didx), missing, order.data.as_longlongs)
+    free(missing)
+    array.resize(order, k)
+    return order
+
+
 def schedules(Py_ssize_t n, const long long[:] dep_ptr, const long long[:] dnt_ptr, const long long[:] dnt_idx):
     """The static schedules (a path cover of the DAG); see ``wukong.partition``.
 

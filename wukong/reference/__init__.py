@@ -15,7 +15,7 @@ runtime never imports this package.
 """
 
 from wukong.reference.encoding import decode_schedule, encode_schedules
-from wukong.reference.partition import dependents, intern, schedules
+from wukong.reference.partition import dependents, intern, schedules, toposort
 
 # the same surface as ``wukong._core`` (less ``ScheduleView``, which has no oracle)
-__all__ = ["decode_schedule", "dependents", "encode_schedules", "intern", "schedules"]
+__all__ = ["decode_schedule", "dependents", "encode_schedules", "intern", "schedules", "toposort"]

@@ -11,6 +11,8 @@ topological order, so a dependency's id is smaller than its dependent's):
 * ``dnt_ptr, dnt_idx`` -- CSR of dependents, the transpose, each row sorted.
 * ``sched_ptr, sched_idx`` -- the static schedules, a path cover of the DAG:
   schedule ``s`` is the chain of tasks ``sched_idx[sched_ptr[s]:sched_ptr[s+1]]``.
+* ``toposort`` orders the ids of a graph interned in any order (from which the
+  graph is interned again, in that order).
 * ``sched_of, pos_of`` -- where each task sits: ``sched_idx[sched_ptr[sched_of[t]]
   + pos_of[t]] == t``.
 
@@ -44,6 +46,27 @@ def intern(order: Sequence[Hashable], dependencies: Sequence[Sequence[Hashable]]
         dep_idx.extend(ids[d] for d in deps)
         dep_ptr.append(len(dep_idx))
     return ids, dep_ptr, dep_idx
+
+
+def toposort(n: int, dep_ptr: array, dep_idx: array) -> array:
+    """Kahn's topological order of tasks whose ids need not be topological.
+
+    First every task with no dependencies, by id; then, taking the order's
+    tasks one by one, each dependent (by id) whose last dependency that was.
+    Shorter than ``n`` when the graph has a cycle: the tasks on or behind one
+    are left out.
+    """
+    dnt_ptr, dnt_idx = dependents(n, dep_ptr, dep_idx)
+    missing = [dep_ptr[t + 1] - dep_ptr[t] for t in range(n)]
+    order = array("q", [t for t in range(n) if missing[t] == 0])
+    i = 0
+    while i < len(order):
+        for c in dnt_idx[dnt_ptr[order[i]] : dnt_ptr[order[i] + 1]]:
+            missing[c] -= 1
+            if missing[c] == 0:
+                order.append(c)
+        i += 1
+    return order
 
 
 def dependents(n: int, dep_ptr: array, dep_idx: array) -> tuple[array, array]:

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from wukong.store.store import Store
 
 Handle = tuple[int, int]  # (server, position in its pipeline)
+SET_MANY_BYTES = 1 << 20  # a set_many call carries about this much at most ...
+SET_MANY_KEYS = 4096  # ... and at most this many keys
 
 
 class Batch:
@@ -147,6 +149,26 @@ class Batch:
         self.mds("sadd", registry, *names)
         self.mds("expire", registry, store.ttl)
         return self.add(server, "set", key, parts.header(len(names), len(view)), store.ttl)
+
+    def set_many(self, server: int, keys: Sequence[str], values: Sequence[bytes]) -> None:
+        """``set_value`` for many keys of one hash slot (a job's metadata keys), in
+        ``set_many.lua`` calls of up to ``SET_MANY_BYTES``: one command per call, not per key."""
+        chunk_keys: list[str] = []
+        chunk_values: list[bytes] = []
+        size = 0
+        for key, value in zip(keys, values, strict=True):
+            if len(value) > self.store.part_size or parts.is_header(value):
+                self.set_value(server, key, value)
+                continue
+            chunk_keys.append(key)
+            chunk_values.append(value)
+            self.written.append((server, key))
+            size += len(value) + len(key)
+            if size >= SET_MANY_BYTES or len(chunk_keys) >= SET_MANY_KEYS:
+                self.script(server, scripts.SET_MANY, tuple(chunk_keys), self.store.ttl, *chunk_values)
+                chunk_keys, chunk_values, size = [], [], 0
+        if chunk_keys:
+            self.script(server, scripts.SET_MANY, tuple(chunk_keys), self.store.ttl, *chunk_values)
 
     def get_value(self, server: int, key: str) -> Handle:
         """GET what ``set_value`` stored; after ``execute`` a split value is whole again."""

@@ -34,7 +34,8 @@ class Script:
 FANIN = Script("fanin")
 LEASE = Script("lease")
 PROXY_PUSH = Script("proxy_push")
-ALL = (FANIN, LEASE, PROXY_PUSH)
+SET_MANY = Script("set_many")
+ALL = (FANIN, LEASE, PROXY_PUSH, SET_MANY)
 
 
 def load_all(r: Any) -> None:
