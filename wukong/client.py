@@ -512,6 +512,7 @@ class Job:
         r.bytes_stored += ev.stats[0]
         r.bytes_fetched += ev.stats[1]
         r.fanin_round_trips += ev.stats[2]
+        r.held_fanins += ev.stats[3]
         if self.order is None:
             return
         for tid, start, end in ev.timings:

@@ -82,6 +82,10 @@ class Keys:
     def owner(self, tid: int) -> str:
         return f"{self.prefix}o:{tid}"
 
+    def holds(self, tid: int) -> str:
+        """Parents of fan-in ``tid`` that arrived keeping their values in memory (delayed I/O)."""
+        return f"{self.prefix}h:{tid}"
+
     def lease(self, inv: str) -> str:
         return f"{self.prefix}l:{inv}"
 
@@ -234,7 +238,7 @@ def emit_counts(
     attempt: str = "",
     timings: bytes = b"",
     worker: str = "",
-    stats: tuple[int, int, int] = (0, 0, 0),
+    stats: tuple[int, int, int, int] = (0, 0, 0, 0),
 ) -> None:
     """``done`` tasks finished by ``attempt``; invocations made (their ids); an invocation's exit.
 
@@ -242,11 +246,12 @@ def emit_counts(
     invocation's tasks once: it keeps, per invocation, its busiest attempt.
     An executor adds its worker id, the packed timings of the tasks it ran
     since its last report (``pack_timings``) and, in ``stats``, the bytes it
-    stored and fetched and its fan-in round trips since then.
+    stored and fetched, its fan-in round trips and the fan-ins it ran with
+    a value it held instead of storing (delayed I/O) since then.
     """
     fields: dict[str, Any] = {"k": "c", "n": done, "i": ",".join(invoked), "x": exited, "a": attempt}
     if timings or any(stats):
-        fields.update(w=worker, t=timings, st=stats[0], ft=stats[1], fi=stats[2])
+        fields.update(w=worker, t=timings, st=stats[0], ft=stats[1], fi=stats[2], hf=stats[3])
     _xadd(batch, keys, fields)
 
 
@@ -379,7 +384,7 @@ class Event:
     memory_mb: int = 0
     worker: str = ""
     timings: list[tuple[int, float, float]] = field(default_factory=list)
-    stats: tuple[int, int, int] = (0, 0, 0)  # bytes stored, bytes fetched, fan-in round trips
+    stats: tuple[int, int, int, int] = (0, 0, 0, 0)  # bytes stored, fetched; fan-in round trips; held fan-ins
 
 
 def parse_event(f: dict[bytes, bytes]) -> Event:
@@ -391,7 +396,7 @@ def parse_event(f: dict[bytes, bytes]) -> Event:
         if b"w" in f:
             ev.worker = f[b"w"].decode()
             ev.timings = unpack_timings(f[b"t"])
-            ev.stats = (int(f[b"st"]), int(f[b"ft"]), int(f[b"fi"]))
+            ev.stats = (int(f[b"st"]), int(f[b"ft"]), int(f[b"fi"]), int(f[b"hf"]))
         return ev
     if kind == "r":
         return Event(kind, tid=int(f[b"t"]), value=f[b"v"])

@@ -31,7 +31,7 @@ def serve(config: dict) -> None:
     route = {"backend": "local", "store": config["store"], "queue": queue}  # where the proxy pushes
     proxy = proxy_options(config.get("proxy"), store, route)
     board = TaskBoard(config["board"]) if config.get("board") is not None else None
-    executor = Executor(store, queue_invoker(queue), **config["executor"], **proxy, board=board)
+    executor = Executor(store, queue_invoker(queue), **config["executor"], **proxy, board=board, queue=queue)
     blocking = store.connect_mds(socket_timeout=None)
     blocking.ping()
     _warm_imports()
