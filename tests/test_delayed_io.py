@@ -90,6 +90,15 @@ def test_the_owner_completes_again_when_run_again(store, keys):
     assert arrive(store, keys, 1, hold=True, inv="someone-else") == 0
 
 
+def test_only_the_owners_completing_parent_completes_again(store, keys):
+    # parents 1 and 2 ran in one invocation: 1 held its value and completed the fan-in
+    assert arrive(store, keys, 2, inv="inv") == 0 and arrive(store, keys, 3) == 0
+    assert arrive(store, keys, 1, hold=True, inv="inv") == COMPLETE
+    # re-run, the invocation stores 2 again first: 1's value is not stored, the fan-in may not start
+    assert arrive(store, keys, 2, inv="inv") == 0
+    assert arrive(store, keys, 1, hold=True, inv="inv") == COMPLETE
+
+
 def test_a_repeat_of_a_stored_arrival_is_told_it_is_done(store, keys):
     assert arrive(store, keys, 1) == 0
     assert arrive(store, keys, 1, hold=True) == 0  # its value is in the KV store: nothing to keep

@@ -39,15 +39,16 @@ executor then schedules itself:
 * A fan-out to more new schedules than ``fanout_groups`` starts them as
   grouped leaves are started: that many invocations, each carrying the
   parent's output once (``Invocation.more``).
-* With nothing ready it exits: it never waits for another executor.
+* With nothing ready and nothing held it exits: it never waits for another
+  executor, but for a held output's fan-in, ``delayed_io_wait`` at most.
 
 Delivery may repeat and executors may die.  Each invocation has a
 deterministic id and takes a lease in the MDS first (``lease.lua``; renewed
 by a heartbeat thread, marked done at exit), so a second delivery of a
 running or finished invocation exits at once.  ``fanin.lua`` records which
-invocation completed a fan-in: if that invocation is run again after its
-executor died, its repeated arrival completes the fan-in again, and the lost
-task is not lost; for anyone else a repeat is a no-op.
+arrival (invocation and parent) completed a fan-in: if that invocation is run
+again after its executor died, that repeated arrival completes the fan-in
+again, and the lost task is not lost; for anyone else a repeat is a no-op.
 
 Events for the client (results, errors, tasks done, the ids of invocations
 made and of this one when it exits) go on the job's stream in the same

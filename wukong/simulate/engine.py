@@ -251,7 +251,8 @@ class _SimBatch:
             new = parent not in arrivals
             arrivals.add(parent)
             full = len(arrivals) >= ndeps
-            owned = store.data.get(keys.owner(tid)) == invocation
+            me = f"{invocation}/{parent}"  # the owner: invocation and parent of the completing arrival
+            owned = store.data.get(keys.owner(tid)) == me
             complete = [1, store.data.get(keys.schedule(sid), b"") if want_schedule else b""]
             if hold:
                 if not new and (owned or parent not in holds):
@@ -261,7 +262,7 @@ class _SimBatch:
                     return 3
                 if len(holds) == 1:
                     holds.clear()
-                    store.data[keys.owner(tid)] = invocation
+                    store.data[keys.owner(tid)] = me
                     return complete
                 if any(p != parent and state == "h" for p, state in holds.items()):
                     holds[parent] = "w"
@@ -272,7 +273,7 @@ class _SimBatch:
                 return complete if owned else 0
             if not full or holds:
                 return 0
-            store.data[keys.owner(tid)] = invocation
+            store.data[keys.owner(tid)] = me
             return complete
 
         return self._add(self.store.mds_index, fanin, 96)

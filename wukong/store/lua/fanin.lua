@@ -14,10 +14,12 @@
 -- store its value ('w'); the last keeps its own, so one value is never written.
 -- A holder that stores its value (told to, or its wait expired) notifies again
 -- with hold = 0: that arrival counts now.
--- The completing invocation is recorded as the owner: if that invocation is
--- run again (its executor died and its lease expired), its repeated arrival
--- answers "complete" again, so the fan-in task is not lost; any other repeat
--- gets 0, so the task never fires twice.  A holder's executor that dies
+-- The completing arrival (invocation and parent) is recorded as the owner:
+-- if that invocation is run again (its executor died and its lease expired),
+-- its repeated arrival from that parent answers "complete" again, so the
+-- fan-in task is not lost; any other repeat gets 0, so the task never fires
+-- twice.  Only the owner's parent: a holder's value was never stored, so
+-- the fan-in may not start before the re-run has it again.  A holder's executor that dies
 -- leaves its hold: nobody completes the fan-in until its invocation, run
 -- again, arrives once more.  Once the job has ended (its event stream is
 -- deleted) nothing is written.
@@ -27,8 +29,9 @@ local function complete()
   end
   return {1, ''}
 end
+local me = ARGV[5] .. '/' .. ARGV[1]  -- this arrival, as the owner
 local function own()
-  redis.call('SET', KEYS[3], ARGV[5], 'EX', ARGV[3])
+  redis.call('SET', KEYS[3], me, 'EX', ARGV[3])
   return complete()
 end
 if redis.call('EXISTS', KEYS[4]) == 0 then
@@ -43,7 +46,7 @@ end
 local full = n >= tonumber(ARGV[2])
 if ARGV[6] == '1' then
   if not new then
-    if redis.call('GET', KEYS[3]) == ARGV[5] then
+    if redis.call('GET', KEYS[3]) == me then
       return complete()
     end
     if redis.call('HEXISTS', KEYS[5], parent) == 0 then
@@ -71,7 +74,7 @@ if ARGV[6] == '1' then
 end
 local stored = redis.call('HDEL', KEYS[5], parent) == 1
 if not new and not stored then
-  if redis.call('GET', KEYS[3]) == ARGV[5] then
+  if redis.call('GET', KEYS[3]) == me then
     return complete()
   end
   return 0
