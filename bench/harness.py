@@ -247,6 +247,8 @@ def machine() -> dict[str, Any]:
 
     import wukong
 
+    from wukong import config as wukong_config  # loads wukong's defaults into dask.config
+
     return {
         "cores": _cores(),
         "memory_gb": round(_memory_bytes() / 2**30, 1),
@@ -261,7 +263,7 @@ def machine() -> dict[str, Any]:
         "scikit_learn": _version("scikit-learn"),
         "ray": _version("ray"),
         "git": _git_rev(),
-        "wukong_delayed_io": dict(dask.config.get("wukong.delayed-io")),  # DASK_WUKONG__DELAYED_IO__ENABLED=false
+        "wukong_delayed_io": dict(wukong_config.get("delayed-io")),  # DASK_WUKONG__DELAYED_IO__ENABLED=false
         "blas_threads_env": {
             k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ
         },
