@@ -246,7 +246,6 @@ def machine() -> dict[str, Any]:
     import numpy
 
     import wukong
-
     from wukong import config as wukong_config  # loads wukong's defaults into dask.config
 
     return {

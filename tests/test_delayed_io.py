@@ -38,10 +38,10 @@ def keys(store):
     store.mds.delete(keys.events, keys.schedule(7), keys.fanin(9), keys.owner(9), keys.holds(9))
 
 
-def arrive(store, keys, parent, ndeps=3, hold=False, inv=None):
+def arrive(store, keys, parent, ndeps=3, hold=False, inv=None, max_missing=2):
     """One parent's arrival at fan-in 9 (schedule 7); ``inv``: its invocation's id."""
     batch = store.batch()
-    h = batch.fanin(keys, 9, parent, ndeps, 7, True, inv or f"inv{parent}", hold)
+    h = batch.fanin(keys, 9, parent, ndeps, 7, True, inv or f"inv{parent}", hold, max_missing)
     reply = batch.execute()[h]
     return [reply[0], bytes(reply[1])] if isinstance(reply, list) else reply
 
@@ -74,6 +74,14 @@ def test_a_holder_whose_wait_expired_stores_and_may_complete(store, keys):
     assert arrive(store, keys, 3, hold=True) == STORE_NOW
     assert arrive(store, keys, 1) == 0  # 1's wait is over: it stores and arrives
     assert arrive(store, keys, 3) == COMPLETE  # the last value stored completes it
+
+
+def test_a_value_is_not_held_while_too_many_parents_are_missing(store, keys):
+    assert arrive(store, keys, 1, hold=True, max_missing=1) == STORE_NOW  # 2 and 3 missing
+    assert arrive(store, keys, 2, hold=True, max_missing=1) == HOLD  # only 3 missing
+    assert arrive(store, keys, 1) == 0  # 1 stored its value
+    assert arrive(store, keys, 3) == 0
+    assert arrive(store, keys, 2, hold=True, max_missing=1) == COMPLETE
 
 
 def test_a_dead_holders_rerun_completes_the_fan_in(store, keys):

@@ -29,7 +29,8 @@ executor then schedules itself:
   a hold (``fanin.lua``: the fan-in cannot complete elsewhere while a value
   is held), and the executor asks again -- between its local tasks, or
   sleeping when it has none, with a growing pause -- for up to
-  ``delayed_io_wait`` seconds.  When the other parents have all arrived, the
+  ``delayed_io_wait`` seconds, while at most ``HOLD_MAX_MISSING`` other
+  parents have not arrived.  When the other parents have all arrived, the
   holder completes the fan-in and runs it here with its value from memory:
   that value is never written.  When its wait is over, or when another
   holder of the same fan-in keeps its own value, or when it has nothing
@@ -93,6 +94,9 @@ CANCEL_CHECK_S = 0.05  # a cancelled job's executors stop before their next task
 HOLD_PAUSE_S = 0.002  # a held output's fan-in is asked again after this pause, doubled each time ...
 HOLD_PAUSE_MAX_S = 0.05  # ... up to this
 HOLD, STORE_NOW = 3, 2  # fanin.lua's replies to a holder: keep holding; store your value now
+# a value is held only while at most this many other parents of its fan-in have not arrived:
+# waiting for more could keep executor slots (a worker, a Lambda's concurrency) from them
+HOLD_MAX_MISSING = 1
 
 
 class Schedule:
@@ -569,7 +573,7 @@ class _Run:
         reading all the others.
         """
         want = c.sched not in self.scheds  # the reply carries c's schedule if we lack it
-        h = batch.fanin(self.keys, c.tid, parent, c.ndeps, c.sched, want, self.inv.id, hold)
+        h = batch.fanin(self.keys, c.tid, parent, c.ndeps, c.sched, want, self.inv.id, hold, HOLD_MAX_MISSING)
         if want or not (c.ndeps == 2 or (self.store.shm_dir and c.ndeps <= EARLY_READS_MAX_DEPS)):
             return c, h, ()
         others = [d for d in self.scheds[c.sched].records[c.pos].deps if d != parent and d not in self.data]

@@ -244,6 +244,7 @@ class _SimBatch:
         want_schedule: bool,
         invocation: str,
         hold: bool = False,
+        max_missing: int = 0,
     ) -> tuple[int, int]:
         def fanin() -> Any:  # fanin.lua's semantics
             store = self.store
@@ -257,7 +258,9 @@ class _SimBatch:
             if hold:
                 if not new and (owned or parent not in holds):
                     return complete if owned else 0
-                holds[parent] = "h"
+                holds[parent] = "w" if ndeps - len(arrivals) > max_missing else "h"
+                if holds[parent] == "w":
+                    return 2
                 if not full:
                     return 3
                 if len(holds) == 1:

@@ -1,9 +1,11 @@
 -- fanin(KEYS=[arrivals, schedule, owner, events, holds],
---       ARGV=[parent, ndeps, ttl, want_schedule, invocation, hold])
+--       ARGV=[parent, ndeps, ttl, want_schedule, invocation, hold, max_missing])
 --   -> 0 while the fan-in still waits for parents, or on a repeated notification;
 --   -> {1, schedule blob or ""} to the one invocation whose arrival completes it;
 --   with hold = 1 only (delayed I/O: the parent keeps its value in memory, not stored):
---   -> 2: store your value now and notify again with hold = 0 (another holder keeps its own);
+--   -> 2: store your value now and notify again with hold = 0 (another holder keeps its own,
+--      or more than max_missing parents have not arrived: a long wait could keep an
+--      executor slot from them);
 --   -> 3: keep holding and ask again later (parents are missing, or still storing theirs).
 -- Arrivals are a set of parent ids, so a repeated notification from the same
 -- parent never counts twice.  ``holds`` maps each parent that arrived without
@@ -53,8 +55,15 @@ if ARGV[6] == '1' then
       return 0  -- an earlier attempt stored this value and arrived
     end
   end
-  if redis.call('HSET', KEYS[5], parent, 'h') == 1 and redis.call('HLEN', KEYS[5]) == 1 then
+  local state = 'h'
+  if tonumber(ARGV[2]) - n > tonumber(ARGV[7]) then
+    state = 'w'
+  end
+  if redis.call('HSET', KEYS[5], parent, state) == 1 and redis.call('HLEN', KEYS[5]) == 1 then
     redis.call('EXPIRE', KEYS[5], ARGV[3])
+  end
+  if state == 'w' then
+    return 2
   end
   if not full then
     return 3
