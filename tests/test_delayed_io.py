@@ -178,8 +178,10 @@ def test_a_crashed_holder_is_run_again_and_the_job_finishes():
     with LocalCluster(n_workers=2, delayed_io=settings, faults={"crash_holding": 1.0}, lease_ms=300) as cluster:
         client = Client(cluster, progress=False)
         dsk, key, expected = reduction(4)
+        workers = {p.pid for p in cluster.backend.workers if p is not None}
         assert client.get(dsk, key, timeout=60) == expected
         assert client.jobs[-1].held_fanins == 1  # by a re-run holder
+        assert {p.pid for p in cluster.backend.workers if p is not None} != workers  # a holder died
         assert job_keys(cluster) == []
 
 
