@@ -256,6 +256,7 @@ def machine() -> dict[str, Any]:
     import numpy
 
     import wukong
+    from wukong import config as wukong_config  # loads wukong's defaults into dask.config
 
     return {
         "cores": _cores(),
@@ -271,6 +272,7 @@ def machine() -> dict[str, Any]:
         "scikit_learn": _version("scikit-learn"),
         "ray": _version("ray"),
         "git": _git_rev(),
+        "wukong_delayed_io": dict(wukong_config.get("delayed-io")),  # DASK_WUKONG__DELAYED_IO__ENABLED=false
         "blas_threads_env": {
             k: os.environ[k] for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ
         },

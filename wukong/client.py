@@ -588,6 +588,7 @@ class Job:
         r = self.record
         r.bytes_stored += ev.stats[0]
         r.fanin_round_trips += ev.stats[1]
+        r.held_fanins += ev.stats[2]
         r.bytes_fetched += sum(t[3] for t in ev.timings)
         if self.order is None:
             return

@@ -84,6 +84,13 @@ class LocalCluster:
     cluster_threshold : int
         Outputs above this many bytes are not shipped: their executor runs
         all their ready dependents itself.
+    delayed_io : bool or dict, optional
+        Delayed I/O: an output of at least ``threshold`` bytes whose one
+        dependent is a fan-in is kept in its executor's memory for up to
+        ``max-wait`` seconds while that fan-in may complete there; it then
+        runs there and the output is never stored.  ``False`` turns it off; a
+        dict (``{"threshold": 1 << 20, "max-wait": 0.5}``) overrides the
+        configured ``wukong.delayed-io`` settings.
     ttl : int
         Seconds every job key lives at most (a safety net; keys are deleted
         when their job ends).
@@ -166,6 +173,7 @@ class LocalCluster:
         kvs_shards: int | None = None,
         inline_limit: int | None = None,
         cluster_threshold: int | None = None,
+        delayed_io: bool | dict | None = None,
         ttl: int | None = None,
         startup_timeout: float = 10.0,
         connect_timeout: float = 5.0,
@@ -210,6 +218,7 @@ class LocalCluster:
         self.n_workers, self.threads_per_worker = _workers(backend, n_workers, threads_per_worker, processes)
         self.inline_limit = inline_limit
         self.cluster_threshold = cluster_threshold
+        self.delayed_io = _delayed_io(delayed_io)
         self.retries, self.lease_ms, self.max_attempts = retries, lease_ms, max_attempts
         self.max_result_bytes = max_result_bytes
         self.faults = parse_faults(faults) if isinstance(faults, str) else faults
@@ -323,6 +332,8 @@ class LocalCluster:
         options = {
             "inline_limit": self.inline_limit,
             "cluster_threshold": self.cluster_threshold,
+            "delayed_io_bytes": self.delayed_io["threshold"] if self.delayed_io["enabled"] else None,
+            "delayed_io_wait": self.delayed_io["max-wait"],
             "lease_ms": self.lease_ms,
             "faults": self.faults,
             "max_result_bytes": self.max_result_bytes,
@@ -368,6 +379,23 @@ def _workers(backend: str, n_workers: int | None, threads: int, processes: bool)
         raise ValueError(f"n_workers and threads_per_worker must be at least 1, got {n_workers} and {threads}")
     n = n_workers or max(1, (os.cpu_count() or 1) // threads)
     return (n, threads) if processes else (1, n * threads)
+
+
+def _delayed_io(given: bool | dict | None) -> dict:
+    """The ``wukong.delayed-io`` settings with ``given`` (a switch, or settings) over them."""
+    settings = dict(wukong_config.get("delayed-io"))
+    if isinstance(given, bool):
+        settings["enabled"] = given
+    elif given:
+        unknown = set(given) - set(settings)
+        if unknown:
+            raise ValueError(f"unknown delayed_io setting(s) {sorted(unknown)}; known: {sorted(settings)}")
+        settings.update(given)
+    for name in ("threshold", "max-wait"):
+        value = settings[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise ValueError(f"delayed-io {name} must be a number >= 0, got {value!r}")
+    return settings
 
 
 def _cleanup(redis_servers: list[RedisServer], children: list, shm_dir: str | None) -> None:

@@ -151,6 +151,7 @@ class JobRecord:
     bytes_stored: int = 0
     bytes_fetched: int = 0
     fanin_round_trips: int = 0
+    held_fanins: int = 0  # fan-ins run by a parent that kept its value in memory (delayed I/O)
     cost: dict | None = None
     tasks: list[TaskRun] = field(default_factory=list)
 

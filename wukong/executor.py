@@ -24,10 +24,24 @@ executor then schedules itself:
   leaves reduces its own subtree without a round trip per task.  A fan-in
   whose parents are all among the held outputs is complete without asking
   the MDS: nothing is written for it (no output, no arrival).
+* Delayed I/O: an output of at least ``delayed_io_bytes`` whose one
+  dependent is a fan-in is not stored at once.  Its arrival is recorded as
+  a hold (``fanin.lua``: the fan-in cannot complete elsewhere while a value
+  is held), and the executor asks again -- between its local tasks, or
+  sleeping when it has none, with a growing pause -- for up to
+  ``delayed_io_wait`` seconds, while at most ``HOLD_MAX_MISSING`` other
+  parents have not arrived.  When the other parents have all arrived, the
+  holder completes the fan-in and runs it here with its value from memory:
+  that value is never written.  When its wait is over, or when another
+  holder of the same fan-in keeps its own value, or when it has nothing
+  else to do and invocations wait for a local worker, it stores the value
+  and arrives as any parent does.  A holder that dies leaves its hold: its
+  invocation, run again, arrives again and completes the fan-in.
 * A fan-out to more new schedules than ``fanout_groups`` starts them as
   grouped leaves are started: that many invocations, each carrying the
   parent's output once (``Invocation.more``).
-* With nothing ready it exits: it never waits for another executor.
+* With nothing ready and nothing held it exits: it never waits for another
+  executor, but for a held output's fan-in, ``delayed_io_wait`` at most.
 * Executors that are threads of one local worker process share an object
   table (``wukong.store.objects``): an output stored in the KVS is also put
   there, and an input found there is taken by reference, not read and
@@ -37,9 +51,9 @@ Delivery may repeat and executors may die.  Each invocation has a
 deterministic id and takes a lease in the MDS first (``lease.lua``; renewed
 by a heartbeat thread, marked done at exit), so a second delivery of a
 running or finished invocation exits at once.  ``fanin.lua`` records which
-invocation completed a fan-in: if that invocation is run again after its
-executor died, its repeated arrival completes the fan-in again, and the lost
-task is not lost; for anyone else a repeat is a no-op.
+arrival (invocation and parent) completed a fan-in: if that invocation is run
+again after its executor died, that repeated arrival completes the fan-in
+again, and the lost task is not lost; for anyone else a repeat is a no-op.
 
 Events for the client (results, errors, tasks done, the ids of invocations
 made and of this one when it exits) go on the job's stream in the same
@@ -87,6 +101,12 @@ DEFER_S = 0.05  # ... and for how long at most
 EARLY_READS_MAX_DEPS = 4  # fan-ins this narrow read their other inputs with each arrival (``notify``)
 CACHE_IDLE_S = 1.0  # a job's cached schedules are dropped once it has not run here for this long
 CANCEL_CHECK_S = 0.05  # a cancelled job's executors stop before their next task, this late at most
+HOLD_PAUSE_S = 0.002  # a held output's fan-in is asked again after this pause, doubled each time ...
+HOLD_PAUSE_MAX_S = 0.05  # ... up to this
+HOLD, STORE_NOW = 3, 2  # fanin.lua's replies to a holder: keep holding; store your value now
+# a value is held only while at most this many other parents of its fan-in have not arrived:
+# waiting for more could keep executor slots (a worker, a Lambda's concurrency) from them
+HOLD_MAX_MISSING = 1
 
 
 class Schedule:
@@ -141,6 +161,8 @@ class Executor:
         *,
         inline_limit: int = 64 * 1024,
         cluster_threshold: int = 64 * 1024 * 1024,
+        delayed_io_bytes: int | None = None,
+        delayed_io_wait: float = 0.5,
         cache_jobs: int = 4,
         lease_ms: int = LEASE_MS,
         faults: dict | None = None,
@@ -150,14 +172,20 @@ class Executor:
         fanout_groups: int | None = None,
         board: TaskBoard | None = None,
         table: ObjectTable | None = None,
+        queue: str | None = None,
     ):
         self.store = store
         self.board = board  # where a local worker shows its running task to its cluster
+        # a local cluster's invocation queue: an idle holder (delayed I/O) does not keep
+        # its worker from invocations waiting there
+        self.queue = queue
         # wide fan-outs go through the proxy (wukong.proxy): proxy(job, tid, invs) -> handed over?
         self.proxy = proxy if max_task_fanout > 0 else None
         self.max_task_fanout = max_task_fanout
         self.inline_limit = inline_limit
         self.cluster_threshold = cluster_threshold
+        self.delayed_io_bytes = delayed_io_bytes  # None: delayed I/O is off
+        self.delayed_io_wait = delayed_io_wait
         self.cache_jobs = cache_jobs
         self.lease_ms = lease_ms
         self.max_result_bytes = max_result_bytes
@@ -259,6 +287,7 @@ class _Run:
         self.deferred: list[tuple[int, _Output, list[Dependent]]] = []
         self.deferred_since = 0.0
         self.early: dict[int, Any] = {}  # serialized outputs of fan-in parents read with the arrival
+        self.holds: list[_Hold] = []  # outputs kept in memory while their fan-in may complete here
         self.token = f"{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"  # this attempt's lease
         self.warned: list = []  # warnings of the task just run (``task_warnings``)
         # A re-run of an invocation whose executor died records each task before
@@ -266,7 +295,8 @@ class _Run:
         self.careful = False
         self.crash_after = ex.faults.crash_point() if ex.faults else None
         self.timings: list[tuple[int, float, float, int]] = []  # (tid, start, end, fetched) since the last report
-        self.stats = [0, 0]  # since the last report: bytes stored, fan-in round trips
+        # since the last report: bytes stored, fan-in round trips, fan-ins run with a held value
+        self.stats = [0, 0, 0]
         self.fetched: dict[int, int] = {}  # tid -> bytes read from the KVS, until a task here uses it
         # values that stay on this machine (shared memory) are not worth compressing
         self.compress = self.store.shm_dir is None
@@ -295,9 +325,11 @@ class _Run:
         self.last_report = time.monotonic()
         attempt = f"{self.inv.id}@{self.token}"
         timings, self.timings = protocol.pack_timings(self.timings), []
-        (stored, trips), self.stats = self.stats, [0, 0]
+        (stored, trips, held_fanins), self.stats = self.stats, [0, 0, 0]
         exit_id = self.inv.id if exited else ""
-        protocol.emit_counts(batch, self.keys, n, invoked, exit_id, attempt, timings, self.ex.worker, (stored, trips))
+        protocol.emit_counts(
+            batch, self.keys, n, invoked, exit_id, attempt, timings, self.ex.worker, (stored, trips, held_fanins)
+        )
 
     # -- start, loop, exit ---------------------------------------------------
     def start(self) -> None:
@@ -396,7 +428,11 @@ class _Run:
                 not self.stack or len(self.deferred) >= DEFER_MAX or time.monotonic() - self.deferred_since > DEFER_S
             ):
                 self.flush_deferred()
+            if self.holds and (not self.stack or min(h.ask_at for h in self.holds) <= time.monotonic()):
+                self.ask_holds(idle=not self.stack)
             if not self.stack:
+                if self.holds:
+                    continue
                 return
             if self.crash_after is not None and self.ndone >= self.crash_after:
                 os._exit(CRASH_EXIT)  # fault injection: die mid-job, as a killed executor would
@@ -478,6 +514,10 @@ class _Run:
         ):
             self.defer(out, fanins)  # batch this notification with the next ones
             return
+        limit = self.ex.delayed_io_bytes
+        if limit is not None and len(fanins) == 1 and not ready and not stored_result and out.size() >= limit:
+            self.hold(out, fanins[0])  # delayed I/O: keep it while the fan-in may complete here
+            return
         # Where the output goes: to the KVS once when dependents elsewhere read it
         # (a fan-in's parents always store), inline in invocations when small, nowhere
         # when it is too big to ship (then every ready dependent runs here).
@@ -540,7 +580,7 @@ class _Run:
         if self.refs[tid] == 0:
             del self.refs[tid], self.data[tid]
 
-    def notify(self, batch: Batch, parent: int, c: Dependent) -> _Call:
+    def notify(self, batch: Batch, parent: int, c: Dependent, hold: bool = False) -> _Call:
         """Add the fan-in script call for ``parent``'s arrival at ``c`` to ``batch``.
 
         When ``c``'s other parents are known here, reads of their outputs follow
@@ -556,7 +596,7 @@ class _Run:
         reading all the others.
         """
         want = c.sched not in self.scheds  # the reply carries c's schedule if we lack it
-        h = batch.fanin(self.keys, c.tid, parent, c.ndeps, c.sched, want, self.inv.id)
+        h = batch.fanin(self.keys, c.tid, parent, c.ndeps, c.sched, want, self.inv.id, hold, HOLD_MAX_MISSING)
         if want or not (c.ndeps == 2 or (self.store.shm_dir and c.ndeps <= EARLY_READS_MAX_DEPS)):
             return c, h, ()
         others = [d for d in self.scheds[c.sched].records[c.pos].deps if d != parent and d not in self.data]
@@ -571,7 +611,7 @@ class _Run:
         done = []
         for c, h, reads in calls:
             reply = batch[h]
-            if reply == 0:
+            if not isinstance(reply, list):  # not complete (0), or a holder's wait (HOLD, STORE_NOW)
                 continue
             if c.sched not in self.scheds:
                 if not reply[1]:
@@ -631,6 +671,68 @@ class _Run:
             self.refs[tid] -= 1
             if self.refs[tid] == 0:
                 del self.refs[tid], self.data[tid]
+
+    def hold(self, out: _Output, c: Dependent) -> None:
+        """Keep ``out`` in memory for fan-in ``c`` and record its arrival as a hold."""
+        now = time.monotonic()
+        self.holds.append(_Hold(out, c, now + self.ex.delayed_io_wait, now))
+        self.data[out.tid] = out.value
+        self.refs[out.tid] = self.refs.get(out.tid, 0) + 1
+        self.ask_holds()
+
+    def ask_holds(self, idle: bool = False) -> None:
+        """One round trip for the held outputs whose turn it is: ask their fan-ins again,
+        or store the values whose wait is over (or that ``fanin.lua`` said to store) and
+        arrive as any parent does.  Fan-ins completed run here.  ``idle``: nothing else
+        to do, sleep until the first turn."""
+        if idle:
+            self.pause_holding()
+        now = time.monotonic()
+        due = [h for h in self.holds if h.ask_at <= now]
+        batch = self.store.batch()
+        calls = []
+        for h in due:
+            keep = not h.store and now < h.deadline
+            if not keep:
+                batch.kvs_set(self.keys.data(h.out.tid), h.out.parts())
+                self.stats[0] += h.out.size()
+            calls.append((h, keep, self.notify(batch, h.out.tid, h.c, hold=keep)))
+        h_queued = batch.mds("llen", self.ex.queue) if self.ex.queue else None
+        self.stats[1] += 1
+        batch = self.send(batch)
+        crowded = h_queued is not None and batch[h_queued] > 0
+        done = self.completed(batch, [call for _, _, call in calls])
+        released = []
+        for h, keep, (_, handle, _) in calls:
+            reply = batch[handle]
+            if reply == HOLD and not (idle and crowded):
+                h.pause = min(2 * h.pause, HOLD_PAUSE_MAX_S)
+                h.ask_at = min(now + h.pause, h.deadline)
+            elif reply in (HOLD, STORE_NOW):
+                h.store, h.ask_at = True, now
+            else:
+                if keep and isinstance(reply, list):
+                    self.stats[2] += 1  # this fan-in runs here and the held value is never stored
+                self.holds.remove(h)
+                released.append(h.out.tid)
+        for t, value in self.fetch_fanin_inputs(done).items():
+            self.data[t] = value
+        for c in reversed(done):
+            self.push(c.sched, c.pos)
+        for tid in released:  # release the holds taken in ``hold``
+            self.refs[tid] -= 1
+            if self.refs[tid] == 0:
+                del self.refs[tid], self.data[tid]
+
+    def pause_holding(self) -> None:
+        """Sleep until a held output's next turn (an injected crash happens here)."""
+        faults = self.ex.faults
+        if faults is not None and (
+            (self.crash_after is not None and self.ndone >= self.crash_after)
+            or (not self.careful and faults.dies_holding())
+        ):
+            os._exit(CRASH_EXIT)  # fault injection: die holding a value nobody else has
+        time.sleep(max(0.0, min(h.ask_at for h in self.holds) - time.monotonic()))
 
     def fetch_fanin_inputs(self, local: list[Dependent]) -> dict[int, Any]:
         """One round trip for what the tasks about to run here lack.
@@ -720,6 +822,18 @@ def _cut(items: list, n: int) -> list[list]:
         out.append(items[i:j])
         i = j
     return out
+
+
+class _Hold:
+    """An output kept in memory for its fan-in (delayed I/O): until ``deadline``;
+    asked again at ``ask_at``, after ``pause``; ``store``: told to store it now."""
+
+    __slots__ = ("out", "c", "deadline", "ask_at", "pause", "store")
+
+    def __init__(self, out: _Output, c: Dependent, deadline: float, ask_at: float):
+        self.out, self.c, self.deadline, self.ask_at = out, c, deadline, ask_at
+        self.pause = HOLD_PAUSE_S / 2  # doubled before its first use
+        self.store = False
 
 
 class _Output:

@@ -82,6 +82,10 @@ class Keys:
     def owner(self, tid: int) -> str:
         return f"{self.prefix}o:{tid}"
 
+    def holds(self, tid: int) -> str:
+        """Parents of fan-in ``tid`` that arrived keeping their values in memory (delayed I/O)."""
+        return f"{self.prefix}h:{tid}"
+
     def lease(self, inv: str) -> str:
         return f"{self.prefix}l:{inv}"
 
@@ -234,7 +238,7 @@ def emit_counts(
     attempt: str = "",
     timings: bytes = b"",
     worker: str = "",
-    stats: tuple[int, int] = (0, 0),
+    stats: tuple[int, int, int] = (0, 0, 0),
 ) -> None:
     """``done`` tasks finished by ``attempt``; invocations made (their ids); an invocation's exit.
 
@@ -242,12 +246,13 @@ def emit_counts(
     invocation's tasks once: it keeps, per invocation, its busiest attempt.
     An executor adds its worker id, the packed timings of the tasks it ran
     since its last report (``pack_timings``: with the bytes each task's inputs
-    were read from the KVS) and, in ``stats``, the bytes it stored and its
-    fan-in round trips since then.
+    were read from the KVS) and, in ``stats``, the bytes it stored, its fan-in
+    round trips and the fan-ins it ran with a value it held instead of storing
+    (delayed I/O) since then.
     """
     fields: dict[str, Any] = {"k": "c", "n": done, "i": ",".join(invoked), "x": exited, "a": attempt}
     if timings or any(stats):
-        fields.update(w=worker, t=timings, st=stats[0], fi=stats[1])
+        fields.update(w=worker, t=timings, st=stats[0], fi=stats[1], hf=stats[2])
     _xadd(batch, keys, fields)
 
 
@@ -381,7 +386,7 @@ class Event:
     memory_mb: int = 0
     worker: str = ""
     timings: list[tuple[int, float, float, int]] = field(default_factory=list)  # tid, start, end, bytes fetched
-    stats: tuple[int, int] = (0, 0)  # bytes stored, fan-in round trips
+    stats: tuple[int, int, int] = (0, 0, 0)  # bytes stored, fan-in round trips, fan-ins run with a held value
 
 
 def parse_event(f: dict[bytes, bytes]) -> Event:
@@ -393,7 +398,7 @@ def parse_event(f: dict[bytes, bytes]) -> Event:
         if b"w" in f:
             ev.worker = f[b"w"].decode()
             ev.timings = unpack_timings(f[b"t"])
-            ev.stats = (int(f[b"st"]), int(f[b"fi"]))
+            ev.stats = (int(f[b"st"]), int(f[b"fi"]), int(f[b"hf"]))
         return ev
     if kind == "r":
         return Event(kind, tid=int(f[b"t"]), value=f[b"v"])

@@ -99,7 +99,7 @@ class _Loop:
         proxy = proxy_options(config.get("proxy"), store, route)
         self.table = table
         self.executor = Executor(
-            store, queue_invoker(self.queue), **config["executor"], **proxy, table=table, board=board
+            store, queue_invoker(self.queue), **config["executor"], **proxy, table=table, board=board, queue=self.queue
         )
         if thread is not None:  # the profiler tells the executors of one process apart
             self.executor.worker += f"/{thread}"

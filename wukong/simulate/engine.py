@@ -161,6 +161,7 @@ class _SimStore:
         self.servers_ = [_Server("mds")] + [_Server(f"kvs{i}") for i in range(shards)]
         self.data: dict[str, Any] = {}
         self.sets: dict[str, set] = defaultdict(set)
+        self.hashes: dict[str, dict] = defaultdict(dict)  # fan-ins' holds (delayed I/O)
         self.mds = self  # _Run.cancelled() calls store.mds.exists
 
     def batch(self) -> _SimBatch:
@@ -234,18 +235,49 @@ class _SimBatch:
         return self._add(self.store.mds_index, lease, 64)
 
     def fanin(
-        self, keys: Keys, tid: int, parent: int, ndeps: int, sid: int, want_schedule: bool, invocation: str
+        self,
+        keys: Keys,
+        tid: int,
+        parent: int,
+        ndeps: int,
+        sid: int,
+        want_schedule: bool,
+        invocation: str,
+        hold: bool = False,
+        max_missing: int = 0,
     ) -> tuple[int, int]:
         def fanin() -> Any:  # fanin.lua's semantics
             store = self.store
-            arrivals = store.sets[keys.fanin(tid)]
-            if parent in arrivals:
-                return [1, b""] if store.data.get(keys.owner(tid)) == invocation else 0
+            arrivals, holds = store.sets[keys.fanin(tid)], store.hashes[keys.holds(tid)]
+            new = parent not in arrivals
             arrivals.add(parent)
-            if len(arrivals) < ndeps:
+            full = len(arrivals) >= ndeps
+            me = f"{invocation}/{parent}"  # the owner: invocation and parent of the completing arrival
+            owned = store.data.get(keys.owner(tid)) == me
+            complete = [1, store.data.get(keys.schedule(sid), b"") if want_schedule else b""]
+            if hold:
+                if not new and (owned or parent not in holds):
+                    return complete if owned else 0
+                holds[parent] = "w" if ndeps - len(arrivals) > max_missing else "h"
+                if holds[parent] == "w":
+                    return 2
+                if not full:
+                    return 3
+                if len(holds) == 1:
+                    holds.clear()
+                    store.data[keys.owner(tid)] = me
+                    return complete
+                if any(p != parent and state == "h" for p, state in holds.items()):
+                    holds[parent] = "w"
+                    return 2
+                return 3
+            stored = holds.pop(parent, None) is not None
+            if not new and not stored:
+                return complete if owned else 0
+            if not full or holds:
                 return 0
-            store.data[keys.owner(tid)] = invocation
-            return [1, store.data.get(keys.schedule(sid), b"") if want_schedule else b""]
+            store.data[keys.owner(tid)] = me
+            return complete
 
         return self._add(self.store.mds_index, fanin, 96)
 

@@ -63,11 +63,22 @@ class Batch:
         return server, n
 
     def fanin(
-        self, keys: Keys, tid: int, parent: int, ndeps: int, sid: int, want_schedule: bool, invocation: str
+        self,
+        keys: Keys,
+        tid: int,
+        parent: int,
+        ndeps: int,
+        sid: int,
+        want_schedule: bool,
+        invocation: str,
+        hold: bool = False,
+        max_missing: int = 0,
     ) -> Handle:
-        """Record ``parent``'s arrival at fan-in ``tid`` (``fanin.lua``)."""
-        k = (keys.fanin(tid), keys.schedule(sid), keys.owner(tid), keys.events)
-        argv = (parent, ndeps, self.store.ttl, int(want_schedule), invocation)
+        """Record ``parent``'s arrival at fan-in ``tid`` (``fanin.lua``); ``hold``: its
+        value stays in the executor's memory, not stored (delayed I/O), while at most
+        ``max_missing`` parents have not arrived."""
+        k = (keys.fanin(tid), keys.schedule(sid), keys.owner(tid), keys.events, keys.holds(tid))
+        argv = (parent, ndeps, self.store.ttl, int(want_schedule), invocation, int(hold), max_missing)
         return self.script(self.store.mds_index, scripts.FANIN, k, *argv)
 
     def lease(self, keys: Keys, inv: str, value: str, px: int) -> Handle:

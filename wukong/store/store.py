@@ -332,7 +332,7 @@ def all_job_keys(
     mds = [keys.events, keys.cancel, keys.parts, keys.spills, keys.options, keys.attempts]
     mds += [keys.schedule(s) for s in range(nschedules)]
     for t in fanins:
-        mds += [keys.fanin(t), keys.owner(t)]
+        mds += [keys.fanin(t), keys.owner(t), keys.holds(t)]
     for inv in invocations:
         mds += [keys.lease(inv), keys.invocation(inv), keys.current(inv)]
     out: dict[int, list[str]] = {store.mds_index: mds}
