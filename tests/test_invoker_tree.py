@@ -105,19 +105,26 @@ def test_every_leaf_starts_once_and_the_client_sends_branching_requests(lam, tmp
     ids=["duplicate", "drop", "invoker_crash", "all"],
 )
 def test_every_leaf_starts_exactly_once_under_faults(lam, tmp_path, faults):
-    path = str(tmp_path / "starts")
-    # one level of 8 nodes; a lost leaf is sent again (directly, or through a new tree) until it starts
+    # one level of 8 nodes; a lost leaf is sent again (directly, or through a new tree) until it starts.
+    # Which node draws a crash depends on which process runs it, so a job may see none: with
+    # invoker crashes the job runs again (each time checked) until a node has died.
+    crashed = False
     with lambda_cluster(lam, invoker_tree_branching=8, faults=faults, lease_ms=LEASE_MS, max_attempts=20) as cluster:
         client = Client(cluster, progress=False)
-        before = lam.stats()
-        assert leaves_job(path, 60).compute(scheduler=client.get) == sum(range(60))
-        after = lam.stats()
-        assert job_keys(cluster) == []
-    assert starts(path) == list(range(60))
-    if faults.get("duplicate") == 1.0:  # every node sent every leaf twice: 8 nodes + 120 deliveries
-        assert after["invocations"] - before["invocations"] == 1 + 8 + 120  # + the version probe
+        for attempt in range(5):
+            path = str(tmp_path / f"starts{attempt}")
+            before = lam.stats()
+            assert leaves_job(path, 60).compute(scheduler=client.get) == sum(range(60))
+            after = lam.stats()
+            assert job_keys(cluster) == []
+            assert starts(path) == list(range(60))
+            if faults.get("duplicate") == 1.0:  # every node sent every leaf twice: 8 nodes + 120 deliveries
+                assert after["invocations"] - before["invocations"] == 1 + 8 + 120  # + the version probe
+            crashed = crashed or after["errors"] > before["errors"]
+            if crashed or not faults.get("invoker_crash"):
+                break
     if faults.get("invoker_crash"):  # some node died, and its leaves were sent again
-        assert after["errors"] > before["errors"]
+        assert crashed
 
 
 def test_a_wide_fan_out_through_the_proxy_uses_the_tree(lam, tmp_path, monkeypatch):

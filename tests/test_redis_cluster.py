@@ -200,12 +200,15 @@ def test_the_cluster_client_and_a_clean_up_outlive_a_lost_master():
         values = [keys.data(t) for t in range(200)]
         for k in values:
             store.mds.set(k, b"v")
+        primaries = store.primary_ids()
+        assert len(primaries) == 3 and store.failed_primaries(primaries) == []
         default = store.mds.get_default_node()
         victim = next(n for n in servers.nodes if n.port == default.port)
         assert any(store.mds.get_node_from_key(k).port == victim.port for k in values)
         victim.stop()
         store.delete({store.kvs_index[0]: values})  # sent again until the replica answers
         servers.wait_ok()
+        assert store.failed_primaries(primaries) == [f"127.0.0.1:{victim.port}"]  # a job that ran would fail
         assert store.mds.xread({keys.events: "0"}, count=10, block=10)[0][1][0][1] == {b"k": b"s"}
         store.mds.delete(keys.events)
         assert [k for k in store.mds.scan_iter(match="wk:*", count=1000)] == []

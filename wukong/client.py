@@ -427,6 +427,7 @@ class Job:
         self.error: BaseException | None = None
         self.user_cancel = False
         self.live: dict[str, float | None] = {}  # invocation id -> since when its lease is missing
+        self.primaries: set[str] = set()  # Redis Cluster: the masters serving slots when it started
         self.exited: set[str] = set()
         self.starts: dict[str, Invocation] = {}
         self.done = 0
@@ -477,6 +478,7 @@ class Job:
         ]
         self.starts = {inv.id: inv for inv in starts}
         self.live = dict.fromkeys(self.starts)
+        self.primaries = store.primary_ids() if store.cluster is not None else set()
         self.check_backend()
         protocol.emit_start(batch, keys, store.ttl)
         launch(self.backend.invoke, batch, keys.job, starts)
@@ -614,6 +616,7 @@ class Job:
         now = time.monotonic()
         self.next_watch = now + self.watch_every
         self.check_backend()
+        self.check_failover()
         ids = list(self.live)
         batch = self.store.batch()
         handles = [batch.mds("exists", self.keys.lease(i)) for i in ids]
@@ -644,6 +647,26 @@ class Job:
             self.cluster.max_attempts,
             clear_leases=False,  # they had none when checked: one there now is a live delivery's
         )
+
+    def check_failover(self) -> None:
+        """On a Redis Cluster: a master that served the job's slots when it started and
+        has failed since.  Its replica took over, but replication is asynchronous: writes
+        the master acknowledged (a queued invocation, a fan-in arrival) may be lost, and
+        the job could wait for them for ever.  It fails, naming the node."""
+        if not self.primaries:
+            return
+        try:
+            failed = self.store.failed_primaries(self.primaries)
+        except (redis.RedisError, OSError):
+            return  # the next read names what is unreachable
+        if failed:
+            self.fail(
+                StorageError(
+                    f"job {self.keys.job}: Redis Cluster master {', '.join(failed)} failed while it ran; its "
+                    "replica took over, but writes the master had acknowledged may be lost (replication is "
+                    "asynchronous), so the job was stopped: run it again"
+                )
+            )
 
     def check_backend(self) -> None:
         why = self.backend.unavailable()

@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -154,27 +155,40 @@ class LocalBackend:
 
     def _worker_died(self, wid: int, pid: int, code: int) -> None:
         """Send again what the dead worker was running (``wukong.recovery``), or,
-        when the watch ended it, report that as ended (``wukong.backends.stuck``)."""
+        when the watch ended it, report that as ended (``wukong.backends.stuck``).
+
+        On a Redis Cluster whose master just failed (the worker may have died of
+        it) this is tried again until the replica answers (``failover_timeout``):
+        an entry left in the processing list would keep its invocation from ever
+        being sent again.  A repeat sends an invocation twice, which is harmless.
+        """
         processing = protocol.worker_processing(self.cluster_id, wid)
         ended_here = self.watch.ended.pop(pid, {})
-        try:
-            entries: Any = self.store.mds.lrange(processing, 0, -1)
-            self.store.mds.delete(processing)
-            by_job: dict[str, list[Invocation]] = {}
-            ended: list[tuple[Invocation, Ended]] = []
-            for payload in entries:
-                inv = decode_invocation(payload)
-                if inv.id in ended_here:
-                    ended.append((inv, ended_here[inv.id]))
-                else:
-                    by_job.setdefault(inv.job, []).append(inv)
-            if ended:
-                self.watch.report(ended)
-            why = f"executor process {pid} died (exit code {code})"
-            for job, invs in by_job.items():
-                resend(self.store, self.invoke, job, invs, why, self.max_attempts)
-        except Exception as exc:  # Redis itself is gone: clients see that on their own
-            print(f"wukong: worker {pid} died and its jobs could not be told: {exc}", file=sys.stderr)
+        deadline = time.monotonic() + (self.store.failover_timeout if self.store.cluster is not None else 0.0)
+        while True:
+            try:
+                entries: Any = self.store.mds.lrange(processing, 0, -1)
+                by_job: dict[str, list[Invocation]] = {}
+                ended: list[tuple[Invocation, Ended]] = []
+                for payload in entries:
+                    inv = decode_invocation(payload)
+                    if inv.id in ended_here:
+                        ended.append((inv, ended_here[inv.id]))
+                    else:
+                        by_job.setdefault(inv.job, []).append(inv)
+                if ended:
+                    self.watch.report(ended)
+                why = f"executor process {pid} died (exit code {code})"
+                for job, invs in by_job.items():
+                    resend(self.store, self.invoke, job, invs, why, self.max_attempts)
+                self.store.mds.delete(processing)
+                return
+            except Exception as exc:  # Redis itself is gone: clients see that on their own
+                if time.monotonic() < deadline and not self._closing.is_set():
+                    time.sleep(0.5)
+                    continue
+                print(f"wukong: worker {pid} died and its jobs could not be told: {exc}", file=sys.stderr)
+                return
 
     # -- the Backend surface ---------------------------------------------------
     def backlog(self) -> int:

@@ -316,6 +316,19 @@ class Store:
         if error is not None:
             raise error
 
+    def primary_ids(self) -> set[str]:
+        """A Redis Cluster's masters that serve slots now (their node ids)."""
+        nodes: Any = self.mds.cluster_nodes()  # type: ignore[attr-defined]  # a RedisCluster here
+        return {n["node_id"] for n in nodes.values() if "master" in n["flags"].split(",") and n["slots"]}
+
+    def failed_primaries(self, ids: set[str]) -> list[str]:
+        """Of the masters ``ids``, those the cluster now counts as failed or as replicas
+        (a failover happened): their addresses.  A resharding moves slots, not roles."""
+        nodes: Any = self.mds.cluster_nodes()  # type: ignore[attr-defined]  # a RedisCluster here
+        return sorted(
+            addr for addr, n in nodes.items() if n["node_id"] in ids and {"fail", "slave"} & set(n["flags"].split(","))
+        )
+
     def close(self) -> None:
         for r in self.servers:
             r.close()
