@@ -253,10 +253,10 @@ class LocalCluster:
             if backend == "local" and shared_memory:  # every process is on this machine
                 self.store.shm_dir = self.shm_dir = shm.make_dir(self.id)
             if use_local_proxy or proxy_address:
-                from wukong.proxy.local import cluster_options
+                from wukong.proxy.local import proxy_config
 
                 proxy_secret = read_secret(proxy_secret_arn, region)["password"] if proxy_secret_arn else None
-                self.local_proxy, self.proxy = cluster_options(
+                self.local_proxy, self.proxy = proxy_config(
                     proxy_address, proxy_port, use_local_proxy, max_task_fanout, proxy_secret
                 )
             if backend == "lambda":
@@ -274,7 +274,7 @@ class LocalCluster:
                 )
                 config = {  # sent in every event: no secret (the function reads its own)
                     "store": self.store.to_config(secrets=False),
-                    "executor": self.executor_options(),
+                    "executor": self.executor_config(),
                     "lambda": lam,
                     "proxy": {**self.proxy, "secret": None} if self.proxy else None,
                 }
@@ -286,7 +286,7 @@ class LocalCluster:
                     self.store,
                     self.id,
                     self.n_workers,
-                    self.executor_options(),
+                    self.executor_config(),
                     self.proxy,
                     max_attempts,
                     shared_redis=not self.redis_servers,
@@ -325,11 +325,12 @@ class LocalCluster:
         eps = [Endpoint(*s.endpoint, password=s.password) for s in self.redis_servers]
         return eps[0], eps
 
-    def executor_options(self) -> dict:
-        """Keyword arguments of every executor of this cluster (``Executor(...)``)."""
+    def executor_config(self) -> dict:
+        """The configuration of every executor of this cluster: ``Executor(...)``'s keyword
+        arguments, sent to each worker (local) or with each invocation (Lambda)."""
         from wukong.backends.local import LEAF_GROUPS_PER_WORKER
 
-        options = {
+        config = {
             "inline_limit": self.inline_limit,
             "cluster_threshold": self.cluster_threshold,
             "delayed_io_bytes": self.delayed_io["threshold"] if self.delayed_io["enabled"] else None,
@@ -339,8 +340,8 @@ class LocalCluster:
             "max_result_bytes": self.max_result_bytes,
         }
         if self.n_workers:  # local workers: siblings of a wide fan-out are started as grouped leaves are
-            options["fanout_groups"] = LEAF_GROUPS_PER_WORKER * self.n_workers * self.threads_per_worker
-        return options
+            config["fanout_groups"] = LEAF_GROUPS_PER_WORKER * self.n_workers * self.threads_per_worker
+        return config
 
     def close(self) -> None:
         """Stop the workers, the proxy and the embedded Redis servers; idempotent."""

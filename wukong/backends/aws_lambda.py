@@ -415,7 +415,7 @@ def _executor_for(config: dict) -> tuple[Store, Executor]:
         invoker = _invokers[ident] = LambdaInvoker(
             store, config, num_invokers=config["lambda"].get("executor_invokers", 8)
         )
-        from wukong.proxy.client import executor_options as proxy_options
+        from wukong.proxy.client import executor_kwargs as proxy_kwargs
 
         route = {"backend": "lambda", "config": config}  # the proxy invokes as this invoker would
         proxy = config.get("proxy")
@@ -428,7 +428,7 @@ def _executor_for(config: dict) -> tuple[Store, Executor]:
                     file=sys.stderr,
                 )
             proxy = {**proxy, "secret": secret} if secret else None
-        executor = Executor(store, invoker, **config["executor"], **proxy_options(proxy, store, route))
+        executor = Executor(store, invoker, **config["executor"], **proxy_kwargs(proxy, store, route))
         task_warnings.executor_process()
         cached = _warm[ident] = (store, executor)
     return cached

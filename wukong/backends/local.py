@@ -74,7 +74,7 @@ class LocalBackend:
         store: Store,
         cluster_id: str,
         n_workers: int,
-        executor_options: dict,
+        executor_config: dict,
         proxy: dict | None = None,
         max_attempts: int = MAX_ATTEMPTS,
         *,
@@ -89,7 +89,7 @@ class LocalBackend:
         self.leaf_groups = LEAF_GROUPS_PER_WORKER * n_workers * threads
         self.queue = protocol.cluster_queue(cluster_id)
         self.cluster_id = cluster_id
-        self.executor_options = executor_options
+        self.executor_config = executor_config
         self.proxy = proxy
         self.max_attempts = max_attempts
         self.invoke = queue_invoker(self.queue)
@@ -100,7 +100,7 @@ class LocalBackend:
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self.slots: list[Slot] = []
-        self.watch = Watch(store, cluster_id, self.workers, executor_options["lease_ms"], self._closing)
+        self.watch = Watch(store, cluster_id, self.workers, executor_config["lease_ms"], self._closing)
         self._start_workers()
         self.watch.start()
 
@@ -110,7 +110,7 @@ class LocalBackend:
             "store": self.store.to_config(),
             "queue": self.queue,
             "processing": protocol.worker_processing(self.cluster_id, wid),
-            "executor": self.executor_options,
+            "executor": self.executor_config,
             "threads": self.threads,
             "table_bytes": objects.bound(self.n_workers),
             "proxy": self.proxy,

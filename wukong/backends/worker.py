@@ -40,7 +40,7 @@ from wukong.backends.supervise import READY
 from wukong.executor import Executor
 from wukong.process import die_with_parent
 from wukong.protocol import decode_invocation
-from wukong.proxy.client import executor_options as proxy_options
+from wukong.proxy.client import executor_kwargs as proxy_kwargs
 from wukong.store import Batch, Store
 from wukong.store.objects import MAX_BYTES, ObjectTable, drop_ended
 from wukong.timeout import TaskBoard
@@ -96,7 +96,7 @@ class _Loop:
         store = Store.from_config(config["store"])
         self.queue, self.processing = config["queue"], config["processing"]
         route = {"backend": "local", "store": config["store"], "queue": self.queue}  # where the proxy pushes
-        proxy = proxy_options(config.get("proxy"), store, route)
+        proxy = proxy_kwargs(config.get("proxy"), store, route)
         self.table = table
         self.executor = Executor(
             store, queue_invoker(self.queue), **config["executor"], **proxy, table=table, board=board, queue=self.queue

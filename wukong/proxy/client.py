@@ -121,9 +121,9 @@ class ProxyClient:
             print(f"wukong: proxy at {where} failed ({exc}); invoking directly", file=sys.stderr, flush=True)
 
 
-def executor_options(options: dict | None, store: Store, route: dict) -> dict:
-    """``Executor`` keyword arguments for a cluster's proxy options (``{}``: no proxy)."""
-    if not options:
+def executor_kwargs(config: dict | None, store: Store, route: dict) -> dict:
+    """``Executor`` keyword arguments for a cluster's proxy config (``{}``: no proxy)."""
+    if not config:
         return {}
-    client = ProxyClient(options["address"], options["secret"], route, store)
-    return {"proxy": client, "max_task_fanout": options["max_task_fanout"]}
+    client = ProxyClient(config["address"], config["secret"], route, store)
+    return {"proxy": client, "max_task_fanout": config["max_task_fanout"]}

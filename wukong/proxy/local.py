@@ -39,14 +39,14 @@ class LocalProxy:
         self._finalizer()
 
 
-def cluster_options(
+def proxy_config(
     proxy_address: str | None,
     proxy_port: int | None,
     use_local_proxy: bool,
     max_task_fanout: int,
     proxy_secret: str | None = None,
 ) -> tuple[LocalProxy | None, dict | None]:
-    """What ``LocalCluster`` needs: the proxy it started (if any) and the executors' options."""
+    """What ``LocalCluster`` needs: the proxy it started (if any) and the executors' proxy config."""
     if max_task_fanout < 1:
         raise ValueError(f"max_task_fanout must be at least 1, got {max_task_fanout}")
     if use_local_proxy:
