@@ -85,6 +85,7 @@ def simulate_graph(
     order, graph = prepare(dsk, keys)
     p = plan(order, graph, flatten_keys(keys))
     keys_of: list[Hashable] = list(order)  # the planner's task ids are positions in ``order``
+    del order, graph  # the plan has what the simulation needs (a million tasks' graph is gigabytes)
     sim = Simulation(p, keys_of, profile, model, **executor_options)
     sim.run()
     if sim.errors:
