@@ -343,6 +343,9 @@ class _Key:
         self.key = key
 
 
+_NO_BODIES = memoryview(b"")
+
+
 class _SimSchedule(Schedule):
     """A schedule decoded as the executor decodes it, but whose task bodies are never unpickled:
     the only user of a body besides its key is ``_Run.execute``, which ``_SimRun`` replaces."""
@@ -352,7 +355,7 @@ class _SimSchedule(Schedule):
     def __init__(self, blob: bytes, keys_of: list[Hashable]):
         super().__init__(blob)
         self.keys_of = keys_of
-        self._pickled = memoryview(b"")
+        self._pickled = _NO_BODIES  # (the blob stays in the store)
 
     def body(self, pos: int) -> tuple[Any, tuple]:
         return _Key(self.keys_of[self.records[pos].tid]), ()
