@@ -160,3 +160,24 @@ def test_environments_share_the_decoded_schedules():
     assert len({id(s) for s in cached}) <= len(p.schedules)
     assert all(s._bodies is None for s in cached)
     assert not sim.queue
+
+
+def test_a_report_does_not_keep_the_simulation():
+    # a prediction at several concurrencies runs one simulation after the other: the last one's
+    # store, environments and decoded schedules must not stay in memory under the next
+    import gc
+
+    from wukong.simulate.engine import Simulation
+
+    gc.collect()
+    gc.disable()
+    try:
+        r = simulate_graph(*graph_of(tree(256)), Profile({}, {"add": (0.01, 28)}), Model.aws(100))
+        sims = [o for o in gc.get_objects() if isinstance(o, Simulation) and o.spans is r.spans]
+    finally:
+        gc.enable()
+    assert set(r.ran.values()) == {1} and len(r.ran) == r.tasks and r.stored
+    assert len(sims) == 1  # (alive: the executor module keeps the last store used) ...
+    for sim in sims:  # ... but empty
+        assert not sim.store.data and not sim.store.sets and not sim.idle_envs and not sim.decoded
+        assert not sim.ran and not sim.stored

@@ -580,6 +580,18 @@ class Simulation:
 
         return node
 
+    def release(self) -> None:
+        """Drop the job's state (the store's keys, the environments, the decoded schedules, the
+        per-task counts) once a report has taken what it needs: a simulation is a reference
+        cycle, and the executor module keeps the last store used, so it would otherwise stay
+        in memory until the collector's next full pass, or the next simulation."""
+        self.store.data.clear()
+        self.store.sets.clear()
+        self.idle_envs.clear()
+        self.decoded.clear()
+        for counts in (self.ran, self.read_bytes, self.reads, self.stored):
+            counts.clear()
+
     # -- the job ----------------------------------------------------------------------------
     def run(self) -> None:
         p, keys = self.plan, self.keys

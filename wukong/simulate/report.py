@@ -92,7 +92,7 @@ def simulate_graph(
         raise RuntimeError(f"the simulated job failed: {sim.errors[0]}")
     executors = [s for s in sim.spans if s.kind == "executor"]
     durations = [((s.end - s.start) * 1000, model.memory_mb) for s in sim.spans]
-    return Report(
+    report = Report(
         model=model,
         tasks=p.ntasks,
         makespan=max((s.end for s in sim.spans), default=0.0),
@@ -112,6 +112,8 @@ def simulate_graph(
         stored=dict(sim.stored),
         sizes=sim.sizes,
     )
+    sim.release()
+    return report
 
 
 def simulate(*collections: Any, profile: Profile, model: Model | None = None, **executor_options: Any) -> Report:
