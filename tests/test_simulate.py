@@ -114,3 +114,70 @@ def test_cli_prints_a_prediction(capsys, tmp_path, monkeypatch):
     assert cli.main(["simulate", "wl:build", "--concurrency", "10", "100", "--json"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and '"tasks": 3' in lines[0] and '"concurrency": 100' in lines[1]
+
+
+def _simulation(n, model):
+    from wukong.graph import flatten_keys
+    from wukong.scheduler import plan
+    from wukong.simulate.engine import Simulation
+
+    dsk, keys = graph_of(tree(n))
+    order, graph = prepare(dsk, keys)
+    p = plan(order, graph, flatten_keys(keys))
+    return p, Simulation(p, list(order), Profile({}, {"add": (0.01, 28)}), model)
+
+
+def test_a_simulation_leaves_no_garbage_cycles():
+    # the simulation runs with the cyclic collector off: whatever an invocation built in a
+    # reference cycle (a batch and its commands) would stay until the end -- gigabytes at 1M tasks
+    import gc
+
+    first = _simulation(8, Model.aws(1000))[1]  # the executor module keeps the last store used: ...
+    first.run()  # ... the previous simulation is released when this one starts
+    p, sim = _simulation(512, Model.aws(1000))
+    gc.collect()
+    gc.disable()  # (so that nothing is collected before we count)
+    try:
+        sim.run()
+        garbage = gc.collect()
+    finally:
+        gc.enable()
+    assert first.ran and not sim.errors and set(sim.ran.values()) == {1} and len(sim.ran) == p.ntasks
+    assert garbage < 50  # a leak per invocation or per round trip would be thousands
+
+
+def test_environments_share_the_decoded_schedules():
+    # each environment caches the schedules it fetched (the fetches are simulated), but one
+    # decoded copy serves all of them, and no task body is unpickled (running tasks is simulated)
+    from wukong import executor as executor_module
+
+    p, sim = _simulation(512, Model.aws(100))
+    saved = executor_module.Schedule
+    sim.run()
+    assert executor_module.Schedule is saved
+    cached = [s for env in sim.idle_envs for job in env.jobs.values() for s in job.values()]
+    assert len(sim.idle_envs) > 1 and len(cached) > len(p.schedules)  # several environments fetched them
+    assert len({id(s) for s in cached}) <= len(p.schedules)
+    assert all(s._bodies is None for s in cached)
+    assert not sim.queue
+
+
+def test_a_report_does_not_keep_the_simulation():
+    # a prediction at several concurrencies runs one simulation after the other: the last one's
+    # store, environments and decoded schedules must not stay in memory under the next
+    import gc
+
+    from wukong.simulate.engine import Simulation
+
+    gc.collect()
+    gc.disable()
+    try:
+        r = simulate_graph(*graph_of(tree(256)), Profile({}, {"add": (0.01, 28)}), Model.aws(100))
+        sims = [o for o in gc.get_objects() if isinstance(o, Simulation) and o.spans is r.spans]
+    finally:
+        gc.enable()
+    assert set(r.ran.values()) == {1} and len(r.ran) == r.tasks and r.stored
+    assert len(sims) == 1  # (alive: the executor module keeps the last store used) ...
+    for sim in sims:  # ... but empty
+        assert not sim.store.data and not sim.store.sets and not sim.idle_envs and not sim.decoded
+        assert not sim.ran and not sim.stored

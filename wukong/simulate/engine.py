@@ -8,6 +8,15 @@ things are substituted (``_SimRun``): running a task sleeps for its profiled
 duration and returns a stand-in; serializing an output makes a stand-in of its
 profiled size; reading one back returns a stand-in.  The executor's clock
 (``time.monotonic``, for its deferral and progress timers) is the simulated one.
+A schedule an executor fetches is decoded once for all of them (``Simulation.schedule``,
+in place of ``wukong.executor.Schedule``; each executor still fetches and caches it,
+those fetches are simulated) and its task bodies are never unpickled.
+
+Memory (a million tasks must fit): no reference cycle per invocation or round trip
+(the cyclic collector is off during a run, so one would stay until the end), the
+modelled store holds sizes (``SimBlob``), not bytes, and a finished invocation's
+greenlet, run and batches are freed; what grows with the job is its plan, one ``Span``
+per invocation, the store's keys and the per-task counts.
 
 What is modelled (``Model``).
 
@@ -44,7 +53,7 @@ import itertools
 import json
 import math
 import os
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,7 +63,7 @@ import greenlet
 from wukong import executor as executor_module
 from wukong import serialization
 from wukong.backends import invoker_tree
-from wukong.executor import Executor, _Run
+from wukong.executor import Executor, Schedule, _Run
 from wukong.protocol import Invocation, Keys, TaskRecord
 from wukong.scheduler import Plan
 from wukong.simulate.model import Model
@@ -94,7 +103,7 @@ def _size(x: Any) -> int:
     return 8
 
 
-@dataclass
+@dataclass(slots=True)
 class Span:
     """One invocation's life in simulated time."""
 
@@ -179,28 +188,8 @@ class _SimStore:
     def whole(self, key: str, value: Any) -> Any:
         return value  # values are never split here
 
-
-class _SimBatch:
-    """``wukong.store.Batch``'s surface; commands run when their server serves them."""
-
-    def __init__(self, store: _SimStore):
-        self.store = store
-        self.cmds: dict[int, list[tuple[Callable[[], Any], int]]] = {}
-        self.replies: dict[int, list] = {}
-
-    def _add(self, server: int, fn: Callable[[], Any], nbytes: int) -> tuple[int, int]:
-        cmds = self.cmds.setdefault(server, [])
-        cmds.append((fn, nbytes))
-        return server, len(cmds) - 1
-
-    def add(self, server: int, command: str, *args: Any) -> tuple[int, int]:
-        return self._add(server, lambda: self._command(command, args), _size(args) + len(command))
-
-    def mds(self, command: str, *args: Any) -> tuple[int, int]:
-        return self.add(self.store.mds_index, command, *args)
-
-    def _command(self, command: str, args: tuple) -> Any:
-        data, sets = self.store.data, self.store.sets
+    def command(self, command: str, args: tuple) -> Any:
+        data, sets = self.data, self.sets
         if command == "get":
             return data.get(args[0])
         if command == "set":
@@ -217,22 +206,93 @@ class _SimBatch:
             return 1
         if command == "hget":  # an invocation's attempts: never re-sent in a simulation
             return None
-        if args and args[0] == self.store.sim.keys.events:  # an event appended (wukong.protocol.emit_*)
-            self.store.sim.on_event(args[1])
+        if args and args[0] == self.sim.keys.events:  # an event appended (wukong.protocol.emit_*)
+            self.sim.on_event(args[1])
             return b"0-0"
         raise NotImplementedError(f"the simulated store has no {command!r}")
 
-    def lease(self, keys: Keys, inv: str, value: str, px: int) -> tuple[int, int]:
-        def lease() -> int:
-            if keys.events not in self.store.data:
-                return -1
-            k = keys.lease(inv)
-            if px and k in self.store.data:
-                return 0
-            self.store.data[k] = value
-            return 1
+    def lease(self, keys: Keys, inv: str, value: str, px: int) -> int:  # lease.lua's semantics
+        if keys.events not in self.data:
+            return -1
+        k = keys.lease(inv)
+        if px and k in self.data:
+            return 0
+        self.data[k] = value
+        return 1
 
-        return self._add(self.store.mds_index, lease, 64)
+    def fanin(
+        self,
+        keys: Keys,
+        tid: int,
+        parent: int,
+        ndeps: int,
+        sid: int,
+        want_schedule: bool,
+        invocation: str,
+        hold: bool = False,
+        max_missing: int = 0,
+    ) -> Any:  # fanin.lua's semantics
+        arrivals, holds = self.sets[keys.fanin(tid)], self.hashes[keys.holds(tid)]
+        new = parent not in arrivals
+        arrivals.add(parent)
+        full = len(arrivals) >= ndeps
+        me = f"{invocation}/{parent}"  # the owner: invocation and parent of the completing arrival
+        owned = self.data.get(keys.owner(tid)) == me
+        complete = [1, self.data.get(keys.schedule(sid), b"") if want_schedule else b""]
+        if hold:
+            if not new and (owned or parent not in holds):
+                return complete if owned else 0
+            holds[parent] = "w" if ndeps - len(arrivals) > max_missing else "h"
+            if holds[parent] == "w":
+                return 2
+            if not full:
+                return 3
+            if len(holds) == 1:
+                holds.clear()
+                self.data[keys.owner(tid)] = me
+                return complete
+            if any(p != parent and state == "h" for p, state in holds.items()):
+                holds[parent] = "w"
+                return 2
+            return 3
+        stored = holds.pop(parent, None) is not None
+        if not new and not stored:
+            return complete if owned else 0
+        if not full or holds:
+            return 0
+        self.data[keys.owner(tid)] = me
+        return complete
+
+
+class _SimBatch:
+    """``wukong.store.Batch``'s surface; commands run when their server serves them.
+
+    A command is ``(function, arguments, bytes)`` with a function of the store,
+    never a closure over the batch: nothing here is a reference cycle, so a batch
+    (and what it holds) is freed by reference counting as soon as its executor
+    drops it -- the simulation runs with the cyclic collector off.
+    """
+
+    __slots__ = ("store", "cmds", "replies")
+
+    def __init__(self, store: _SimStore):
+        self.store = store
+        self.cmds: dict[int, list[tuple[Callable[..., Any], tuple, int]]] = {}
+        self.replies: dict[int, list] = {}
+
+    def _add(self, server: int, fn: Callable[..., Any], args: tuple, nbytes: int) -> tuple[int, int]:
+        cmds = self.cmds.setdefault(server, [])
+        cmds.append((fn, args, nbytes))
+        return server, len(cmds) - 1
+
+    def add(self, server: int, command: str, *args: Any) -> tuple[int, int]:
+        return self._add(server, self.store.command, (command, args), _size(args) + len(command))
+
+    def mds(self, command: str, *args: Any) -> tuple[int, int]:
+        return self.add(self.store.mds_index, command, *args)
+
+    def lease(self, keys: Keys, inv: str, value: str, px: int) -> tuple[int, int]:
+        return self._add(self.store.mds_index, self.store.lease, (keys, inv, value, px), 64)
 
     def fanin(
         self,
@@ -246,40 +306,8 @@ class _SimBatch:
         hold: bool = False,
         max_missing: int = 0,
     ) -> tuple[int, int]:
-        def fanin() -> Any:  # fanin.lua's semantics
-            store = self.store
-            arrivals, holds = store.sets[keys.fanin(tid)], store.hashes[keys.holds(tid)]
-            new = parent not in arrivals
-            arrivals.add(parent)
-            full = len(arrivals) >= ndeps
-            me = f"{invocation}/{parent}"  # the owner: invocation and parent of the completing arrival
-            owned = store.data.get(keys.owner(tid)) == me
-            complete = [1, store.data.get(keys.schedule(sid), b"") if want_schedule else b""]
-            if hold:
-                if not new and (owned or parent not in holds):
-                    return complete if owned else 0
-                holds[parent] = "w" if ndeps - len(arrivals) > max_missing else "h"
-                if holds[parent] == "w":
-                    return 2
-                if not full:
-                    return 3
-                if len(holds) == 1:
-                    holds.clear()
-                    store.data[keys.owner(tid)] = me
-                    return complete
-                if any(p != parent and state == "h" for p, state in holds.items()):
-                    holds[parent] = "w"
-                    return 2
-                return 3
-            stored = holds.pop(parent, None) is not None
-            if not new and not stored:
-                return complete if owned else 0
-            if not full or holds:
-                return 0
-            store.data[keys.owner(tid)] = me
-            return complete
-
-        return self._add(self.store.mds_index, fanin, 96)
+        args = (keys, tid, parent, ndeps, sid, want_schedule, invocation, hold, max_missing)
+        return self._add(self.store.mds_index, self.store.fanin, args, 96)
 
     def kvs_set(self, key: str, value: Any) -> tuple[int, int]:
         if isinstance(value, list):  # the pieces of one value
@@ -325,12 +353,12 @@ class _SimBatch:
         for server in order:
             cmds = self.cmds[server]
             srv = self.store.servers_[server]
-            up = sum(n for _, n in cmds)
+            up = sum(n for _, _, n in cmds)
             arrive = sim.now + m.redis_rtt_s / 2 + up / m.bandwidth_Bps
             start = max(arrive, srv.free_at)
             srv.free_at = start + len(cmds) / m.shard_ops_per_s + up / m.shard_Bps
             sim.sleep_until(srv.free_at)
-            replies = [fn() for fn, _ in cmds]
+            replies = [fn(*args) for fn, args, _ in cmds]
             down = sum(_size(r) for r in replies)
             srv.free_at += down / m.shard_Bps
             srv.ops += len(cmds)
@@ -345,6 +373,33 @@ class _SimBatch:
 
 
 # -- the executor, with tasks and outputs simulated ---------------------------------------------
+
+
+class _Key:
+    """A task body as the simulated executor needs it: only its key (running it is simulated)."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: Hashable):
+        self.key = key
+
+
+_NO_BODIES = memoryview(b"")
+
+
+class _SimSchedule(Schedule):
+    """A schedule decoded as the executor decodes it, but whose task bodies are never unpickled:
+    the only user of a body besides its key is ``_Run.execute``, which ``_SimRun`` replaces."""
+
+    __slots__ = ("keys_of",)
+
+    def __init__(self, blob: bytes, keys_of: list[Hashable]):
+        super().__init__(blob)
+        self.keys_of = keys_of
+        self._pickled = _NO_BODIES  # (the blob stays in the store)
+
+    def body(self, pos: int) -> tuple[Any, tuple]:
+        return _Key(self.keys_of[self.records[pos].tid]), ()
 
 
 class _SimRun(_Run):
@@ -390,7 +445,7 @@ class Simulation:
     """One job's simulated run (see the module docstring)."""
 
     def __init__(self, plan: Plan, keys_of: list[Hashable], profile: Profile, model: Model, **executor_options: Any):
-        self.plan, self.model = plan, model
+        self.plan, self.model, self.keys_of = plan, model, keys_of
         self.executor_options = {"inline_limit": 64 * 1024, "cluster_threshold": 64 * 1024 * 1024}
         self.executor_options.update(executor_options)
         costs = [profile.cost(k) for k in keys_of]
@@ -418,11 +473,20 @@ class Simulation:
         self.running = 0
         self.computing = 0  # executors running a task now (for Model.cores)
         self.peak = 0
-        self.queue: list[tuple[Span, Callable[[Executor], Any]]] = []
-        self.queue_head = 0
+        self.queue: deque[tuple[Span, Callable[[Executor], Any]]] = deque()  # accepted, not started
+        self.decoded: dict[int, tuple[bytes, Schedule]] = {}  # id(blob) -> it, decoded once for all executors
         self.results = 0
         self.errors: list[str] = []
         self._pump_at: float | None = None
+
+    def schedule(self, blob: bytes) -> Schedule:
+        """``wukong.executor.Schedule`` during a simulation: each executor still fetches a schedule
+        and caches it (its round trips and bytes are simulated), but what it decodes is shared --
+        a schedule is immutable, and a copy per simulated environment would not fit in memory."""
+        got = self.decoded.get(id(blob))
+        if got is None or got[0] is not blob:  # (the store keeps its blobs for the whole run)
+            got = self.decoded[id(blob)] = (blob, _SimSchedule(blob, self.keys_of))
+        return got[1]
 
     # -- the clock ------------------------------------------------------------------------
     def sleep_until(self, t: float) -> None:
@@ -480,9 +544,8 @@ class Simulation:
         self.at(t, arrive)
 
     def pump(self) -> None:
-        while self.queue_head < len(self.queue) and self.running < self.allowed(self.now):
-            span, body = self.queue[self.queue_head]
-            self.queue_head += 1
+        while self.queue and self.running < self.allowed(self.now):
+            span, body = self.queue.popleft()
             self.running += 1
             self.peak = max(self.peak, self.running)
             if self.idle_envs:
@@ -494,7 +557,7 @@ class Simulation:
             span.start = self.now + delay
             g = greenlet.greenlet(self._runner(span, env, body), parent=self.hub)
             heapq.heappush(self._heap, (span.start, next(self._seq), g, None))
-        if self.queue_head < len(self.queue) and self.running < self.model.concurrency:
+        if self.queue and self.running < self.model.concurrency:
             nxt = (self.now // self.model.burst_every_s + 1) * self.model.burst_every_s
             if self._pump_at != nxt:  # the burst limit rises then
                 self._pump_at = nxt
@@ -558,6 +621,18 @@ class Simulation:
 
         return node
 
+    def release(self) -> None:
+        """Drop the job's state (the store's keys, the environments, the decoded schedules, the
+        per-task counts) once a report has taken what it needs: a simulation is a reference
+        cycle, and the executor module keeps the last store used, so it would otherwise stay
+        in memory until the collector's next full pass, or the next simulation."""
+        self.store.data.clear()
+        self.store.sets.clear()
+        self.idle_envs.clear()
+        self.decoded.clear()
+        for counts in (self.ran, self.read_bytes, self.reads, self.stored):
+            counts.clear()
+
     # -- the job ----------------------------------------------------------------------------
     def run(self) -> None:
         p, keys = self.plan, self.keys
@@ -569,8 +644,9 @@ class Simulation:
         starts = [Invocation(keys.job, s, 0, {}, ()) for s in p.leaf_schedules]
         client = greenlet.greenlet(lambda: self.send(starts), parent=self.hub)  # the client's launch
         heapq.heappush(self._heap, (0.0, next(self._seq), client, None))
-        saved = executor_module.time
+        saved = executor_module.time, executor_module.Schedule
         executor_module.time = _SimTime(self)  # type: ignore[assignment]
+        executor_module.Schedule = self.schedule  # type: ignore[assignment,misc]
         collecting = gc.isenabled()
         gc.disable()  # many live greenlets: the cyclic collector's passes would dominate
         try:
@@ -582,6 +658,6 @@ class Simulation:
                 else:
                     g.switch()
         finally:
-            executor_module.time = saved
+            executor_module.time, executor_module.Schedule = saved  # type: ignore[misc]
             if collecting:
                 gc.enable()

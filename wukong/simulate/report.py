@@ -85,13 +85,14 @@ def simulate_graph(
     order, graph = prepare(dsk, keys)
     p = plan(order, graph, flatten_keys(keys))
     keys_of: list[Hashable] = list(order)  # the planner's task ids are positions in ``order``
+    del order, graph  # the plan has what the simulation needs (a million tasks' graph is gigabytes)
     sim = Simulation(p, keys_of, profile, model, **executor_options)
     sim.run()
     if sim.errors:
         raise RuntimeError(f"the simulated job failed: {sim.errors[0]}")
     executors = [s for s in sim.spans if s.kind == "executor"]
     durations = [((s.end - s.start) * 1000, model.memory_mb) for s in sim.spans]
-    return Report(
+    report = Report(
         model=model,
         tasks=p.ntasks,
         makespan=max((s.end for s in sim.spans), default=0.0),
@@ -111,6 +112,8 @@ def simulate_graph(
         stored=dict(sim.stored),
         sizes=sim.sizes,
     )
+    sim.release()
+    return report
 
 
 def simulate(*collections: Any, profile: Profile, model: Model | None = None, **executor_options: Any) -> Report:
