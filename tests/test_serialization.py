@@ -156,7 +156,7 @@ def test_objects_of_the_per_task_types_are_never_cached():
     for _ in range(3):
         pickler.dumps(_Counted(1))
     assert _Counted.reduced == 3
-    assert not any(isinstance(obj, _Counted) for obj, _ in pickler._pickler.cache.values())
+    assert not any(isinstance(obj, _Counted) for obj, _ in pickler._cache.values())
 
 
 def test_a_callable_that_refers_to_itself_round_trips():
@@ -168,3 +168,14 @@ def test_a_callable_that_refers_to_itself_round_trips():
     pickler = serialization.BodyPickler()
     g = serialization.loads_function(pickler.dumps([f, f]))
     assert g[0] is g[1] and g[0](0) is g[0]
+
+
+def test_each_body_is_pickled_with_a_fresh_memo():
+    """After one body with many objects, a small body's pickle is as small as ever
+    (no memo entries carried over) -- and the pickler's memo is not cleared in place,
+    which costs as much as the largest memo so far on every call."""
+    pickler = serialization.BodyPickler()
+    small = pickler.dumps((operator.add, 1, 2))
+    pickler.dumps([str(i) for i in range(20_000)])
+    assert pickler.dumps((operator.add, 1, 2)) == small
+    assert not hasattr(pickler, "_pickler")

@@ -135,20 +135,19 @@ class BodyPickler:
     goes through the C pickler (cloudpickle decides how to pickle every
     object in Python, about three times slower on task bodies); an object it
     refuses is pickled whole by cloudpickle.  Each ``dumps`` is a complete
-    pickle: the memo is cleared in between.
+    pickle: each has a fresh pickler (``clear_memo`` costs as much as the
+    largest memo so far, on every call: 120 µs a schedule after one schedule
+    with 20,000 dependents), sharing the plan's cache of payloads.
     """
 
     def __init__(self, per_task: tuple[type, ...] = ()) -> None:
-        self._buf = io.BytesIO()
-        self._pickler = _BodyPickler(self._buf, {}, per_task)
+        self._cache: dict = {}
+        self._per_task = per_task
 
     def dumps(self, obj: Any) -> bytes:
-        buf = self._buf
-        buf.seek(0)
-        buf.truncate()
-        self._pickler.clear_memo()
+        buf = io.BytesIO()
         try:
-            self._pickler.dump(obj)
+            _BodyPickler(buf, self._cache, self._per_task).dump(obj)
             return buf.getvalue()
         except (pickle.PicklingError, AttributeError, TypeError):
             return cloudpickle.dumps(obj, protocol=5)
