@@ -16,6 +16,7 @@ milliseconds per invoke and invokes per second.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -27,6 +28,8 @@ from dask import delayed
 from wukong import Client, LocalCluster
 from wukong.lambda_local import LambdaLocal
 from wukong.proxy.client import ProxyClient
+from wukong.store.credentials import PROXY_SECRET_ARN_ENV, SECRET_ARN_ENV
+from wukong.store.server import RedisServer
 
 FUNCTION = "wukong-executor"
 AWS_ENV = {
@@ -59,15 +62,23 @@ def noop(event: dict, context: object) -> dict:
     return {}
 
 
+def secret_arn(name: str) -> str:
+    """The ARN ``LambdaLocal.put_secret(name, ...)`` gives (its default region and account)."""
+    return f"arn:aws:secretsmanager:us-east-1:123456789012:secret:{name}"
+
+
 def run(
     lam: LambdaLocal, width: int, proxy: bool, repeat: int, max_task_fanout: int, invoker: str, tree: int | None
 ) -> dict:
     os.environ["WUKONG_INVOKER"] = invoker  # the clusters' lambda config (sent to executors and the proxy)
     options: dict = {"use_local_proxy": True, "max_task_fanout": max_task_fanout} if proxy else {}
     options["invoker_tree_branching"] = tree
+    options.update(lam.cluster_options)  # Redis, whose password only the secret holds (as on AWS)
     with LocalCluster(
         backend="lambda", function_name=FUNCTION, endpoint_url=lam.url, region="us-east-1", **options
     ) as c:
+        if proxy:  # the functions' WUKONG_PROXY_SECRET_ARN
+            lam.put_secret("wukong-proxy", c.proxy["secret"])
         with Client(c, progress=False) as client:
             graph(8).compute(scheduler=client.get)  # warm the workers and the connections
             spans, totals, handover = [], [], []
@@ -79,7 +90,7 @@ def run(
                 spans.append(last)
                 if proxy:  # how long the proxy took to hand the fan-out's invocations to Lambda
                     stats = ProxyClient(c.proxy["address"], c.proxy["secret"], {}, c.store).stats()
-                    handover.append(stats["handover_s"][-1])
+                    handover += stats["handover_s"][-1:]  # none: the fan-out went through the invoker tree
     return {
         "fanout": statistics.median(spans),
         "total": statistics.median(totals),
@@ -131,7 +142,15 @@ def main(argv: list[str] | None = None) -> int:
     modes = args.modes.split(",")
     os.environ.update(AWS_ENV)
     handler = {FUNCTION: "wukong.backends.aws_lambda:handler"}
-    with LambdaLocal(handler, workers=args.workers, latency=args.latency, env=AWS_ENV) as lam:
+    env = {**AWS_ENV, SECRET_ARN_ENV: secret_arn("wukong-redis"), PROXY_SECRET_ARN_ENV: secret_arn("wukong-proxy")}
+    with (
+        RedisServer() as redis,
+        LambdaLocal(handler, workers=args.workers, latency=args.latency, env=env) as lam,
+    ):
+        # the client and the proxy read the Redis password from the same secret
+        os.environ.update({"AWS_ENDPOINT_URL_SECRETS_MANAGER": lam.url, SECRET_ARN_ENV: secret_arn("wukong-redis")})
+        arn = lam.put_secret("wukong-redis", json.dumps({"username": None, "password": redis.password}))
+        lam.cluster_options = {"redis_endpoints": [redis.endpoint], "redis_secret_arn": arn}
         rows = [
             (
                 mode,
