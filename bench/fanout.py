@@ -16,12 +16,15 @@ milliseconds per invoke and invokes per second.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from typing import Any
 
 from dask import delayed
 
@@ -65,6 +68,20 @@ def noop(event: dict, context: object) -> dict:
 def secret_arn(name: str) -> str:
     """The ARN ``LambdaLocal.put_secret(name, ...)`` gives (its default region and account)."""
     return f"arn:aws:secretsmanager:us-east-1:123456789012:secret:{name}"
+
+
+@contextlib.contextmanager
+def lambda_local(handlers: dict, **kwargs: Any) -> Iterator[LambdaLocal]:
+    """``LambdaLocal`` and a private Redis whose password, as on AWS, only a secret holds:
+    the functions, the client and the proxy read it (``WUKONG_REDIS_SECRET_ARN``).
+    ``lam.cluster_options``: the ``LocalCluster`` keyword arguments that name them."""
+    os.environ.update(AWS_ENV)
+    env = {**AWS_ENV, SECRET_ARN_ENV: secret_arn("wukong-redis"), PROXY_SECRET_ARN_ENV: secret_arn("wukong-proxy")}
+    with RedisServer() as redis, LambdaLocal(handlers, env=env, **kwargs) as lam:
+        os.environ.update({"AWS_ENDPOINT_URL_SECRETS_MANAGER": lam.url, SECRET_ARN_ENV: secret_arn("wukong-redis")})
+        arn = lam.put_secret("wukong-redis", json.dumps({"username": None, "password": redis.password}))
+        lam.cluster_options = {"redis_endpoints": [redis.endpoint], "redis_secret_arn": arn}  # type: ignore[attr-defined]
+        yield lam
 
 
 def run(
@@ -142,15 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     modes = args.modes.split(",")
     os.environ.update(AWS_ENV)
     handler = {FUNCTION: "wukong.backends.aws_lambda:handler"}
-    env = {**AWS_ENV, SECRET_ARN_ENV: secret_arn("wukong-redis"), PROXY_SECRET_ARN_ENV: secret_arn("wukong-proxy")}
-    with (
-        RedisServer() as redis,
-        LambdaLocal(handler, workers=args.workers, latency=args.latency, env=env) as lam,
-    ):
-        # the client and the proxy read the Redis password from the same secret
-        os.environ.update({"AWS_ENDPOINT_URL_SECRETS_MANAGER": lam.url, SECRET_ARN_ENV: secret_arn("wukong-redis")})
-        arn = lam.put_secret("wukong-redis", json.dumps({"username": None, "password": redis.password}))
-        lam.cluster_options = {"redis_endpoints": [redis.endpoint], "redis_secret_arn": arn}
+    with lambda_local(handler, workers=args.workers, latency=args.latency) as lam:
         rows = [
             (
                 mode,

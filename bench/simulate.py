@@ -26,7 +26,7 @@ from typing import Any
 import dask.array as da
 from dask import delayed
 
-from bench.fanout import AWS_ENV
+from bench.fanout import lambda_local
 from bench.workloads import build
 from wukong import Client, LocalCluster
 from wukong.lambda_local import LambdaLocal
@@ -89,10 +89,12 @@ def measure(cluster: LocalCluster, collections: tuple, repeat: int) -> float:
 
 
 def validate(args: argparse.Namespace) -> None:
-    os.environ.update(AWS_ENV)
     handlers = {FUNCTION: "wukong.backends.aws_lambda:handler", "noop": "bench.fanout:noop"}
-    with LambdaLocal(handlers, workers=args.workers, latency=args.latency, env=AWS_ENV) as lam:
-        with LocalCluster(backend="lambda", function_name=FUNCTION, endpoint_url=lam.url, region="us-east-1") as c:
+    with lambda_local(handlers, workers=args.workers, latency=args.latency) as lam:
+        options = lam.cluster_options  # type: ignore[attr-defined]
+        with LocalCluster(
+            backend="lambda", function_name=FUNCTION, endpoint_url=lam.url, region="us-east-1", **options
+        ) as c:
             cal = calibrate(lam, c)
             model = Model.local(args.workers, cal["invoke_latency_s"], os.cpu_count() or 1).with_(
                 redis_rtt_s=cal["redis_rtt_s"],
