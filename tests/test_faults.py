@@ -61,16 +61,21 @@ def make_cluster(backend, lam, faults):
 @pytest.mark.parametrize("fault", sorted(FAULTS))
 def test_random_dags_under_faults_equal_sync(backend, fault, lam):
     with make_cluster(backend, lam, FAULTS[fault]) as cluster:
-        client = Client(cluster, progress=False)
+        random_dags_equal_sync(cluster)
 
-        @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
-        @given(dags(max_tasks=120, max_parents=5, max_outputs=4))
-        def check(dag):
-            dsk, outputs = dag
-            assert client.get(dsk, outputs, timeout=60) == dask.get(dsk, outputs)
-            assert job_keys(cluster) == []
 
-        check()
+def random_dags_equal_sync(cluster: LocalCluster) -> None:
+    """Six random DAGs on ``cluster``: each equal to sync's result, no key left after it."""
+    client = Client(cluster, progress=False)
+
+    @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(dags(max_tasks=120, max_parents=5, max_outputs=4))
+    def check(dag):
+        dsk, outputs = dag
+        assert client.get(dsk, outputs, timeout=60) == dask.get(dsk, outputs)
+        assert job_keys(cluster) == []
+
+    check()
 
 
 def record(path, tag, *parents):

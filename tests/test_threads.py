@@ -15,8 +15,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import redis
-from conftest import dags, job_keys
-from hypothesis import HealthCheck, given, settings
+from conftest import job_keys
 
 # the same tests, on the threaded clusters of this module's ``client`` fixture
 from test_examples import (  # noqa: F401
@@ -31,6 +30,7 @@ from test_examples import (  # noqa: F401
 from test_faults import (  # noqa: F401
     FAULTS,
     LEASE_MS,
+    random_dags_equal_sync,
     test_cancel_stops_the_job_and_deletes_its_keys,
     test_job_timeout,
     test_retries_rerun_a_failing_task,
@@ -222,16 +222,7 @@ def test_a_spinning_task_on_a_thread_times_out_and_its_process_lives_on(client, 
 @pytest.mark.parametrize("fault", sorted(FAULTS))
 def test_random_dags_under_faults_equal_sync_on_threads(fault):
     with LocalCluster(n_workers=1, threads_per_worker=2, faults=FAULTS[fault], lease_ms=LEASE_MS) as cluster:
-        client = Client(cluster, progress=False)
-
-        @settings(max_examples=6, deadline=None, suppress_health_check=list(HealthCheck))
-        @given(dags(max_tasks=120, max_parents=5, max_outputs=4))
-        def check(dag):
-            dsk, outputs = dag
-            assert client.get(dsk, outputs, timeout=60) == dask.get(dsk, outputs)
-            assert job_keys(cluster) == []
-
-        check()
+        random_dags_equal_sync(cluster)
 
 
 def test_large_arrays_pass_by_reference_and_leave_no_file(client):
