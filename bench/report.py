@@ -145,6 +145,23 @@ def _worker_busy(record: dict) -> str:
     return ", ".join(f"{s:.3f} s ({s / wall:.0%})" for s in per_worker)
 
 
+def _idle_while_ready(record: dict) -> str:
+    """Each wukong executor's time not running a task while a task was ready elsewhere (its
+    own work between tasks included: storing outputs, fan-in round trips), as a share of the
+    job's span (first task start to last end; median of the timed runs): issue 13.7."""
+    cell = record["systems"].get("wukong") or {}
+    jobs = [j["balance"] for j in cell.get("jobs", ())[1:] if j.get("balance", {}).get("span_s")]
+    if not jobs:
+        return ""
+    shares: dict[str, list[float]] = {}
+    for b in jobs:  # executors are named host:pid[/thread]: the same across runs of one cluster
+        for name, e in b["executors"].items():
+            shares.setdefault(name, []).append(e["idle_while_ready_s"] / b["span_s"])
+    per_executor = sorted((statistics.median(v) for v in shares.values()), reverse=True)
+    span = statistics.median(b["span_s"] for b in jobs)
+    return ", ".join(f"{x:.1%}" for x in per_executor) + f" of a {_fmt_s(span)} s span"
+
+
 def _summary(record: dict, medians: dict[str, float]) -> list[str]:
     lines = []
     peers = {k: v for k, v in medians.items() if not k.startswith("wukong")}
@@ -160,6 +177,9 @@ def _summary(record: dict, medians: dict[str, float]) -> list[str]:
     busy = _worker_busy(record)
     if busy:
         lines.append(f"  wukong workers' CPU per job (median of runs): {busy}")
+    idle = _idle_while_ready(record)
+    if idle:
+        lines.append(f"  wukong executors between tasks while a task was ready (median of runs): {idle}")
     limit = record.get("limit")
     if limit and "seconds" in limit:
         line = f"  limit: one {limit['what']} = {_fmt_s(limit['seconds'])} s"
