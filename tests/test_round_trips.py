@@ -48,3 +48,20 @@ def test_a_wide_fanout_starts_its_children_in_grouped_invocations(cluster, clien
     assert client.get(dsk, "total") == width + sum(range(width))
     invocations = calls(cluster, "lrem") - before
     assert invocations <= 1 + LEAF_GROUPS_PER_WORKER * cluster.n_workers, f"{invocations} invocations for {width}"
+
+
+def test_a_narrow_fanout_runs_here_while_invocations_wait_in_the_queue(cluster, client):
+    # One leaf per invocation, more invocations than executors: while some wait in the
+    # queue, each leaf's second child runs in the leaf's executor instead of an invocation.
+    # Only the last leaves (the queue empty when they start) invoke theirs.
+    executors = cluster.n_workers * cluster.threads_per_worker
+    groups = LEAF_GROUPS_PER_WORKER * executors
+    dsk: dict = {f"l{i}": i for i in range(groups)}
+    dsk |= {f"{c}{i}": (operator.add, f"l{i}", n) for i in range(groups) for c, n in (("a", 1), ("b", 2))}
+    dsk["total"] = (sum, [f"{c}{i}" for i in range(groups) for c in "ab"])
+    client.get(dsk, "total")  # warm
+    before = calls(cluster, "lrem")
+    assert client.get(dsk, "total") == 2 * sum(range(groups)) + 3 * groups
+    invocations = calls(cluster, "lrem") - before
+    # (2 * executors: a few more leaves may find the queue empty when descheduled under load)
+    assert invocations <= groups + 2 * executors, f"{invocations}; old: {2 * groups}"

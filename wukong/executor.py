@@ -17,7 +17,10 @@ executor then schedules itself:
   own schedule when it is ready) and invokes the others.  Small outputs travel
   inline with the invocation, large ones are stored once in the KVS.  When the
   output is larger than ``cluster_threshold`` the executor runs all the ready
-  dependents itself rather than ship the data (task clustering).
+  dependents itself rather than ship the data (task clustering).  So it does
+  too, for a fan-out of at most ``BUSY_FANOUT_MAX``, while invocations wait in
+  a local cluster's queue (its length comes with every round trip): no
+  executor is idle then, and an invocation would only wait behind them.
 * While it still has local work, a task whose dependents are all fan-ins
   holds its notification back (``DEFER_MAX`` of them, ``DEFER_S`` at most) and
   sends them together: fan-ins that complete then run here, so a group of
@@ -107,6 +110,8 @@ HOLD, STORE_NOW = 3, 2  # fanin.lua's replies to a holder: keep holding; store y
 # a value is held only while at most this many other parents of its fan-in have not arrived:
 # waiting for more could keep executor slots (a worker, a Lambda's concurrency) from them
 HOLD_MAX_MISSING = 1
+# while invocations wait in a local cluster's queue, a fan-out this narrow runs here, all of it
+BUSY_FANOUT_MAX = 8
 
 
 class Schedule:
@@ -297,6 +302,7 @@ class _Run:
         self.timings: list[tuple[int, float, float, int]] = []  # (tid, start, end, fetched) since the last report
         # since the last report: bytes stored, fan-in round trips, fan-ins run with a held value
         self.stats = [0, 0, 0]
+        self.backlog = 0  # invocations waiting in the local cluster's queue, at the last round trip
         self.fetched: dict[int, int] = {}  # tid -> bytes read from the KVS, until a task here uses it
         # values that stay on this machine (shared memory) are not worth compressing
         self.compress = self.store.shm_dir is None
@@ -309,8 +315,11 @@ class _Run:
             batch.extend(pending)  # after the batch's own commands: its handles stay valid
         h = batch.mds("exists", self.keys.cancel)
         h_alive = batch.mds("exists", self.keys.events)
+        h_backlog = batch.mds("llen", self.ex.queue) if self.ex.queue else None
         batch.execute()
         self.last_check = time.monotonic()
+        if h_backlog is not None:
+            self.backlog = batch[h_backlog]
         if not batch[h_alive]:  # the job ended before this round trip: take back what it wrote
             batch.undo()
             raise JobGone()
@@ -523,7 +532,10 @@ class _Run:
         # when it is too big to ship (then every ready dependent runs here).
         wide = bool(fanins) or len(ready) > 1
         big = wide and out.size() > self.ex.cluster_threshold
-        shipped = bool(fanins) or (len(ready) > 1 and not big and out.size() > self.ex.inline_limit)
+        # while invocations wait in a local cluster's queue no executor is idle: an
+        # invocation made now would wait too, so a narrow fan-out runs here instead
+        here = big or (self.backlog > 0 and len(ready) <= BUSY_FANOUT_MAX)
+        shipped = bool(fanins) or (len(ready) > 1 and not here and out.size() > self.ex.inline_limit)
         batch = self.store.batch()
         if shipped or stored_result:  # before the fan-in calls of the same round trip
             self.store_output(batch if shipped else self.pending, out)
@@ -535,7 +547,7 @@ class _Run:
             ready += self.completed(self.send(batch), calls)
             batch = self.store.batch()
         if ready:
-            self.become(batch, sid, pos, out, ready, big)
+            self.become(batch, sid, pos, out, ready, here)
 
     def publish(self, out: _Output) -> bool:
         """Send a requested result to the client on the job's stream; ``True`` when it is
@@ -559,13 +571,13 @@ class _Run:
         protocol.emit_result(self.pending, self.keys, out.tid, out.blob())
         return False
 
-    def become(self, batch: Batch, sid: int, pos: int, out: _Output, ready: list[Dependent], big: bool) -> None:
-        """Run one ready dependent here (all of them when the output is too big to ship); invoke the rest."""
+    def become(self, batch: Batch, sid: int, pos: int, out: _Output, ready: list[Dependent], here: bool) -> None:
+        """Run one ready dependent here (all of them when ``here``); invoke the rest."""
         become = next(
             (c for c in ready if c.sched == sid and c.pos == pos + 1),
             next((c for c in ready if c.sched in self.scheds), ready[0]),
         )
-        local = ready if big else [become]
+        local = ready if here else [become]
         away = [c for c in ready if c not in local]
         tid = out.tid
         self.data[tid] = out.value
@@ -697,10 +709,9 @@ class _Run:
                 batch.kvs_set(self.keys.data(h.out.tid), h.out.parts())
                 self.stats[0] += h.out.size()
             calls.append((h, keep, self.notify(batch, h.out.tid, h.c, hold=keep)))
-        h_queued = batch.mds("llen", self.ex.queue) if self.ex.queue else None
         self.stats[1] += 1
         batch = self.send(batch)
-        crowded = h_queued is not None and batch[h_queued] > 0
+        crowded = self.backlog > 0
         done = self.completed(batch, [call for _, _, call in calls])
         released = []
         for h, keep, (_, handle, _) in calls:
