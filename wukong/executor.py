@@ -21,9 +21,9 @@ executor then schedules itself:
   too, for a fan-out of at most ``BUSY_FANOUT_MAX``, while invocations wait in
   a local cluster's queue (its length comes with every round trip): no
   executor is idle then, and an invocation would only wait behind them.
-* While it still has local work, a task whose dependents are all fan-ins
-  holds its notification back (``DEFER_MAX`` of them, ``DEFER_S`` at most) and
-  sends them together: fan-ins that complete then run here, so a group of
+* While it still has local work (on its stack, or a ready dependent of the
+  task itself), a task holds its fan-in notifications back (``DEFER_MAX`` of
+  them, ``DEFER_S`` at most) and sends them together: fan-ins that complete then run here, so a group of
   leaves reduces its own subtree without a round trip per task.  A fan-in
   whose parents are all among the held outputs is complete without asking
   the MDS: nothing is written for it (no output, no arrival).
@@ -81,11 +81,13 @@ import json
 import os
 import pickle
 import socket
+import sys
 import threading
 import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 from wukong import protocol, serialization, task_warnings
@@ -484,7 +486,7 @@ class _Run:
             if board is not None:
                 board.start(*self.at)
             try:
-                with task_timeout(timeout, node.key):
+                with task_timeout(timeout, node.key) if timeout else nullcontext():  # the cheaper one when off
                     return node({k: data[d] for k, d in zip(dep_keys, rec.deps, strict=False)})
             except (Exception, SystemExit, KeyboardInterrupt) as exc:  # a task's exit is its failure
                 if attempt < retries:
@@ -514,14 +516,22 @@ class _Run:
         stored_result = self.publish(out) if rec.flags & OUTPUT else False
         ready = [c for c in rec.dependents if c.ndeps == 1]
         fanins = [c for c in rec.dependents if c.ndeps > 1]
+        wide = bool(fanins) or len(ready) > 1
+        big = wide and not out.at_most(self.ex.cluster_threshold)
+        # While invocations wait in a local cluster's queue no executor is idle: an
+        # invocation made now would wait too, so a narrow fan-out runs here instead.  A
+        # re-run does so whatever the queue: what its first attempt ran here, it runs here
+        # again (``fanin.lua`` knows an arrival by its invocation).
+        here = big or (len(ready) <= BUSY_FANOUT_MAX and (self.backlog > 0 or self.careful))
         if (
             fanins
-            and not ready
-            and (self.stack or self.deferred)  # no stack: the loop flushes at once, with this one
+            and (self.stack or self.deferred or ready)  # local work follows (else the loop flushes at once)
             and not stored_result
-            and out.size() <= self.ex.inline_limit
+            and out.at_most(self.ex.inline_limit)
         ):
             self.defer(out, fanins)  # batch this notification with the next ones
+            if ready:
+                self.become(self.store.batch(), sid, pos, out, ready, here)
             return
         limit = self.ex.delayed_io_bytes
         if limit is not None and len(fanins) == 1 and not ready and not stored_result and out.size() >= limit:
@@ -530,11 +540,6 @@ class _Run:
         # Where the output goes: to the KVS once when dependents elsewhere read it
         # (a fan-in's parents always store), inline in invocations when small, nowhere
         # when it is too big to ship (then every ready dependent runs here).
-        wide = bool(fanins) or len(ready) > 1
-        big = wide and out.size() > self.ex.cluster_threshold
-        # while invocations wait in a local cluster's queue no executor is idle: an
-        # invocation made now would wait too, so a narrow fan-out runs here instead
-        here = big or (self.backlog > 0 and len(ready) <= BUSY_FANOUT_MAX)
         shipped = bool(fanins) or (len(ready) > 1 and not here and out.size() > self.ex.inline_limit)
         batch = self.store.batch()
         if shipped or stored_result:  # before the fan-in calls of the same round trip
@@ -653,6 +658,9 @@ class _Run:
         run by one invocation; a re-run of this one recomputes the same
         parents and completes it again, as ``fanin.lua``'s owner rule would
         allow), so neither its parents' outputs nor its arrivals are written.
+        (A re-run also runs here the narrow fan-outs its first attempt may
+        have invoked, see ``finish``: such a task may then run twice, which
+        is harmless, but never not at all.)
         """
         deferred, self.deferred = self.deferred, []
         lacking: dict[int, int] = {}  # fan-in -> parents not among the held outputs
@@ -874,6 +882,15 @@ class _Output:
         self.parts()
         return self._size
 
+    def at_most(self, limit: int) -> bool:
+        """Whether the serialized value is at most ``limit`` bytes: for a number or a
+        numeric array told without serializing it (an output only used here never is)."""
+        if self._parts is None:
+            bound = _size_bound(self.value)
+            if bound is not None and bound <= limit:
+                return True
+        return self.size() <= limit
+
     def blob(self) -> bytes:
         if self._blob is None:
             parts = self.parts()
@@ -881,3 +898,17 @@ class _Output:
             one = len(parts) == 1 and not isinstance(first, memoryview)  # a buffer's view is joined (copied)
             self._blob = first if one and not isinstance(first, memoryview) else b"".join(parts)
         return self._blob
+
+
+_NUMBERS = (bool, int, float, complex, type(None))
+PICKLE_OVERHEAD = 1024  # bytes; more than pickle adds to a number or a numeric array's data
+
+
+def _size_bound(value: Any) -> int | None:
+    """An upper bound of ``value``'s serialized size when cheap to tell, else ``None``."""
+    if type(value) in _NUMBERS:
+        return PICKLE_OVERHEAD + (value.bit_length() // 8 if type(value) is int else 0)
+    np = sys.modules.get("numpy")
+    if np is not None and (type(value) is np.ndarray or isinstance(value, np.generic)) and not value.dtype.hasobject:
+        return PICKLE_OVERHEAD + value.nbytes
+    return None
