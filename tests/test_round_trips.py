@@ -50,6 +50,20 @@ def test_a_wide_fanout_starts_its_children_in_grouped_invocations(cluster, clien
     assert invocations <= 1 + LEAF_GROUPS_PER_WORKER * cluster.n_workers, f"{invocations} invocations for {width}"
 
 
+def test_a_narrow_fanout_needs_no_more_invocations_than_the_other_executors(cluster, client):
+    # This executor runs its share of the children; the others go in one invocation per
+    # other executor at most, not one each: more could only wait for an executor.
+    executors = cluster.n_workers * cluster.threads_per_worker
+    width = LEAF_GROUPS_PER_WORKER * executors  # the widest fan-out that is not started as leaves are
+    dsk = {"root": 1, **{f"c{i}": (operator.add, "root", i) for i in range(width)}}
+    dsk["total"] = (sum, [f"c{i}" for i in range(width)])
+    client.get(dsk, "total")  # warm
+    before = calls(cluster, "lrem")
+    assert client.get(dsk, "total") == width + sum(range(width))
+    invocations = calls(cluster, "lrem") - before
+    assert invocations <= executors, f"{invocations} invocations; one per child: {width}"
+
+
 def test_a_narrow_fanout_runs_here_while_invocations_wait_in_the_queue(cluster, client):
     # One leaf per invocation, more invocations than executors: while some wait in the
     # queue, each leaf's second child runs in the leaf's executor instead of an invocation.

@@ -341,6 +341,7 @@ class LocalCluster:
         }
         if self.n_workers:  # local workers: siblings of a wide fan-out are started as grouped leaves are
             config["fanout_groups"] = LEAF_GROUPS_PER_WORKER * self.n_workers * self.threads_per_worker
+            config["executors"] = self.n_workers * self.threads_per_worker
         return config
 
     def close(self) -> None:

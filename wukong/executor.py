@@ -42,7 +42,10 @@ executor then schedules itself:
   invocation, run again, arrives again and completes the fan-in.
 * A fan-out to more new schedules than ``fanout_groups`` starts them as
   grouped leaves are started: that many invocations, each carrying the
-  parent's output once (``Invocation.more``).
+  parent's output once (``Invocation.more``).  On a local cluster of
+  ``executors`` a narrower one needs no more invocations than there are other
+  executors: this one runs its share (1/``executors``) of the ready
+  dependents and starts the others in ``executors - 1`` invocations at most.
 * With nothing ready and nothing held it exits: it never waits for another
   executor, but for a held output's fan-in, ``delayed_io_wait`` at most.
 * Executors that are threads of one local worker process share an object
@@ -177,6 +180,7 @@ class Executor:
         max_task_fanout: int = 0,
         max_result_bytes: int | None = None,
         fanout_groups: int | None = None,
+        executors: int = 0,
         board: TaskBoard | None = None,
         table: ObjectTable | None = None,
         queue: str | None = None,
@@ -199,6 +203,7 @@ class Executor:
         # a fan-out to more new schedules than this starts them in this many invocations
         # (each carries the parent's output once); ``None``: one invocation each (Lambda)
         self.fanout_groups = fanout_groups
+        self.executors = executors  # a local cluster's executors (0: as many as are invoked, Lambda)
         # shared by the executors (threads) of this process: stored outputs, by reference
         self.table = table
         self.faults = Faults(faults) if faults else None
@@ -582,7 +587,7 @@ class _Run:
             (c for c in ready if c.sched == sid and c.pos == pos + 1),
             next((c for c in ready if c.sched in self.scheds), ready[0]),
         )
-        local = ready if here else [become]
+        local = ready if here else [become, *self.share(ready, become)]
         away = [c for c in ready if c not in local]
         tid = out.tid
         self.data[tid] = out.value
@@ -787,13 +792,29 @@ class _Run:
             self.scheds[s] = Schedule(batch[h])
         return values | {t: self.load_remote(t, batch[h]) for t, h in zip(want, handles, strict=False)}
 
+    def narrow(self, heads: int) -> bool:
+        """Whether a fan-out to ``heads`` new schedules is started in fewer invocations
+        than the local cluster's other executors (a proxy spreads them itself)."""
+        groups = self.ex.fanout_groups
+        return self.ex.proxy is None and self.ex.executors > 0 and groups is not None and heads <= groups
+
+    def share(self, ready: list[Dependent], become: Dependent) -> list[Dependent]:
+        """The new schedules this executor starts itself, besides ``become``: on a local
+        cluster, its share of a narrow fan-out (see the module docstring)."""
+        heads = [c for c in ready if c is not become and c.ndeps == 1 and c.pos == 0]
+        if not heads or not self.narrow(len(heads)):
+            return []
+        return heads[: -(-len(ready) // self.ex.executors) - 1]  # ceil(len(ready) / executors) here in all
+
     def send_away(self, batch: Batch, out: _Output, away: list[Dependent]) -> None:
         """Invoke executors for dependents that will not run here."""
         job, tid = self.inv.job, out.tid
         invs = []
         heads = [c for c in away if c.ndeps == 1 and c.pos == 0]
         groups = self.ex.fanout_groups if self.ex.proxy is None else None  # a proxy spreads them itself
-        if groups and len(heads) > groups:  # a wide fan-out: siblings share invocations
+        if heads and self.narrow(len(heads)):
+            groups = max(1, self.ex.executors - 1)
+        if groups and len(heads) > groups:  # siblings share invocations
             heads_set = set(heads)
             away = [c for c in away if c not in heads_set]
             for chunk in _cut(heads, groups):
