@@ -653,7 +653,9 @@ class _Run:
         self.refs[out.tid] = self.refs.get(out.tid, 0) + 1
 
     def flush_deferred(self) -> None:
-        """Store the held outputs and notify their fan-ins: one round trip at most.
+        """Store the held outputs and notify their fan-ins, and read the schedules of the
+        fan-ins completed here: one round trip at most, and one more for the inputs of
+        fan-ins completed by the MDS that their replies did not bring.
 
         Fan-ins that complete run here (their inputs are mostly in this
         executor's memory already); with grouped leaves, whole subtrees of a
@@ -686,11 +688,11 @@ class _Run:
                 elif c.tid in lacking:  # once per fan-in, at its first parent's place
                     del lacking[c.tid]
                     local.append(c)
+        take = self.request_inputs(batch, local)  # their schedules, when not here
         done = self.completed(self.send(batch), calls) if batch else []
-        done += local
-        for t, value in self.fetch_fanin_inputs(done).items():
+        for t, value in (take(batch) | self.fetch_fanin_inputs(done)).items():
             self.data[t] = value
-        for c in reversed(done):
+        for c in reversed(done + local):
             self.push(c.sched, c.pos)
         for tid, _, _ in deferred:  # release the holds taken in ``defer``
             self.refs[tid] -= 1
@@ -759,7 +761,14 @@ class _Run:
         time.sleep(max(0.0, min(h.ask_at for h in self.holds) - time.monotonic()))
 
     def fetch_fanin_inputs(self, local: list[Dependent]) -> dict[int, Any]:
-        """One round trip for what the tasks about to run here lack.
+        """One round trip (at most) for what the tasks about to run here lack."""
+        batch = self.store.batch()
+        take = self.request_inputs(batch, local)
+        return take(self.send(batch) if batch else batch)
+
+    def request_inputs(self, batch: Batch, local: list[Dependent]) -> Callable[[Batch], dict[int, Any]]:
+        """Add to ``batch`` the reads of what the tasks about to run here lack; returns
+        what takes their values from its replies (all of them: those found here too).
 
         A dependent on another schedule needs that schedule (a completed
         fan-in's came with the fan-in reply); a fan-in needs the outputs of
@@ -780,17 +789,17 @@ class _Run:
         values = self.shared(want)
         values |= {t: self.load_remote(t, early[t]) for t in want if t in early and t not in values}
         want = [t for t in want if t not in values]
-        if not want and not scheds:
-            return values
-        batch = self.store.batch()
         h_scheds = [batch.get_value(self.store.mds_index, self.keys.schedule(s)) for s in scheds]
         handles = batch.kvs_get_many([self.keys.data(t) for t in want])
-        batch = self.send(batch)
-        for s, h in zip(scheds, h_scheds, strict=False):
-            if batch[h] is None:
-                raise JobGone()
-            self.scheds[s] = Schedule(batch[h])
-        return values | {t: self.load_remote(t, batch[h]) for t, h in zip(want, handles, strict=False)}
+
+        def take(batch: Batch) -> dict[int, Any]:
+            for s, h in zip(scheds, h_scheds, strict=True):
+                if batch[h] is None:
+                    raise JobGone()
+                self.scheds[s] = Schedule(batch[h])
+            return values | {t: self.load_remote(t, batch[h]) for t, h in zip(want, handles, strict=True)}
+
+        return take
 
     def narrow(self, heads: int) -> bool:
         """Whether a fan-out to ``heads`` new schedules is started in fewer invocations
