@@ -23,8 +23,9 @@ executor then schedules itself:
   executor is idle then, and an invocation would only wait behind them.
 * While it still has local work (on its stack, or a ready dependent of the
   task itself), a task holds its fan-in notifications back (``DEFER_MAX`` of
-  them, ``DEFER_S`` at most) and sends them together: fan-ins that complete then run here, so a group of
-  leaves reduces its own subtree without a round trip per task.  A fan-in
+  them, ``DEFER_S`` at most) and sends them together: fan-ins that complete
+  then run here, so a group of leaves reduces its own subtree without a round
+  trip per task.  A fan-in
   whose parents are all among the held outputs is complete without asking
   the MDS: nothing is written for it (no output, no arrival).
 * Delayed I/O: an output of at least ``delayed_io_bytes`` whose one
