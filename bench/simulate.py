@@ -58,13 +58,15 @@ def calibrate(lam: LambdaLocal, cluster: LocalCluster) -> dict[str, float]:
         client.invoke(FunctionName="noop", Payload=b"{}")
         rounds.append(time.perf_counter() - t0)
     dispatch = max(0.0, statistics.median(rounds) - lam.latency)
-    # an executor's own CPU per invocation: the workers' CPU time over one-task jobs, per invocation
+    # CPU per invocation on the shared cores: the workers', and the endpoint's (this process),
+    # Redis's and the client's for them, over jobs of one-task invocations
     import psutil
 
     one = Client(cluster, progress=False)
     wide = delayed(sum)([delayed(operator.add)(i, 1) for i in range(200)])  # jobs of many invocations
     wide.compute(scheduler=one.get)
-    procs = [psutil.Process(pid) for pid in lam.worker_pids()]
+    me = psutil.Process()
+    procs = [me, *me.children(recursive=True)]
     cpu0 = sum(sum(p.cpu_times()[:2]) for p in procs)
     n0 = lam.stats()["invocations"]
     for _ in range(3):
@@ -75,46 +77,138 @@ def calibrate(lam: LambdaLocal, cluster: LocalCluster) -> dict[str, float]:
         "invoke_latency_s": latency,
         "warm_start_s": dispatch,
         "invocation_cpu_s": per_invocation,
+        **calibrate_bytes(cluster.store, rtt),
     }
 
 
-def measure(cluster: LocalCluster, collections: tuple, repeat: int) -> float:
+def calibrate_bytes(store: Any, rtt: float, nbytes: int = 4_500_000, repeat: int = 20) -> dict[str, float]:
+    """Bytes per second, measured here on a block of GEMM small's size: a memory copy (an
+    executor's side of loopback), the Redis server's side of a SET and of a GET from one
+    client (less that copy and the round trip), and the executor's (de)serializer."""
+    import numpy as np
+
+    from wukong import serialization
+
+    def rate(fn: Any) -> float:
+        t0 = time.perf_counter()
+        for _ in range(repeat):
+            fn()
+        return nbytes * repeat / (time.perf_counter() - t0)
+
+    block = np.random.default_rng(0).random(nbytes // 8)
+    blob = serialization.dumps(block)
+    copy = rate(lambda: bytearray(blob))
+    key = "wukong-calibrate"
+    kvs = store.servers[store.kvs_server(key)]
+    set_ = rate(lambda: kvs.set(key, blob))
+    get = rate(lambda: kvs.get(key))
+    kvs.delete(key)
+    per_byte = rtt / nbytes + 1 / copy  # what is not the server's, per byte
+    return {
+        "bandwidth_Bps": copy,
+        "shard_Bps": 1 / max(1 / set_ - per_byte, 1 / copy),
+        "shard_out_Bps": 1 / max(1 / get - per_byte, 1 / copy),
+        "serialize_Bps": rate(lambda: serialization.dumps_parts(block)),
+        "deserialize_Bps": rate(lambda: serialization.loads(blob)),
+    }
+
+
+def measure(cluster: LocalCluster, collections: tuple, repeat: int) -> tuple[float, Any]:
+    """The median of ``repeat`` runs' ``run_s`` (from the job's first invoke to the client having
+    every result), after one to warm the workers' imports; and the job record of that run."""
     client = Client(cluster, progress=False)
     client.get(*graph_of(*collections))  # warm the workers' imports
     runs = []
     for _ in range(repeat):
         client.get(*graph_of(*collections))
-        runs.append(client.last_job["run_s"])
-    return statistics.median(runs)
+        runs.append((client.jobs[-1].run_s, client.jobs[-1]))
+    runs.sort(key=lambda r: r[0])
+    return runs[len(runs) // 2]
+
+
+# One BLAS thread per execution environment, in the workers and in the recorded profile: the
+# workers outnumber the cores, and OpenBLAS threads that spin-wait for a core they share with
+# seven other workers' made tsqr 7x slower here than its tasks' CPU time (a pathology of
+# oversubscribing this machine, not of Lambda, where each environment has its own vCPUs).
+ONE_THREAD = {name: "1" for name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
 
 
 def validate(args: argparse.Namespace) -> None:
+    from threadpoolctl import threadpool_limits
+
     handlers = {FUNCTION: "wukong.backends.aws_lambda:handler", "noop": "bench.fanout:noop"}
-    with lambda_local(handlers, workers=args.workers, latency=args.latency) as lam:
+    with lambda_local(handlers, workers=args.workers, latency=args.latency, env=ONE_THREAD) as lam:
         options = lam.cluster_options  # type: ignore[attr-defined]
         with LocalCluster(
             backend="lambda", function_name=FUNCTION, endpoint_url=lam.url, region="us-east-1", **options
         ) as c:
             cal = calibrate(lam, c)
             model = Model.local(args.workers, cal["invoke_latency_s"], os.cpu_count() or 1).with_(
-                redis_rtt_s=cal["redis_rtt_s"],
                 roundtrip_cpu_s=cal["redis_rtt_s"],  # a PING from Python is mostly the client's CPU
-                warm_start_s=cal["warm_start_s"],
-                invocation_cpu_s=cal["invocation_cpu_s"],
+                **cal,
             )
-            print(f"calibrated here: {', '.join(f'{k}={v * 1000:.2f} ms' for k, v in cal.items())}")
-            print(f"load {os.getloadavg()[0]:.1f}, {os.cpu_count()} cores, {args.workers} lambda-local workers")
-            print(f"{'workload':<24} {'tasks':>6} {'measured (s)':>13} {'predicted (s)':>14} {'error':>7}")
+            print("calibrated here: " + ", ".join(_show(k, v) for k, v in cal.items()))
+            print(f"load {_load()}, {os.cpu_count()} cores, {args.workers} lambda-local workers, one BLAS thread each")
+            print(f"{'workload':<24} {'tasks':>6} {'measured (s)':>13} {'predicted (s)':>14} {'error':>7}  load")
             for name, size in VALIDATE:
+                if args.only and name not in args.only:
+                    continue
                 w = build(name, size)
                 dsk, keys = graph_of(*w.collections)
-                profile = record(dsk, keys)
-                measured = measure(c, w.collections, args.repeat)
+                with threadpool_limits(1):
+                    profile = record(dsk, keys)
+                measured, job = measure(c, w.collections, args.repeat)
                 report = simulate_graph(dsk, keys, profile, model)
                 err = (report.makespan - measured) / measured
                 print(
-                    f"{name + ' ' + size:<24} {report.tasks:>6} {measured:>13.3f} {report.makespan:>14.3f} {err:>+7.0%}"
+                    f"{name + ' ' + size:<24} {report.tasks:>6} {measured:>13.3f} {report.makespan:>14.3f} "
+                    f"{err:>+7.0%}  {_load()}",
+                    flush=True,
                 )
+                if args.detail:
+                    print(compare(job, report))
+
+
+def _show(name: str, value: float) -> str:
+    return f"{name}={value / 1e6:.0f} MB/s" if name.endswith("Bps") else f"{name}={value * 1000:.2f} ms"
+
+
+def _load() -> str:
+    return "/".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def compare(job: Any, report: Any) -> str:
+    """Measured (the job record: each task's start and end on its executor) against simulated,
+    by kind of task: how many, their summed seconds, and when the last one ended (seconds
+    after the first task started)."""
+    from collections import defaultdict
+
+    from dask.utils import key_split
+
+    measured: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
+    t0 = min(t.start for t in job.tasks)
+    for t in job.tasks:
+        m = measured[key_split(t.key)]
+        m[0] += 1
+        m[1] += t.end - t.start
+        m[2] = max(m[2], t.end - t0)
+    simulated: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])
+    s0 = min(report.task_start)
+    for key, start, end in zip(report.keys, report.task_start, report.task_end, strict=True):
+        m = simulated[key_split(key)]
+        m[0] += 1
+        m[1] += end - start
+        m[2] = max(m[2], end - s0)
+    lines = [f"    {'kind':<34} {'tasks':>11} {'task s (meas/sim)':>19} {'last end (meas/sim)':>21}"]
+    for kind, (n, busy, last) in sorted(measured.items(), key=lambda kv: -kv[1][1]):
+        sn, sbusy, slast = simulated.get(kind, (0, 0.0, 0.0))
+        lines.append(f"    {kind:<34} {n:>5}/{sn:<5} {busy:>9.3f}/{sbusy:<9.3f} {last:>10.3f}/{slast:<10.3f}")
+    lines.append(
+        f"    executors {len(job.executors)} measured, invocations {job.invocations}/{report.executors}; "
+        f"the client had the results {report.makespan - report.executors_end:.3f} s after the last executor's end "
+        f"(simulated)"
+    )
+    return "\n".join(lines)
 
 
 # -- predictions ----------------------------------------------------------------------------
@@ -214,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ways", type=int, nargs="+", default=[1000, 10_000, 100_000])
     p.add_argument("--tree-leaves", type=int, default=1_000_000)
     p.add_argument("--kvs-shards", type=int, default=1, help="KV store shards of the modelled Redis")
-    p.add_argument("--only", nargs="*", help="predict only the workloads whose name has one of these words")
+    p.add_argument("--only", nargs="*", help="validate or predict only the workloads whose name has one of these words")
+    p.add_argument("--detail", action="store_true", help="validation: measured against simulated, by kind of task")
     p.add_argument("--gemm-chunk", type=int, default=2500)
     args = p.parse_args(argv)
     predict(args) if args.predict else validate(args)

@@ -28,10 +28,12 @@ class Model:
     # -- Redis ------------------------------------------------------------------------
     redis_rtt_s: float = 0.0005  # client <-> server round trip in one VPC
     shard_ops_per_s: float = 100_000  # commands a shard serves per second
-    shard_Bps: float = 1.25e9  # a shard's network bandwidth (10 Gbit/s)
+    shard_Bps: float = 1.25e9  # bytes a shard takes in per second (10 Gbit/s) ...
+    shard_out_Bps: float = 1.25e9  # ... and sends per second (full duplex)
     kvs_shards: int = 1
     # -- the executor's own CPU ---------------------------------------------------------
-    serialize_Bps: float = 2e9  # pickle-5 of numpy buffers, per direction
+    serialize_Bps: float = 2e9  # pickle-5 of numpy buffers (wukong.serialization.dumps_parts) ...
+    deserialize_Bps: float = 2e9  # ... and back (serialization.loads)
     task_speed: float = 1.0  # task durations of the profile are divided by this
     invocation_cpu_s: float = 0.003  # an executor's CPU per invocation besides its tasks (decode, set-up)
     roundtrip_cpu_s: float = 0.0001  # an executor's CPU per Redis round trip (pipeline encode/parse)
@@ -47,7 +49,8 @@ class Model:
     @classmethod
     def local(cls, workers: int, latency: float, cores: int, **changes: object) -> Model:
         """A ``wukong lambda-local`` endpoint with ``workers`` warm workers and ``latency`` per Invoke,
-        on a machine with ``cores`` cores (measure the rest with ``wukong.simulate.calibrate``)."""
+        on a machine with ``cores`` cores shared by all (measure the rest: ``bench.simulate.calibrate``).
+        Moving bytes over loopback is the executor's CPU, so on shared cores it is contended too."""
         return cls(
             concurrency=workers,
             burst=10**9,
@@ -55,7 +58,6 @@ class Model:
             warm_pool=workers,
             invoke_latency_s=latency,
             bandwidth_Bps=2e9,
-            shard_Bps=2e9,
             cores=cores,
         ).with_(**changes)
 
@@ -81,15 +83,21 @@ SOURCES = {
     "invoke_in_flight": "wukong.backends.aws_lambda.lambda_config(connections=64)",
     "tree_start_s": "wukong.backends.aws_lambda.TREE_START_S",
     "bandwidth_Bps": "per-function network throughput ~75 MB/s (Klimovic et al., Pocket, OSDI'18; "
-    "Wang et al. ATC'18 measured 28-80 MB/s depending on memory size)",
+    "Wang et al. ATC'18 measured 28-80 MB/s depending on memory size); lambda-local: a memory copy "
+    "of a 4.5 MB value, measured here (bench.simulate.calibrate; the Redis server's side is shard_Bps)",
     "memory_mb": "wukong's default function size (LocalCluster(memory_mb=3008)); priced with "
     "wukong.cost.RATES (aws.amazon.com/lambda/pricing, us-east-1)",
     "redis_rtt_s": "ElastiCache: sub-millisecond latency in one AZ (aws.amazon.com/elasticache/redis); 0.5 ms",
     "shard_ops_per_s": "redis.io/docs/management/optimization/benchmarks: ~100k-200k ops/s per "
     "single-threaded server for small commands; 100k assumed (Lua fan-ins cost more than GET)",
-    "shard_Bps": "cache.r6g.xlarge and larger: up to 10 Gbit/s (aws.amazon.com/elasticache/pricing)",
+    "shard_Bps": "cache.r6g.xlarge and larger: up to 10 Gbit/s (aws.amazon.com/elasticache/pricing); "
+    "lambda-local: measured here (bench.simulate.calibrate: SET of 4.5 MB values from one client, less "
+    "the client's own copy at bandwidth_Bps)",
+    "shard_out_Bps": "as shard_Bps, each direction (full duplex); lambda-local: measured here (GET of the same values)",
     "kvs_shards": "the cluster's configuration",
-    "serialize_Bps": "pickle protocol 5 of numpy arrays is a memory copy: ~2 GB/s assumed",
+    "serialize_Bps": "pickle protocol 5 of numpy arrays is a memory copy: ~2 GB/s assumed on Lambda; "
+    "lambda-local: measured here (bench.simulate.calibrate: serialization.dumps_parts of a 4.5 MB block)",
+    "deserialize_Bps": "as serialize_Bps (serialization.loads of the same block)",
     "invocation_cpu_s": "measured here (bench.simulate.calibrate: handler seconds of a one-task job, less "
     "its round trips); 3 ms assumed on Lambda",
     "roundtrip_cpu_s": "redis-py pipeline of a few commands: ~0.1 ms of CPU (measured here with a PING loop)",
