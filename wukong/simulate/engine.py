@@ -107,6 +107,8 @@ def _size(x: Any) -> int:
         return len(x)
     if isinstance(x, (list, tuple)):
         return sum(_size(v) for v in x)
+    if isinstance(x, dict):  # an event's fields: a result in the stream is its bytes
+        return sum(_size(k) + _size(v) for k, v in x.items())
     return 8
 
 
@@ -129,7 +131,8 @@ class Span:
 
 
 class _SimTime:
-    """``time`` as the executor module sees it during a simulation: ``monotonic`` is simulated."""
+    """``time`` as the executor module sees it during a simulation: ``monotonic`` and ``sleep``
+    are simulated (a real sleep would stop the whole simulation, and not advance its clock)."""
 
     def __init__(self, sim: Simulation):
         self._sim = sim
@@ -139,6 +142,9 @@ class _SimTime:
 
     def monotonic_ns(self) -> int:
         return int(self._sim.now * 1e9)
+
+    def sleep(self, seconds: float) -> None:  # a holder of delayed I/O waits for its next turn
+        self._sim.pause("hold", seconds)
 
     def __getattr__(self, name: str) -> Any:
         import time
@@ -558,16 +564,13 @@ class Simulation:
             self.errors.append(f"task {key!r} {what}: {exc!r}\n{tb}")
 
     def client_reads(self, kind: str, fields: dict) -> None:
-        """The client decodes a result once its event is in the stream; a result too long for
-        the stream (``"R"``) it first reads from the KVS (``Job.read_stored_result``): one
-        round trip and the bytes through the server and the link.  The job is over for the
+        """The client reads a result's bytes (through the server and its link) and decodes it,
+        once its event is in the stream: in the event, or, for a result too long for the
+        stream (``"R"``), with one more round trip from the KVS (``Job.read_stored_result``).  The job is over for the
         client (its ``run_s``) when it has the last one, after the executors' ends."""
         m = self.model
-        if kind == "R":
-            n = self.sizes[int(fields["t"])]
-            fetch = m.redis_rtt_s + n / m.shard_out_Bps + n / m.bandwidth_Bps
-        else:
-            n, fetch = len(fields["v"]), 0.0
+        n = self.sizes[int(fields["t"])] if kind == "R" else len(fields["v"])
+        fetch = n / m.shard_out_Bps + n / m.bandwidth_Bps + (m.redis_rtt_s if kind == "R" else 0.0)
         self.results_at = max(self.results_at, self.now) + fetch + n / m.deserialize_Bps
 
     # -- Lambda ---------------------------------------------------------------------------
@@ -654,7 +657,9 @@ class Simulation:
 
     def _tree_body(self, group: list[Invocation], b: int) -> Callable[[Executor], None]:
         def node(env: Executor) -> None:
-            self.pause("tree", self.model.tree_start_s)
+            # its start is its environment's (warm or cold) and ``invocation_cpu_s``, as any
+            # invocation's: ``tree_start_s`` is the real code's estimate of that same start,
+            # used (as the real code uses it) only to choose the branching
             if len(group) <= b:
                 self._send_direct([(inv, None) for inv in group])
             else:

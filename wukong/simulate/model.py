@@ -22,7 +22,7 @@ class Model:
     invoke_latency_s: float = 0.025  # an Event Invoke call, request to 202 Accepted
     invoke_cpu_s: float = 0.0002  # invoker CPU per Invoke (lean invoker; boto3: ~0.0013)
     invoke_in_flight: int = 64  # an invoker's requests in flight (lean invoker connections)
-    tree_start_s: float = 0.05  # an invoker-tree node's own start (warm)
+    tree_start_s: float = 0.05  # the real code's estimate of a tree node's start, for its branching
     bandwidth_Bps: float = 75e6  # per execution environment, each direction
     memory_mb: int = 3008  # priced by wukong.cost (us-east-1 x86_64 rates)
     # -- Redis ------------------------------------------------------------------------
