@@ -370,11 +370,13 @@ class _SimBatch:
             sim.compute(up / m.bandwidth_Bps)  # the executor's link (on shared cores: its CPU, contended)
             start = max(sim.now + m.redis_rtt_s / 2, srv.free_at)
             slow = sim.contention()  # a Redis server on the executors' cores (lambda-local) shares them
-            srv.free_at = start + (len(cmds) / m.shard_ops_per_s + up / m.shard_Bps) * slow
+            work = len(cmds) / m.shard_ops_per_s + up / m.shard_Bps
+            srv.free_at = start + work * slow
             sim.sleep_until(srv.free_at)
             replies = [fn(*args) for fn, args, _ in cmds]
             down = sum(_size(r) for r in replies)
             srv.free_at += down / m.shard_out_Bps * slow
+            sim.server_seconds += work + down / m.shard_out_Bps
             srv.ops += len(cmds)
             srv.bytes_in += up
             srv.bytes_out += down
@@ -467,8 +469,8 @@ class Simulation:
         self.executor_options.update(executor_options)
         costs = [profile.cost(k) for k in keys_of]
         self.durations = [s for s, _ in costs]
-        if model.cores:  # shared CPUs: a task's demand is its CPU seconds (BLAS may use several threads)
-            self.durations = [s * profile.cpu_ratio(k) for s, k in zip(self.durations, keys_of, strict=True)]
+        if model.cores:  # shared CPUs: a task's demand is its CPU seconds (its threads', other work's not)
+            self.durations = [profile.cpu_seconds(k) for k in keys_of]
         self.sizes = [b for _, b in costs]
         self.now = 0.0
         self._heap: list[tuple[float, int, Any, Any]] = []
@@ -494,6 +496,8 @@ class Simulation:
         self.decoded: dict[int, tuple[bytes, Schedule]] = {}  # id(blob) -> it, decoded once for all executors
         self.results = 0
         self.results_at = 0.0  # when the client has read and decoded the last result
+        self.cpu_seconds = 0.0  # the executors' computing (``compute``), before contention
+        self.server_seconds = 0.0  # the Redis servers' work, before contention
         self.task_start = array("d", bytes(8 * len(keys_of)))  # task id -> simulated start, end
         self.task_end = array("d", bytes(8 * len(keys_of)))
         self.errors: list[str] = []
@@ -530,6 +534,7 @@ class Simulation:
         """``cpu`` without charging the time (the caller charges it, with its waits)."""
         if seconds <= 0:
             return
+        self.cpu_seconds += seconds
         seconds *= self.contention()
         self.computing += 1
         self.sleep_until(self.now + seconds)

@@ -31,6 +31,8 @@ class Report:
     event_bytes: int  # bytes of outputs carried inline in invocation events
     network_bytes: int  # bytes between executors and Redis, both directions
     work_seconds: float  # sum of the profiled task durations (at task_speed)
+    cpu_seconds: float  # the executors' computing: tasks, (de)serializing, starts, invokes, moving bytes
+    server_seconds: float  # the Redis servers' work
     cost: dict
     spans: list[Span]
     ran: dict[int, int]  # task id -> times run
@@ -109,6 +111,8 @@ def simulate_graph(
         event_bytes=sim.event_bytes,
         network_bytes=sim.sent_bytes + sim.received_bytes,
         work_seconds=sum(sim.durations) / model.task_speed,
+        cpu_seconds=sim.cpu_seconds,
+        server_seconds=sim.server_seconds,
         cost=job_cost(durations),
         spans=sim.spans,
         ran=dict(sim.ran),
