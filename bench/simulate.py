@@ -77,16 +77,30 @@ def calibrate(lam: LambdaLocal, cluster: LocalCluster) -> dict[str, float]:
     wide.compute(scheduler=one.get)
     me = psutil.Process()
     procs = [me, *me.children(recursive=True)]
-    cpu0 = sum(sum(p.cpu_times()[:2]) for p in procs)
+
+    def cpu() -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in procs)
+
+    cpu0 = cpu()
     n0 = lam.stats()["invocations"]
     for _ in range(3):
         wide.compute(scheduler=one.get)
-    per_invocation = (sum(sum(p.cpu_times()[:2]) for p in procs) - cpu0) / (lam.stats()["invocations"] - n0)
+    per_invocation = (cpu() - cpu0) / (lam.stats()["invocations"] - n0)  # (and its one task)
+    # CPU per task besides its own work: a chain of 200 trivial tasks, run by one invocation
+    chain = delayed(operator.add)(0, 1)
+    for _ in range(199):
+        chain = delayed(operator.add)(chain, 1)
+    chain.compute(scheduler=one.get)
+    cpu0 = cpu()
+    for _ in range(3):
+        chain.compute(scheduler=one.get)
+    per_task = max(0.0, ((cpu() - cpu0) / 3 - per_invocation) / 199)
     return {
         "redis_rtt_s": rtt,
         "invoke_latency_s": latency,
         "warm_start_s": dispatch,
-        "invocation_cpu_s": per_invocation,
+        "invocation_cpu_s": max(0.0, per_invocation - per_task),
+        "task_cpu_s": per_task,
         **calibrate_bytes(cluster.store),
     }
 

@@ -231,3 +231,11 @@ def test_delayed_io_holds_sleep_in_simulated_time():
     assert set(r.ran.values()) == {1} and sorted(r.ran) == list(range(r.tasks))
     for s in r.spans:
         assert s.end - s.start == pytest.approx(s.accounted, abs=1e-9)
+
+
+def test_each_task_costs_the_executor_its_bookkeeping():
+    dsk, keys = graph_of(tree(32))
+    r = simulate_graph(dsk, keys, Profile({}, {"add": (0.01, 28)}), Model.aws(1000, task_cpu_s=0.001))
+    assert sum(s.busy["task overhead"] for s in r.spans) == pytest.approx(r.tasks * 0.001)
+    for s in r.spans:
+        assert s.end - s.start == pytest.approx(s.accounted, abs=1e-9)

@@ -427,6 +427,7 @@ class _SimRun(_Run):
         sim.task_start[rec.tid] = sim.now
         sim.cpu("tasks", sim.durations[rec.tid] / sim.model.task_speed)
         sim.task_end[rec.tid] = sim.now
+        sim.cpu("task overhead", sim.model.task_cpu_s)
         return _Value(rec.tid)
 
     def dumps(self, key: Any, result: Any) -> Any:

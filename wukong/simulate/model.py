@@ -37,6 +37,7 @@ class Model:
     task_speed: float = 1.0  # task durations of the profile are divided by this
     invocation_cpu_s: float = 0.003  # an executor's CPU per invocation besides its tasks (decode, set-up)
     roundtrip_cpu_s: float = 0.0001  # an executor's CPU per Redis round trip (pipeline encode/parse)
+    task_cpu_s: float = 0.0  # an executor's CPU per task besides the task's own (its bookkeeping)
     cores: float | None = None  # CPUs shared by all executors (None: each environment has its own)
     warm_pool: int = 0  # environments already warm when the job starts
 
@@ -103,6 +104,8 @@ SOURCES = {
     "invocation_cpu_s": "3 ms assumed on Lambda; lambda-local: measured here (bench.simulate.calibrate: the "
     "CPU seconds of the workers, the endpoint, Redis and the client over jobs of 200 one-task invocations, "
     "per invocation: on lambda-local all of them share the executors' cores)",
+    "task_cpu_s": "0 on Lambda (not modelled there yet); lambda-local: measured here (bench.simulate.calibrate: "
+    "the CPU seconds of a chain of 200 trivial tasks run by one invocation, less one invocation's, per task)",
     "roundtrip_cpu_s": "redis-py pipeline of a few commands: ~0.1 ms of CPU (measured here with a PING loop)",
     "cores": "None on Lambda (each environment has its vCPUs); the machine's cores for lambda-local",
     "warm_pool": "0 on Lambda (a job's first executors start cold); lambda-local's workers are warm",
