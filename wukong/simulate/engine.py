@@ -245,7 +245,9 @@ class _SimStore:
         hold: bool = False,
         max_missing: int = 0,
     ) -> Any:  # fanin.lua's semantics
-        arrivals, holds = self.sets[keys.fanin(tid)], self.hashes[keys.holds(tid)]
+        arrivals = self.sets[keys.fanin(tid)]
+        # a fan-in's holds exist once a parent holds (an empty dict kept per fan-in is memory at 1M)
+        holds = self.hashes[keys.holds(tid)] if hold else self.hashes.get(keys.holds(tid)) or {}
         new = parent not in arrivals
         arrivals.add(parent)
         full = len(arrivals) >= ndeps
