@@ -71,12 +71,18 @@ def secret_arn(name: str) -> str:
 
 
 @contextlib.contextmanager
-def lambda_local(handlers: dict, **kwargs: Any) -> Iterator[LambdaLocal]:
+def lambda_local(handlers: dict, env: dict | None = None, **kwargs: Any) -> Iterator[LambdaLocal]:
     """``LambdaLocal`` and a private Redis whose password, as on AWS, only a secret holds:
     the functions, the client and the proxy read it (``WUKONG_REDIS_SECRET_ARN``).
-    ``lam.cluster_options``: the ``LocalCluster`` keyword arguments that name them."""
+    ``lam.cluster_options``: the ``LocalCluster`` keyword arguments that name them.
+    ``env``: more environment variables for the functions."""
     os.environ.update(AWS_ENV)
-    env = {**AWS_ENV, SECRET_ARN_ENV: secret_arn("wukong-redis"), PROXY_SECRET_ARN_ENV: secret_arn("wukong-proxy")}
+    env = {
+        **AWS_ENV,
+        SECRET_ARN_ENV: secret_arn("wukong-redis"),
+        PROXY_SECRET_ARN_ENV: secret_arn("wukong-proxy"),
+        **(env or {}),
+    }
     with RedisServer() as redis, LambdaLocal(handlers, env=env, **kwargs) as lam:
         os.environ.update({"AWS_ENDPOINT_URL_SECRETS_MANAGER": lam.url, SECRET_ARN_ENV: secret_arn("wukong-redis")})
         arn = lam.put_secret("wukong-redis", json.dumps({"username": None, "password": redis.password}))

@@ -7,6 +7,7 @@ import operator
 import dask.array as da
 import pytest
 from dask import delayed
+from dask.utils import key_split
 
 from wukong import cli
 from wukong.graph import prepare
@@ -181,3 +182,60 @@ def test_a_report_does_not_keep_the_simulation():
     for sim in sims:  # ... but empty
         assert not sim.store.data and not sim.store.sets and not sim.idle_envs and not sim.decoded
         assert not sim.ran and not sim.stored
+
+
+def test_every_task_has_its_simulated_times(case):
+    dsk, keys, profile, r = case
+    assert len(r.keys) == len(r.task_start) == len(r.task_end) == r.tasks
+    for tid, key in enumerate(r.keys):  # it ran for its profiled seconds (the model's cores are its own)
+        assert r.task_end[tid] - r.task_start[tid] == pytest.approx(profile.cost(key)[0], abs=1e-9)
+    assert 0 < max(r.task_end) <= r.executors_end <= r.makespan
+
+
+def test_the_makespan_includes_the_client_reading_the_result():
+    # one 10 MB output, in the job's event stream: sent by the executor, read and decoded by the client
+    dsk, keys = {"x": (operator.add, 1, 1)}, ["x"]
+    profile = Profile({"x": (0.01, 10_000_000)})
+    m = Model.aws(10, shard_out_Bps=1e7, bandwidth_Bps=1e9, deserialize_Bps=1e9)
+    r = simulate_graph(dsk, keys, profile, m)
+    assert r.kvs_bytes == 0 and r.network_bytes > 10_000_000  # the event carried it
+    reading = 1.0 + 0.01 + 0.01  # 1 s through the server, its link, decoding
+    # from when the server took the event in: before the executor's end by (part of) a round trip
+    assert r.makespan == pytest.approx(r.executors_end + reading, abs=m.redis_rtt_s)
+
+
+def test_an_invoker_tree_node_costs_a_start_like_any_invocation():
+    dsk, keys = graph_of(fanout(2000))
+    r = simulate_graph(dsk, keys, record(dsk, keys), Model.aws(10_000, tree_start_s=1e-6))
+    nodes = [s for s in r.spans if s.kind == "tree"]
+    assert nodes and all(set(s.busy) <= {"start", "invoke"} for s in nodes)  # no tree_start_s pause
+
+
+def test_on_shared_cores_moving_bytes_is_contended_cpu():
+    # the same job on 1 shared core and on environments of their own: the bytes' time is longer shared
+    dsk, keys = graph_of(gemm())
+    profile = Profile({}, {k: (0.0, 10_000_000) for k in {key_split(k) for k in prepare(dsk, keys)[0]}})
+    own = simulate_graph(dsk, keys, profile, Model.local(8, 0.0, 8).with_(cores=None))
+    shared = simulate_graph(dsk, keys, profile, Model.local(8, 0.0, 1))
+    assert shared.kvs_bytes == own.kvs_bytes > 0
+    redis = lambda r: sum(s.busy["redis"] for s in r.spans)  # noqa: E731
+    assert redis(shared) > redis(own)
+    assert set(shared.ran.values()) == {1}
+
+
+def test_delayed_io_holds_sleep_in_simulated_time():
+    # holders of delayed I/O sleep between asks: simulated, charged, and every task still runs once
+    dsk, keys = graph_of(tree(64))
+    profile = Profile({}, {"add": (0.01, 100_000)})
+    r = simulate_graph(dsk, keys, profile, Model.aws(4), delayed_io_bytes=1)
+    assert set(r.ran.values()) == {1} and sorted(r.ran) == list(range(r.tasks))
+    for s in r.spans:
+        assert s.end - s.start == pytest.approx(s.accounted, abs=1e-9)
+
+
+def test_each_task_costs_the_executor_its_bookkeeping():
+    dsk, keys = graph_of(tree(32))
+    r = simulate_graph(dsk, keys, Profile({}, {"add": (0.01, 28)}), Model.aws(1000, task_cpu_s=0.001))
+    assert sum(s.busy["task overhead"] for s in r.spans) == pytest.approx(r.tasks * 0.001)
+    for s in r.spans:
+        assert s.end - s.start == pytest.approx(s.accounted, abs=1e-9)

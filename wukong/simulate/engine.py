@@ -22,9 +22,15 @@ What is modelled (``Model``).
 
 * Redis (``_SimStore``, ``_SimBatch``): one in-memory dict per job; each
   server (MDS, KVS shards) is a FIFO queue serving ``shard_ops_per_s``
-  commands and ``shard_Bps`` bytes per second.  A batch executes as the real
-  one does -- one pipeline per server, KVS first, MDS last, one after the
-  other -- each costing a round trip plus its bytes over the executor's link.
+  commands, ``shard_Bps`` bytes in and ``shard_out_Bps`` bytes out per second.
+  A batch executes as the real one does -- one pipeline per server, KVS first,
+  MDS last, one after the other -- each costing a round trip plus its bytes over
+  the executor's link.  On shared cores (``Model.cores``: lambda-local) moving
+  bytes over the link is the executor's CPU and the server's work is the
+  server's, both slowed while more computations than cores run.
+* The client: it has the job's results when it has read (a stored result:
+  one GET) and decoded each one after its event (``client_reads``); the
+  makespan is then, as the client's ``run_s`` measures it.
   Commands take effect when the server serves them, in simulated-time order;
   ``fanin.lua`` and ``lease.lua`` are re-stated in Python (their semantics,
   not their code: the simulator has no Redis).
@@ -53,6 +59,7 @@ import itertools
 import json
 import math
 import os
+from array import array
 from collections import defaultdict, deque
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -100,6 +107,8 @@ def _size(x: Any) -> int:
         return len(x)
     if isinstance(x, (list, tuple)):
         return sum(_size(v) for v in x)
+    if isinstance(x, dict):  # an event's fields: a result in the stream is its bytes
+        return sum(_size(k) + _size(v) for k, v in x.items())
     return 8
 
 
@@ -122,7 +131,8 @@ class Span:
 
 
 class _SimTime:
-    """``time`` as the executor module sees it during a simulation: ``monotonic`` is simulated."""
+    """``time`` as the executor module sees it during a simulation: ``monotonic`` and ``sleep``
+    are simulated (a real sleep would stop the whole simulation, and not advance its clock)."""
 
     def __init__(self, sim: Simulation):
         self._sim = sim
@@ -132,6 +142,9 @@ class _SimTime:
 
     def monotonic_ns(self) -> int:
         return int(self._sim.now * 1e9)
+
+    def sleep(self, seconds: float) -> None:  # a holder of delayed I/O waits for its next turn
+        self._sim.pause("hold", seconds)
 
     def __getattr__(self, name: str) -> Any:
         import time
@@ -232,7 +245,9 @@ class _SimStore:
         hold: bool = False,
         max_missing: int = 0,
     ) -> Any:  # fanin.lua's semantics
-        arrivals, holds = self.sets[keys.fanin(tid)], self.hashes[keys.holds(tid)]
+        arrivals = self.sets[keys.fanin(tid)]
+        # a fan-in's holds exist once a parent holds (an empty dict kept per fan-in is memory at 1M)
+        holds = self.hashes[keys.holds(tid)] if hold else self.hashes.get(keys.holds(tid)) or {}
         new = parent not in arrivals
         arrivals.add(parent)
         full = len(arrivals) >= ndeps
@@ -354,20 +369,24 @@ class _SimBatch:
             cmds = self.cmds[server]
             srv = self.store.servers_[server]
             up = sum(n for _, _, n in cmds)
-            arrive = sim.now + m.redis_rtt_s / 2 + up / m.bandwidth_Bps
-            start = max(arrive, srv.free_at)
-            srv.free_at = start + len(cmds) / m.shard_ops_per_s + up / m.shard_Bps
+            sim.compute(up / m.bandwidth_Bps)  # the executor's link (on shared cores: its CPU, contended)
+            start = max(sim.now + m.redis_rtt_s / 2, srv.free_at)
+            slow = sim.contention()  # a Redis server on the executors' cores (lambda-local) shares them
+            work = len(cmds) / m.shard_ops_per_s + up / m.shard_Bps
+            srv.free_at = start + work * slow
             sim.sleep_until(srv.free_at)
             replies = [fn(*args) for fn, args, _ in cmds]
             down = sum(_size(r) for r in replies)
-            srv.free_at += down / m.shard_Bps
+            srv.free_at += down / m.shard_out_Bps * slow
+            sim.server_seconds += work + down / m.shard_out_Bps
             srv.ops += len(cmds)
             srv.bytes_in += up
             srv.bytes_out += down
             sim.sent_bytes += up
             sim.received_bytes += down
             self.replies[server] = replies
-            sim.sleep_until(max(sim.now, srv.free_at) + m.redis_rtt_s / 2 + down / m.bandwidth_Bps)
+            sim.sleep_until(max(sim.now, srv.free_at) + m.redis_rtt_s / 2)
+            sim.compute(down / m.bandwidth_Bps)
         sim.charge("redis", sim.now - t0)
         return self
 
@@ -407,7 +426,10 @@ class _SimRun(_Run):
         sim = self.ex.sim  # type: ignore[attr-defined]
         sim.ran[rec.tid] += 1
         sim.span().tasks += 1
+        sim.task_start[rec.tid] = sim.now
         sim.cpu("tasks", sim.durations[rec.tid] / sim.model.task_speed)
+        sim.task_end[rec.tid] = sim.now
+        sim.cpu("task overhead", sim.model.task_cpu_s)
         return _Value(rec.tid)
 
     def dumps(self, key: Any, result: Any) -> Any:
@@ -424,7 +446,7 @@ class _SimRun(_Run):
         sim = self.ex.sim  # type: ignore[attr-defined]
         sim.read_bytes[tid] += len(value)
         sim.reads[tid] += 1
-        sim.cpu("deserialize", len(value) / sim.model.serialize_Bps)
+        sim.cpu("deserialize", len(value) / sim.model.deserialize_Bps)
         return _Value(tid)
 
 
@@ -450,8 +472,8 @@ class Simulation:
         self.executor_options.update(executor_options)
         costs = [profile.cost(k) for k in keys_of]
         self.durations = [s for s, _ in costs]
-        if model.cores:  # shared CPUs: a task's demand is its CPU seconds (BLAS may use several threads)
-            self.durations = [s * profile.cpu_ratio(k) for s, k in zip(self.durations, keys_of, strict=True)]
+        if model.cores:  # shared CPUs: a task's demand is its CPU seconds (its threads', other work's not)
+            self.durations = [profile.cpu_seconds(k) for k in keys_of]
         self.sizes = [b for _, b in costs]
         self.now = 0.0
         self._heap: list[tuple[float, int, Any, Any]] = []
@@ -476,6 +498,11 @@ class Simulation:
         self.queue: deque[tuple[Span, Callable[[Executor], Any]]] = deque()  # accepted, not started
         self.decoded: dict[int, tuple[bytes, Schedule]] = {}  # id(blob) -> it, decoded once for all executors
         self.results = 0
+        self.results_at = 0.0  # when the client has read and decoded the last result
+        self.cpu_seconds = 0.0  # the executors' computing (``compute``), before contention
+        self.server_seconds = 0.0  # the Redis servers' work, before contention
+        self.task_start = array("d", bytes(8 * len(keys_of)))  # task id -> simulated start, end
+        self.task_end = array("d", bytes(8 * len(keys_of)))
         self.errors: list[str] = []
         self._pump_at: float | None = None
 
@@ -500,13 +527,27 @@ class Simulation:
             self.charge(what, seconds)
 
     def cpu(self, what: str, seconds: float) -> None:
-        """Compute for ``seconds``; slower while more executors than ``Model.cores`` compute."""
-        cores = self.model.cores
-        if cores:
-            seconds *= max(1.0, (self.computing + 1) / cores)
+        """Compute for ``seconds``, charged to ``what``; slower while more executors than
+        ``Model.cores`` compute."""
+        t0 = self.now
+        self.compute(seconds)
+        self.charge(what, self.now - t0)
+
+    def compute(self, seconds: float) -> None:
+        """``cpu`` without charging the time (the caller charges it, with its waits)."""
+        if seconds <= 0:
+            return
+        self.cpu_seconds += seconds
+        seconds *= self.contention()
         self.computing += 1
-        self.pause(what, seconds)
+        self.sleep_until(self.now + seconds)
         self.computing -= 1
+
+    def contention(self) -> float:
+        """How much slower one more computation runs now: more computing than ``Model.cores``
+        share them (1 when each environment has its own CPUs)."""
+        cores = self.model.cores
+        return max(1.0, (self.computing + 1) / cores) if cores else 1.0
 
     def charge(self, what: str, seconds: float) -> None:
         span = self._current.get(greenlet.getcurrent())
@@ -523,11 +564,22 @@ class Simulation:
         kind = fields.get("k")
         if kind in ("r", "R"):
             self.results += 1
+            self.client_reads(kind, fields)
         elif kind == "e":
             from wukong.protocol import decode_error
 
             key, what, exc, tb = decode_error(fields["v"])
             self.errors.append(f"task {key!r} {what}: {exc!r}\n{tb}")
+
+    def client_reads(self, kind: str, fields: dict) -> None:
+        """The client reads a result's bytes (through the server and its link) and decodes it,
+        once its event is in the stream: in the event, or, for a result too long for the
+        stream (``"R"``), with one more round trip from the KVS (``Job.read_stored_result``).  The job is over for the
+        client (its ``run_s``) when it has the last one, after the executors' ends."""
+        m = self.model
+        n = self.sizes[int(fields["t"])] if kind == "R" else len(fields["v"])
+        fetch = n / m.shard_out_Bps + n / m.bandwidth_Bps + (m.redis_rtt_s if kind == "R" else 0.0)
+        self.results_at = max(self.results_at, self.now) + fetch + n / m.deserialize_Bps
 
     # -- Lambda ---------------------------------------------------------------------------
     def allowed(self, t: float) -> int:
@@ -613,7 +665,9 @@ class Simulation:
 
     def _tree_body(self, group: list[Invocation], b: int) -> Callable[[Executor], None]:
         def node(env: Executor) -> None:
-            self.pause("tree", self.model.tree_start_s)
+            # its start is its environment's (warm or cold) and ``invocation_cpu_s``, as any
+            # invocation's: ``tree_start_s`` is the real code's estimate of that same start,
+            # used (as the real code uses it) only to choose the branching
             if len(group) <= b:
                 self._send_direct([(inv, None) for inv in group])
             else:

@@ -3,7 +3,7 @@
 Every number the simulator uses is a field of ``Model``; ``SOURCES`` says where
 each default comes from.  ``Model.aws()`` is the AWS default; ``Model.local``
 describes a ``wukong lambda-local`` endpoint on this machine (for validation),
-with parameters measured here (``wukong.simulate.calibrate``).
+with parameters measured here (``bench.simulate.calibrate``).
 """
 
 from __future__ import annotations
@@ -22,20 +22,23 @@ class Model:
     invoke_latency_s: float = 0.025  # an Event Invoke call, request to 202 Accepted
     invoke_cpu_s: float = 0.0002  # invoker CPU per Invoke (lean invoker; boto3: ~0.0013)
     invoke_in_flight: int = 64  # an invoker's requests in flight (lean invoker connections)
-    tree_start_s: float = 0.05  # an invoker-tree node's own start (warm)
+    tree_start_s: float = 0.05  # the real code's estimate of a tree node's start, for its branching
     bandwidth_Bps: float = 75e6  # per execution environment, each direction
     memory_mb: int = 3008  # priced by wukong.cost (us-east-1 x86_64 rates)
     # -- Redis ------------------------------------------------------------------------
     redis_rtt_s: float = 0.0005  # client <-> server round trip in one VPC
     shard_ops_per_s: float = 100_000  # commands a shard serves per second
-    shard_Bps: float = 1.25e9  # a shard's network bandwidth (10 Gbit/s)
+    shard_Bps: float = 1.25e9  # bytes a shard takes in per second (10 Gbit/s) ...
+    shard_out_Bps: float = 1.25e9  # ... and sends per second (full duplex)
     kvs_shards: int = 1
     # -- the executor's own CPU ---------------------------------------------------------
-    serialize_Bps: float = 2e9  # pickle-5 of numpy buffers, per direction
+    serialize_Bps: float = 2e9  # pickle-5 of numpy buffers (wukong.serialization.dumps_parts) ...
+    deserialize_Bps: float = 2e9  # ... and back (serialization.loads)
     task_speed: float = 1.0  # task durations of the profile are divided by this
     invocation_cpu_s: float = 0.003  # an executor's CPU per invocation besides its tasks (decode, set-up)
     roundtrip_cpu_s: float = 0.0001  # an executor's CPU per Redis round trip (pipeline encode/parse)
-    cores: int | None = None  # CPUs shared by all executors (None: each environment has its own)
+    task_cpu_s: float = 0.0  # an executor's CPU per task besides the task's own (its bookkeeping)
+    cores: float | None = None  # CPUs shared by all executors (None: each environment has its own)
     warm_pool: int = 0  # environments already warm when the job starts
 
     def with_(self, **changes: object) -> Model:
@@ -45,9 +48,10 @@ class Model:
         return asdict(self)
 
     @classmethod
-    def local(cls, workers: int, latency: float, cores: int, **changes: object) -> Model:
+    def local(cls, workers: int, latency: float, cores: float, **changes: object) -> Model:
         """A ``wukong lambda-local`` endpoint with ``workers`` warm workers and ``latency`` per Invoke,
-        on a machine with ``cores`` cores (measure the rest with ``wukong.simulate.calibrate``)."""
+        on a machine with ``cores`` cores shared by all (measure the rest: ``bench.simulate.calibrate``).
+        Moving bytes over loopback is the executor's CPU, so on shared cores it is contended too."""
         return cls(
             concurrency=workers,
             burst=10**9,
@@ -55,7 +59,6 @@ class Model:
             warm_pool=workers,
             invoke_latency_s=latency,
             bandwidth_Bps=2e9,
-            shard_Bps=2e9,
             cores=cores,
         ).with_(**changes)
 
@@ -81,17 +84,28 @@ SOURCES = {
     "invoke_in_flight": "wukong.backends.aws_lambda.lambda_config(connections=64)",
     "tree_start_s": "wukong.backends.aws_lambda.TREE_START_S",
     "bandwidth_Bps": "per-function network throughput ~75 MB/s (Klimovic et al., Pocket, OSDI'18; "
-    "Wang et al. ATC'18 measured 28-80 MB/s depending on memory size)",
+    "Wang et al. ATC'18 measured 28-80 MB/s depending on memory size); lambda-local: the "
+    "executor's CPU seconds per byte of a SET and a GET of a 4.5 MB value through wukong.store.Batch, "
+    "measured here (bench.simulate.calibrate_bytes; the Redis server's side is shard_Bps)",
     "memory_mb": "wukong's default function size (LocalCluster(memory_mb=3008)); priced with "
     "wukong.cost.RATES (aws.amazon.com/lambda/pricing, us-east-1)",
     "redis_rtt_s": "ElastiCache: sub-millisecond latency in one AZ (aws.amazon.com/elasticache/redis); 0.5 ms",
     "shard_ops_per_s": "redis.io/docs/management/optimization/benchmarks: ~100k-200k ops/s per "
     "single-threaded server for small commands; 100k assumed (Lua fan-ins cost more than GET)",
-    "shard_Bps": "cache.r6g.xlarge and larger: up to 10 Gbit/s (aws.amazon.com/elasticache/pricing)",
+    "shard_Bps": "cache.r6g.xlarge and larger: up to 10 Gbit/s (aws.amazon.com/elasticache/pricing); "
+    "lambda-local: measured here (bench.simulate.calibrate_bytes: the Redis server's CPU seconds per SET "
+    "of a 4.5 MB value, sent as the executor sends it)",
+    "shard_out_Bps": "as shard_Bps, each direction (full duplex); lambda-local: measured here (GET of the same values)",
     "kvs_shards": "the cluster's configuration",
-    "serialize_Bps": "pickle protocol 5 of numpy arrays is a memory copy: ~2 GB/s assumed",
-    "invocation_cpu_s": "measured here (bench.simulate.calibrate: handler seconds of a one-task job, less "
-    "its round trips); 3 ms assumed on Lambda",
+    "serialize_Bps": "pickle protocol 5 of numpy arrays is a memory copy: ~2 GB/s assumed on Lambda; "
+    "lambda-local: measured here (bench.simulate.calibrate_bytes: CPU seconds of serialization.dumps_parts "
+    "of a 4.5 MB block)",
+    "deserialize_Bps": "as serialize_Bps (serialization.loads of the same block)",
+    "invocation_cpu_s": "3 ms assumed on Lambda; lambda-local: measured here (bench.simulate.calibrate: the "
+    "CPU seconds of the workers, the endpoint, Redis and the client over jobs of 200 one-task invocations, "
+    "per invocation: on lambda-local all of them share the executors' cores)",
+    "task_cpu_s": "0 on Lambda (not modelled there yet); lambda-local: measured here (bench.simulate.calibrate: "
+    "the CPU seconds of a chain of 200 trivial tasks run by one invocation, less one invocation's, per task)",
     "roundtrip_cpu_s": "redis-py pipeline of a few commands: ~0.1 ms of CPU (measured here with a PING loop)",
     "cores": "None on Lambda (each environment has its vCPUs); the machine's cores for lambda-local",
     "warm_pool": "0 on Lambda (a job's first executors start cold); lambda-local's workers are warm",

@@ -57,10 +57,11 @@ class Profile:
         self.guessed.add(kind)  # priced at the mean task: said in the report
         return self.mean
 
-    def cpu_ratio(self, key: Hashable) -> float:
-        """CPU seconds per second of the task (threads it kept busy), 1 when unknown."""
-        seconds, _ = self.tasks.get(key, (0.0, 0))
-        return max(1.0, self.cpu[key] / seconds) if key in self.cpu and seconds > 0 else 1.0
+    def cpu_seconds(self, key: Hashable) -> float:
+        """The task's demand on shared cores: its CPU seconds when recorded (all its threads';
+        unlike its seconds, not stretched by other work on the machine), else its seconds."""
+        got = self.cpu.get(key)
+        return got if got is not None else self.cost(key)[0]
 
     def total_seconds(self) -> float:
         return sum(s for s, _ in self.tasks.values())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +21,8 @@ class Report:
 
     model: Model
     tasks: int
-    makespan: float  # seconds from the client's first invoke to the last executor's end
+    makespan: float  # seconds from the client's first invoke until it has every result (and every executor ended)
+    executors_end: float  # the last executor's end
     executors: int  # executor invocations
     tree_nodes: int  # invoker-tree invocations
     environments: int  # execution environments started (cold starts)
@@ -30,6 +31,8 @@ class Report:
     event_bytes: int  # bytes of outputs carried inline in invocation events
     network_bytes: int  # bytes between executors and Redis, both directions
     work_seconds: float  # sum of the profiled task durations (at task_speed)
+    cpu_seconds: float  # the executors' computing: tasks, (de)serializing, starts, invokes, moving bytes
+    server_seconds: float  # the Redis servers' work
     cost: dict
     spans: list[Span]
     ran: dict[int, int]  # task id -> times run
@@ -37,6 +40,9 @@ class Report:
     reads: dict[int, int]  # task id -> times its output was read back
     stored: dict[int, int]  # task id -> bytes of its output stored in the KVS
     sizes: list[int]  # task id -> profiled output bytes
+    keys: list[Hashable]  # task id -> key
+    task_start: Sequence[float]  # task id -> when it started running, in simulated seconds
+    task_end: Sequence[float]
 
     def ideal(self, concurrency: int | None = None) -> float:
         """Work / concurrency: perfect scaling, no overhead."""
@@ -95,7 +101,8 @@ def simulate_graph(
     report = Report(
         model=model,
         tasks=p.ntasks,
-        makespan=max((s.end for s in sim.spans), default=0.0),
+        makespan=max(sim.results_at, max((s.end for s in sim.spans), default=0.0)),
+        executors_end=max((s.end for s in sim.spans), default=0.0),
         executors=len(executors),
         tree_nodes=len(sim.spans) - len(executors),
         environments=sim.envs,
@@ -104,6 +111,8 @@ def simulate_graph(
         event_bytes=sim.event_bytes,
         network_bytes=sim.sent_bytes + sim.received_bytes,
         work_seconds=sum(sim.durations) / model.task_speed,
+        cpu_seconds=sim.cpu_seconds,
+        server_seconds=sim.server_seconds,
         cost=job_cost(durations),
         spans=sim.spans,
         ran=dict(sim.ran),
@@ -111,6 +120,9 @@ def simulate_graph(
         reads=dict(sim.reads),
         stored=dict(sim.stored),
         sizes=sim.sizes,
+        keys=keys_of,
+        task_start=sim.task_start,
+        task_end=sim.task_end,
     )
     sim.release()
     return report
