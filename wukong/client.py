@@ -178,47 +178,48 @@ class Client:
         timeout = kwargs.pop("timeout", None)
         kwargs.pop("num_workers", None)
         versions.check_backend(self.backend)  # before any task runs: a mismatch fails here
-        t0 = time.perf_counter()
-        record = JobRecord("", time.time())
-        dsk = self.futures.substitute(dsk)
-        with gc_paused(), dask.config.set(dask_defaults()):  # an expression is lowered here
-            order, graph = prepare(dsk, outputs)
-            job_plan = plan(order, graph, outputs) if order else None
-        if job_plan is None:  # nothing to run (``get({}, [])``): what Dask's own schedulers return
-            return {}
-        t1 = time.perf_counter()
-        dask_cbs = DaskCallbacks(callbacks, graph, outputs, order) if callbacks else None
-        if dask_cbs is not None and dask_cbs.shows_progress:
-            progress = False  # Dask's own bar is drawing
-        job = Job(self, job_plan, progress, options, timeout, order, record, dask_cbs, on_held)
-        record.job, record.ntasks, record.nschedules = job.keys.job, len(order), job_plan.nschedules
-        record.noutputs, record.plan_s = len(outputs), t1 - t0
-        self.jobs.append(record)
-        note(record)  # open performance_report blocks
-        if on_start is not None:
-            on_start(job)
-        self.active.add(job)
-        try:
-            results = job.run()
-        except BaseException as exc:
-            record.status = "cancelled" if isinstance(exc, JobCancelled) else "error"
-            record.error = f"{type(exc).__name__}: {exc}"
-            raise
-        finally:
-            self.active.discard(job)
-            record.run_s = time.perf_counter() - t1
-            record.invocations = len(set(job.starts) | job.exited | set(job.live))
-            if dask_cbs is not None:
-                dask_cbs.finish(record.status != "running")
-        record.status = "finished"
-        self.last_job = {"tasks": len(order), "schedules": job_plan.nschedules}
-        self.last_job.update(plan_s=t1 - t0, run_s=record.run_s)
-        cost = self.backend.job_cost(job.durations)
-        if cost is not None:
-            self.last_job["cost"] = record.cost = cost
-            if progress:
-                print(cost_summary(cost), file=sys.stderr)
-        return results
+        with gc_thawed():  # after gc_paused's freezes
+            t0 = time.perf_counter()
+            record = JobRecord("", time.time())
+            dsk = self.futures.substitute(dsk)
+            with gc_paused(), dask.config.set(dask_defaults()):  # an expression is lowered here
+                order, graph = prepare(dsk, outputs)
+                job_plan = plan(order, graph, outputs) if order else None
+            if job_plan is None:  # nothing to run (``get({}, [])``): what Dask's own schedulers return
+                return {}
+            t1 = time.perf_counter()
+            dask_cbs = DaskCallbacks(callbacks, graph, outputs, order) if callbacks else None
+            if dask_cbs is not None and dask_cbs.shows_progress:
+                progress = False  # Dask's own bar is drawing
+            job = Job(self, job_plan, progress, options, timeout, order, record, dask_cbs, on_held)
+            record.job, record.ntasks, record.nschedules = job.keys.job, len(order), job_plan.nschedules
+            record.noutputs, record.plan_s = len(outputs), t1 - t0
+            self.jobs.append(record)
+            note(record)  # open performance_report blocks
+            if on_start is not None:
+                on_start(job)
+            self.active.add(job)
+            try:
+                results = job.run()
+            except BaseException as exc:
+                record.status = "cancelled" if isinstance(exc, JobCancelled) else "error"
+                record.error = f"{type(exc).__name__}: {exc}"
+                raise
+            finally:
+                self.active.discard(job)
+                record.run_s = time.perf_counter() - t1
+                record.invocations = len(set(job.starts) | job.exited | set(job.live))
+                if dask_cbs is not None:
+                    dask_cbs.finish(record.status != "running")
+            record.status = "finished"
+            self.last_job = {"tasks": len(order), "schedules": job_plan.nschedules}
+            self.last_job.update(plan_s=t1 - t0, run_s=record.run_s)
+            cost = self.backend.job_cost(job.durations)
+            if cost is not None:
+                self.last_job["cost"] = record.cost = cost
+                if progress:
+                    print(cost_summary(cost), file=sys.stderr)
+            return results
 
     # -- futures (wukong.futures), with distributed's names -----------------------
     def compute(self, collections: Any, *, sync: bool = False, optimize_graph: bool = True, **kwargs: Any) -> Any:
@@ -341,19 +342,37 @@ class Client:
 
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection while a job is planned and submitted.
+    """No cyclic garbage collection while a job is planned and submitted; what
+    planning made is frozen (``gc.freeze``) until the job ends (``gc_thawed``).
 
     Planning makes a few objects per task and frees little; at a million tasks
     the collector's full passes over them cost about a third of the client's
-    CPU (``python -m bench.plan``).  Left as it was if it was already off.
+    CPU (``python -m bench.plan``).  Unfrozen, the first collection after the
+    pause, and each full one while the job runs, would scan them all again:
+    on a 100k-task job that was a third of the client's CPU.  Left as it was
+    if it was already off.
     """
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        gc.freeze()
         if enabled:
             gc.enable()
+
+
+@contextlib.contextmanager
+def gc_thawed() -> Iterator[None]:
+    """Around a job: what ``gc_paused`` froze is collectable again once it ends
+    (unless something was frozen before: the caller's own ``gc.freeze``, or
+    another job's that is still running)."""
+    frozen = gc.get_freeze_count()
+    try:
+        yield
+    finally:
+        if not frozen:
+            gc.unfreeze()
 
 
 def group_leaves(leaves: list[int], ngroups: int | None) -> list[list[int]]:
