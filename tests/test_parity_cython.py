@@ -4,7 +4,8 @@
 Parity: on random DAGs and on odd shapes the two give identical CSR arrays, schedules,
 encoded bytes and decoded records.  Specification (run on both): every task lies on exactly
 one schedule, ``sched_idx[sched_ptr[sched_of[t]] + pos_of[t]] == t``, consecutive tasks of a
-schedule are dependency -> dependent edges, and the encoded records describe the graph.
+schedule are dependency -> dependent edges, the encoded records describe the graph, and
+the write order puts every schedule downstream of a leaf before that leaf is ready.
 Robustness: corrupt or truncated blobs raise ``ValueError``; malformed arrays given to the
 compiled functions raise ``ValueError`` instead of reading out of bounds.
 """
@@ -90,6 +91,16 @@ def run(impl, order, deps, outputs):
         flags[t] = OUTPUT
     metas = impl.encode_schedules(*sched, dep_ptr, dep_idx, dnt_ptr, dnt_idx, flags)
     records = [impl.decode_schedule(m) for m in metas]
+    sched_ptr, sched_idx, sched_of, _ = sched
+    leaves = array(
+        "q",
+        [
+            s
+            for s in range(len(sched_ptr) - 1)
+            if dep_ptr[sched_idx[sched_ptr[s]]] == dep_ptr[sched_idx[sched_ptr[s]] + 1]
+        ],
+    )
+    writes = impl.write_order(sched_ptr, sched_idx, sched_of, dnt_ptr, dnt_idx, leaves)
     return SimpleNamespace(
         ids=ids,
         csr=(dep_ptr, dep_idx, dnt_ptr, dnt_idx),
@@ -97,6 +108,8 @@ def run(impl, order, deps, outputs):
         flags=bytes(flags),
         metas=metas,
         records=records,
+        leaves=leaves,
+        writes=writes,
     )
 
 
@@ -108,6 +121,8 @@ def assert_same(a, b):
     assert a.metas == b.metas
     assert all(type(m) is bytes for m in a.metas)
     assert a.records == b.records
+    assert all(type(x) is array and x.typecode == "q" for x in a.writes)
+    assert a.writes == b.writes
 
 
 def assert_specification(order, deps, r):
@@ -143,6 +158,18 @@ def assert_specification(order, deps, r):
             assert rec.dependents == tuple(
                 Dependent(c, dep_ptr[c + 1] - dep_ptr[c], sched_of[c], pos_of[c]) for c in rows[rec.tid]
             )
+    # the write order: every schedule once, and each leaf's downstream written before it is ready
+    written, ready = r.writes
+    assert sorted(written) == list(range(len(sched_ptr) - 1))
+    assert len(ready) == len(r.leaves) and list(ready) == sorted(ready)
+    for start, k in zip(r.leaves, ready, strict=True):
+        stack, downstream = [start], set()
+        while stack:
+            s = stack.pop()
+            if s not in downstream:
+                downstream.add(s)
+                stack += [sched_of[c] for t in sched_idx[sched_ptr[s] : sched_ptr[s + 1]] for c in rows[t]]
+        assert downstream <= set(written[:k])
 
 
 # --- parity: compiled == reference ------------------------------------------------------
@@ -376,6 +403,29 @@ def test_compiled_schedules_rejects_malformed_csr():
         _core.schedules(2, q(0, 0, 1), q(0, 1, 1), q(7))
     with pytest.raises(ValueError):
         _core.schedules(3, q(0, 0, 1), q(0, 1, 1), q(1))
+
+
+def test_compiled_write_order_rejects_malformed_arrays():
+    n = 3
+    _, dep_ptr, dep_idx = _core.intern(list(range(n)), [(), (0,), (1,)])
+    dnt = _core.dependents(n, dep_ptr, dep_idx)
+    sched_ptr, sched_idx, sched_of, _ = _core.schedules(n, dep_ptr, *dnt)
+    good = (sched_ptr, sched_idx, sched_of, *dnt, q(0))
+    assert _core.write_order(*good) == partition.write_order(*good) == (q(0), q(1))
+    for i, bad in [
+        (0, q()),
+        (0, q(0, 9)),
+        (1, q(0, 1, 7)),
+        (2, q(0, 0, 4)),
+        (2, q(0, 0)),
+        (3, q(0, 1)),
+        (4, q(9, 9)),
+        (5, q(1)),
+    ]:
+        args = list(good)
+        args[i] = bad
+        with pytest.raises(ValueError):
+            _core.write_order(*args)
 
 
 def test_compiled_encode_rejects_inconsistent_arrays():

@@ -8,6 +8,15 @@ Built by ``setup.py`` (``pip install -e .``).
 """
 
 from wukong._core.encoding import ScheduleView, decode_schedule, encode_schedules
-from wukong._core.partition import dependents, intern, schedules, toposort
+from wukong._core.partition import dependents, intern, schedules, toposort, write_order
 
-__all__ = ["ScheduleView", "decode_schedule", "dependents", "encode_schedules", "intern", "schedules", "toposort"]
+__all__ = [
+    "ScheduleView",
+    "decode_schedule",
+    "dependents",
+    "encode_schedules",
+    "intern",
+    "schedules",
+    "toposort",
+    "write_order",
+]

@@ -6,7 +6,16 @@ from typing import Any
 
 from wukong.protocol import Dependent, TaskRecord
 
-__all__ = ["ScheduleView", "decode_schedule", "dependents", "encode_schedules", "intern", "schedules", "toposort"]
+__all__ = [
+    "ScheduleView",
+    "decode_schedule",
+    "dependents",
+    "encode_schedules",
+    "intern",
+    "schedules",
+    "toposort",
+    "write_order",
+]
 
 # int64 arrays: array('q'), numpy int64 arrays, or any buffer of format 'q'
 Int64Buffer = Any
@@ -19,6 +28,14 @@ def toposort(n: int, dep_ptr: Int64Buffer, dep_idx: Int64Buffer) -> array[int]: 
 def schedules(
     n: int, dep_ptr: Int64Buffer, dnt_ptr: Int64Buffer, dnt_idx: Int64Buffer
 ) -> tuple[array[int], array[int], array[int], array[int]]: ...
+def write_order(
+    sched_ptr: Int64Buffer,
+    sched_idx: Int64Buffer,
+    sched_of: Int64Buffer,
+    dnt_ptr: Int64Buffer,
+    dnt_idx: Int64Buffer,
+    starts: Int64Buffer,
+) -> tuple[array[int], array[int]]: ...
 def encode_schedules(
     sched_ptr: Int64Buffer,
     sched_idx: Int64Buffer,

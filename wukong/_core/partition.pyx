@@ -20,7 +20,7 @@ from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.long cimport PyLong_AsLongLong
 from cpython.object cimport PyObject
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 
 import array as _array
 
@@ -253,3 +253,66 @@ def schedules(Py_ssize_t n, const long long[:] dep_ptr, const long long[:] dnt_p
                                 sched_of.data.as_longlongs, pos_of.data.as_longlongs)
     array.resize(sched_ptr, nsched + 1)
     return sched_ptr, sched_idx, sched_of, pos_of
+
+
+cdef void write_order_core(const long long* sched_ptr, const long long* sched_idx, const long long* sched_of,
+                           const long long* dnt_ptr, const long long* dnt_idx,
+                           const long long* starts, Py_ssize_t nstarts, char* seen, long long* stack,
+                           long long* order, long long* ready) noexcept nogil:
+    """The reference's walks; ``stack`` holds at most one entry per start and per edge."""
+    cdef Py_ssize_t i, j, k, top, filled = 0
+    cdef long long s, t, c
+    for i in range(nstarts):
+        stack[0] = starts[i]
+        top = 1
+        while top:
+            top -= 1
+            s = stack[top]
+            if seen[s]:
+                continue
+            seen[s] = 1
+            order[filled] = s
+            filled += 1
+            for k in range(sched_ptr[s], sched_ptr[s + 1]):
+                t = sched_idx[k]
+                for j in range(dnt_ptr[t], dnt_ptr[t + 1]):
+                    c = sched_of[dnt_idx[j]]
+                    if not seen[c]:
+                        stack[top] = c
+                        top += 1
+        ready[i] = filled
+
+
+def write_order(const long long[:] sched_ptr, const long long[:] sched_idx, const long long[:] sched_of,
+                const long long[:] dnt_ptr, const long long[:] dnt_idx, const long long[:] starts):
+    """The order to write schedules in and when each start is ready; see
+    ``wukong.reference.partition.write_order`` (same outputs: ``(order, ready)``)."""
+    cdef Py_ssize_t n = sched_of.shape[0], nsched = sched_ptr.shape[0] - 1, e = dnt_idx.shape[0], i
+    if nsched < 0 or dnt_ptr.shape[0] < n + 1:
+        raise ValueError(f"sched_ptr needs at least 1 entry and dnt_ptr n + 1 = {n + 1}")
+    if check_csr(_p(sched_ptr), nsched, sched_idx.shape[0], _p(sched_idx), n):
+        raise ValueError("malformed schedule CSR (pointers not monotone/in range, or a task id outside 0..n-1)")
+    if check_csr(_p(dnt_ptr), n, e, _p(dnt_idx), n):
+        raise ValueError("malformed dependents CSR (pointers not monotone/in range, or an id outside 0..n-1)")
+    for i in range(n):
+        if sched_of[i] < 0 or sched_of[i] >= nsched:
+            raise ValueError(f"sched_of[{i}] = {sched_of[i]} is not a schedule id")
+    for i in range(starts.shape[0]):
+        if starts[i] < 0 or starts[i] >= nsched:
+            raise ValueError(f"start {starts[i]} is not a schedule id")
+    cdef array.array order = _new(nsched)
+    cdef array.array ready = _new(starts.shape[0])
+    cdef char* seen = <char*>calloc(nsched + 1, 1)
+    cdef long long* stack = <long long*>malloc((e + 1) * sizeof(long long))
+    if seen is NULL or stack is NULL:
+        free(seen)
+        free(stack)
+        raise MemoryError()
+    with nogil:
+        write_order_core(_p(sched_ptr), _p(sched_idx), _p(sched_of), _p(dnt_ptr), _p(dnt_idx),
+                         _p(starts), starts.shape[0], seen, stack,
+                         order.data.as_longlongs, ready.data.as_longlongs)
+    free(seen)
+    free(stack)
+    array.resize(order, ready[starts.shape[0] - 1] if starts.shape[0] else 0)
+    return order, ready

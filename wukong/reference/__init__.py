@@ -15,7 +15,7 @@ runtime never imports this package.
 """
 
 from wukong.reference.encoding import decode_schedule, encode_schedules
-from wukong.reference.partition import dependents, intern, schedules, toposort
+from wukong.reference.partition import dependents, intern, schedules, toposort, write_order
 
 # the same surface as ``wukong._core`` (less ``ScheduleView``, which has no oracle)
-__all__ = ["decode_schedule", "dependents", "encode_schedules", "intern", "schedules", "toposort"]
+__all__ = ["decode_schedule", "dependents", "encode_schedules", "intern", "schedules", "toposort", "write_order"]
