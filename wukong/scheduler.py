@@ -26,7 +26,7 @@ import numpy as np
 from dask.task_spec import GraphNode
 
 from wukong import _core, serialization
-from wukong.graph import GraphError
+from wukong.graph import GraphError, dependency_lists
 from wukong.protocol import OUTPUT, pack_schedule
 
 
@@ -73,7 +73,7 @@ class Plan:
 
 
 def plan(order: Sequence[Hashable], graph: Mapping[Hashable, GraphNode], outputs: Sequence[Hashable]) -> Plan:
-    deps = [tuple(graph[k].dependencies) for k in order]
+    deps = dependency_lists(graph, order)
     n = len(order)
     ids, dep_ptr, dep_idx = _core.intern(order, deps)
     dnt_ptr, dnt_idx = _core.dependents(n, dep_ptr, dep_idx)

@@ -1,7 +1,7 @@
 """Type stubs for the compiled ``wukong._core`` (twins of wukong.reference.partition / .encoding)."""
 
 from array import array
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any
 
 from wukong.protocol import Dependent, TaskRecord
@@ -12,6 +12,8 @@ __all__ = [
     "dependents",
     "encode_schedules",
     "intern",
+    "legacy_dependencies",
+    "needed",
     "schedules",
     "toposort",
     "write_order",
@@ -23,7 +25,9 @@ Int64Buffer = Any
 def intern(
     order: Sequence[Hashable], dependencies: Sequence[Sequence[Hashable]]
 ) -> tuple[dict[Hashable, int], array[int], array[int]]: ...
+def legacy_dependencies(dsk: dict) -> tuple[list[tuple], dict[int, Callable[..., Any]]] | None: ...
 def dependents(n: int, dep_ptr: Int64Buffer, dep_idx: Int64Buffer) -> tuple[array[int], array[int]]: ...
+def needed(n: int, dep_ptr: Int64Buffer, dep_idx: Int64Buffer, roots: Int64Buffer) -> bytearray: ...
 def toposort(n: int, dep_ptr: Int64Buffer, dep_idx: Int64Buffer) -> array[int]: ...
 def schedules(
     n: int, dep_ptr: Int64Buffer, dnt_ptr: Int64Buffer, dnt_idx: Int64Buffer

@@ -316,3 +316,38 @@ def write_order(const long long[:] sched_ptr, const long long[:] sched_idx, cons
     free(stack)
     array.resize(order, ready[starts.shape[0] - 1] if starts.shape[0] else 0)
     return order, ready
+
+
+def needed(Py_ssize_t n, const long long[:] dep_ptr, const long long[:] dep_idx, const long long[:] roots):
+    """Which tasks ``roots`` need (a cull); see ``wukong.reference.partition.needed``."""
+    if n < 0 or dep_ptr.shape[0] < n + 1:
+        raise ValueError(f"dep_ptr has {dep_ptr.shape[0]} entries, need n + 1 = {n + 1}")
+    if check_csr(_p(dep_ptr), n, dep_idx.shape[0], _p(dep_idx), n):
+        raise ValueError("malformed dependency CSR (pointers not monotone/in range, or an id outside 0..n-1)")
+    cdef Py_ssize_t i, j, top = 0, nroots = roots.shape[0]
+    for i in range(nroots):
+        if roots[i] < 0 or roots[i] >= n:
+            raise ValueError(f"root {roots[i]} is not a task id")
+    cdef bytearray mask = bytearray(n)
+    cdef char* m = mask
+    cdef long long t, d
+    cdef long long* stack = <long long*>malloc((dep_idx.shape[0] + nroots + 1) * sizeof(long long))
+    if stack is NULL:
+        raise MemoryError()
+    with nogil:
+        for i in range(nroots):
+            stack[top] = roots[i]
+            top += 1
+        while top:
+            top -= 1
+            t = stack[top]
+            if m[t]:
+                continue
+            m[t] = 1
+            for j in range(dep_ptr[t], dep_ptr[t + 1]):
+                d = dep_idx[j]
+                if not m[d]:
+                    stack[top] = d
+                    top += 1
+    free(stack)
+    return mask

@@ -134,3 +134,15 @@ def write_order(
                 stack.extend(sched_of[c] for c in dnt_idx[dnt_ptr[t] : dnt_ptr[t + 1]] if not seen[sched_of[c]])
         ready.append(len(order))
     return order, ready
+
+
+def needed(n: int, dep_ptr: array, dep_idx: array, roots: Sequence[int]) -> bytearray:
+    """Which tasks ``roots`` need, themselves included (a cull): 1 at each such id."""
+    mask = bytearray(n)
+    stack = list(roots)
+    while stack:
+        t = stack.pop()
+        if not mask[t]:
+            mask[t] = 1
+            stack.extend(d for d in dep_idx[dep_ptr[t] : dep_ptr[t + 1]] if not mask[d])
+    return mask
