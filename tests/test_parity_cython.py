@@ -550,3 +550,27 @@ def test_legacy_dependencies_give_up_on_what_they_do_not_read_as_dask(impl):
     # a dict argument's values are not looked into; a list's items are
     found = impl.legacy_dependencies({"a": 1, "d": 2, "b": (_f, {"c": "d"}, [("a", "z"), "a"])})
     assert found == ([(), (), ("a",)], {id(_f): _f})
+
+
+@FAST
+@given(dags(), st.integers(0, 2**32 - 1))
+def test_relabel_is_interning_the_kept_tasks_again(graph, seed):
+    order, deps, _ = graph
+    _, dep_ptr, dep_idx = _core.intern(order, deps)
+    rng = random.Random(seed)
+    roots = array("q", rng.sample(range(len(order)), rng.randint(1, min(5, len(order)))))
+    mask = _core.needed(len(order), dep_ptr, dep_idx, roots)
+    kept = array("q", [t for t in range(len(order)) if mask[t]])  # ids are topological: dependencies first
+    relabelled = _core.relabel(kept, dep_ptr, dep_idx)
+    assert relabelled == partition.relabel(kept, dep_ptr, dep_idx)
+    _, ptr, idx = _core.intern([order[t] for t in kept], [deps[t] for t in kept])
+    assert relabelled == (ptr, idx)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_relabel_refuses_a_dependency_not_kept_before(impl):
+    _, dep_ptr, dep_idx = _core.intern([0, 1], [(), (0,)])
+    with pytest.raises(ValueError):
+        impl.relabel(q(1), dep_ptr, dep_idx)
+    with pytest.raises(ValueError):
+        impl.relabel(q(1, 0), dep_ptr, dep_idx)

@@ -36,10 +36,11 @@ import functools
 import sys
 import threading
 from array import array
-from collections.abc import Hashable, Iterable, Iterator, Mapping
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import dask
+import numpy as np
 from dask.task_spec import DataNode, GraphNode, Task, TaskRef
 
 from wukong import _core
@@ -71,13 +72,16 @@ def to_task_graph(dsk: Any) -> Mapping[Key, GraphNode]:
 
 class LegacyGraph(Mapping):
     """Legacy tuple tasks (``{key: (func, *args)}``) seen as task spec, each task
-    converted when it is read; ``deps`` holds every key's dependencies, read
-    without converting (``wukong._core.legacy``).  ``of`` returns ``None`` for
-    a graph to convert whole (see the module docstring)."""
+    converted when it is read; ``deps[k]`` is a key's dependencies, read without
+    converting (``wukong._core.legacy``).  ``of`` returns ``None`` for a graph
+    to convert whole (see the module docstring)."""
 
-    def __init__(self, dsk: dict, deps: dict[Key, tuple]):
+    def __init__(self, dsk: dict, keys: list[Key], deps: list[tuple]):
         self.dsk = dsk  # the whole graph: a task's references are resolved against all its keys
-        self.deps = deps  # the keys of this graph (the whole one, or what a cull kept)
+        self.keys_ = keys  # the keys of this graph (the whole one, or what a cull kept)
+        self.deps_list = deps  # their dependencies, by position
+        self._deps: dict[Key, tuple] | None = None
+        self.interned: tuple[dict[Key, int], array, array] | None = None  # set by ``prepare``: see ``interned``
 
     @classmethod
     def of(cls, dsk: dict) -> LegacyGraph | None:
@@ -87,24 +91,36 @@ class LegacyGraph(Mapping):
         deps, funcs = found
         if any(_kind(f) for f in funcs.values()):  # a check_process_local looks at it: the full path
             return None
-        return cls(dsk, dict(zip(dsk, deps, strict=True)))
+        return cls(dsk, list(dsk), deps)
+
+    @property
+    def deps(self) -> dict[Key, tuple]:
+        if self._deps is None:  # not on the way to the first invocation: made when first read
+            self._deps = dict(zip(self.keys_, self.deps_list, strict=True))
+        return self._deps
 
     def prepare(self, keys: list[Key]) -> tuple[list[Key], LegacyGraph]:
         """``prepare`` in integers (compiled): the graph is interned whole (its
         dependencies are all keys of it), culled to what ``keys`` need, and laid
         out in Kahn's order of the whole graph; nothing to check (``of``)."""
         for k in keys:
-            if k not in self.deps:
+            if k not in self.dsk:
                 raise KeyError(k)
-        names = list(self.deps)
-        ids, dep_ptr, dep_idx = _core.intern(names, list(self.deps.values()))
+        names, deps = self.keys_, self.deps_list
+        ids, dep_ptr, dep_idx = _core.intern(names, deps)
         needed = _core.needed(len(names), dep_ptr, dep_idx, array("q", [ids[k] for k in keys]))
-        order = [names[t] for t in _core.toposort(len(names), dep_ptr, dep_idx) if needed[t]]
-        culled = LegacyGraph(self.dsk, {k: self.deps[k] for k in order})
-        if len(order) < needed.count(1):
-            done = set(order)
-            stuck = {names[t]: 1 for t in range(len(names)) if needed[t] and names[t] not in done}
+        kept = [t for t in _core.toposort(len(names), dep_ptr, dep_idx) if needed[t]]
+        if len(kept) < needed.count(1):
+            done = set(kept)
+            stuck = {names[t]: 1 for t in range(len(names)) if needed[t] and t not in done}
             raise GraphError(f"Cycle detected: {find_cycle(self, stuck)}")
+        order = list(map(names.__getitem__, kept))
+        culled = LegacyGraph(self.dsk, order, list(map(deps.__getitem__, kept)))
+        # the scheduler's interning of ``order``, without a second dict of every key
+        kept_ids = array("q", kept)
+        position = np.empty(len(names), dtype=np.int64)
+        position[np.frombuffer(kept_ids, dtype=np.int64)] = np.arange(len(kept))
+        culled.interned = ({k: int(position[ids[k]]) for k in keys}, *_core.relabel(kept_ids, dep_ptr, dep_idx))
         return order, culled
 
     def __getitem__(self, key: Key) -> GraphNode:
@@ -114,10 +130,10 @@ class LegacyGraph(Mapping):
         return node if isinstance(node, GraphNode) else DataNode(key, node)
 
     def __iter__(self) -> Iterator[Key]:
-        return iter(self.deps)
+        return iter(self.keys_)
 
     def __len__(self) -> int:
-        return len(self.deps)
+        return len(self.keys_)
 
     def __contains__(self, key: object) -> bool:
         return key in self.deps
@@ -128,10 +144,21 @@ def dependencies(graph: Mapping[Key, GraphNode], key: Key) -> Iterable[Key]:
     return graph.deps[key] if isinstance(graph, LegacyGraph) else graph[key].dependencies
 
 
-def dependency_lists(graph: Mapping[Key, GraphNode], keys: Iterable[Key]) -> list[tuple]:
+def interned(
+    graph: Mapping[Key, GraphNode], order: Sequence[Key], outputs: Sequence[Key]
+) -> tuple[Mapping, array, array]:
+    """``_core.intern(order, dependency_lists(graph, order))``, or what
+    ``LegacyGraph.prepare`` made of it (ids given for its requested keys only)."""
+    pre = graph.interned if isinstance(graph, LegacyGraph) and graph.keys_ is order else None
+    if pre is not None and all(k in pre[0] for k in outputs):
+        return pre
+    return _core.intern(order, dependency_lists(graph, order))
+
+
+def dependency_lists(graph: Mapping[Key, GraphNode], keys: Sequence[Key]) -> list[tuple]:
     """``tuple(dependencies(graph, k))`` for each of ``keys``."""
     if isinstance(graph, LegacyGraph):
-        return list(map(graph.deps.__getitem__, keys))
+        return graph.deps_list if keys is graph.keys_ else list(map(graph.deps.__getitem__, keys))
     return [tuple(graph[k].dependencies) for k in keys]
 
 
@@ -152,7 +179,7 @@ def cull(dsk: Mapping[Key, GraphNode], keys: Iterable[Key]) -> Mapping[Key, Grap
     """The part of ``dsk`` that ``keys`` need; raises for absent keys."""
     if isinstance(dsk, LegacyGraph):
         kept = _cull(dsk.deps, keys, lambda deps: deps)
-        return LegacyGraph(dsk.dsk, kept)
+        return LegacyGraph(dsk.dsk, list(kept), list(kept.values()))
     return _cull(dsk, keys, lambda node: node.dependencies)
 
 

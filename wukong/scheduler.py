@@ -26,7 +26,7 @@ import numpy as np
 from dask.task_spec import GraphNode
 
 from wukong import _core, serialization
-from wukong.graph import GraphError, dependency_lists
+from wukong.graph import GraphError, dependency_lists, interned
 from wukong.protocol import OUTPUT, pack_schedule
 
 
@@ -75,7 +75,7 @@ class Plan:
 def plan(order: Sequence[Hashable], graph: Mapping[Hashable, GraphNode], outputs: Sequence[Hashable]) -> Plan:
     deps = dependency_lists(graph, order)
     n = len(order)
-    ids, dep_ptr, dep_idx = _core.intern(order, deps)
+    ids, dep_ptr, dep_idx = interned(graph, order, outputs)
     dnt_ptr, dnt_idx = _core.dependents(n, dep_ptr, dep_idx)
     sched_ptr, sched_idx, sched_of, pos_of = _core.schedules(n, dep_ptr, dnt_ptr, dnt_idx)
     flags = bytearray(n)

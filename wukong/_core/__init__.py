@@ -9,7 +9,7 @@ Built by ``setup.py`` (``pip install -e .``).
 
 from wukong._core.encoding import ScheduleView, decode_schedule, encode_schedules
 from wukong._core.legacy import dependencies as legacy_dependencies
-from wukong._core.partition import dependents, intern, needed, schedules, toposort, write_order
+from wukong._core.partition import dependents, intern, needed, relabel, schedules, toposort, write_order
 
 __all__ = [
     "ScheduleView",
@@ -19,6 +19,7 @@ __all__ = [
     "intern",
     "legacy_dependencies",
     "needed",
+    "relabel",
     "schedules",
     "toposort",
     "write_order",

@@ -351,3 +351,43 @@ def needed(Py_ssize_t n, const long long[:] dep_ptr, const long long[:] dep_idx,
                     top += 1
     free(stack)
     return mask
+
+
+def relabel(const long long[:] kept, const long long[:] dep_ptr, const long long[:] dep_idx):
+    """See ``wukong.reference.partition.relabel`` (same outputs); a dependency
+    not kept, or kept after its dependent, raises ``ValueError``."""
+    cdef Py_ssize_t n = dep_ptr.shape[0] - 1, m = kept.shape[0], i, j, e = 0
+    if n < 0 or check_csr(_p(dep_ptr), n, dep_idx.shape[0], _p(dep_idx), n):
+        raise ValueError("malformed dependency CSR (pointers not monotone/in range, or an id outside 0..n-1)")
+    for i in range(m):
+        if kept[i] < 0 or kept[i] >= n:
+            raise ValueError(f"kept task {kept[i]} is not a task id")
+        e += dep_ptr[kept[i] + 1] - dep_ptr[kept[i]]
+    cdef array.array out_ptr = _new(m + 1)
+    cdef array.array out_idx = _new(e)
+    cdef long long* optr = out_ptr.data.as_longlongs
+    cdef long long* oidx = out_idx.data.as_longlongs
+    cdef long long* new = <long long*>malloc((n + 1) * sizeof(long long))
+    if new is NULL:
+        raise MemoryError()
+    cdef long long t, d
+    cdef bint bad = False
+    with nogil:
+        for i in range(n):
+            new[i] = -1
+        e = 0
+        optr[0] = 0
+        for i in range(m):
+            t = kept[i]
+            for j in range(dep_ptr[t], dep_ptr[t + 1]):
+                d = new[dep_idx[j]]
+                if d < 0:
+                    bad = True
+                oidx[e] = d
+                e += 1
+            optr[i + 1] = e
+            new[t] = i
+    free(new)
+    if bad:
+        raise ValueError("a kept task depends on one not kept before it")
+    return out_ptr, out_idx

@@ -17,7 +17,7 @@ runtime never imports this package.
 
 from wukong.reference.encoding import decode_schedule, encode_schedules
 from wukong.reference.legacy import dependencies as legacy_dependencies
-from wukong.reference.partition import dependents, intern, needed, schedules, toposort, write_order
+from wukong.reference.partition import dependents, intern, needed, relabel, schedules, toposort, write_order
 
 # the same surface as ``wukong._core`` (less ``ScheduleView``, which has no oracle)
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "intern",
     "legacy_dependencies",
     "needed",
+    "relabel",
     "schedules",
     "toposort",
     "write_order",

@@ -146,3 +146,20 @@ def needed(n: int, dep_ptr: array, dep_idx: array, roots: Sequence[int]) -> byte
             mask[t] = 1
             stack.extend(d for d in dep_idx[dep_ptr[t] : dep_ptr[t + 1]] if not mask[d])
     return mask
+
+
+def relabel(kept: Sequence[int], dep_ptr: array, dep_idx: array) -> tuple[array, array]:
+    """The dependency CSR of the tasks ``kept``, each renamed to its position in
+    ``kept`` (as ``intern`` of them in that order would give; every dependency
+    of a kept task must be kept, before it)."""
+    new: dict[int, int] = {}
+    out_ptr = array("q", [0])
+    out_idx = array("q")
+    for i, t in enumerate(kept):
+        for d in dep_idx[dep_ptr[t] : dep_ptr[t + 1]]:
+            if d not in new:
+                raise ValueError(f"task {t} depends on {d}, not kept before it")
+            out_idx.append(new[d])
+        out_ptr.append(len(out_idx))
+        new[t] = i
+    return out_ptr, out_idx
