@@ -454,14 +454,20 @@ def test_compiled_accepts_numpy_int64_arrays():
 # --- cull: what the requested tasks need ------------------------------------------------------
 
 
-@FAST
-@given(dags(), st.integers(0, 2**32 - 1))
-def test_needed_is_the_same_cull_in_both(graph, seed):
+def culled(graph, seed: int):
+    """A random cull of ``graph``: (dep_ptr, dep_idx, roots, mask of what they need)."""
     order, deps, _ = graph
     _, dep_ptr, dep_idx = _core.intern(order, deps)
     rng = random.Random(seed)
     roots = array("q", rng.sample(range(len(order)), rng.randint(0, min(5, len(order)))))
-    mask = _core.needed(len(order), dep_ptr, dep_idx, roots)
+    return dep_ptr, dep_idx, roots, _core.needed(len(order), dep_ptr, dep_idx, roots)
+
+
+@FAST
+@given(dags(), st.integers(0, 2**32 - 1))
+def test_needed_is_the_same_cull_in_both(graph, seed):
+    order, deps, _ = graph
+    dep_ptr, dep_idx, roots, mask = culled(graph, seed)
     assert mask == partition.needed(len(order), dep_ptr, dep_idx, roots)
     ids = {k: i for i, k in enumerate(order)}
     closure, stack = set(), [order[r] for r in roots]
@@ -556,10 +562,7 @@ def test_legacy_dependencies_give_up_on_what_they_do_not_read_as_dask(impl):
 @given(dags(), st.integers(0, 2**32 - 1))
 def test_relabel_is_interning_the_kept_tasks_again(graph, seed):
     order, deps, _ = graph
-    _, dep_ptr, dep_idx = _core.intern(order, deps)
-    rng = random.Random(seed)
-    roots = array("q", rng.sample(range(len(order)), rng.randint(1, min(5, len(order)))))
-    mask = _core.needed(len(order), dep_ptr, dep_idx, roots)
+    dep_ptr, dep_idx, _, mask = culled(graph, seed)
     kept = array("q", [t for t in range(len(order)) if mask[t]])  # ids are topological: dependencies first
     relabelled = _core.relabel(kept, dep_ptr, dep_idx)
     assert relabelled == partition.relabel(kept, dep_ptr, dep_idx)
