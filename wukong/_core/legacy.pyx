@@ -23,11 +23,11 @@ class _Unusual(Exception):
 def dependencies(dict dsk):
     """See ``wukong.reference.legacy.dependencies``."""
     cdef list deps = []
-    cdef dict funcs = {}
-    cdef dict found
+    cdef _Funcs funcs = _Funcs()
+    cdef dict found = {}  # one dict, cleared per key: most keys have a dependency or two
     try:
         for key, value in dsk.items():
-            found = {}
+            found.clear()
             _walk(value, dsk, found, funcs)
             if key in found and not _is_task(value) and isinstance(value, (int, float, str, tuple)) \
                     and _contains(dsk, value) and value == key:
@@ -35,7 +35,23 @@ def dependencies(dict dsk):
             deps.append(tuple(found))
     except _Unusual:
         return None
-    return deps, funcs
+    return deps, funcs.by_id
+
+
+cdef class _Funcs:
+    """The callables seen by id, and the last one (most tasks call the one the previous task did)."""
+    cdef dict by_id
+    cdef object last
+
+    def __cinit__(self):
+        self.by_id = {}
+        self.last = None
+
+    cdef inline int note(self, object f) except -1:
+        if f is not self.last:
+            PyDict_SetItem(self.by_id, id(f), f)
+            self.last = f
+        return 0
 
 
 cdef inline bint _is_task(object x):
@@ -50,14 +66,14 @@ cdef int _contains(dict dsk, object x) except -1:
         return 0
 
 
-cdef int _walk(object x, dict dsk, dict found, dict funcs) except -1:
+cdef int _walk(object x, dict dsk, dict found, _Funcs funcs) except -1:
     cdef Py_ssize_t i, n
     cdef object t = type(x), a, f
     if t is tuple:
         n = PyTuple_GET_SIZE(x)
         if n and callable(<object>PyTuple_GET_ITEM(x, 0)):
             f = <object>PyTuple_GET_ITEM(x, 0)
-            PyDict_SetItem(funcs, id(f), f)
+            funcs.note(f)
             for i in range(1, n):
                 a = <object>PyTuple_GET_ITEM(x, i)
                 if isinstance(a, dict):
