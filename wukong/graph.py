@@ -100,27 +100,30 @@ class LegacyGraph(Mapping):
         return self._deps
 
     def prepare(self, keys: list[Key]) -> tuple[list[Key], LegacyGraph]:
-        """``prepare`` in integers (compiled): the graph is interned whole (its
-        dependencies are all keys of it), culled to what ``keys`` need, and laid
-        out in Kahn's order of the whole graph; nothing to check (``of``)."""
+        """``prepare`` in integers (compiled), with the same order as ``cull`` then
+        ``topological_order`` give: the graph is interned whole (its dependencies
+        are all keys of it), culled to what ``keys`` need in depth-first order
+        from them (which keeps the leaves of one fan-in next to each other, as
+        ``group_leaves`` wants), then Kahn's order of that; nothing to check (``of``)."""
         for k in keys:
             if k not in self.dsk:
                 raise KeyError(k)
         names, deps = self.keys_, self.deps_list
         ids, dep_ptr, dep_idx = _core.intern(names, deps)
-        needed = _core.needed(len(names), dep_ptr, dep_idx, array("q", [ids[k] for k in keys]))
-        kept = [t for t in _core.toposort(len(names), dep_ptr, dep_idx) if needed[t]]
-        if len(kept) < needed.count(1):
-            done = set(kept)
-            stuck = {names[t]: 1 for t in range(len(names)) if needed[t] and t not in done}
+        visited = _core.needed(len(names), dep_ptr, dep_idx, array("q", [ids[k] for k in keys]))
+        culled_ptr, culled_idx = _core.relabel(visited, dep_ptr, dep_idx)
+        topo = _core.toposort(len(visited), culled_ptr, culled_idx)
+        if len(topo) < len(visited):
+            done = set(topo)
+            stuck = {names[visited[i]]: 1 for i in range(len(visited)) if i not in done}
             raise GraphError(f"Cycle detected: {find_cycle(self, stuck)}")
+        kept = array("q", map(visited.__getitem__, topo))
         order = list(map(names.__getitem__, kept))
         culled = LegacyGraph(self.dsk, order, list(map(deps.__getitem__, kept)))
         # the scheduler's interning of ``order``, without a second dict of every key
-        kept_ids = array("q", kept)
         position = np.empty(len(names), dtype=np.int64)
-        position[np.frombuffer(kept_ids, dtype=np.int64)] = np.arange(len(kept))
-        culled.interned = ({k: int(position[ids[k]]) for k in keys}, *_core.relabel(kept_ids, dep_ptr, dep_idx))
+        position[np.frombuffer(kept, dtype=np.int64)] = np.arange(len(kept))
+        culled.interned = ({k: int(position[ids[k]]) for k in keys}, *_core.relabel(kept, dep_ptr, dep_idx))
         return order, culled
 
     def __getitem__(self, key: Key) -> GraphNode:

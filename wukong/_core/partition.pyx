@@ -319,20 +319,24 @@ def write_order(const long long[:] sched_ptr, const long long[:] sched_idx, cons
 
 
 def needed(Py_ssize_t n, const long long[:] dep_ptr, const long long[:] dep_idx, const long long[:] roots):
-    """Which tasks ``roots`` need (a cull); see ``wukong.reference.partition.needed``."""
+    """The tasks ``roots`` need, in the reference's depth-first order; see
+    ``wukong.reference.partition.needed`` (same output)."""
     if n < 0 or dep_ptr.shape[0] < n + 1:
         raise ValueError(f"dep_ptr has {dep_ptr.shape[0]} entries, need n + 1 = {n + 1}")
     if check_csr(_p(dep_ptr), n, dep_idx.shape[0], _p(dep_idx), n):
         raise ValueError("malformed dependency CSR (pointers not monotone/in range, or an id outside 0..n-1)")
-    cdef Py_ssize_t i, j, top = 0, nroots = roots.shape[0]
+    cdef Py_ssize_t i, j, top = 0, k = 0, nroots = roots.shape[0]
     for i in range(nroots):
         if roots[i] < 0 or roots[i] >= n:
             raise ValueError(f"root {roots[i]} is not a task id")
-    cdef bytearray mask = bytearray(n)
-    cdef char* m = mask
+    cdef array.array order = _new(n)
+    cdef long long* out = order.data.as_longlongs
     cdef long long t, d
+    cdef char* seen = <char*>calloc(n + 1, 1)
     cdef long long* stack = <long long*>malloc((dep_idx.shape[0] + nroots + 1) * sizeof(long long))
-    if stack is NULL:
+    if seen is NULL or stack is NULL:
+        free(seen)
+        free(stack)
         raise MemoryError()
     with nogil:
         for i in range(nroots):
@@ -341,21 +345,25 @@ def needed(Py_ssize_t n, const long long[:] dep_ptr, const long long[:] dep_idx,
         while top:
             top -= 1
             t = stack[top]
-            if m[t]:
+            if seen[t]:
                 continue
-            m[t] = 1
+            seen[t] = 1
+            out[k] = t
+            k += 1
             for j in range(dep_ptr[t], dep_ptr[t + 1]):
                 d = dep_idx[j]
-                if not m[d]:
+                if not seen[d]:
                     stack[top] = d
                     top += 1
+    free(seen)
     free(stack)
-    return mask
+    array.resize(order, k)
+    return order
 
 
 def relabel(const long long[:] kept, const long long[:] dep_ptr, const long long[:] dep_idx):
-    """See ``wukong.reference.partition.relabel`` (same outputs); a dependency
-    not kept, or kept after its dependent, raises ``ValueError``."""
+    """See ``wukong.reference.partition.relabel`` (same outputs; a dependency
+    not kept raises ``ValueError``)."""
     cdef Py_ssize_t n = dep_ptr.shape[0] - 1, m = kept.shape[0], i, j, e = 0
     if n < 0 or check_csr(_p(dep_ptr), n, dep_idx.shape[0], _p(dep_idx), n):
         raise ValueError("malformed dependency CSR (pointers not monotone/in range, or an id outside 0..n-1)")
@@ -375,6 +383,8 @@ def relabel(const long long[:] kept, const long long[:] dep_ptr, const long long
     with nogil:
         for i in range(n):
             new[i] = -1
+        for i in range(m):
+            new[kept[i]] = i
         e = 0
         optr[0] = 0
         for i in range(m):
@@ -386,8 +396,7 @@ def relabel(const long long[:] kept, const long long[:] dep_ptr, const long long
                 oidx[e] = d
                 e += 1
             optr[i + 1] = e
-            new[t] = i
     free(new)
     if bad:
-        raise ValueError("a kept task depends on one not kept before it")
+        raise ValueError("a kept task depends on one that is not kept")
     return out_ptr, out_idx

@@ -136,30 +136,33 @@ def write_order(
     return order, ready
 
 
-def needed(n: int, dep_ptr: array, dep_idx: array, roots: Sequence[int]) -> bytearray:
-    """Which tasks ``roots`` need, themselves included (a cull): 1 at each such id."""
-    mask = bytearray(n)
+def needed(n: int, dep_ptr: array, dep_idx: array, roots: Sequence[int]) -> array:
+    """The tasks ``roots`` need, themselves included (a cull), in the order a
+    depth-first walk from them meets them: ``roots`` taken from the last, each
+    task's dependencies pushed in order, the last pushed visited first."""
+    seen = bytearray(n)
+    order = array("q")
     stack = list(roots)
     while stack:
         t = stack.pop()
-        if not mask[t]:
-            mask[t] = 1
-            stack.extend(d for d in dep_idx[dep_ptr[t] : dep_ptr[t + 1]] if not mask[d])
-    return mask
+        if not seen[t]:
+            seen[t] = 1
+            order.append(t)
+            stack.extend(d for d in dep_idx[dep_ptr[t] : dep_ptr[t + 1]] if not seen[d])
+    return order
 
 
 def relabel(kept: Sequence[int], dep_ptr: array, dep_idx: array) -> tuple[array, array]:
     """The dependency CSR of the tasks ``kept``, each renamed to its position in
-    ``kept`` (as ``intern`` of them in that order would give; every dependency
-    of a kept task must be kept, before it)."""
-    new: dict[int, int] = {}
+    ``kept`` (as ``intern`` of them in that order would give); a dependency
+    that is not kept raises ``ValueError``."""
+    new = {t: i for i, t in enumerate(kept)}
     out_ptr = array("q", [0])
     out_idx = array("q")
-    for i, t in enumerate(kept):
+    for t in kept:
         for d in dep_idx[dep_ptr[t] : dep_ptr[t + 1]]:
             if d not in new:
-                raise ValueError(f"task {t} depends on {d}, not kept before it")
+                raise ValueError(f"task {t} depends on {d}, which is not kept")
             out_idx.append(new[d])
         out_ptr.append(len(out_idx))
-        new[t] = i
     return out_ptr, out_idx
