@@ -44,6 +44,7 @@ import numpy as np
 from dask.task_spec import DataNode, GraphNode, Task, TaskRef
 
 from wukong import _core
+from wukong.serialization import LegacyTask
 
 SUPPORTED_DASK = ((2025, 1), (2027, 0))  # [from, to): task-spec era
 _dask_version = tuple(int(p) for p in dask.__version__.split(".")[:2] if p.isdigit())
@@ -131,6 +132,10 @@ class LegacyGraph(Mapping):
             raise KeyError(key)
         node = convert_legacy_task(key, self.dsk[key], self.dsk)  # type: ignore[arg-type]
         return node if isinstance(node, GraphNode) else DataNode(key, node)
+
+    def sendable(self, key: Key) -> LegacyTask:
+        """What executors receive of task ``key``: the raw task, converted where it runs."""
+        return LegacyTask(key, self.dsk[key])
 
     def __iter__(self) -> Iterator[Key]:
         return iter(self.keys_)

@@ -26,7 +26,7 @@ import numpy as np
 from dask.task_spec import GraphNode
 
 from wukong import _core, serialization
-from wukong.graph import GraphError, dependency_lists, interned
+from wukong.graph import GraphError, LegacyGraph, dependency_lists, interned
 from wukong.protocol import OUTPUT, pack_schedule
 
 
@@ -44,7 +44,8 @@ class Schedules(Sequence[bytes]):
     ):
         self.graph, self.order, self.deps, self.metas = graph, order, deps, metas
         self.sched_ptr, self.sched_idx = sched_ptr, sched_idx
-        self.pickler = serialization.BodyPickler(per_task=(GraphNode,))
+        self.pickler = serialization.BodyPickler(per_task=(GraphNode, serialization.LegacyTask))
+        self.node = graph.sendable if isinstance(graph, LegacyGraph) else graph.__getitem__
 
     def __len__(self) -> int:
         return len(self.metas)
@@ -53,7 +54,7 @@ class Schedules(Sequence[bytes]):
         if not 0 <= sid < len(self.metas):
             raise IndexError(sid)
         chain = self.sched_idx[self.sched_ptr[sid] : self.sched_ptr[sid + 1]]
-        bodies = [(self.graph[self.order[t]], self.deps[t]) for t in chain]
+        bodies = [(self.node(self.order[t]), self.deps[t]) for t in chain]
         return pack_schedule(self.metas[sid], _dumps_bodies(bodies, self.pickler))
 
     def __iter__(self) -> Iterator[bytes]:
