@@ -11,7 +11,7 @@ EXTRA = ["-O3"]
 
 extensions = [
     Extension(f"wukong._core.{name}", [f"wukong/_core/{name}.pyx"], extra_compile_args=EXTRA)
-    for name in ("partition", "encoding")
+    for name in ("partition", "encoding", "legacy")
 ]
 
 setup(

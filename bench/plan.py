@@ -11,9 +11,12 @@ the numbers are what a caller waits for before the first executor can start:
 
 * ``plan``: graph conversion, cull, validation and ``scheduler.plan``
   (``JobRecord.plan_s``);
-* ``launch``: from ``get``'s entry to the invocations sent, the writes of the
-  schedules to the MDS included (``JobRecord.launch_s``); ``cpu``: the client's
-  CPU seconds over the same span (steadier than wall time on a loaded machine);
+* ``first``: from ``get``'s entry to the first invocation sent (``JobRecord.first_s``):
+  the schedules are written as they are pickled, and a group of leaves is invoked
+  as soon as every schedule it may read is written;
+* ``launch``: from ``get``'s entry to the last leaf invoked, every schedule
+  written to the MDS (``JobRecord.launch_s``); ``cpu``: the client's CPU seconds
+  over the same span (steadier than wall time on a loaded machine);
 * ``peak``: the client's peak RSS during ``get``; ``graph``: its RSS before
   (the Dask graph, built by the caller).
 
@@ -38,8 +41,8 @@ import sys
 import time
 
 SHAPES = ("tree", "array", "wide")
-HEADER = "{:6} {:>8} {:>8} {:>7} {:>8} {:>6} {:>11} {:>8} {:>8}"
-ROW = "{:6} {:>8} {:>8} {:>7.2f} {:>8.2f} {:>6.2f} {:>11.1f} {:>8.0f} {:>8.0f}"
+HEADER = "{:6} {:>8} {:>8} {:>7} {:>7} {:>8} {:>6} {:>11} {:>8} {:>8}"
+ROW = "{:6} {:>8} {:>8} {:>7.2f} {:>7.2f} {:>8.2f} {:>6.2f} {:>11.1f} {:>8.0f} {:>8.0f}"
 
 
 def _inc(x: int) -> int:
@@ -135,6 +138,7 @@ def child(shape: str, n: int, profile: str | None) -> dict:
         "tasks": record.ntasks,
         "schedules": record.nschedules,
         "plan_s": record.plan_s,
+        "first_s": record.first_s,
         "launch_s": record.launch_s,
         "launch_cpu_s": launched[0] - cpu0,
         "get_s": total,  # launch_s + stopping the job and deleting its keys
@@ -159,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"unknown shape {', '.join(unknown)}; choose from {', '.join(SHAPES)}")
     print(f"load {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     print(
-        HEADER.format("shape", "tasks", "scheds", "plan s", "launch s", "cpu s", "cpu µs/task", "graph MB", "peak MB")
+        HEADER.format(
+            "shape", "tasks", "scheds", "plan s", "first s", "launch s", "cpu s", "cpu µs/task", "graph MB", "peak MB"
+        )
     )
     for size in (int(s) for s in args.tasks.split(",")):
         for shape in shapes:
@@ -171,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{shape:6} {size:>8} failed:\n{out.stderr[-2000:]}")
                 return 1
             r = json.loads(out.stdout.strip().splitlines()[-1])
-            cells = [r[k] for k in ("tasks", "schedules", "plan_s", "launch_s", "launch_cpu_s")]
+            cells = [r[k] for k in ("tasks", "schedules", "plan_s", "first_s", "launch_s", "launch_cpu_s")]
             per_task = 1e6 * r["launch_cpu_s"] / r["tasks"]
             print(ROW.format(shape, *cells, per_task, r["graph_rss"] / 2**20, r["peak_rss"] / 2**20), flush=True)
     print(f"load {os.getloadavg()[0]:.2f}")

@@ -4,7 +4,8 @@
 Parity: on random DAGs and on odd shapes the two give identical CSR arrays, schedules,
 encoded bytes and decoded records.  Specification (run on both): every task lies on exactly
 one schedule, ``sched_idx[sched_ptr[sched_of[t]] + pos_of[t]] == t``, consecutive tasks of a
-schedule are dependency -> dependent edges, and the encoded records describe the graph.
+schedule are dependency -> dependent edges, the encoded records describe the graph, and
+the write order puts every schedule downstream of a leaf before that leaf is ready.
 Robustness: corrupt or truncated blobs raise ``ValueError``; malformed arrays given to the
 compiled functions raise ``ValueError`` instead of reading out of bounds.
 """
@@ -90,6 +91,16 @@ def run(impl, order, deps, outputs):
         flags[t] = OUTPUT
     metas = impl.encode_schedules(*sched, dep_ptr, dep_idx, dnt_ptr, dnt_idx, flags)
     records = [impl.decode_schedule(m) for m in metas]
+    sched_ptr, sched_idx, sched_of, _ = sched
+    leaves = array(
+        "q",
+        [
+            s
+            for s in range(len(sched_ptr) - 1)
+            if dep_ptr[sched_idx[sched_ptr[s]]] == dep_ptr[sched_idx[sched_ptr[s]] + 1]
+        ],
+    )
+    writes = impl.write_order(sched_ptr, sched_idx, sched_of, dnt_ptr, dnt_idx, leaves)
     return SimpleNamespace(
         ids=ids,
         csr=(dep_ptr, dep_idx, dnt_ptr, dnt_idx),
@@ -97,6 +108,8 @@ def run(impl, order, deps, outputs):
         flags=bytes(flags),
         metas=metas,
         records=records,
+        leaves=leaves,
+        writes=writes,
     )
 
 
@@ -108,6 +121,8 @@ def assert_same(a, b):
     assert a.metas == b.metas
     assert all(type(m) is bytes for m in a.metas)
     assert a.records == b.records
+    assert all(type(x) is array and x.typecode == "q" for x in a.writes)
+    assert a.writes == b.writes
 
 
 def assert_specification(order, deps, r):
@@ -143,6 +158,18 @@ def assert_specification(order, deps, r):
             assert rec.dependents == tuple(
                 Dependent(c, dep_ptr[c + 1] - dep_ptr[c], sched_of[c], pos_of[c]) for c in rows[rec.tid]
             )
+    # the write order: every schedule once, and each leaf's downstream written before it is ready
+    written, ready = r.writes
+    assert sorted(written) == list(range(len(sched_ptr) - 1))
+    assert len(ready) == len(r.leaves) and list(ready) == sorted(ready)
+    for start, k in zip(r.leaves, ready, strict=True):
+        stack, downstream = [start], set()
+        while stack:
+            s = stack.pop()
+            if s not in downstream:
+                downstream.add(s)
+                stack += [sched_of[c] for t in sched_idx[sched_ptr[s] : sched_ptr[s + 1]] for c in rows[t]]
+        assert downstream <= set(written[:k])
 
 
 # --- parity: compiled == reference ------------------------------------------------------
@@ -378,6 +405,29 @@ def test_compiled_schedules_rejects_malformed_csr():
         _core.schedules(3, q(0, 0, 1), q(0, 1, 1), q(1))
 
 
+def test_compiled_write_order_rejects_malformed_arrays():
+    n = 3
+    _, dep_ptr, dep_idx = _core.intern(list(range(n)), [(), (0,), (1,)])
+    dnt = _core.dependents(n, dep_ptr, dep_idx)
+    sched_ptr, sched_idx, sched_of, _ = _core.schedules(n, dep_ptr, *dnt)
+    good = (sched_ptr, sched_idx, sched_of, *dnt, q(0))
+    assert _core.write_order(*good) == partition.write_order(*good) == (q(0), q(1))
+    for i, bad in [
+        (0, q()),
+        (0, q(0, 9)),
+        (1, q(0, 1, 7)),
+        (2, q(0, 0, 4)),
+        (2, q(0, 0)),
+        (3, q(0, 1)),
+        (4, q(9, 9)),
+        (5, q(1)),
+    ]:
+        args = list(good)
+        args[i] = bad
+        with pytest.raises(ValueError):
+            _core.write_order(*args)
+
+
 def test_compiled_encode_rejects_inconsistent_arrays():
     n = 3
     order, deps = list(range(n)), [(), (0,), (1,)]
@@ -399,3 +449,131 @@ def test_compiled_accepts_numpy_int64_arrays():
     dnt = _core.dependents(50, np.asarray(dep_ptr), np.asarray(dep_idx))
     assert dnt == partition.dependents(50, dep_ptr, dep_idx)
     assert _core.schedules(50, np.asarray(dep_ptr), *map(np.asarray, dnt)) == partition.schedules(50, dep_ptr, *dnt)
+
+
+# --- cull: what the requested tasks need ------------------------------------------------------
+
+
+def culled(graph, seed: int):
+    """A random cull of ``graph``: (dep_ptr, dep_idx, roots, the tasks they need in depth-first order)."""
+    order, deps, _ = graph
+    _, dep_ptr, dep_idx = _core.intern(order, deps)
+    rng = random.Random(seed)
+    roots = array("q", rng.sample(range(len(order)), rng.randint(0, min(5, len(order)))))
+    return dep_ptr, dep_idx, roots, _core.needed(len(order), dep_ptr, dep_idx, roots)
+
+
+@FAST
+@given(dags(), st.integers(0, 2**32 - 1))
+def test_needed_is_the_same_cull_in_both(graph, seed):
+    order, deps, _ = graph
+    dep_ptr, dep_idx, roots, visited = culled(graph, seed)
+    assert type(visited) is array and visited.typecode == "q"
+    assert visited == partition.needed(len(order), dep_ptr, dep_idx, roots)
+    ids = {k: i for i, k in enumerate(order)}
+    closure, stack = set(), [order[r] for r in roots]
+    while stack:
+        k = stack.pop()
+        if k not in closure:
+            closure.add(k)
+            stack += deps[ids[k]]
+    assert [order[t] for t in visited] == list(dict.fromkeys(order[t] for t in visited))  # each once
+    assert {order[t] for t in visited} == closure
+
+
+def test_compiled_needed_rejects_malformed_arrays():
+    with pytest.raises(ValueError):
+        _core.needed(2, q(0, 0, 1), q(0), q(2))  # root out of range
+    with pytest.raises(ValueError):
+        _core.needed(2, q(0, 0, 1), q(5), q(1))  # dependency out of range
+
+
+# --- legacy graphs: dependencies read as Dask's conversion would give them ---------------------
+
+
+def _f(*args):
+    return args
+
+
+class _Point(tuple):  # a tuple subclass, as a namedtuple is
+    pass
+
+
+@st.composite
+def legacy_graphs(draw):
+    """Random legacy graphs: tasks whose arguments nest keys, literals, lists, sets,
+    dicts and inner tasks (``convert_legacy_task``'s cases)."""
+    n = draw(st.integers(1, 30))
+    keys = [draw(st.sampled_from([f"k{i}", ("k", i), i]) if i else st.just("k0")) for i in range(n)]
+    keys = list(dict.fromkeys(keys))
+
+    def arg(depth):
+        leaf = st.one_of(
+            st.sampled_from(keys),
+            st.integers(-3, 40),
+            st.sampled_from(["x", "k1", ("k", 2), ("k", "no"), 1.0, True, None, b"k0"]),
+        )
+        if depth == 0:
+            return leaf
+        inner = arg(depth - 1)
+        return st.one_of(
+            leaf,
+            st.lists(inner, max_size=3),
+            st.lists(inner, max_size=3).map(tuple),
+            st.lists(inner, max_size=3).map(lambda xs: (_f, *xs)),
+            st.dictionaries(st.sampled_from(["a", "b"]), inner, max_size=2),
+            st.frozensets(st.sampled_from(keys), max_size=2),
+        )
+
+    return {k: draw(st.one_of(arg(0), st.lists(arg(2), max_size=3).map(lambda xs: (_f, *xs)))) for k in keys}
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@FAST
+@given(dsk=legacy_graphs())
+def test_legacy_dependencies_are_those_of_dasks_conversion(impl, dsk):
+    from dask._task_spec import convert_legacy_graph
+
+    found = impl.legacy_dependencies(dsk)
+    converted = convert_legacy_graph(dsk)
+    if found is None:  # given up: only for a key aliased to itself (Dask drops it)
+        assert set(converted) != set(dsk)
+        return
+    deps, funcs = found
+    assert set(converted) == set(dsk)
+    assert [set(d) for d in deps] == [set(converted[k].dependencies) for k in dsk]
+    assert all(len(set(d)) == len(d) for d in deps)
+    assert set(funcs.values()) <= {_f}
+    assert impl.legacy_dependencies(dsk) == _core.legacy_dependencies(dsk)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_legacy_dependencies_give_up_on_what_they_do_not_read_as_dask(impl):
+    from dask.task_spec import Task, TaskRef
+
+    assert impl.legacy_dependencies({"a": 1, "b": (_f, _Point(("a", 1)))}) is None  # a tuple subclass
+    assert impl.legacy_dependencies({"a": 1, "b": Task("b", _f, TaskRef("a"))}) is None  # task spec already
+    assert impl.legacy_dependencies({"a": 1, "b": (_f, {"x": TaskRef("a")})}) is None  # task spec in a dict
+    assert impl.legacy_dependencies({"a": "a"}) is None  # aliased to itself
+    # a dict argument's values are not looked into; a list's items are
+    found = impl.legacy_dependencies({"a": 1, "d": 2, "b": (_f, {"c": "d"}, [("a", "z"), "a"])})
+    assert found == ([(), (), ("a",)], {id(_f): _f})
+
+
+@FAST
+@given(dags(), st.integers(0, 2**32 - 1))
+def test_relabel_is_interning_the_kept_tasks_again(graph, seed):
+    order, deps, _ = graph
+    dep_ptr, dep_idx, _, kept = culled(graph, seed)  # in depth-first order: dependents before dependencies
+    relabelled = _core.relabel(kept, dep_ptr, dep_idx)
+    assert relabelled == partition.relabel(kept, dep_ptr, dep_idx)
+    _, ptr, idx = _core.intern([order[t] for t in kept], [deps[t] for t in kept])
+    assert relabelled == (ptr, idx)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_relabel_refuses_a_dependency_not_kept(impl):
+    _, dep_ptr, dep_idx = _core.intern([0, 1], [(), (0,)])
+    assert impl.relabel(q(1, 0), dep_ptr, dep_idx) == (q(0, 1, 1), q(1))
+    with pytest.raises(ValueError):
+        impl.relabel(q(1), dep_ptr, dep_idx)

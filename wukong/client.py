@@ -58,7 +58,8 @@ from wukong.scheduler import Plan, plan
 from wukong.store import StorageError, Store
 
 BLOCK_MS = 250  # a blocking read returns at least this often, to redraw progress
-WRITE_BYTES = 32 << 20  # schedule blobs sent per pipeline (Job.write_schedules)
+WRITE_BYTES = 32 << 20  # schedule blobs sent per pipeline (Job.submit)
+FIRST_GROUP = 16  # leaves in the first invocation of a grouped launch (group_leaves)
 DRAIN_S = 30.0  # after a failure, how long executors get to notice the cancel flag
 
 
@@ -178,47 +179,48 @@ class Client:
         timeout = kwargs.pop("timeout", None)
         kwargs.pop("num_workers", None)
         versions.check_backend(self.backend)  # before any task runs: a mismatch fails here
-        t0 = time.perf_counter()
-        record = JobRecord("", time.time())
-        dsk = self.futures.substitute(dsk)
-        with gc_paused(), dask.config.set(dask_defaults()):  # an expression is lowered here
-            order, graph = prepare(dsk, outputs)
-            job_plan = plan(order, graph, outputs) if order else None
-        if job_plan is None:  # nothing to run (``get({}, [])``): what Dask's own schedulers return
-            return {}
-        t1 = time.perf_counter()
-        dask_cbs = DaskCallbacks(callbacks, graph, outputs, order) if callbacks else None
-        if dask_cbs is not None and dask_cbs.shows_progress:
-            progress = False  # Dask's own bar is drawing
-        job = Job(self, job_plan, progress, options, timeout, order, record, dask_cbs, on_held)
-        record.job, record.ntasks, record.nschedules = job.keys.job, len(order), job_plan.nschedules
-        record.noutputs, record.plan_s = len(outputs), t1 - t0
-        self.jobs.append(record)
-        note(record)  # open performance_report blocks
-        if on_start is not None:
-            on_start(job)
-        self.active.add(job)
-        try:
-            results = job.run()
-        except BaseException as exc:
-            record.status = "cancelled" if isinstance(exc, JobCancelled) else "error"
-            record.error = f"{type(exc).__name__}: {exc}"
-            raise
-        finally:
-            self.active.discard(job)
-            record.run_s = time.perf_counter() - t1
-            record.invocations = len(set(job.starts) | job.exited | set(job.live))
-            if dask_cbs is not None:
-                dask_cbs.finish(record.status != "running")
-        record.status = "finished"
-        self.last_job = {"tasks": len(order), "schedules": job_plan.nschedules}
-        self.last_job.update(plan_s=t1 - t0, run_s=record.run_s)
-        cost = self.backend.job_cost(job.durations)
-        if cost is not None:
-            self.last_job["cost"] = record.cost = cost
-            if progress:
-                print(cost_summary(cost), file=sys.stderr)
-        return results
+        with gc_thawed():  # after gc_paused's freezes
+            t0 = time.perf_counter()
+            record = JobRecord("", time.time())
+            dsk = self.futures.substitute(dsk)
+            with gc_paused(), dask.config.set(dask_defaults()):  # an expression is lowered here
+                order, graph = prepare(dsk, outputs)
+                job_plan = plan(order, graph, outputs) if order else None
+            if job_plan is None:  # nothing to run (``get({}, [])``): what Dask's own schedulers return
+                return {}
+            t1 = time.perf_counter()
+            dask_cbs = DaskCallbacks(callbacks, graph, outputs, order) if callbacks else None
+            if dask_cbs is not None and dask_cbs.shows_progress:
+                progress = False  # Dask's own bar is drawing
+            job = Job(self, job_plan, progress, options, timeout, order, record, dask_cbs, on_held)
+            record.job, record.ntasks, record.nschedules = job.keys.job, len(order), job_plan.nschedules
+            record.noutputs, record.plan_s = len(outputs), t1 - t0
+            self.jobs.append(record)
+            note(record)  # open performance_report blocks
+            if on_start is not None:
+                on_start(job)
+            self.active.add(job)
+            try:
+                results = job.run()
+            except BaseException as exc:
+                record.status = "cancelled" if isinstance(exc, JobCancelled) else "error"
+                record.error = f"{type(exc).__name__}: {exc}"
+                raise
+            finally:
+                self.active.discard(job)
+                record.run_s = time.perf_counter() - t1
+                record.invocations = len(set(job.starts) | job.exited | set(job.live))
+                if dask_cbs is not None:
+                    dask_cbs.finish(record.status != "running")
+            record.status = "finished"
+            self.last_job = {"tasks": len(order), "schedules": job_plan.nschedules}
+            self.last_job.update(plan_s=t1 - t0, run_s=record.run_s)
+            cost = self.backend.job_cost(job.durations)
+            if cost is not None:
+                self.last_job["cost"] = record.cost = cost
+                if progress:
+                    print(cost_summary(cost), file=sys.stderr)
+            return results
 
     # -- futures (wukong.futures), with distributed's names -----------------------
     def compute(self, collections: Any, *, sync: bool = False, optimize_graph: bool = True, **kwargs: Any) -> Any:
@@ -341,34 +343,64 @@ class Client:
 
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
-    """No cyclic garbage collection while a job is planned and submitted.
+    """No cyclic garbage collection while a job is planned and submitted; what
+    planning made is frozen (``gc.freeze``) until the job ends (``gc_thawed``).
 
     Planning makes a few objects per task and frees little; at a million tasks
     the collector's full passes over them cost about a third of the client's
-    CPU (``python -m bench.plan``).  Left as it was if it was already off.
+    CPU (``python -m bench.plan``).  Unfrozen, the first collection after the
+    pause, and each full one while the job runs, would scan them all again:
+    on a 100k-task job that was a third of the client's CPU.  Left as it was
+    if it was already off.
     """
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        gc.freeze()
         if enabled:
             gc.enable()
 
 
+@contextlib.contextmanager
+def gc_thawed() -> Iterator[None]:
+    """Around a job: what ``gc_paused`` froze is collectable again once it ends
+    (unless something was frozen before: the caller's own ``gc.freeze``, or
+    another job's that is still running)."""
+    frozen = gc.get_freeze_count()
+    try:
+        yield
+    finally:
+        if not frozen:
+            gc.unfreeze()
+
+
 def group_leaves(leaves: list[int], ngroups: int | None) -> list[list[int]]:
-    """Cut the leaf schedules, in order, into at most ``ngroups`` invocations.
+    """Cut the leaf schedules, in order, into about ``ngroups`` invocations.
 
     One invocation per leaf costs a queue round trip and a start-up each; a
     backend with bounded concurrency gains nothing from more invocations than
     it can run at once.  Contiguous runs of leaves (ids follow the graph's
     order) tend to share fan-ins, which then complete inside one executor
     from its batched notifications.  ``None``: one invocation per leaf (Lambda).
+
+    The first groups are smaller (``FIRST_GROUP`` leaves, then doubling: they
+    end at ``FIRST_GROUP * 2**k``, aligned with a tree reduction over the
+    leaves): the client invokes a group once its schedules are written
+    (``Job.submit``), so the executors start on the first leaves while the
+    client still writes the rest.
     """
     if not ngroups or len(leaves) <= ngroups:
         return [[s] for s in leaves]
     size = -(-len(leaves) // ngroups)
-    return [leaves[i : i + size] for i in range(0, len(leaves), size)]
+    groups = []
+    i, step = 0, min(FIRST_GROUP, size)
+    while i < len(leaves):
+        groups.append(leaves[i : i + step])
+        i += step
+        step = min(size, i)
+    return groups
 
 
 def _nested(keys: Any, results: dict) -> Any:
@@ -468,37 +500,49 @@ class Job:
         return self.results
 
     def submit(self) -> None:
+        """Write the schedules and invoke the leaves, streamed: the schedules go in the
+        plan's write order, pickled as they go, in pipelines of about ``WRITE_BYTES``
+        (one pipeline's blobs in memory at a time), and each group of leaves is
+        invoked as soon as every schedule it may read is written (``Plan.ready``).
+        While a group waits, a pipeline is sent once it holds as many bytes as were
+        written before it: the first leaves start early, in few round trips."""
         p, keys, store = self.plan, self.keys, self.store
-        self.write_schedules()
-        batch = store.batch()
-        batch.mds("set", keys.options, json.dumps(self.options), store.ttl)
-        starts = [
-            Invocation(keys.job, group[0], 0, {}, (), tuple(group[1:]))
-            for group in group_leaves(p.leaf_schedules, self.backend.leaf_groups)
-        ]
-        self.starts = {inv.id: inv for inv in starts}
-        self.live = dict.fromkeys(self.starts)
         self.primaries = store.primary_ids() if store.cluster is not None else set()
         self.check_backend()
+        groups = group_leaves(list(range(len(p.leaf_schedules))), self.backend.leaf_groups)  # leaf indexes
+        batch = store.batch()
+        batch.mds("set", keys.options, json.dumps(self.options), store.ttl)
         protocol.emit_start(batch, keys, store.ttl)
-        launch(self.backend.invoke, batch, keys.job, starts)
-        self.record.launch_s = time.time() - self.record.started
+        g = done = size = sent = 0  # groups invoked, schedules written, bytes pending, bytes written
+        names: list[str] = []
+        blobs: list[bytes] = []
+        for sid in p.write_order:
+            blobs.append(p.schedules[sid])
+            names.append(keys.schedule(sid))
+            size += len(blobs[-1])
+            due = g < len(groups) and p.ready[groups[g][-1]] <= done + len(names)
+            if size < WRITE_BYTES and not (due and size >= sent) and len(names) + done < p.nschedules:
+                continue
+            batch.set_many(store.mds_index, names, blobs)  # a huge blob is split
+            batch.execute()  # before the invocations: on a Redis Cluster they may go to another node
+            done, sent, size, names, blobs = done + len(names), sent + size, 0, [], []
+            starts = []
+            while g < len(groups) and p.ready[groups[g][-1]] <= done:
+                group = [p.leaf_schedules[i] for i in groups[g]]
+                starts.append(Invocation(keys.job, group[0], 0, {}, (), tuple(group[1:])))
+                g += 1
+            if starts:
+                self.launch(starts)
+            batch = store.batch()
+        p.schedules = []  # the graph behind them is not kept for the run
 
-    def write_schedules(self) -> None:
-        """Write the plan's schedule blobs, in pipelines of about ``WRITE_BYTES`` each
-        sent at once (so one pipeline's packed copy is in memory at a time), then
-        drop them from the plan: they are not kept for the run."""
-        p, keys, store = self.plan, self.keys, self.store
-        start = size = 0
-        for sid, blob in enumerate(p.schedules):
-            size += len(blob)
-            if size >= WRITE_BYTES or sid == p.nschedules - 1:
-                batch = store.batch()
-                names = [keys.schedule(s) for s in range(start, sid + 1)]
-                batch.set_many(store.mds_index, names, p.schedules[start : sid + 1])  # a huge blob is split
-                batch.execute()
-                start, size = sid + 1, 0
-        p.schedules = []
+    def launch(self, starts: list[Invocation]) -> None:
+        self.starts.update((inv.id, inv) for inv in starts)
+        self.live.update(dict.fromkeys(inv.id for inv in starts))
+        launch(self.backend.invoke, self.store.batch(), self.keys.job, starts)
+        if not self.record.first_s:
+            self.record.first_s = time.time() - self.record.started
+        self.record.launch_s = time.time() - self.record.started
 
     def wait(self) -> None:
         while self.live:

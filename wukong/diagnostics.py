@@ -145,7 +145,8 @@ class JobRecord:
     status: str = "running"  # running, finished, error, cancelled
     error: str = ""
     plan_s: float = 0.0  # graph conversion + plan
-    launch_s: float = 0.0  # from the job's start to its first invocations sent (plan + writes + launch)
+    first_s: float = 0.0  # from the job's start to its first invocation sent (plan + first writes)
+    launch_s: float = 0.0  # from the job's start to its last leaf invoked (plan + writes + launch)
     run_s: float = 0.0
     invocations: int = 0
     bytes_stored: int = 0

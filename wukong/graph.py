@@ -19,7 +19,14 @@ and finally lays the keys out in a topological order, which becomes the
 dense integer id of each key (``intern``): dependencies always get smaller ids
 than their dependents, which the scheduler and the executors rely on.
 
-Only public Dask API is used, except ``convert_legacy_graph`` which lives in
+A graph of legacy tuple tasks is not converted whole: its dependencies are
+read from the raw tuples (``wukong._core.legacy``, compiled) and each task is
+converted when it is read (``LegacyGraph``), which the scheduler does a
+schedule at a time as it pickles the bodies, while the first executors run.
+Graphs that reader does not handle exactly as Dask would, or that hold a
+callable ``check_process_local`` looks at, are converted whole.
+
+Only public Dask API is used, except ``convert_legacy_graph`` and ``convert_legacy_task``, which live in
 ``dask._task_spec``; the supported Dask versions are checked at import.
 """
 
@@ -28,13 +35,16 @@ from __future__ import annotations
 import functools
 import sys
 import threading
-from collections.abc import Hashable, Iterable, Iterator, Mapping
+from array import array
+from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import dask
+import numpy as np
 from dask.task_spec import DataNode, GraphNode, Task, TaskRef
 
 from wukong import _core
+from wukong.serialization import LegacyTask
 
 SUPPORTED_DASK = ((2025, 1), (2027, 0))  # [from, to): task-spec era
 _dask_version = tuple(int(p) for p in dask.__version__.split(".")[:2] if p.isdigit())
@@ -43,7 +53,7 @@ if not (SUPPORTED_DASK[0] <= _dask_version < SUPPORTED_DASK[1]):
         f"wukong supports dask >= 2025.1 and < 2027.0 (uses dask._task_spec."
         f"convert_legacy_graph); found dask {dask.__version__}"
     )
-from dask._task_spec import convert_legacy_graph  # noqa: E402
+from dask._task_spec import convert_legacy_graph, convert_legacy_task  # noqa: E402
 
 Key = Hashable
 
@@ -52,11 +62,112 @@ class GraphError(ValueError):
     """The graph cannot run: a cycle, a missing dependency, an unpicklable task."""
 
 
-def to_task_graph(dsk: Any) -> dict[Key, GraphNode]:
-    """Normalise a collection's graph, a HighLevelGraph or a dict to task spec."""
+def to_task_graph(dsk: Any) -> Mapping[Key, GraphNode]:
+    """Normalise a collection's graph, a HighLevelGraph or a dict to task spec
+    (a ``LegacyGraph`` when it can be converted lazily)."""
     if not isinstance(dsk, Mapping):
         dsk = dsk.__dask_graph__()
-    return convert_legacy_graph(dict(dsk))
+    dsk = dict(dsk)
+    return LegacyGraph.of(dsk) or convert_legacy_graph(dsk)
+
+
+class LegacyGraph(Mapping):
+    """Legacy tuple tasks (``{key: (func, *args)}``) seen as task spec, each task
+    converted when it is read; ``deps[k]`` is a key's dependencies, read without
+    converting (``wukong._core.legacy``).  ``of`` returns ``None`` for a graph
+    to convert whole (see the module docstring)."""
+
+    def __init__(self, dsk: dict, keys: list[Key], deps: list[tuple]):
+        self.dsk = dsk  # the whole graph: a task's references are resolved against all its keys
+        self.keys_ = keys  # the keys of this graph (the whole one, or what a cull kept)
+        self.deps_list = deps  # their dependencies, by position
+        self._deps: dict[Key, tuple] | None = None
+        self.interned: tuple[dict[Key, int], array, array] | None = None  # set by ``prepare``: see ``interned``
+
+    @classmethod
+    def of(cls, dsk: dict) -> LegacyGraph | None:
+        found = _core.legacy_dependencies(dsk)
+        if found is None:
+            return None
+        deps, funcs = found
+        if any(_kind(f) for f in funcs.values()):  # a check_process_local looks at it: the full path
+            return None
+        return cls(dsk, list(dsk), deps)
+
+    @property
+    def deps(self) -> dict[Key, tuple]:
+        if self._deps is None:  # not on the way to the first invocation: made when first read
+            self._deps = dict(zip(self.keys_, self.deps_list, strict=True))
+        return self._deps
+
+    def prepare(self, keys: list[Key]) -> tuple[list[Key], LegacyGraph]:
+        """``prepare`` in integers (compiled), with the same order as ``cull`` then
+        ``topological_order`` give: the graph is interned whole (its dependencies
+        are all keys of it), culled to what ``keys`` need in depth-first order
+        from them (which keeps the leaves of one fan-in next to each other, as
+        ``group_leaves`` wants), then Kahn's order of that; nothing to check (``of``)."""
+        for k in keys:
+            if k not in self.dsk:
+                raise KeyError(k)
+        names, deps = self.keys_, self.deps_list
+        ids, dep_ptr, dep_idx = _core.intern(names, deps)
+        visited = _core.needed(len(names), dep_ptr, dep_idx, array("q", [ids[k] for k in keys]))
+        culled_ptr, culled_idx = _core.relabel(visited, dep_ptr, dep_idx)
+        topo = _core.toposort(len(visited), culled_ptr, culled_idx)
+        if len(topo) < len(visited):
+            done = set(topo)
+            stuck = {names[visited[i]]: 1 for i in range(len(visited)) if i not in done}
+            raise GraphError(f"Cycle detected: {find_cycle(self, stuck)}")
+        kept = array("q", map(visited.__getitem__, topo))
+        order = list(map(names.__getitem__, kept))
+        culled = LegacyGraph(self.dsk, order, list(map(deps.__getitem__, kept)))
+        # the scheduler's interning of ``order``, without a second dict of every key
+        position = np.empty(len(names), dtype=np.int64)
+        position[np.frombuffer(kept, dtype=np.int64)] = np.arange(len(kept))
+        culled.interned = ({k: int(position[ids[k]]) for k in keys}, *_core.relabel(kept, dep_ptr, dep_idx))
+        return order, culled
+
+    def __getitem__(self, key: Key) -> GraphNode:
+        if key not in self.deps:
+            raise KeyError(key)
+        node = convert_legacy_task(key, self.dsk[key], self.dsk)  # type: ignore[arg-type]
+        return node if isinstance(node, GraphNode) else DataNode(key, node)
+
+    def sendable(self, key: Key) -> LegacyTask:
+        """What executors receive of task ``key``: the raw task, converted where it runs."""
+        return LegacyTask(key, self.dsk[key])
+
+    def __iter__(self) -> Iterator[Key]:
+        return iter(self.keys_)
+
+    def __len__(self) -> int:
+        return len(self.keys_)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.deps
+
+
+def dependencies(graph: Mapping[Key, GraphNode], key: Key) -> Iterable[Key]:
+    """The keys ``key`` depends on (from ``LegacyGraph.deps`` without converting it)."""
+    return graph.deps[key] if isinstance(graph, LegacyGraph) else graph[key].dependencies
+
+
+def interned(
+    graph: Mapping[Key, GraphNode], order: Sequence[Key], outputs: Sequence[Key]
+) -> tuple[Mapping, array, array]:
+    """``_core.intern(order, dependency_lists(graph, order))``, or what
+    ``LegacyGraph.prepare`` made of it (ids given for its requested keys only)."""
+    pre = graph.interned if isinstance(graph, LegacyGraph) and graph.keys_ is order else None
+    if pre is not None and all(k in pre[0] for k in outputs):
+        return pre
+    return _core.intern(order, dependency_lists(graph, order))
+
+
+def dependency_lists(graph: Mapping[Key, GraphNode], keys: Sequence[Key]) -> list[tuple]:
+    """``tuple(dependencies(graph, k))`` for each of ``keys``."""
+    if isinstance(graph, LegacyGraph):
+        return graph.deps_list if keys is graph.keys_ else list(map(graph.deps.__getitem__, keys))
+    return [tuple(graph[k].dependencies) for k in keys]
 
 
 def flatten_keys(keys: Any) -> list[Key]:
@@ -72,9 +183,16 @@ def flatten_keys(keys: Any) -> list[Key]:
     return list(out)
 
 
-def cull(dsk: Mapping[Key, GraphNode], keys: Iterable[Key]) -> dict[Key, GraphNode]:
+def cull(dsk: Mapping[Key, GraphNode], keys: Iterable[Key]) -> Mapping[Key, GraphNode]:
     """The part of ``dsk`` that ``keys`` need; raises for absent keys."""
-    out: dict[Key, GraphNode] = {}
+    if isinstance(dsk, LegacyGraph):
+        kept = _cull(dsk.deps, keys, lambda deps: deps)
+        return LegacyGraph(dsk.dsk, list(kept), list(kept.values()))
+    return _cull(dsk, keys, lambda node: node.dependencies)
+
+
+def _cull(dsk: Mapping, keys: Iterable[Key], dependencies_of: Any) -> dict:
+    out: dict = {}
     stack = []
     for k in keys:
         if k not in dsk:
@@ -86,7 +204,7 @@ def cull(dsk: Mapping[Key, GraphNode], keys: Iterable[Key]) -> dict[Key, GraphNo
             continue
         node = dsk[k]
         out[k] = node
-        for d in node.dependencies:
+        for d in dependencies_of(node):
             if d not in dsk:
                 raise GraphError(f"task {k!r} has a missing dependency {d!r}: it is not in the graph")
             if d not in out:
@@ -98,7 +216,7 @@ def topological_order(dsk: Mapping[Key, GraphNode]) -> list[Key]:
     """Kahn's order, leaves first (compiled: ``wukong._core.toposort``); raises
     ``GraphError`` naming a cycle."""
     keys = list(dsk)
-    _, dep_ptr, dep_idx = _core.intern(keys, [tuple(node.dependencies) for node in dsk.values()])
+    _, dep_ptr, dep_idx = _core.intern(keys, dependency_lists(dsk, keys))
     ids = _core.toposort(len(keys), dep_ptr, dep_idx)
     order = list(map(keys.__getitem__, ids))
     if len(order) < len(keys):
@@ -116,7 +234,7 @@ def find_cycle(dsk: Mapping[Key, GraphNode], remaining: Mapping[Key, int]) -> li
     while k not in seen:  # every stuck key has a stuck dependency: walk until we repeat
         seen[k] = len(path)
         path.append(k)
-        k = next(d for d in dsk[k].dependencies if d in stuck)
+        k = next(d for d in dependencies(dsk, k) if d in stuck)
     cycle = path[seen[k] :]
     cycle.reverse()  # dependency -> dependent
     return cycle + [cycle[0]]
@@ -181,6 +299,8 @@ def check_process_local(graph: Mapping[Key, GraphNode]) -> None:
     blockwise fusion) are looked at too, by their callable; a store task's
     target is followed from the fused task's literal inputs.
     """
+    if isinstance(graph, LegacyGraph):
+        return  # none of its callables has a kind (``LegacyGraph.of``)
     kinds: dict[int, str] = {}  # id(callable) -> its kind (``_kind``): each callable is looked at once
     literals = _GraphLiterals(graph)  # a large literal, such as a store's target, is a key of its own
     for key, node in graph.items():
@@ -300,9 +420,11 @@ def _in_client_memory(target: Any) -> bool:
     return np is not None and isinstance(target, np.ndarray)
 
 
-def prepare(dsk: Any, keys: Any) -> tuple[list[Key], dict[Key, GraphNode]]:
+def prepare(dsk: Any, keys: Any) -> tuple[list[Key], Mapping[Key, GraphNode]]:
     """Convert, cull and validate; return keys in topological order and the graph."""
     graph = to_task_graph(dsk)
+    if isinstance(graph, LegacyGraph):
+        return graph.prepare(flatten_keys(keys))
     graph = cull(graph, flatten_keys(keys))
     check_process_local(graph)
     return topological_order(graph), graph

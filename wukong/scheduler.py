@@ -3,39 +3,80 @@
 ``plan`` interns the keys, builds the dependency and dependent arrays, cuts
 the graph into static schedules and encodes their metadata (all compiled, in
 ``wukong._core``; the algorithms are explained in their pure-Python oracles,
-``wukong.reference.partition`` and ``.encoding``), and pickles the task bodies
-of each schedule together, with one ``serialization.BodyPickler`` for the
-whole plan: a callable many tasks share is pickled once per plan, not once per
-schedule.  Each schedule is stored as one blob (``wukong.protocol``); an
-executor reads only the blobs of the schedules it runs.
+``wukong.reference.partition`` and ``.encoding``).  It also chooses the order
+in which the schedules are written (``write_order``): every schedule an
+invocation of a leaf may read is written before that invocation is sent, so
+the client starts the first leaves while the rest are still being written.
+
+The task bodies are pickled only as each schedule is written
+(``Schedules``): a schedule's bodies together, with one
+``serialization.BodyPickler`` for the whole plan, so a callable many tasks
+share is pickled once per plan, not once per schedule.  Each schedule is
+stored as one blob (``wukong.protocol``); an executor reads only the blobs of
+the schedules it runs.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from array import array
+from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from dask.task_spec import GraphNode
 
 from wukong import _core, serialization
-from wukong.graph import GraphError
+from wukong.graph import GraphError, LegacyGraph, dependency_lists, interned
 from wukong.protocol import OUTPUT, pack_schedule
+
+
+class Schedules(Sequence[bytes]):
+    """The stored blob of each schedule, by schedule id, made (pickled) when asked for."""
+
+    def __init__(
+        self,
+        graph: Mapping[Hashable, GraphNode],
+        order: Sequence[Hashable],
+        deps: list[tuple],
+        metas: list[bytes],
+        sched_ptr: array,
+        sched_idx: array,
+    ):
+        self.graph, self.order, self.deps, self.metas = graph, order, deps, metas
+        self.sched_ptr, self.sched_idx = sched_ptr, sched_idx
+        self.pickler = serialization.BodyPickler(per_task=(GraphNode, serialization.LegacyTask))
+        self.node = graph.sendable if isinstance(graph, LegacyGraph) else graph.__getitem__
+
+    def __len__(self) -> int:
+        return len(self.metas)
+
+    def __getitem__(self, sid: int) -> bytes:  # type: ignore[override]
+        if not 0 <= sid < len(self.metas):
+            raise IndexError(sid)
+        chain = self.sched_idx[self.sched_ptr[sid] : self.sched_ptr[sid + 1]]
+        bodies = [(self.node(self.order[t]), self.deps[t]) for t in chain]
+        return pack_schedule(self.metas[sid], _dumps_bodies(bodies, self.pickler))
+
+    def __iter__(self) -> Iterator[bytes]:
+        return map(self.__getitem__, range(len(self.metas)))
 
 
 @dataclass
 class Plan:
     ntasks: int
     nschedules: int
-    schedules: list[bytes]  # stored blobs, by schedule id (emptied once written: ``Job.submit``)
+    schedules: Sequence[bytes]  # stored blobs, by schedule id (dropped once written: ``Job.submit``)
     leaf_schedules: list[int]  # schedules that start at a task with no dependencies
     outputs: dict[int, Hashable]  # task id -> key, for requested keys
     fanins: list[int]  # tasks with several dependencies (they own fan-in state)
+    write_order: array  # schedule ids, in the order they are written
+    ready: array  # ready[i]: how many of write_order precede invoking leaf_schedules[i]
 
 
 def plan(order: Sequence[Hashable], graph: Mapping[Hashable, GraphNode], outputs: Sequence[Hashable]) -> Plan:
-    deps = [tuple(graph[k].dependencies) for k in order]
+    deps = dependency_lists(graph, order)
     n = len(order)
-    ids, dep_ptr, dep_idx = _core.intern(order, deps)
+    ids, dep_ptr, dep_idx = interned(graph, order, outputs)
     dnt_ptr, dnt_idx = _core.dependents(n, dep_ptr, dep_idx)
     sched_ptr, sched_idx, sched_of, pos_of = _core.schedules(n, dep_ptr, dnt_ptr, dnt_idx)
     flags = bytearray(n)
@@ -43,17 +84,13 @@ def plan(order: Sequence[Hashable], graph: Mapping[Hashable, GraphNode], outputs
     for t in out_ids:
         flags[t] = OUTPUT
     metas = _core.encode_schedules(sched_ptr, sched_idx, sched_of, pos_of, dep_ptr, dep_idx, dnt_ptr, dnt_idx, flags)
-    blobs = []
-    leaves = []
-    pickler = serialization.BodyPickler(per_task=(GraphNode,))
-    for s, meta in enumerate(metas):
-        chain = sched_idx[sched_ptr[s] : sched_ptr[s + 1]]
-        bodies = [(graph[order[t]], deps[t]) for t in chain]
-        blobs.append(pack_schedule(meta, _dumps_bodies(bodies, pickler)))
-        if dep_ptr[chain[0]] == dep_ptr[chain[0] + 1]:
-            leaves.append(s)
-    fanins = [t for t in range(n) if dep_ptr[t + 1] - dep_ptr[t] > 1]
-    return Plan(n, len(blobs), blobs, leaves, out_ids, fanins)
+    nsched = len(metas)
+    ndeps = np.diff(np.frombuffer(dep_ptr, dtype=np.int64))
+    leaves = array("q", range(int(np.count_nonzero(ndeps == 0))))  # the leaves' walks come first
+    written, ready = _core.write_order(sched_ptr, sched_idx, sched_of, dnt_ptr, dnt_idx, leaves)
+    fanins = np.flatnonzero(ndeps > 1).tolist()
+    blobs = Schedules(graph, order, deps, metas, sched_ptr, sched_idx)
+    return Plan(n, nsched, blobs, leaves.tolist(), out_ids, fanins, written, ready)
 
 
 def _dumps_bodies(bodies: list, pickler: serialization.BodyPickler) -> bytes:

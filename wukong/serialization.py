@@ -13,7 +13,9 @@ the pickle.
             each after zero padding that puts its data at a multiple of 64
 
 Task bodies use the C pickler, or ``cloudpickle`` when they hold lambdas,
-locals or functions defined in ``__main__`` (sent by value).
+locals or functions defined in ``__main__`` (sent by value).  A legacy tuple
+task travels as it was written (``LegacyTask``) and becomes a Dask ``Task``
+where it runs.
 """
 
 from __future__ import annotations
@@ -114,6 +116,32 @@ def _writable(frame: memoryview) -> bytearray | memoryview:
         if n == len(frame) - HEADER_LEN:
             return frame[HEADER_LEN:] if not frame.readonly else bytearray(frame[HEADER_LEN:])
     return bytearray(decompress(frame))
+
+
+class LegacyTask:
+    """A legacy tuple task (``(func, *args)``, or a literal) as executors receive it.
+
+    Converted to task spec where it runs, by Dask's own ``convert_legacy_task``,
+    against the keys of its dependencies: the only keys of the graph its
+    arguments name (``wukong.graph.LegacyGraph`` found them the way that
+    conversion does), so the ``Task`` is the one the client would have built --
+    without the client building and pickling a ``Task`` per task.
+    """
+
+    __slots__ = ("key", "task")
+
+    def __init__(self, key: Any, task: Any):
+        self.key = key
+        self.task = task
+
+    def __call__(self, values: dict) -> Any:
+        from dask._task_spec import GraphNode, convert_legacy_task
+
+        node = convert_legacy_task(self.key, self.task, values)
+        return node(values) if isinstance(node, GraphNode) else node
+
+    def __reduce__(self) -> tuple:
+        return LegacyTask, (self.key, self.task)
 
 
 def dumps_function(obj: Any) -> bytes:

@@ -1,12 +1,24 @@
 """Type stubs for the compiled ``wukong._core`` (twins of wukong.reference.partition / .encoding)."""
 
 from array import array
-from collections.abc import Hashable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from typing import Any
 
 from wukong.protocol import Dependent, TaskRecord
 
-__all__ = ["ScheduleView", "decode_schedule", "dependents", "encode_schedules", "intern", "schedules", "toposort"]
+__all__ = [
+    "ScheduleView",
+    "decode_schedule",
+    "dependents",
+    "encode_schedules",
+    "intern",
+    "legacy_dependencies",
+    "needed",
+    "relabel",
+    "schedules",
+    "toposort",
+    "write_order",
+]
 
 # int64 arrays: array('q'), numpy int64 arrays, or any buffer of format 'q'
 Int64Buffer = Any
@@ -14,11 +26,22 @@ Int64Buffer = Any
 def intern(
     order: Sequence[Hashable], dependencies: Sequence[Sequence[Hashable]]
 ) -> tuple[dict[Hashable, int], array[int], array[int]]: ...
+def legacy_dependencies(dsk: dict) -> tuple[list[tuple], dict[int, Callable[..., Any]]] | None: ...
 def dependents(n: int, dep_ptr: Int64Buffer, dep_idx: Int64Buffer) -> tuple[array[int], array[int]]: ...
+def needed(n: int, dep_ptr: Int64Buffer, dep_idx: Int64Buffer, roots: Int64Buffer) -> array[int]: ...
+def relabel(kept: Int64Buffer, dep_ptr: Int64Buffer, dep_idx: Int64Buffer) -> tuple[array[int], array[int]]: ...
 def toposort(n: int, dep_ptr: Int64Buffer, dep_idx: Int64Buffer) -> array[int]: ...
 def schedules(
     n: int, dep_ptr: Int64Buffer, dnt_ptr: Int64Buffer, dnt_idx: Int64Buffer
 ) -> tuple[array[int], array[int], array[int], array[int]]: ...
+def write_order(
+    sched_ptr: Int64Buffer,
+    sched_idx: Int64Buffer,
+    sched_of: Int64Buffer,
+    dnt_ptr: Int64Buffer,
+    dnt_idx: Int64Buffer,
+    starts: Int64Buffer,
+) -> tuple[array[int], array[int]]: ...
 def encode_schedules(
     sched_ptr: Int64Buffer,
     sched_idx: Int64Buffer,

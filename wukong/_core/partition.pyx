@@ -20,7 +20,7 @@ from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.long cimport PyLong_AsLongLong
 from cpython.object cimport PyObject
 from cpython.tuple cimport PyTuple_GET_ITEM, PyTuple_GET_SIZE
-from libc.stdlib cimport free, malloc
+from libc.stdlib cimport calloc, free, malloc
 
 import array as _array
 
@@ -253,3 +253,150 @@ def schedules(Py_ssize_t n, const long long[:] dep_ptr, const long long[:] dnt_p
                                 sched_of.data.as_longlongs, pos_of.data.as_longlongs)
     array.resize(sched_ptr, nsched + 1)
     return sched_ptr, sched_idx, sched_of, pos_of
+
+
+cdef void write_order_core(const long long* sched_ptr, const long long* sched_idx, const long long* sched_of,
+                           const long long* dnt_ptr, const long long* dnt_idx,
+                           const long long* starts, Py_ssize_t nstarts, char* seen, long long* stack,
+                           long long* order, long long* ready) noexcept nogil:
+    """The reference's walks; ``stack`` holds at most one entry per start and per edge."""
+    cdef Py_ssize_t i, j, k, top, filled = 0
+    cdef long long s, t, c
+    for i in range(nstarts):
+        stack[0] = starts[i]
+        top = 1
+        while top:
+            top -= 1
+            s = stack[top]
+            if seen[s]:
+                continue
+            seen[s] = 1
+            order[filled] = s
+            filled += 1
+            for k in range(sched_ptr[s], sched_ptr[s + 1]):
+                t = sched_idx[k]
+                for j in range(dnt_ptr[t], dnt_ptr[t + 1]):
+                    c = sched_of[dnt_idx[j]]
+                    if not seen[c]:
+                        stack[top] = c
+                        top += 1
+        ready[i] = filled
+
+
+def write_order(const long long[:] sched_ptr, const long long[:] sched_idx, const long long[:] sched_of,
+                const long long[:] dnt_ptr, const long long[:] dnt_idx, const long long[:] starts):
+    """The order to write schedules in and when each start is ready; see
+    ``wukong.reference.partition.write_order`` (same outputs: ``(order, ready)``)."""
+    cdef Py_ssize_t n = sched_of.shape[0], nsched = sched_ptr.shape[0] - 1, e = dnt_idx.shape[0], i
+    if nsched < 0 or dnt_ptr.shape[0] < n + 1:
+        raise ValueError(f"sched_ptr needs at least 1 entry and dnt_ptr n + 1 = {n + 1}")
+    if check_csr(_p(sched_ptr), nsched, sched_idx.shape[0], _p(sched_idx), n):
+        raise ValueError("malformed schedule CSR (pointers not monotone/in range, or a task id outside 0..n-1)")
+    if check_csr(_p(dnt_ptr), n, e, _p(dnt_idx), n):
+        raise ValueError("malformed dependents CSR (pointers not monotone/in range, or an id outside 0..n-1)")
+    for i in range(n):
+        if sched_of[i] < 0 or sched_of[i] >= nsched:
+            raise ValueError(f"sched_of[{i}] = {sched_of[i]} is not a schedule id")
+    for i in range(starts.shape[0]):
+        if starts[i] < 0 or starts[i] >= nsched:
+            raise ValueError(f"start {starts[i]} is not a schedule id")
+    cdef array.array order = _new(nsched)
+    cdef array.array ready = _new(starts.shape[0])
+    cdef char* seen = <char*>calloc(nsched + 1, 1)
+    cdef long long* stack = <long long*>malloc((e + 1) * sizeof(long long))
+    if seen is NULL or stack is NULL:
+        free(seen)
+        free(stack)
+        raise MemoryError()
+    with nogil:
+        write_order_core(_p(sched_ptr), _p(sched_idx), _p(sched_of), _p(dnt_ptr), _p(dnt_idx),
+                         _p(starts), starts.shape[0], seen, stack,
+                         order.data.as_longlongs, ready.data.as_longlongs)
+    free(seen)
+    free(stack)
+    array.resize(order, ready[starts.shape[0] - 1] if starts.shape[0] else 0)
+    return order, ready
+
+
+def needed(Py_ssize_t n, const long long[:] dep_ptr, const long long[:] dep_idx, const long long[:] roots):
+    """The tasks ``roots`` need, in the reference's depth-first order; see
+    ``wukong.reference.partition.needed`` (same output)."""
+    if n < 0 or dep_ptr.shape[0] < n + 1:
+        raise ValueError(f"dep_ptr has {dep_ptr.shape[0]} entries, need n + 1 = {n + 1}")
+    if check_csr(_p(dep_ptr), n, dep_idx.shape[0], _p(dep_idx), n):
+        raise ValueError("malformed dependency CSR (pointers not monotone/in range, or an id outside 0..n-1)")
+    cdef Py_ssize_t i, j, top = 0, k = 0, nroots = roots.shape[0]
+    for i in range(nroots):
+        if roots[i] < 0 or roots[i] >= n:
+            raise ValueError(f"root {roots[i]} is not a task id")
+    cdef array.array order = _new(n)
+    cdef long long* out = order.data.as_longlongs
+    cdef long long t, d
+    cdef char* seen = <char*>calloc(n + 1, 1)
+    cdef long long* stack = <long long*>malloc((dep_idx.shape[0] + nroots + 1) * sizeof(long long))
+    if seen is NULL or stack is NULL:
+        free(seen)
+        free(stack)
+        raise MemoryError()
+    with nogil:
+        for i in range(nroots):
+            stack[top] = roots[i]
+            top += 1
+        while top:
+            top -= 1
+            t = stack[top]
+            if seen[t]:
+                continue
+            seen[t] = 1
+            out[k] = t
+            k += 1
+            for j in range(dep_ptr[t], dep_ptr[t + 1]):
+                d = dep_idx[j]
+                if not seen[d]:
+                    stack[top] = d
+                    top += 1
+    free(seen)
+    free(stack)
+    array.resize(order, k)
+    return order
+
+
+def relabel(const long long[:] kept, const long long[:] dep_ptr, const long long[:] dep_idx):
+    """See ``wukong.reference.partition.relabel`` (same outputs; a dependency
+    not kept raises ``ValueError``)."""
+    cdef Py_ssize_t n = dep_ptr.shape[0] - 1, m = kept.shape[0], i, j, e = 0
+    if n < 0 or check_csr(_p(dep_ptr), n, dep_idx.shape[0], _p(dep_idx), n):
+        raise ValueError("malformed dependency CSR (pointers not monotone/in range, or an id outside 0..n-1)")
+    for i in range(m):
+        if kept[i] < 0 or kept[i] >= n:
+            raise ValueError(f"kept task {kept[i]} is not a task id")
+        e += dep_ptr[kept[i] + 1] - dep_ptr[kept[i]]
+    cdef array.array out_ptr = _new(m + 1)
+    cdef array.array out_idx = _new(e)
+    cdef long long* optr = out_ptr.data.as_longlongs
+    cdef long long* oidx = out_idx.data.as_longlongs
+    cdef long long* new = <long long*>malloc((n + 1) * sizeof(long long))
+    if new is NULL:
+        raise MemoryError()
+    cdef long long t, d
+    cdef bint bad = False
+    with nogil:
+        for i in range(n):
+            new[i] = -1
+        for i in range(m):
+            new[kept[i]] = i
+        e = 0
+        optr[0] = 0
+        for i in range(m):
+            t = kept[i]
+            for j in range(dep_ptr[t], dep_ptr[t + 1]):
+                d = new[dep_idx[j]]
+                if d < 0:
+                    bad = True
+                oidx[e] = d
+                e += 1
+            optr[i + 1] = e
+    free(new)
+    if bad:
+        raise ValueError("a kept task depends on one that is not kept")
+    return out_ptr, out_idx

@@ -102,3 +102,67 @@ def schedules(n: int, dep_ptr: array, dnt_ptr: array, dnt_idx: array) -> tuple[a
             t = next((c for c in dnt_idx[dnt_ptr[t] : dnt_ptr[t + 1]] if sched_of[c] == -1), -1)
         sched_ptr.append(len(sched_idx))
     return sched_ptr, sched_idx, sched_of, pos_of
+
+
+def write_order(
+    sched_ptr: array, sched_idx: array, sched_of: array, dnt_ptr: array, dnt_idx: array, starts: Sequence[int]
+) -> tuple[array, array]:
+    """The order in which to write the schedules so that invocations can start early.
+
+    An executor that starts on schedule ``s`` may read the schedule of any task
+    downstream of ``s``'s tasks (a dependent it invokes, a fan-in it completes,
+    and so on).  For each of ``starts`` in turn, a depth-first walk over
+    schedules appends every schedule downstream of it not yet in the order;
+    ``ready[i]`` is the length of the order once ``starts[i]``'s walk is done:
+    invoking ``starts[i]`` is safe once that many schedules are written.  The
+    written schedules are always closed downstream, so a walk stops at them.
+    With every leaf schedule among ``starts`` the order holds every schedule
+    once (each task lies downstream of some leaf).
+    """
+    seen = bytearray(len(sched_ptr) - 1)
+    order = array("q")
+    ready = array("q")
+    for start in starts:
+        stack = [start]
+        while stack:
+            s = stack.pop()
+            if seen[s]:
+                continue
+            seen[s] = 1
+            order.append(s)
+            for t in sched_idx[sched_ptr[s] : sched_ptr[s + 1]]:
+                stack.extend(sched_of[c] for c in dnt_idx[dnt_ptr[t] : dnt_ptr[t + 1]] if not seen[sched_of[c]])
+        ready.append(len(order))
+    return order, ready
+
+
+def needed(n: int, dep_ptr: array, dep_idx: array, roots: Sequence[int]) -> array:
+    """The tasks ``roots`` need, themselves included (a cull), in the order a
+    depth-first walk from them meets them: ``roots`` taken from the last, each
+    task's dependencies pushed in order, the last pushed visited first."""
+    seen = bytearray(n)
+    order = array("q")
+    stack = list(roots)
+    while stack:
+        t = stack.pop()
+        if not seen[t]:
+            seen[t] = 1
+            order.append(t)
+            stack.extend(d for d in dep_idx[dep_ptr[t] : dep_ptr[t + 1]] if not seen[d])
+    return order
+
+
+def relabel(kept: Sequence[int], dep_ptr: array, dep_idx: array) -> tuple[array, array]:
+    """The dependency CSR of the tasks ``kept``, each renamed to its position in
+    ``kept`` (as ``intern`` of them in that order would give); a dependency
+    that is not kept raises ``ValueError``."""
+    new = {t: i for i, t in enumerate(kept)}
+    out_ptr = array("q", [0])
+    out_idx = array("q")
+    for t in kept:
+        for d in dep_idx[dep_ptr[t] : dep_ptr[t + 1]]:
+            if d not in new:
+                raise ValueError(f"task {t} depends on {d}, which is not kept")
+            out_idx.append(new[d])
+        out_ptr.append(len(out_idx))
+    return out_ptr, out_idx

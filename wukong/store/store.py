@@ -40,7 +40,7 @@ master lost mid-job leaves no key behind.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import redis
@@ -296,7 +296,8 @@ class Store:
         (unless some part or spill lives on the MDS itself).
         """
         shm.remove_job(self.shm_dir, keys.job)
-        by_server = all_job_keys(self, keys, ntasks, nschedules, fanins, invocations)
+        slices = all_job_keys(self, keys, ntasks, nschedules, fanins, invocations)
+        by_server = next(slices)
         mds_keys = by_server.pop(self.mds_index)
         commands = [("SMEMBERS", keys.parts), ("SMEMBERS", keys.spills), ("UNLINK", *mds_keys)]  # one slot
         error = None
@@ -309,10 +310,11 @@ class Store:
             by_server.setdefault(server, []).append(name)
         if spills:  # invocations too large for a Lambda event, kept on the MDS
             by_server.setdefault(self.mds_index, []).extend(s.decode() for s in spills)
-        try:
-            self.delete(by_server)
-        except StorageError as e:
-            error = error or e
+        for group in (by_server, *slices):
+            try:
+                self.delete(group)
+            except StorageError as e:
+                error = error or e
         if error is not None:
             raise error
 
@@ -334,22 +336,34 @@ class Store:
             r.close()
 
 
+JOB_KEYS_SLICE = 100_000  # tasks whose keys are deleted together (all_job_keys)
+
+
 def all_job_keys(
     store: Store, keys: Keys, ntasks: int, nschedules: int, fanins: Iterable[int], invocations: Iterable[str] = ()
-) -> dict[int, list[str]]:
-    """Every key a job may have written, grouped by server.
+) -> Iterator[dict[int, list[str]]]:
+    """Every key a job may have written, grouped by server, in slices of about
+    ``JOB_KEYS_SLICE`` tasks' keys (a million-task job's key names alone are a
+    few hundred MB: they are never all listed at once).  The first slice holds
+    the job's own keys and those of its invocations.
 
     The parts of split values are not listed: their names are in the
     ``keys.parts`` registry (listed here), which ``Store.delete_job`` reads.
     """
     mds = [keys.events, keys.cancel, keys.parts, keys.spills, keys.options, keys.attempts]
-    mds += [keys.schedule(s) for s in range(nschedules)]
-    for t in fanins:
-        mds += [keys.fanin(t), keys.owner(t), keys.holds(t)]
     for inv in invocations:
         mds += [keys.lease(inv), keys.invocation(inv), keys.current(inv)]
-    out: dict[int, list[str]] = {store.mds_index: mds}
-    data = [keys.data(t) for t in range(ntasks)]
-    for server, key in zip(store.kvs_servers(data), data, strict=True):
-        out.setdefault(server, []).append(key)
-    return out
+    yield {store.mds_index: mds}
+    fanins = sorted(fanins)
+    f = 0
+    for start in range(0, max(ntasks, nschedules), JOB_KEYS_SLICE):
+        end = start + JOB_KEYS_SLICE
+        mds = [keys.schedule(s) for s in range(start, min(end, nschedules))]
+        while f < len(fanins) and fanins[f] < end:
+            mds += [keys.fanin(fanins[f]), keys.owner(fanins[f]), keys.holds(fanins[f])]
+            f += 1
+        out: dict[int, list[str]] = {store.mds_index: mds}
+        data = [keys.data(t) for t in range(start, min(end, ntasks))]
+        for server, key in zip(store.kvs_servers(data), data, strict=True):
+            out.setdefault(server, []).append(key)
+        yield out
