@@ -198,8 +198,8 @@ def build(arch: str, out: Path, python: str | None = None, native_wheel: str | N
         build_core(pkg, python, work)
         build_native(pkg, work, native_wheel)
         ours = sorted((pkg / "wukong").rglob("*.so")) + sorted((pkg / "wukong_native").rglob("*.so"))
-        if len(ours) < 3:
-            raise BuildError(f"expected the two _core extensions and wukong_native, found {[p.name for p in ours]}")
+        if len(ours) < 4:
+            raise BuildError(f"expected the three _core extensions and wukong_native, found {[p.name for p in ours]}")
         check_glibc(ours)
         size = check_size(pkg)
         dest = out / f"wukong-executor-{arch}.zip"
