@@ -505,11 +505,17 @@ class Job:
         (one pipeline's blobs in memory at a time), and each group of leaves is
         invoked as soon as every schedule it may read is written (``Plan.ready``).
         While a group waits, a pipeline is sent once it holds as many bytes as were
-        written before it: the first leaves start early, in few round trips."""
+        written before it: the first leaves start early, in few round trips.  (Where
+        every leaf is its own invocation, on Lambda, they are launched together at the
+        end: one invoker tree.)"""
         p, keys, store = self.plan, self.keys, self.store
         self.primaries = store.primary_ids() if store.cluster is not None else set()
         self.check_backend()
         groups = group_leaves(list(range(len(p.leaf_schedules))), self.backend.leaf_groups)  # leaf indexes
+        # One invocation per leaf (Lambda): all of them go in one launch once every schedule
+        # is written, so a wide one is one invoker tree (O(branching) requests of the client)
+        # rather than a tree per streamed step.
+        streamed = self.backend.leaf_groups is not None
         batch = store.batch()
         batch.mds("set", keys.options, json.dumps(self.options), store.ttl)
         protocol.emit_start(batch, keys, store.ttl)
@@ -520,14 +526,14 @@ class Job:
             blobs.append(p.schedules[sid])
             names.append(keys.schedule(sid))
             size += len(blobs[-1])
-            due = g < len(groups) and p.ready[groups[g][-1]] <= done + len(names)
+            due = streamed and g < len(groups) and p.ready[groups[g][-1]] <= done + len(names)
             if size < WRITE_BYTES and not (due and size >= sent) and len(names) + done < p.nschedules:
                 continue
             batch.set_many(store.mds_index, names, blobs)  # a huge blob is split
             batch.execute()  # before the invocations: on a Redis Cluster they may go to another node
             done, sent, size, names, blobs = done + len(names), sent + size, 0, [], []
             starts = []
-            while g < len(groups) and p.ready[groups[g][-1]] <= done:
+            while g < len(groups) and p.ready[groups[g][-1]] <= done and (streamed or done == p.nschedules):
                 group = [p.leaf_schedules[i] for i in groups[g]]
                 starts.append(Invocation(keys.job, group[0], 0, {}, (), tuple(group[1:])))
                 g += 1
