@@ -150,6 +150,22 @@ def chain_of_sleeps(n, seconds):
     return dsk, f"s{n - 1}"
 
 
+def test_a_cancel_while_the_job_is_planned_is_not_lost(client, monkeypatch):
+    import wukong.client
+
+    real = wukong.client.prepare
+
+    def prepare_then_cancel(dsk, keys):
+        client.cancel()  # as from another thread, before the job has started
+        return real(dsk, keys)
+
+    monkeypatch.setattr(wukong.client, "prepare", prepare_then_cancel)
+    dsk, key = chain_of_sleeps(200, 0.05)
+    with pytest.raises(JobCancelled):
+        client.get(dsk, key)
+    assert job_keys(client.cluster) == []
+
+
 def test_cancel_stops_the_job_and_deletes_its_keys(client):
     dsk, key = chain_of_sleeps(200, 0.05)
     threading.Timer(0.5, client.cancel).start()

@@ -119,7 +119,7 @@ class Client:
         self.cluster = cluster
         self.progress = wukong_config.get("progress", True) if progress is None else progress
         self.last_job: dict[str, Any] = {}
-        self.active: set[Job] = set()
+        self.active: set[Job | _Starting] = set()  # jobs running, and being planned
         acquire_dask_defaults()
         self._release = weakref.finalize(self, release_dask_defaults)
         self.jobs: deque[JobRecord] = deque(maxlen=wukong_config.get("jobs-kept", 20))
@@ -178,6 +178,25 @@ class Client:
             options["hold"] = True
         timeout = kwargs.pop("timeout", None)
         kwargs.pop("num_workers", None)
+        starting = _Starting()  # a cancel while the job is planned is not lost
+        self.active.add(starting)
+        try:
+            return self._run_job(dsk, outputs, starting, progress, options, timeout, callbacks, on_start, on_held)
+        finally:
+            self.active.discard(starting)
+
+    def _run_job(
+        self,
+        dsk: Any,
+        outputs: list[Hashable],
+        starting: _Starting,
+        progress: bool,
+        options: dict,
+        timeout: float | None,
+        callbacks: list[tuple] | None,
+        on_start: Callable[[Job], None] | None,
+        on_held: Callable[[Hashable, str], None] | None,
+    ) -> dict:
         versions.check_backend(self.backend)  # before any task runs: a mismatch fails here
         with gc_thawed():  # after gc_paused's freezes
             t0 = time.perf_counter()
@@ -200,6 +219,9 @@ class Client:
             if on_start is not None:
                 on_start(job)
             self.active.add(job)
+            self.active.discard(starting)
+            if starting.cancelled:
+                job.cancel(by_user=True)
             try:
                 results = job.run()
             except BaseException as exc:
@@ -374,6 +396,15 @@ def gc_thawed() -> Iterator[None]:
     finally:
         if not frozen:
             gc.unfreeze()
+
+
+class _Starting:
+    """A job being planned: ``Client.cancel`` marks it, and the job is cancelled as it starts."""
+
+    cancelled = False
+
+    def cancel(self, by_user: bool = False) -> None:
+        self.cancelled = True
 
 
 def group_leaves(leaves: list[int], ngroups: int | None) -> list[list[int]]:
