@@ -68,48 +68,60 @@ def calibrate(lam: LambdaLocal, cluster: LocalCluster) -> dict[str, float]:
         client.invoke(FunctionName="noop", Payload=b"{}")
         rounds.append(time.perf_counter() - t0)
     dispatch = max(0.0, min(rounds) - lam.latency)
-    # CPU per invocation on the shared cores: the workers', and the endpoint's (this process),
-    # Redis's and the client's for them, over jobs of one-task invocations
+    # CPU per invocation and per task on the shared cores (the workers', the endpoint's and the
+    # client's here, Redis's), measured on jobs of one-task invocations and on a one-invocation
+    # chain; what the model already charges those jobs (round trips, Redis, bytes: simulated
+    # with these two at 0) is taken off, so that the model, simulating them, spends the CPU
+    # they spent (two jobs, two unknowns)
     import psutil
 
     one = Client(cluster, progress=False)
     wide = delayed(sum)([delayed(operator.add)(i, 1) for i in range(200)])  # jobs of many invocations
-    wide.compute(scheduler=one.get)
+    chain = delayed(operator.add)(0, 1)
+    for _ in range(199):
+        chain = delayed(operator.add)(chain, 1)
     me = psutil.Process()
     procs = [me, *me.children(recursive=True)]
 
     def cpu() -> float:
         return sum(sum(p.cpu_times()[:2]) for p in procs)
 
-    cpu0 = cpu()
-    n0 = lam.stats()["invocations"]
-    for _ in range(3):
-        wide.compute(scheduler=one.get)
-    per_invocation = (cpu() - cpu0) / (lam.stats()["invocations"] - n0)  # (and its one task)
-    # CPU per task besides its own work: a chain of 200 trivial tasks, run by one invocation
-    chain = delayed(operator.add)(0, 1)
-    for _ in range(199):
-        chain = delayed(operator.add)(chain, 1)
-    chain.compute(scheduler=one.get)
-    cpu0 = cpu()
-    for _ in range(3):
-        chain.compute(scheduler=one.get)
-    per_task = max(0.0, ((cpu() - cpu0) / 3 - per_invocation) / 199)
-    return {
-        "redis_rtt_s": rtt,
-        "invoke_latency_s": latency,
-        "warm_start_s": dispatch,
-        "invocation_cpu_s": max(0.0, per_invocation - per_task),
-        "task_cpu_s": per_task,
-        **calibrate_bytes(cluster.store),
-    }
+    def job_cpu(collection: Any) -> tuple[float, int, int]:  # CPU s, invocations, tasks of one job
+        collection.compute(scheduler=one.get)  # warm
+        cpu0 = cpu()
+        for _ in range(3):
+            collection.compute(scheduler=one.get)
+        jobs = list(one.jobs)[-3:]
+        return (cpu() - cpu0) / 3, round(sum(j.invocations for j in jobs) / 3), jobs[0].ntasks
+
+    measured = [job_cpu(wide), job_cpu(chain)]
+    cal = {"redis_rtt_s": rtt, "invoke_latency_s": latency, "warm_start_s": dispatch, **calibrate_bytes(cluster.store)}
+    bare = Model.local(lam.workers, latency, os.cpu_count() or 1).with_(  # type: ignore[attr-defined]
+        roundtrip_cpu_s=rtt, **cal, invocation_cpu_s=0.0, task_cpu_s=0.0
+    )
+    rows, rest = [], []
+    for collection, (spent, invocations, tasks) in zip((wide, chain), measured, strict=True):
+        dsk, keys = graph_of(collection)
+        r = simulate_graph(dsk, keys, record(dsk, keys), bare)
+        rows.append((invocations, tasks))
+        rest.append(max(0.0, spent - r.cpu_seconds - r.server_seconds))
+    (a, b), (c, d) = rows  # rest = invocations * per_invocation + tasks * per_task
+    det = a * d - b * c
+    per_invocation = max(0.0, (rest[0] * d - b * rest[1]) / det)
+    per_task = max(0.0, (a * rest[1] - c * rest[0]) / det)
+    return {**cal, "invocation_cpu_s": per_invocation, "task_cpu_s": per_task}
 
 
-def calibrate_bytes(store: Any, nbytes: int = 4_500_000, repeat: int = 40) -> dict[str, float]:
-    """Bytes per CPU second, measured here on a block of GEMM small's size through the
-    executor's own path (``Batch.kvs_set`` of ``serialization.dumps_parts``, ``kvs_get_many``,
-    ``serialization.loads``): the client's side of moving it (this process's CPU), the Redis
-    server's side of a SET and of a GET (its process's CPU), and the (de)serializer's."""
+def calibrate_bytes(store: Any, nbytes: int = 4_500_000, repeat: int = 24) -> dict[str, float]:
+    """Bytes per CPU second, measured here on blocks of GEMM small's size through the
+    executor's own path (``serialization.dumps_parts``, ``Batch.kvs_set``, ``kvs_get_many``,
+    ``serialization.loads``): the client's side of moving them (this process's CPU), the Redis
+    server's side of a SET and of a GET (its process's CPU), and the (de)serializer's.
+
+    As a job moves them: each block a value of its own under a key of its own, every copy kept
+    until all are made, so each is fresh memory on both sides.  Re-serializing one block into
+    the buffer just freed, or re-setting one key, reuses warm pages, and measured a third of
+    what a job pays (first-touch page faults, Redis allocating each new value)."""
     import numpy as np
     import psutil
 
@@ -117,34 +129,39 @@ def calibrate_bytes(store: Any, nbytes: int = 4_500_000, repeat: int = 40) -> di
 
     (redis,) = [p for p in psutil.Process().children(recursive=True) if "redis" in p.name()]
 
-    def cpu(fn: Any) -> tuple[float, float]:  # CPU seconds per call: here, and Redis's
+    def cpu(fn: Any) -> tuple[float, float]:  # CPU seconds per block: here, and Redis's
         here, there = time.process_time(), sum(redis.cpu_times()[:2])
-        for _ in range(repeat):
-            fn()
+        fn()
         return (time.process_time() - here) / repeat, (sum(redis.cpu_times()[:2]) - there) / repeat
 
-    block = np.random.default_rng(0).random(nbytes // 8)
-    parts = serialization.dumps_parts(block)
-    key = "wukong-calibrate"
+    rng = np.random.default_rng(0)
+    blocks = [rng.random(nbytes // 8) for _ in range(repeat)]
+    keys = [f"wukong-calibrate-{i}" for i in range(repeat)]
+    parts: list = []
+    dumps, _ = cpu(lambda: parts.extend(serialization.dumps_parts(b) for b in blocks))
 
     def put() -> None:
-        b = store.batch()
-        b.kvs_set(key, parts)
-        b.execute()
+        for key, value in zip(keys, parts, strict=True):
+            b = store.batch()
+            b.kvs_set(key, value)
+            b.execute()
+
+    replies: list = []
 
     def get() -> None:
-        b = store.batch()
-        (h,) = b.kvs_get_many([key])
-        b.execute()[h]
+        for key in keys:
+            b = store.batch()
+            (h,) = b.kvs_get_many([key])
+            replies.append(b.execute()[h])
 
+    values: list = []
     put_here, put_redis = cpu(put)
     get_here, get_redis = cpu(get)
+    loads, _ = cpu(lambda: values.extend(serialization.loads(r) for r in replies))
     b = store.batch()
-    b.add(store.kvs_server(key), "delete", key)
+    for key in keys:
+        b.add(store.kvs_server(key), "delete", key)
     b.execute()
-    blob = serialization.dumps(block)
-    dumps, _ = cpu(lambda: serialization.dumps_parts(block))
-    loads, _ = cpu(lambda: serialization.loads(blob))
     return {
         "bandwidth_Bps": 2 * nbytes / (put_here + get_here),
         "shard_Bps": nbytes / put_redis,

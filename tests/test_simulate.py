@@ -239,3 +239,17 @@ def test_each_task_costs_the_executor_its_bookkeeping():
     assert sum(s.busy["task overhead"] for s in r.spans) == pytest.approx(r.tasks * 0.001)
     for s in r.spans:
         assert s.end - s.start == pytest.approx(s.accounted, abs=1e-9)
+
+
+def test_an_endpoint_that_queues_before_answering_starts_the_executor_before_the_202():
+    # one leaf: on AWS its executor starts after the Invoke's 202 (and a warm start); lambda-local
+    # queues the event as it reads the request and sleeps its latency before answering
+    dsk, keys = {"x": (operator.add, 1, 1)}, ["x"]
+    profile = Profile({"x": (0.0, 28)})
+    at_202 = Model.aws(10, invoke_latency_s=0.5, warm_pool=1, warm_start_s=0.01, invocation_cpu_s=0.0)
+    early = at_202.with_(queued_after_s=0.0)
+    (late_span,) = simulate_graph(dsk, keys, profile, at_202).spans
+    (early_span,) = simulate_graph(dsk, keys, profile, early).spans
+    assert late_span.start == pytest.approx(0.5 + 0.01 + at_202.invoke_cpu_s)
+    assert early_span.start == pytest.approx(0.01 + at_202.invoke_cpu_s)
+    assert Model.local(8, 0.02, 2).queued_after_s == 0.0 and Model.aws().queued_after_s is None

@@ -34,9 +34,11 @@ What is modelled (``Model``).
   Commands take effect when the server serves them, in simulated-time order;
   ``fanin.lua`` and ``lease.lua`` are re-stated in Python (their semantics,
   not their code: the simulator has no Redis).
-* Lambda (``_Lambda``): events are accepted after ``invoke_latency_s``;
-  an accepted event waits for a free slot under the concurrency limit and the
-  burst limit (``burst`` more concurrent executions per ``burst_every_s``),
+* Lambda (``_Lambda``): events are queued after ``invoke_latency_s`` (at
+  their 202 Accepted), or ``queued_after_s`` after their request when the
+  endpoint queues them before answering (lambda-local); a queued event
+  waits for a free slot under the concurrency limit and the burst limit
+  (``burst`` more concurrent executions per ``burst_every_s``),
   then starts on an idle warm environment (``warm_start_s``) or a new one
   (``cold_start_s``).  An environment keeps its ``Executor`` (and its cache of
   schedules) between invocations, as a warm container does.
@@ -649,8 +651,10 @@ class Simulation:
     def _send_direct(self, items: list[tuple[Invocation | None, list | None]], b: int = 0) -> None:
         m = self.model
         t0 = self.now
+        queued_after = m.invoke_latency_s if m.queued_after_s is None else m.queued_after_s
         for i, (inv, group) in enumerate(items):
-            accepted = t0 + (i // m.invoke_in_flight + 1) * m.invoke_latency_s + (i + 1) * m.invoke_cpu_s
+            sent = t0 + (i // m.invoke_in_flight) * m.invoke_latency_s + (i + 1) * m.invoke_cpu_s
+            accepted = sent + queued_after
             if inv is not None:
                 self.event_bytes += sum(len(v) for v in inv.inline.values())
                 self.accept(accepted, Span(inv.id, "executor", accepted), self._executor_body(inv))

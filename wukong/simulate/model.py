@@ -20,6 +20,7 @@ class Model:
     cold_start_s: float = 0.8  # a new execution environment, up to the handler's first line
     warm_start_s: float = 0.015  # a warm environment takes an event off the queue
     invoke_latency_s: float = 0.025  # an Event Invoke call, request to 202 Accepted
+    queued_after_s: float | None = None  # request to its event queued for an environment (None: at the 202)
     invoke_cpu_s: float = 0.0002  # invoker CPU per Invoke (lean invoker; boto3: ~0.0013)
     invoke_in_flight: int = 64  # an invoker's requests in flight (lean invoker connections)
     tree_start_s: float = 0.05  # the real code's estimate of a tree node's start, for its branching
@@ -58,6 +59,7 @@ class Model:
             cold_start_s=0.0,
             warm_pool=workers,
             invoke_latency_s=latency,
+            queued_after_s=0.0,  # lambda-local queues an event as it reads it, and answers ``latency`` later
             bandwidth_Bps=2e9,
             cores=cores,
         ).with_(**changes)
@@ -80,6 +82,9 @@ SOURCES = {
     "warm_start_s": "warm invocation overhead, tens of ms at most (Wang et al. ATC'18); 15 ms assumed",
     "invoke_latency_s": "Event Invoke API round trip from inside a Region: ~20-40 ms (Wukong paper, "
     "Carver et al., SoCC'20, Fig. on invoker latency); 25 ms assumed",
+    "queued_after_s": "AWS: an Event invoke's 202 Accepted means the event is queued, so None (at "
+    "invoke_latency_s); lambda-local: 0, it queues the event as soon as it has read the request and "
+    "sleeps its injected latency before answering (wukong.lambda_local.server)",
     "invoke_cpu_s": "measured here: python -m bench.fanout (lean invoker 0.18-0.21 ms, boto3 1.16-1.33 ms)",
     "invoke_in_flight": "wukong.backends.aws_lambda.lambda_config(connections=64)",
     "tree_start_s": "wukong.backends.aws_lambda.TREE_START_S",
