@@ -94,3 +94,21 @@ def test_a_chain_holds_back_the_arrivals_of_its_tasks_at_a_fanin(cluster, client
     arrivals = calls(cluster, "sadd") - before
     # (a worker descheduled for over DEFER_S mid-chain sends the arrivals held so far)
     assert arrivals < n // 2, f"{arrivals} arrivals; one per task: {n}"
+
+
+def test_a_busy_executor_takes_its_next_invocation_with_its_exit(cluster, client):
+    # Many more leaf invocations than executors: an executor that exits while others wait
+    # in the queue takes the next one in its exit's round trip (LMOVE), not with a
+    # blocking pop of its own (BLMOVE) after it.
+    executors = cluster.n_workers * cluster.threads_per_worker
+    groups = LEAF_GROUPS_PER_WORKER * executors
+    dsk = {f"l{i}": (operator.add, i, 1) for i in range(groups)}
+    dsk["total"] = (sum, [f"l{i}" for i in range(groups)])
+    client.get(dsk, "total")  # warm
+    before_pops, before_exits = calls(cluster, "blmove"), calls(cluster, "lrem")
+    assert client.get(dsk, "total") == sum(range(groups)) + groups
+    pops, invocations = calls(cluster, "blmove") - before_pops, calls(cluster, "lrem") - before_exits
+    assert invocations >= groups
+    # (+executors: a blocking pop that was waiting when the job began, or one that found
+    # the queue empty for a moment under load)
+    assert pops <= 2 * executors, f"{pops} blocking pops for {invocations} invocations"
