@@ -112,3 +112,11 @@ def test_a_busy_executor_takes_its_next_invocation_with_its_exit(cluster, client
     # (+executors: a blocking pop that was waiting when the job began, or one that found
     # the queue empty for a moment under load)
     assert pops <= 2 * executors, f"{pops} blocking pops for {invocations} invocations"
+
+
+def test_a_small_jobs_keys_are_deleted_in_one_round_trip(cluster, client):
+    dsk, top = tree(64)
+    client.get(dsk, top)  # warm
+    before = calls(cluster, "unlink")
+    assert client.get(dsk, top) == sum(range(64))
+    assert calls(cluster, "unlink") - before == 1
