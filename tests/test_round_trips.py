@@ -120,3 +120,36 @@ def test_a_small_jobs_keys_are_deleted_in_one_round_trip(cluster, client):
     before = calls(cluster, "unlink")
     assert client.get(dsk, top) == sum(range(64))
     assert calls(cluster, "unlink") - before == 1
+
+
+def test_the_leaves_are_invoked_in_the_round_trips_that_write_their_schedules(cluster, client, monkeypatch):
+    from wukong import client as client_module
+    from wukong.store import Batch
+
+    trips = {"submit": 0, "launch": 0}
+    inside = []
+    execute, submit, launch = Batch.execute, client_module.Job.submit, client_module.Job.launch
+
+    def counted_execute(self, *args, **kwargs):
+        if inside:
+            trips["submit"] += 1
+        return execute(self, *args, **kwargs)
+
+    def counted_submit(self):
+        inside.append(1)
+        try:
+            submit(self)
+        finally:
+            inside.clear()
+
+    def counted_launch(self, *args, **kwargs):
+        trips["launch"] += 1
+        launch(self, *args, **kwargs)
+
+    monkeypatch.setattr(Batch, "execute", counted_execute)
+    monkeypatch.setattr(client_module.Job, "submit", counted_submit)
+    monkeypatch.setattr(client_module.Job, "launch", counted_launch)
+    dsk, top = tree(64 * LEAF_GROUPS_PER_WORKER * cluster.n_workers)  # streamed in several steps
+    assert client.get(dsk, top) == sum(range(64 * LEAF_GROUPS_PER_WORKER * cluster.n_workers))
+    assert trips["launch"] > 1
+    assert trips["submit"] == trips["launch"], trips
