@@ -153,3 +153,24 @@ def test_the_leaves_are_invoked_in_the_round_trips_that_write_their_schedules(cl
     assert client.get(dsk, top) == sum(range(64 * LEAF_GROUPS_PER_WORKER * cluster.n_workers))
     assert trips["launch"] > 1
     assert trips["submit"] == trips["launch"], trips
+
+
+
+def test_a_fanout_reads_the_schedules_of_its_local_children_as_it_invokes_the_others(cluster, client):
+    # root fans out to 8 children (new schedules, each a requested result); its executor
+    # runs its share and invokes the rest in one round trip that also reads its own
+    # children's schedules.  Every round trip an executor makes while it runs tasks asks
+    # the queue's length (LLEN; the exit's does not): root's invocation starts (1) and
+    # fans out (1), the other starts (1).  Reading the schedules in a round trip of their
+    # own made it 4.
+    assert cluster.n_workers * cluster.threads_per_worker == 2
+    width = 8
+    dsk = {"root": 1, **{f"c{i}": (operator.add, "root", i) for i in range(width)}}
+    keys = [f"c{i}" for i in range(width)]
+    client.get(dsk, keys)  # warm
+    trips = []
+    for _ in range(3):  # the fewest: an executor descheduled under load checks for a cancel once more
+        before = calls(cluster, "llen")
+        assert client.get(dsk, keys) == tuple(1 + i for i in range(width))
+        trips.append(calls(cluster, "llen") - before)
+    assert min(trips) <= 3, trips
