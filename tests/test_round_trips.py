@@ -155,7 +155,6 @@ def test_the_leaves_are_invoked_in_the_round_trips_that_write_their_schedules(cl
     assert trips["submit"] == trips["launch"], trips
 
 
-
 def test_a_fanout_reads_the_schedules_of_its_local_children_as_it_invokes_the_others(cluster, client):
     # root fans out to 8 children (new schedules, each a requested result); its executor
     # runs its share and invokes the rest in one round trip that also reads its own
