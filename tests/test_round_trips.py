@@ -94,3 +94,82 @@ def test_a_chain_holds_back_the_arrivals_of_its_tasks_at_a_fanin(cluster, client
     arrivals = calls(cluster, "sadd") - before
     # (a worker descheduled for over DEFER_S mid-chain sends the arrivals held so far)
     assert arrivals < n // 2, f"{arrivals} arrivals; one per task: {n}"
+
+
+def test_a_busy_executor_takes_its_next_invocation_with_its_exit(cluster, client):
+    # Many more leaf invocations than executors: an executor that exits while others wait
+    # in the queue takes the next one in its exit's round trip (LMOVE), not with a
+    # blocking pop of its own (BLMOVE) after it.
+    executors = cluster.n_workers * cluster.threads_per_worker
+    groups = LEAF_GROUPS_PER_WORKER * executors
+    dsk = {f"l{i}": (operator.add, i, 1) for i in range(groups)}
+    dsk["total"] = (sum, [f"l{i}" for i in range(groups)])
+    client.get(dsk, "total")  # warm
+    before_pops, before_exits = calls(cluster, "blmove"), calls(cluster, "lrem")
+    assert client.get(dsk, "total") == sum(range(groups)) + groups
+    pops, invocations = calls(cluster, "blmove") - before_pops, calls(cluster, "lrem") - before_exits
+    assert invocations >= groups
+    # (+executors: a blocking pop that was waiting when the job began, or one that found
+    # the queue empty for a moment under load)
+    assert pops <= 2 * executors, f"{pops} blocking pops for {invocations} invocations"
+
+
+def test_a_small_jobs_keys_are_deleted_in_one_round_trip(cluster, client):
+    dsk, top = tree(64)
+    client.get(dsk, top)  # warm
+    before = calls(cluster, "unlink")
+    assert client.get(dsk, top) == sum(range(64))
+    assert calls(cluster, "unlink") - before == 1
+
+
+def test_the_leaves_are_invoked_in_the_round_trips_that_write_their_schedules(cluster, client, monkeypatch):
+    from wukong import client as client_module
+    from wukong.store import Batch
+
+    trips = {"submit": 0, "launch": 0}
+    inside = []
+    execute, submit, launch = Batch.execute, client_module.Job.submit, client_module.Job.launch
+
+    def counted_execute(self, *args, **kwargs):
+        if inside:
+            trips["submit"] += 1
+        return execute(self, *args, **kwargs)
+
+    def counted_submit(self):
+        inside.append(1)
+        try:
+            submit(self)
+        finally:
+            inside.clear()
+
+    def counted_launch(self, *args, **kwargs):
+        trips["launch"] += 1
+        launch(self, *args, **kwargs)
+
+    monkeypatch.setattr(Batch, "execute", counted_execute)
+    monkeypatch.setattr(client_module.Job, "submit", counted_submit)
+    monkeypatch.setattr(client_module.Job, "launch", counted_launch)
+    dsk, top = tree(64 * LEAF_GROUPS_PER_WORKER * cluster.n_workers)  # streamed in several steps
+    assert client.get(dsk, top) == sum(range(64 * LEAF_GROUPS_PER_WORKER * cluster.n_workers))
+    assert trips["launch"] > 1
+    assert trips["submit"] == trips["launch"], trips
+
+
+def test_a_fanout_reads_the_schedules_of_its_local_children_as_it_invokes_the_others(cluster, client):
+    # root fans out to 8 children (new schedules, each a requested result); its executor
+    # runs its share and invokes the rest in one round trip that also reads its own
+    # children's schedules.  Every round trip an executor makes while it runs tasks asks
+    # the queue's length (LLEN; the exit's does not): root's invocation starts (1) and
+    # fans out (1), the other starts (1).  Reading the schedules in a round trip of their
+    # own made it 4.
+    assert cluster.n_workers * cluster.threads_per_worker == 2
+    width = 8
+    dsk = {"root": 1, **{f"c{i}": (operator.add, "root", i) for i in range(width)}}
+    keys = [f"c{i}" for i in range(width)]
+    client.get(dsk, keys)  # warm
+    trips = []
+    for _ in range(3):  # the fewest: an executor descheduled under load checks for a cancel once more
+        before = calls(cluster, "llen")
+        assert client.get(dsk, keys) == tuple(1 + i for i in range(width))
+        trips.append(calls(cluster, "llen") - before)
+    assert min(trips) <= 3, trips

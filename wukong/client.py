@@ -55,7 +55,7 @@ from wukong.progress import ProgressBar
 from wukong.protocol import Invocation, Keys, decode_invocation
 from wukong.recovery import resend
 from wukong.scheduler import Plan, plan
-from wukong.store import StorageError, Store
+from wukong.store import Batch, StorageError, Store
 
 BLOCK_MS = 250  # a blocking read returns at least this often, to redraw progress
 WRITE_BYTES = 32 << 20  # schedule blobs sent per pipeline (Job.submit)
@@ -561,22 +561,26 @@ class Job:
             if size < WRITE_BYTES and not (due and size >= sent) and len(names) + done < p.nschedules:
                 continue
             batch.set_many(store.mds_index, names, blobs)  # a huge blob is split
-            batch.execute()  # before the invocations: on a Redis Cluster they may go to another node
             done, sent, size, names, blobs = done + len(names), sent + size, 0, [], []
             starts = []
             while g < len(groups) and p.ready[groups[g][-1]] <= done and (streamed or done == p.nschedules):
                 group = [p.leaf_schedules[i] for i in groups[g]]
                 starts.append(Invocation(keys.job, group[0], 0, {}, (), tuple(group[1:])))
                 g += 1
-            if starts:
-                self.launch(starts)
+            if starts and store.cluster is None:  # one MDS server runs the pipeline in order:
+                self.launch(starts, batch)  # the schedules are written before the invocations
+            else:  # on a Redis Cluster the invocations may go to another node: after the writes
+                batch.execute()
+                if starts:
+                    self.launch(starts)
             batch = store.batch()
         p.schedules = []  # the graph behind them is not kept for the run
 
-    def launch(self, starts: list[Invocation]) -> None:
+    def launch(self, starts: list[Invocation], batch: Batch | None = None) -> None:
+        """Invoke ``starts`` (with ``batch``'s commands first, in its round trip)."""
         self.starts.update((inv.id, inv) for inv in starts)
         self.live.update(dict.fromkeys(inv.id for inv in starts))
-        launch(self.backend.invoke, self.store.batch(), self.keys.job, starts)
+        launch(self.backend.invoke, batch if batch is not None else self.store.batch(), self.keys.job, starts)
         if not self.record.first_s:
             self.record.first_s = time.time() - self.record.started
         self.record.launch_s = time.time() - self.record.started

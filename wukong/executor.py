@@ -593,9 +593,12 @@ class _Run:
         tid = out.tid
         self.data[tid] = out.value
         self.refs.setdefault(tid, 0)
-        missing = self.fetch_fanin_inputs(local)
-        if away:
+        if away:  # what the local ones lack is read in the round trip that invokes the others
+            take = self.request_inputs(batch, local)
             self.send_away(batch, out, away)
+            missing = take(batch)
+        else:
+            missing = self.fetch_fanin_inputs(local)
         for t, value in missing.items():
             self.data[t] = value
         for c in reversed(local):

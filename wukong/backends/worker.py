@@ -6,7 +6,9 @@ connections.  Each blocks on the cluster's invocation queue (a Redis list on
 the MDS) with BLMOVE, which atomically moves the invocation to this process's
 "processing" list: if the process dies, the cluster finds there what its
 executors were running.  An entry is removed in the same pipeline that
-reports the invocation's exit.
+reports the invocation's exit, and that pipeline moves the next invocation
+waiting, if any, to the list (LMOVE): a busy executor takes its next
+invocation without a round trip of its own.
 
 The executors share the process's object table (``wukong.store.objects``):
 an output one of them stores is handed to the others by reference.  A
@@ -33,6 +35,7 @@ import sys
 import threading
 import traceback
 from collections.abc import Callable
+from typing import Any
 
 from wukong import task_warnings
 from wukong.backends.local import STOP, queue_invoker
@@ -108,19 +111,31 @@ class _Loop:
 
     def run(self) -> None:
         queue, processing = self.queue, self.processing
+        payload: bytes | None = None  # the next invocation, when the last exit took it
+        me = threading.get_ident()
         while True:
-            payload: bytes | None = self.blocking.blmove(queue, processing, IDLE_S, "LEFT", "RIGHT")  # type: ignore[assignment]
+            if payload is None:
+                payload = self.blocking.blmove(queue, processing, IDLE_S, "LEFT", "RIGHT")  # type: ignore[assignment]
             if payload is None:
                 drop_ended(self.table, self.blocking)
                 continue
             if payload == STOP:
                 self.blocking.lrem(processing, 1, payload)  # type: ignore[arg-type]
                 return
+            taken: list[tuple[Batch, Any]] = []
 
-            def ack(batch: Batch, payload: bytes = payload) -> None:
+            def ack(batch: Batch, payload: bytes = payload, taken: list = taken) -> None:
                 batch.mds("lrem", processing, 1, payload)
+                # not when the heartbeat thread ends the process (``Executor.abandon``): what
+                # it took would be sent again as lost
+                if threading.get_ident() == me:
+                    taken.append((batch, batch.mds("lmove", queue, processing, "LEFT", "RIGHT")))
 
             self.executor.run(decode_invocation(payload), on_exit=ack)
+            payload = None
+            if taken:  # the exit's round trip took the next invocation waiting, if any
+                batch, handle = taken[-1]
+                payload = batch[handle]
             if len(self.table.jobs()) > 1:
                 drop_ended(self.table, self.blocking)
 

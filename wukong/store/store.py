@@ -55,6 +55,7 @@ from wukong.store.endpoint import Endpoint, StorageError, run
 DEFAULT_TTL = 24 * 3600  # seconds; keys normally die with their job, long before
 FAILOVER_TIMEOUT = 30.0  # seconds a job's clean-up waits for a lost cluster node's replica to take over
 RING_VNODES = 1024  # points per KVS server on the ring: shares stay within ~10% of even (160 gives ~20%)
+UNLINK_CHUNK = 10_000  # keys one UNLINK takes
 
 
 class Store:
@@ -229,7 +230,7 @@ class Store:
         """A value of ``key`` read by a script: joined again if it was split (``Batch.set_value``)."""
         return whole(self, key, value)
 
-    def delete(self, keys_by_server: dict[int, list[str]], chunk: int = 10_000) -> None:
+    def delete(self, keys_by_server: dict[int, list[str]], chunk: int = UNLINK_CHUNK) -> None:
         """UNLINK many keys, one pipeline per server.
 
         A server that cannot be reached does not stop the others; the first
@@ -293,13 +294,19 @@ class Store:
 
         The MDS goes first: the same pipeline reads the registries, so the
         parts are deleted with the other servers' keys, no extra round trip
-        (unless some part or spill lives on the MDS itself).
+        (unless some part or spill lives on the MDS itself).  A job of one
+        slice of keys (``all_job_keys``) has all its keys on the MDS server
+        deleted in that first round trip: on one server, the only one.
         """
         shm.remove_job(self.shm_dir, keys.job)
         slices = all_job_keys(self, keys, ntasks, nschedules, fanins, invocations)
         by_server = next(slices)
+        if max(ntasks, nschedules) <= JOB_KEYS_SLICE:
+            for server, names in next(slices).items():
+                by_server.setdefault(server, []).extend(names)
         mds_keys = by_server.pop(self.mds_index)
-        commands = [("SMEMBERS", keys.parts), ("SMEMBERS", keys.spills), ("UNLINK", *mds_keys)]  # one slot
+        unlink = [("UNLINK", *group) for group in self._unlink_groups(mds_keys, UNLINK_CHUNK)]
+        commands = [("SMEMBERS", keys.parts), ("SMEMBERS", keys.spills), *unlink]
         error = None
         try:
             reply = self.run_through_failover(self.mds_index, commands)
