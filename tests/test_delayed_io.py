@@ -6,6 +6,8 @@ idempotent, one completion, a dead holder's re-run completes it) and run jobs th
 it (results, stored bytes, a holder's crash, no key left behind).
 """
 
+import time
+
 import dask
 import numpy as np
 import pytest
@@ -163,6 +165,30 @@ def test_a_held_value_completes_its_fan_in_without_being_stored(clusters, width)
     assert plain.bytes_stored >= width * value
     assert held.bytes_stored < (width - 1) * value + value // 2  # one value fewer at least
     assert job_keys(on) == [] and job_keys(off) == []
+
+
+def late_block(i):
+    time.sleep(1.0)  # arrives long after the other parent: that one would wait for it
+    return block(i)
+
+
+def arrivals(cluster):
+    """fanin.lua calls so far: each adds its parent to the fan-in's set (one SADD)."""
+    return sum(r.info("commandstats").get("cmdstat_sadd", {}).get("calls", 0) for r in cluster.store.servers)
+
+
+def test_a_value_is_not_held_for_a_parent_that_runs_elsewhere(clusters):
+    # leaf0 arrives first, with one parent missing; leaf1 runs in another invocation, not on
+    # leaf0's stack: waiting for it would only poll.  leaf0 stores its value at once (two
+    # calls: asked, told to store); leaf1, last, completes the fan-in with its own (one call).
+    on, _ = clusters
+    dsk = {"leaf0": (block, 0), "leaf1": (late_block, 1), "sum": (add, "leaf0", "leaf1"), "total": (total, "sum")}
+    client = Client(on, progress=False)
+    before = arrivals(on)
+    assert client.get(dsk, "total") == float(N)
+    assert arrivals(on) - before == 3
+    assert client.jobs[-1].held_fanins == 1
+    assert client.jobs[-1].bytes_stored < N * 8 + N * 4  # leaf0's value only
 
 
 def test_small_outputs_are_not_held(clusters):

@@ -33,8 +33,12 @@ executor then schedules itself:
   a hold (``fanin.lua``: the fan-in cannot complete elsewhere while a value
   is held), and the executor asks again -- between its local tasks, or
   sleeping when it has none, with a growing pause -- for up to
-  ``delayed_io_wait`` seconds, while at most ``HOLD_MAX_MISSING`` other
-  parents have not arrived.  When the other parents have all arrived, the
+  ``delayed_io_wait`` seconds, while the other parents that have not
+  arrived are tasks on its own stack (``HOLD_MAX_MISSING`` at most).  With
+  none missing it asks once: the last parent to arrive runs the fan-in with
+  its value from memory; with a parent missing that runs elsewhere it stores
+  its value at once (waiting would cost polls, and the fan-in would wait for
+  the holder's next ask).  When the other parents have all arrived, the
   holder completes the fan-in and runs it here with its value from memory:
   that value is never written.  When its wait is over, or when another
   holder of the same fan-in keeps its own value, or when it has nothing
@@ -619,7 +623,8 @@ class _Run:
         reading all the others.
         """
         want = c.sched not in self.scheds  # the reply carries c's schedule if we lack it
-        h = batch.fanin(self.keys, c.tid, parent, c.ndeps, c.sched, want, self.inv.id, hold, HOLD_MAX_MISSING)
+        missing = self.coming(c, parent) if hold else 0
+        h = batch.fanin(self.keys, c.tid, parent, c.ndeps, c.sched, want, self.inv.id, hold, missing)
         if want or not (c.ndeps == 2 or (self.store.shm_dir and c.ndeps <= EARLY_READS_MAX_DEPS)):
             return c, h, ()
         others = [d for d in self.scheds[c.sched].records[c.pos].deps if d != parent and d not in self.data]
@@ -627,6 +632,23 @@ class _Run:
             held = self.ex.table.holds(self.inv.job, others)
             others = [d for d in others if d not in held]
         return c, h, tuple(zip(others, batch.kvs_get_many([self.keys.data(d) for d in others]), strict=True))
+
+    def coming(self, c: Dependent, parent: int) -> int:
+        """How many of fan-in ``c``'s parents besides ``parent`` wait on this executor's
+        stack, ``HOLD_MAX_MISSING`` at most: a holder waits for those only.  They have not
+        run, so they have not arrived; waiting for a parent another executor runs would
+        cost polls and leave the fan-in to wait for the holder's next ask."""
+        if c.sched not in self.scheds:
+            return 0
+        deps = set(self.scheds[c.sched].records[c.pos].deps)
+        deps.discard(parent)
+        n = 0
+        for sid, pos in self.stack:
+            if n == HOLD_MAX_MISSING:
+                break
+            if self.scheds[sid].records[pos].tid in deps:
+                n += 1
+        return n
 
     def completed(self, batch: Batch, calls: list[_Call]) -> list[Dependent]:
         """The fan-ins this executor completed (their schedules cached from the replies,
