@@ -39,8 +39,9 @@ executor then schedules itself:
   its value from memory; with a parent missing that runs elsewhere it stores
   its value at once (waiting would cost polls, and the fan-in would wait for
   the holder's next ask).  When the other parents have all arrived, the
-  holder completes the fan-in and runs it here with its value from memory:
-  that value is never written.  When its wait is over, or when another
+  holder completes the fan-in and runs it here with its value from memory
+  (and the other values this invocation holds for it): those values are
+  never written.  When its wait is over, or when another invocation's
   holder of the same fan-in keeps its own value, or when it has nothing
   else to do and invocations wait for a local worker, it stores the value
   and arrives as any parent does.  A holder that dies leaves its hold: its
@@ -738,7 +739,9 @@ class _Run:
         if idle:
             self.pause_holding()
         now = time.monotonic()
-        due = [h for h in self.holds if h.ask_at <= now]
+        # newest first: a value held for a fan-in whose other values this invocation
+        # holds arrives before their asks, which would count it as missing
+        due = [h for h in reversed(self.holds) if h.ask_at <= now]
         batch = self.store.batch()
         calls = []
         for h in due:
@@ -764,6 +767,10 @@ class _Run:
                     self.stats[2] += 1  # this fan-in runs here and the held value is never stored
                 self.holds.remove(h)
                 released.append(h.out.tid)
+        finished = {c.tid for c in done}
+        for h in [h for h in self.holds if h.c.tid in finished]:  # its other values held here ran it too
+            self.holds.remove(h)
+            released.append(h.out.tid)
         for t, value in self.fetch_fanin_inputs(done).items():
             self.data[t] = value
         for c in reversed(done):
