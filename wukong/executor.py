@@ -97,6 +97,7 @@ import traceback
 from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import nullcontext
+from itertools import islice
 from typing import Any
 
 from wukong import protocol, serialization, task_warnings
@@ -121,6 +122,9 @@ HOLD, STORE_NOW = 3, 2  # fanin.lua's replies to a holder: keep holding; store y
 # a value is held only while at most this many other parents of its fan-in have not arrived:
 # waiting for more could keep executor slots (a worker, a Lambda's concurrency) from them
 HOLD_MAX_MISSING = 1
+# ... and only for parents among the next this many tasks on its stack (deeper ones run later
+# than a hold should last; and a hold's search stays short on a long stack)
+HOLD_LOOKAHEAD = 64
 # while invocations wait in a local cluster's queue, a fan-out this narrow runs here, all of it
 BUSY_FANOUT_MAX = 8
 
@@ -636,15 +640,16 @@ class _Run:
 
     def coming(self, c: Dependent, parent: int) -> int:
         """How many of fan-in ``c``'s parents besides ``parent`` wait on this executor's
-        stack, ``HOLD_MAX_MISSING`` at most: a holder waits for those only.  They have not
-        run, so they have not arrived; waiting for a parent another executor runs would
-        cost polls and leave the fan-in to wait for the holder's next ask."""
+        stack (its next ``HOLD_LOOKAHEAD`` tasks), ``HOLD_MAX_MISSING`` at most: a holder
+        waits for those only.  They have not run, so they have not arrived; waiting for a
+        parent another executor runs would cost polls and leave the fan-in to wait for the
+        holder's next ask."""
         if c.sched not in self.scheds:
             return 0
         deps = set(self.scheds[c.sched].records[c.pos].deps)
         deps.discard(parent)
         n = 0
-        for sid, pos in self.stack:
+        for sid, pos in islice(reversed(self.stack), HOLD_LOOKAHEAD):  # the next tasks here
             if n == HOLD_MAX_MISSING:
                 break
             if self.scheds[sid].records[pos].tid in deps:
