@@ -6,6 +6,8 @@ idempotent, one completion, a dead holder's re-run completes it) and run jobs th
 it (results, stored bytes, a holder's crash, no key left behind).
 """
 
+import time
+
 import dask
 import numpy as np
 import pytest
@@ -66,6 +68,24 @@ def test_of_two_holders_one_stores_its_value_and_the_other_keeps_its_own(store, 
     assert arrive(store, keys, 1, hold=True) == HOLD  # until 3's value is stored
     assert arrive(store, keys, 3) == 0  # 3 stored it and arrives
     assert arrive(store, keys, 1, hold=True) == COMPLETE
+
+
+def test_values_one_invocation_holds_complete_the_fan_in_together(store, keys):
+    assert arrive(store, keys, 1, hold=True, inv="inv") == HOLD
+    assert arrive(store, keys, 2) == 0
+    assert arrive(store, keys, 3, hold=True, inv="inv") == COMPLETE  # 1's value is in its memory too
+    assert arrive(store, keys, 1, hold=True, inv="inv") == HOLD  # its ask in the same round trip
+    assert arrive(store, keys, 2) == 0 and arrive(store, keys, 1, hold=True, inv="other") == 0
+
+
+def test_a_rerun_of_an_invocation_that_held_two_values_waits_for_its_owner_parent(store, keys):
+    assert arrive(store, keys, 1, hold=True, inv="inv") == HOLD
+    assert arrive(store, keys, 2) == 0
+    assert arrive(store, keys, 3, hold=True, inv="inv") == COMPLETE  # then its executor dies
+    # run again: 1 arrives first; the fan-in needs 3's value too, which only 3's arrival brings
+    assert arrive(store, keys, 1, hold=True, inv="inv") == HOLD
+    assert arrive(store, keys, 1, inv="inv") == 0  # 1's wait expired: stored, still not complete
+    assert arrive(store, keys, 3, hold=True, inv="inv") == COMPLETE
 
 
 def test_a_holder_whose_wait_expired_stores_and_may_complete(store, keys):
@@ -163,6 +183,58 @@ def test_a_held_value_completes_its_fan_in_without_being_stored(clusters, width)
     assert plain.bytes_stored >= width * value
     assert held.bytes_stored < (width - 1) * value + value // 2  # one value fewer at least
     assert job_keys(on) == [] and job_keys(off) == []
+
+
+def late_block(i):
+    time.sleep(1.0)  # arrives long after the other parent: that one would wait for it
+    return block(i)
+
+
+def arrivals(cluster):
+    """fanin.lua calls so far: each adds its parent to the fan-in's set (one SADD)."""
+    return sum(r.info("commandstats").get("cmdstat_sadd", {}).get("calls", 0) for r in cluster.store.servers)
+
+
+def test_a_value_is_not_held_for_a_parent_that_runs_elsewhere(clusters):
+    # leaf0 arrives first, with one parent missing; leaf1 runs in another invocation, not on
+    # leaf0's stack: waiting for it would only poll.  leaf0 stores its value at once (two
+    # calls: asked, told to store); leaf1, last, completes the fan-in with its own (one call).
+    on, _ = clusters
+    dsk = {"leaf0": (block, 0), "leaf1": (late_block, 1), "sum": (add, "leaf0", "leaf1"), "total": (total, "sum")}
+    client = Client(on, progress=False)
+    before = arrivals(on)
+    assert client.get(dsk, "total") == float(N)
+    assert arrivals(on) - before == 3
+    assert client.jobs[-1].held_fanins == 1
+    assert client.jobs[-1].bytes_stored < N * 8 + N * 4  # leaf0's value only
+
+
+def block_after(_, i):
+    return block(i)
+
+
+@pytest.fixture(scope="module")
+def one_executor():
+    with LocalCluster(n_workers=1, delayed_io={"threshold": 1 << 20, "max-wait": 5.0}) as cluster:
+        yield cluster
+
+
+def test_a_fan_in_of_values_held_by_one_executor_stores_none_of_them(one_executor):
+    # r's narrow fan-out runs here: a, then b from the stack.  a waits for b (on its stack);
+    # b's arrival completes the fan-in with both values in memory: neither is written.
+    dsk = {
+        "r": (abs, 0),
+        "a": (block_after, "r", 1),
+        "b": (block_after, "r", 2),
+        "sum": (add, "a", "b"),
+        "total": (total, "sum"),
+    }
+    client = Client(one_executor, progress=False)
+    assert client.get(dsk, "total") == 3.0 * N
+    job = client.jobs[-1]
+    assert job.held_fanins == 1 and len(job.executors) == 1
+    assert job.bytes_stored == 0
+    assert job_keys(one_executor) == []
 
 
 def test_small_outputs_are_not_held(clusters):

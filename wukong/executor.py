@@ -33,10 +33,15 @@ executor then schedules itself:
   a hold (``fanin.lua``: the fan-in cannot complete elsewhere while a value
   is held), and the executor asks again -- between its local tasks, or
   sleeping when it has none, with a growing pause -- for up to
-  ``delayed_io_wait`` seconds, while at most ``HOLD_MAX_MISSING`` other
-  parents have not arrived.  When the other parents have all arrived, the
-  holder completes the fan-in and runs it here with its value from memory:
-  that value is never written.  When its wait is over, or when another
+  ``delayed_io_wait`` seconds, while the other parents that have not
+  arrived are tasks on its own stack (``HOLD_MAX_MISSING`` at most).  With
+  none missing it asks once: the last parent to arrive runs the fan-in with
+  its value from memory; with a parent missing that runs elsewhere it stores
+  its value at once (waiting would cost polls, and the fan-in would wait for
+  the holder's next ask).  When the other parents have all arrived, the
+  holder completes the fan-in and runs it here with its value from memory
+  (and the other values this invocation holds for it): those values are
+  never written.  When its wait is over, or when another invocation's
   holder of the same fan-in keeps its own value, or when it has nothing
   else to do and invocations wait for a local worker, it stores the value
   and arrives as any parent does.  A holder that dies leaves its hold: its
@@ -92,6 +97,7 @@ import traceback
 from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import nullcontext
+from itertools import islice
 from typing import Any
 
 from wukong import protocol, serialization, task_warnings
@@ -116,6 +122,9 @@ HOLD, STORE_NOW = 3, 2  # fanin.lua's replies to a holder: keep holding; store y
 # a value is held only while at most this many other parents of its fan-in have not arrived:
 # waiting for more could keep executor slots (a worker, a Lambda's concurrency) from them
 HOLD_MAX_MISSING = 1
+# ... and only for parents among the next this many tasks on its stack (deeper ones run later
+# than a hold should last; and a hold's search stays short on a long stack)
+HOLD_LOOKAHEAD = 64
 # while invocations wait in a local cluster's queue, a fan-out this narrow runs here, all of it
 BUSY_FANOUT_MAX = 8
 
@@ -622,7 +631,8 @@ class _Run:
         reading all the others.
         """
         want = c.sched not in self.scheds  # the reply carries c's schedule if we lack it
-        h = batch.fanin(self.keys, c.tid, parent, c.ndeps, c.sched, want, self.inv.id, hold, HOLD_MAX_MISSING)
+        missing = self.coming(c, parent) if hold else 0
+        h = batch.fanin(self.keys, c.tid, parent, c.ndeps, c.sched, want, self.inv.id, hold, missing)
         if want or not (c.ndeps == 2 or (self.store.shm_dir and c.ndeps <= EARLY_READS_MAX_DEPS)):
             return c, h, ()
         others = [d for d in self.scheds[c.sched].records[c.pos].deps if d != parent and d not in self.data]
@@ -630,6 +640,24 @@ class _Run:
             held = self.ex.table.holds(self.inv.job, others)
             others = [d for d in others if d not in held]
         return c, h, tuple(zip(others, batch.kvs_get_many([self.keys.data(d) for d in others]), strict=True))
+
+    def coming(self, c: Dependent, parent: int) -> int:
+        """How many of fan-in ``c``'s parents besides ``parent`` wait on this executor's
+        stack (its next ``HOLD_LOOKAHEAD`` tasks), ``HOLD_MAX_MISSING`` at most: a holder
+        waits for those only.  They have not run, so they have not arrived; waiting for a
+        parent another executor runs would cost polls and leave the fan-in to wait for the
+        holder's next ask."""
+        if c.sched not in self.scheds:
+            return 0
+        deps = set(self.scheds[c.sched].records[c.pos].deps)
+        deps.discard(parent)
+        n = 0
+        for sid, pos in islice(reversed(self.stack), HOLD_LOOKAHEAD):  # the next tasks here
+            if n == HOLD_MAX_MISSING:
+                break
+            if self.scheds[sid].records[pos].tid in deps:
+                n += 1
+        return n
 
     def completed(self, batch: Batch, calls: list[_Call]) -> list[Dependent]:
         """The fan-ins this executor completed (their schedules cached from the replies,
@@ -719,7 +747,9 @@ class _Run:
         if idle:
             self.pause_holding()
         now = time.monotonic()
-        due = [h for h in self.holds if h.ask_at <= now]
+        # newest first: a value held for a fan-in whose other values this invocation
+        # holds arrives before their asks, which would count it as missing
+        due = [h for h in reversed(self.holds) if h.ask_at <= now]
         batch = self.store.batch()
         calls = []
         for h in due:
@@ -745,6 +775,10 @@ class _Run:
                     self.stats[2] += 1  # this fan-in runs here and the held value is never stored
                 self.holds.remove(h)
                 released.append(h.out.tid)
+        finished = {c.tid for c in done}
+        for h in [h for h in self.holds if h.c.tid in finished]:  # its other values held here ran it too
+            self.holds.remove(h)
+            released.append(h.out.tid)
         for t, value in self.fetch_fanin_inputs(done).items():
             self.data[t] = value
         for c in reversed(done):

@@ -259,21 +259,26 @@ class _SimStore:
         if hold:
             if not new and (owned or parent not in holds):
                 return complete if owned else 0
-            holds[parent] = "w" if ndeps - len(arrivals) > max_missing else "h"
+            owner = self.data.get(keys.owner(tid))
+            if not new and owner is not None:  # complete already: a re-run's owner arrival
+                return 3 if owner.startswith(f"{invocation}/") else 0  # completes it again, with this value
+            mine = f"h{invocation}"
+            holds[parent] = "w" if ndeps - len(arrivals) > max_missing else mine
             if holds[parent] == "w":
                 return 2
             if not full:
                 return 3
-            if len(holds) == 1:
-                holds.clear()
-                self.data[keys.owner(tid)] = me
-                return complete
-            if any(p != parent and state == "h" for p, state in holds.items()):
+            others = [state for p, state in holds.items() if p != parent]
+            if any(state not in ("w", mine) for state in others):
                 holds[parent] = "w"
                 return 2
-            return 3
+            if "w" in others:
+                return 3
+            del holds[parent]  # the others, if any, are this invocation's: kept for a re-run of it
+            self.data[keys.owner(tid)] = me
+            return complete
         stored = holds.pop(parent, None) is not None
-        if not new and not stored:
+        if not new and (owned or self.data.get(keys.owner(tid)) is not None or not stored):
             return complete if owned else 0
         if not full or holds:
             return 0
