@@ -253,3 +253,31 @@ def test_an_endpoint_that_queues_before_answering_starts_the_executor_before_the
     assert late_span.start == pytest.approx(0.5 + 0.01 + at_202.invoke_cpu_s)
     assert early_span.start == pytest.approx(0.01 + at_202.invoke_cpu_s)
     assert Model.local(8, 0.02, 2).queued_after_s == 0.0 and Model.aws().queued_after_s is None
+
+
+def _through_the_hub(self, t):
+    """``Simulation.sleep_until`` without its shortcut: every wake-up is pushed and popped."""
+    import heapq
+
+    import greenlet
+
+    heapq.heappush(self._heap, (max(t, self.now), next(self._seq), greenlet.getcurrent(), None))
+    self.hub.switch()
+
+
+def _outcome(r):
+    spans = [(s.inv, s.kind, s.queued, s.start, s.end, s.cold, s.tasks, dict(s.busy)) for s in r.spans]
+    totals = (r.makespan, r.executors, r.peak_concurrency, r.network_bytes, r.cpu_seconds, r.server_seconds, r.cost)
+    return spans, list(r.task_start), list(r.task_end), r.ran, r.reads, r.stored, totals
+
+
+@pytest.mark.parametrize("model", [Model.aws(1000), Model.aws(4), Model.local(8, 0.02, 2, kvs_shards=2)])
+@pytest.mark.parametrize("name", ["tree", "gemm"])
+def test_a_wake_up_that_is_the_next_event_skips_the_hub_with_the_same_outcome(name, model, monkeypatch):
+    from wukong.simulate.engine import Simulation
+
+    dsk, keys = graph_of(GRAPHS[name]())
+    profile = record(dsk, keys)
+    shortcut = _outcome(simulate_graph(dsk, keys, profile, model, delayed_io_bytes=1 << 20))
+    monkeypatch.setattr(Simulation, "sleep_until", _through_the_hub)
+    assert _outcome(simulate_graph(dsk, keys, profile, model, delayed_io_bytes=1 << 20)) == shortcut

@@ -103,6 +103,16 @@ class _Value:
 
 
 def _size(x: Any) -> int:
+    t = type(x)  # the common types first: this runs for every simulated command and reply
+    if t is str or t is bytes or t is SimBlob:
+        return len(x)
+    if t is int or x is None:
+        return 8
+    if t is tuple or t is list:
+        n = 0
+        for v in x:
+            n += _size(v)
+        return n
     if isinstance(x, (bytes, bytearray, memoryview, SimBlob)):
         return len(x)
     if isinstance(x, str):
@@ -369,13 +379,16 @@ class _SimBatch:
 
     def execute(self) -> _SimBatch:
         sim, m = self.store.sim, self.store.sim.model
-        order = sorted(self.cmds, key=lambda s: s == self.store.mds_index)  # KVS first, MDS last
+        mds = self.store.mds_index
+        order = sorted(self.cmds, key=lambda s: s == mds) if len(self.cmds) > 1 else self.cmds  # KVS first, MDS last
         sim.cpu("redis", m.roundtrip_cpu_s)
         t0 = sim.now
         for server in order:
             cmds = self.cmds[server]
             srv = self.store.servers_[server]
-            up = sum(n for _, _, n in cmds)
+            up = 0
+            for _, _, n in cmds:
+                up += n
             sim.compute(up / m.bandwidth_Bps)  # the executor's link (on shared cores: its CPU, contended)
             start = max(sim.now + m.redis_rtt_s / 2, srv.free_at)
             slow = sim.contention()  # a Redis server on the executors' cores (lambda-local) shares them
@@ -383,7 +396,7 @@ class _SimBatch:
             srv.free_at = start + work * slow
             sim.sleep_until(srv.free_at)
             replies = [fn(*args) for fn, args, _ in cmds]
-            down = sum(_size(r) for r in replies)
+            down = _size(replies)
             srv.free_at += down / m.shard_out_Bps * slow
             sim.server_seconds += work + down / m.shard_out_Bps
             srv.ops += len(cmds)
@@ -524,8 +537,13 @@ class Simulation:
 
     # -- the clock ------------------------------------------------------------------------
     def sleep_until(self, t: float) -> None:
-        g = greenlet.getcurrent()
-        heapq.heappush(self._heap, (max(t, self.now), next(self._seq), g, None))
+        t = max(t, self.now)
+        seq = next(self._seq)
+        heap = self._heap
+        if not heap or t < heap[0][0]:  # the next event is this wake-up: the hub would pop it and
+            self.now = t  # switch straight back (a tie goes to the earlier entry: through the hub)
+            return
+        heapq.heappush(heap, (t, seq, greenlet.getcurrent(), None))
         self.hub.switch()
 
     def pause(self, what: str, seconds: float) -> None:
