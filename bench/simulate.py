@@ -120,8 +120,8 @@ def calibrate_bytes(store: Any, nbytes: int = 4_500_000, repeat: int = 24) -> di
 
     As a job moves them: each block a value of its own under a key of its own, every copy kept
     until all are made, so each is fresh memory on both sides.  Re-serializing one block into
-    the buffer just freed, or re-setting one key, reuses warm pages, and measured a third of
-    what a job pays (first-touch page faults, Redis allocating each new value)."""
+    the buffer just freed, or re-setting one key, reuses warm pages, and measured a fifth or
+    less of what a job pays (first-touch page faults, Redis allocating each new value)."""
     import numpy as np
     import psutil
 
