@@ -48,6 +48,7 @@ STORAGE = {"standalone": "wukong", "ring3": "wukong-ring3", "cluster3": "wukong-
 OTHER_STORAGE = ("wukong-ring3", "wukong-cluster3")
 # run only when named (``--systems``): wukong's executors as threads of one worker process
 ON_REQUEST = ("wukong-threads",)
+LOAD_WINDOW_S = 0.5  # how long ``other_load`` samples the machine before each run
 
 
 @dataclass
@@ -365,14 +366,15 @@ def _compute(system: System, collections: tuple, timeout: float) -> tuple[float,
     return box["seconds"], box["result"]
 
 
-def other_load(window: float = 0.5) -> float:
-    """Cores kept busy over ``window`` seconds by anything but this run (this process
-    and its children: the systems' workers, Redis).
+def other_load(window: float | None = None) -> float:
+    """Cores kept busy over ``window`` seconds (default ``LOAD_WINDOW_S``) by anything but
+    this run (this process and its children: the systems' workers, Redis).
 
     The 1-minute load average counts the run's own previous cells for a minute after
     they end, so a run on an idle machine would look loaded; this is what the gate in
     ``bench.summary`` reads.
     """
+    window = LOAD_WINDOW_S if window is None else window
     me = psutil.Process()
 
     def sample() -> tuple[float, float, float]:
@@ -537,12 +539,18 @@ def run(
     started: list[System] = []
     try:
         started = start_systems(systems, progress)
+        # What the harness imported and started is no workload's garbage: frozen, as wukong's
+        # workers freeze theirs after start-up, so the collection before each run (``_compute``)
+        # and the runs' own collections in this process scan only what the workloads made.
+        gc.collect()
+        gc.freeze()
         results["startup_s"] = {s.name: s.startup_s for s in started if s.startup_s is not None}
         results["blas_threads"] = {s.name: s.blas_threads for s in started}
         for name in only:
             results["workloads"][name] = run_workload(name, size, started, repeat, timeout, progress)
             report.write_json(results, paths)
     finally:
+        gc.unfreeze()
         progress.finish()
         for s in reversed(started):
             try:
