@@ -27,6 +27,11 @@ from wukong.protocol import Keys
 from wukong.store import Endpoint, StorageError, Store
 from wukong.store.server import RedisClusterServers
 
+# 12 random DAGs per server here, 40 on the standalone server (test_random_dags); 40 here with
+# `make test-slow`.
+test_random_dag_equals_sync = random_dags_test(12)  # noqa: F405
+test_many_random_dags_equal_sync = pytest.mark.slow(random_dags_test(40))  # noqa: F405
+
 
 def valkey_server() -> str | None:
     """A ``valkey-server`` binary: ``$WUKONG_VALKEY_SERVER``, on the PATH, or the one

@@ -36,7 +36,7 @@ from test_faults import (  # noqa: F401
     test_retries_rerun_a_failing_task,
     test_task_timeout_names_the_task,
 )
-from test_random_dags import test_random_dag_equals_sync  # noqa: F401
+from test_random_dags import random_dags_test
 
 from wukong import Client, LocalCluster, TaskError
 from wukong.backends.worker import IDLE_S
@@ -61,6 +61,11 @@ def client(threaded):
     yield Client(threaded, progress=False)
     assert job_keys(threaded) == [], "a job left keys behind"
     assert os.listdir(threaded.shm_dir) == [], "a job left shared-memory files behind"
+
+
+# 12 random DAGs per shape here, 40 on processes (test_random_dags); 40 here with `make test-slow`.
+test_random_dag_equals_sync = random_dags_test(12)
+test_many_random_dags_equal_sync = pytest.mark.slow(random_dags_test(40))
 
 
 # -- the cluster's shape ---------------------------------------------------------------------
