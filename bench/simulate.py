@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import operator
 import os
+import statistics
 import time
 from typing import Any
 
@@ -171,11 +172,13 @@ def calibrate_bytes(store: Any, nbytes: int = 4_500_000, repeat: int = 24) -> di
     }
 
 
-def measure(cluster: LocalCluster, collections: tuple, repeat: int) -> tuple[float, Any, dict[str, float], float]:
+def measure(cluster: LocalCluster, collections: tuple, repeat: int) -> tuple[float, Any, dict[str, float], float, Any]:
     """The median of ``repeat`` runs' ``run_s`` (from the job's first invoke to the client having
-    every result), after one to warm the workers' imports; of that run, the job record, the CPU
-    seconds of this job's processes (the endpoint and client here, its workers, Redis) and of
-    all others on the machine (other people's work: the model has the cores to itself)."""
+    every result), after one to warm the workers' imports and one whose job record prices the
+    tasks (``Profile.with_job``: not one of the runs measured); of the median run, the job
+    record, the CPU seconds of this job's processes (the endpoint and client here, its workers,
+    Redis) and of all others on the machine (other people's work: the model has the cores to
+    itself); last, the pricing run's job record."""
     import psutil
 
     me = psutil.Process()
@@ -192,6 +195,8 @@ def measure(cluster: LocalCluster, collections: tuple, repeat: int) -> tuple[flo
 
     client = Client(cluster, progress=False)
     client.get(*graph_of(*collections))  # warm the workers' imports
+    client.get(*graph_of(*collections))
+    pricing = client.jobs[-1]
     runs = []
     for _ in range(repeat):
         before = cpu()
@@ -200,7 +205,7 @@ def measure(cluster: LocalCluster, collections: tuple, repeat: int) -> tuple[flo
         machine = used.pop("machine")
         runs.append((client.jobs[-1].run_s, client.jobs[-1], used, machine - sum(used.values())))
     runs.sort(key=lambda r: r[0])
-    return runs[len(runs) // 2]
+    return (*runs[len(runs) // 2], pricing)
 
 
 # One BLAS thread per execution environment, in the workers and in the recorded profile: the
@@ -219,12 +224,19 @@ def validate(args: argparse.Namespace) -> None:
         with LocalCluster(
             backend="lambda", function_name=FUNCTION, endpoint_url=lam.url, region="us-east-1", **options
         ) as c:
-            cal = calibrate(lam, c)
+            # each parameter the median of several calibrations: one alone moved the predictions
+            # by up to 40% between runs on this shared machine
+            cals = [calibrate(lam, c) for _ in range(args.calibrations)]
+            cal = {k: statistics.median(x[k] for x in cals) for k in cals[0]}
             model = Model.local(args.workers, cal["invoke_latency_s"], os.cpu_count() or 1).with_(
                 roundtrip_cpu_s=cal["redis_rtt_s"],  # a PING from Python is mostly the client's CPU
                 **cal,
             )
-            print("calibrated here: " + ", ".join(_show(k, v) for k, v in cal.items()))
+            spread = {k: f" ({_value(k, min(x[k] for x in cals))}-{_value(k, max(x[k] for x in cals))})" for k in cal}
+            print(
+                f"calibrated here (median of {len(cals)}, lowest-highest): "
+                + ", ".join(f"{k}={_value(k, v)}{spread[k] if len(cals) > 1 else ''}" for k, v in cal.items())
+            )
             print(f"load {_load()}, {os.cpu_count()} cores, {args.workers} lambda-local workers, one BLAS thread each")
             print(
                 f"{'workload':<24} {'tasks':>6} {'measured (s)':>13} {'predicted (s)':>14} {'error':>7} "
@@ -236,8 +248,9 @@ def validate(args: argparse.Namespace) -> None:
                 w = build(name, size)
                 dsk, keys = graph_of(*w.collections)
                 with threadpool_limits(1):
-                    profile = record(dsk, keys)
-                measured, job, ours, others = measure(c, w.collections, args.repeat)
+                    recorded = record(dsk, keys)
+                measured, job, ours, others, pricing = measure(c, w.collections, args.repeat)
+                profile = recorded.with_job(pricing)
                 report = simulate_graph(dsk, keys, profile, model)
                 err = (report.makespan - measured) / measured
                 cpu = f"{sum(ours.values()):.2f}/{report.cpu_seconds + report.server_seconds:.2f}"
@@ -259,8 +272,8 @@ def validate(args: argparse.Namespace) -> None:
                     )
 
 
-def _show(name: str, value: float) -> str:
-    return f"{name}={value / 1e6:.0f} MB/s" if name.endswith("Bps") else f"{name}={value * 1000:.2f} ms"
+def _value(name: str, value: float) -> str:
+    return f"{value / 1e6:.0f} MB/s" if name.endswith("Bps") else f"{value * 1000:.2f} ms"
 
 
 def _load() -> str:
@@ -394,6 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency", type=float, default=0.02)
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--calibrations", type=int, default=3, help="validation: calibrate this many times, take medians")
     p.add_argument("--predict", action="store_true", help="predictions at full size instead of validation")
     p.add_argument("--ways", type=int, nargs="+", default=[1000, 10_000, 100_000])
     p.add_argument("--tree-leaves", type=int, default=1_000_000)

@@ -184,6 +184,22 @@ def test_a_chain_fetches_nothing(client):
     assert len(record.tasks) == 5 and [t.fetched for t in record.tasks] == [0] * 5 and record.bytes_fetched == 0
 
 
+def spin(seconds):
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+    return seconds
+
+
+def test_the_record_has_each_tasks_cpu_seconds(client):
+    """A task that spins has its CPU seconds in the record; one that sleeps has next to none
+    (the simulator's profile reads them: ``wukong.simulate.Profile.with_job``)."""
+    assert client.get({"spin": (spin, 0.05), "sleep": (time.sleep, 0.05)}, ["spin", "sleep"]) == (0.05, None)
+    runs = {t.key: t for t in client.jobs[-1].tasks}
+    assert 0.05 <= runs["spin"].cpu <= runs["spin"].end - runs["spin"].start + 0.001  # one thread: CPU <= wall
+    assert runs["sleep"].cpu < 0.02 < runs["sleep"].end - runs["sleep"].start
+
+
 def test_a_future_read_on_an_executor_counts_as_fetched(client):
     """A future's value read by a task in another worker process is fetched from the KV
     store (in the process that made it, the object table may hand it over: 0 bytes).

@@ -676,12 +676,12 @@ class Job:
         r.bytes_stored += ev.stats[0]
         r.fanin_round_trips += ev.stats[1]
         r.held_fanins += ev.stats[2]
-        r.bytes_fetched += sum(t[3] for t in ev.timings)
+        r.bytes_fetched += sum(t[4] for t in ev.timings)
         if self.order is None:
             return
-        for tid, start, end, fetched in ev.timings:
+        for tid, start, end, cpu, fetched in ev.timings:
             key = self.order[tid]
-            r.tasks.append(TaskRun(key, start, end, ev.worker, fetched))
+            r.tasks.append(TaskRun(key, start, end, ev.worker, fetched, cpu))
             if self.callbacks is not None:
                 self.callbacks.ran(key, start, end, ev.worker)
 

@@ -131,6 +131,7 @@ class TaskRun:
     end: float
     worker: str
     fetched: int = 0  # bytes of its inputs read from the KV store (0: all were in the executor's memory)
+    cpu: float = 0.0  # CPU seconds of the thread that ran it (not its BLAS threads'), all attempts
 
 
 @dataclass

@@ -316,7 +316,7 @@ class _Run:
         # running it (one round trip each), so a task that kills its process is named.
         self.careful = False
         self.crash_after = ex.faults.crash_point() if ex.faults else None
-        self.timings: list[tuple[int, float, float, int]] = []  # (tid, start, end, fetched) since the last report
+        self.timings: list[protocol.Timing] = []  # (tid, start, end, CPU s, fetched) since the last report
         # since the last report: bytes stored, fan-in round trips, fan-ins run with a held value
         self.stats = [0, 0, 0]
         self.backlog = 0  # invocations waiting in the local cluster's queue, at the last round trip
@@ -473,10 +473,11 @@ class _Run:
             if self.careful:
                 # XX: the key exists from the re-send while the job lives; never recreated after it
                 self.store.mds.set(self.keys.current(self.inv.id), pickle.dumps(self.current), xx=True, keepttl=True)
-            start = time.time()
+            start, cpu = time.time(), time.thread_time()
             result = self.execute(rec, body)
+            cpu = time.thread_time() - cpu  # this thread's: not a BLAS pool's, not other executors'
             fetched = sum(self.fetched.pop(d, 0) for d in rec.deps) + held.take_fetched()
-            self.timings.append((rec.tid, start, time.time(), fetched))
+            self.timings.append((rec.tid, start, time.time(), cpu, fetched))
             self.ndone += 1
             if self.warned:
                 protocol.emit_warnings(self.pending, self.keys, rec.tid, self.warned)

@@ -30,8 +30,9 @@ kind    written by            fields
                               (``<invocation id>@<attempt>``), ``i`` ids of
                               invocations made, ``x`` this one's id on exit;
                               from an executor also ``w`` its worker id, ``t``
-                              the (task id, start, end, bytes fetched) of each
-                              task it ran since (``pack_timings``), ``st``
+                              the (task id, start, end, CPU seconds, bytes
+                              fetched) of each task it ran since
+                              (``pack_timings``), ``st``
                               bytes it stored and ``fi`` its fan-in round trips
 ``w``   executor              ``t`` task id, ``v`` = ``encode_warnings`` of the
                               warnings it issued
@@ -245,8 +246,8 @@ def emit_counts(
     ``attempt`` (``<invocation id>@<token>``) lets the client count a re-run
     invocation's tasks once: it keeps, per invocation, its busiest attempt.
     An executor adds its worker id, the packed timings of the tasks it ran
-    since its last report (``pack_timings``: with the bytes each task's inputs
-    were read from the KVS) and, in ``stats``, the bytes it stored, its fan-in
+    since its last report (``pack_timings``: with each task's CPU seconds and the
+    bytes its inputs were read from the KVS) and, in ``stats``, the bytes it stored, its fan-in
     round trips and the fan-ins it ran with a value it held instead of storing
     (delayed I/O) since then.
     """
@@ -287,15 +288,17 @@ def decode_warnings(payload: bytes) -> list[tuple[str, type[Warning], str, int]]
     return out
 
 
-# task id, start, end (seconds since the epoch), bytes of its inputs read from the KVS
-_TIMING = struct.Struct("<qddq")
+# task id, start, end (seconds since the epoch), CPU seconds of the thread that ran it,
+# bytes of its inputs read from the KVS
+_TIMING = struct.Struct("<qdddq")
+Timing = tuple[int, float, float, float, int]
 
 
-def pack_timings(timings: list[tuple[int, float, float, int]]) -> bytes:
+def pack_timings(timings: list[Timing]) -> bytes:
     return b"".join(_TIMING.pack(*t) for t in timings)
 
 
-def unpack_timings(blob: bytes) -> list[tuple[int, float, float, int]]:
+def unpack_timings(blob: bytes) -> list[Timing]:
     return list(_TIMING.iter_unpack(blob))
 
 
@@ -385,7 +388,7 @@ class Event:
     ms: float = 0.0
     memory_mb: int = 0
     worker: str = ""
-    timings: list[tuple[int, float, float, int]] = field(default_factory=list)  # tid, start, end, bytes fetched
+    timings: list[Timing] = field(default_factory=list)  # tid, start, end, CPU s, bytes fetched
     stats: tuple[int, int, int] = (0, 0, 0)  # bytes stored, fan-in round trips, fan-ins run with a held value
 
 

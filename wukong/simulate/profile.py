@@ -63,6 +63,20 @@ class Profile:
         got = self.cpu.get(key)
         return got if got is not None else self.cost(key)[0]
 
+    def with_job(self, job: Any) -> Profile:
+        """This profile with each task's CPU seconds as a job (a ``JobRecord``) measured them on
+        the executor that ran it: with the executors' fresh memory and shared caches, which a
+        recording in one process does not pay.  A task's seconds become those CPU seconds plus
+        what it spent off the CPU when recorded (sleeping, waiting); its bytes stay recorded."""
+        tasks, cpu = dict(self.tasks), dict(self.cpu)
+        for t in job.tasks:
+            if t.key in tasks:
+                seconds, nbytes = tasks[t.key]
+                off_cpu = max(0.0, seconds - self.cpu.get(t.key, seconds))
+                tasks[t.key] = (t.cpu + off_cpu, nbytes)
+                cpu[t.key] = t.cpu
+        return Profile(tasks, cpu=cpu)
+
     def total_seconds(self) -> float:
         return sum(s for s, _ in self.tasks.values())
 
