@@ -48,6 +48,18 @@ def children() -> list[psutil.Process]:
     return psutil.Process(os.getpid()).children(recursive=True)
 
 
+def argv_and_environments(procs: list[psutil.Process]) -> list[str]:
+    """Each process's command line and environment, as one string; a process that ended
+    meanwhile (gone, or a zombie not yet reaped) has neither any more and is left out."""
+    seen = []
+    for p in procs:
+        try:
+            seen.append(" ".join(p.cmdline()) + repr(p.environ()))
+        except (psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    return seen
+
+
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",

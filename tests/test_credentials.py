@@ -121,6 +121,7 @@ def test_a_credential_provider_is_asked_by_every_new_connection(redis_server):
 def test_no_local_child_has_the_password_in_its_argv_or_environment():
     """The embedded redis-server reads it on stdin, the workers read the store config on stdin."""
     import psutil
+    from conftest import argv_and_environments
 
     from wukong import Client, LocalCluster
 
@@ -128,6 +129,6 @@ def test_no_local_child_has_the_password_in_its_argv_or_environment():
         password = cluster.redis_servers[0].password
         assert Client(cluster, progress=False).get({"a": (abs, -3)}, "a") == 3
         procs = psutil.Process().children(recursive=True)
-        seen = [" ".join(p.cmdline()) + repr(p.environ()) for p in procs]
+        seen = argv_and_environments(procs)
     assert len(procs) >= 4 and password  # redis-server, two workers, the proxy
     assert not [s for s in seen if password in s]

@@ -16,9 +16,9 @@ from wukong.cost import job_cost
 from wukong.demo import add_values, decr, double, incr
 
 try:
-    from .conftest import children, job_keys, lambda_local
+    from .conftest import argv_and_environments, children, job_keys, lambda_local
 except ImportError:
-    from conftest import children, job_keys, lambda_local
+    from conftest import argv_and_environments, children, job_keys, lambda_local
 
 from wukong.lambda_local import LambdaLocal
 
@@ -105,7 +105,7 @@ def test_no_event_log_line_argv_or_environment_holds_the_password(capfd):
             client = Client(cluster, progress=False)
             assert tree_sum(64).compute(scheduler=client.get) == sum(range(64))
             procs = children()
-            seen = [" ".join(p.cmdline()) + repr(p.environ()) for p in procs if p.is_running()]
+            seen = argv_and_environments(procs)
         assert len(bodies) > 8 and lam.stats()["secret_reads"] >= 2  # the client's, and each container's
     out, err = capfd.readouterr()
     assert procs and all(password not in s for s in seen)

@@ -529,7 +529,7 @@ def legacy_graphs(draw):
 
 
 @pytest.mark.parametrize("impl", IMPLS)
-@FAST
+@settings(FAST, max_examples=60)  # drawing these nested graphs is the slow part (15 s for 150)
 @given(dsk=legacy_graphs())
 def test_legacy_dependencies_are_those_of_dasks_conversion(impl, dsk):
     from dask._task_spec import convert_legacy_graph

@@ -287,6 +287,7 @@ def test_results_and_intermediates_larger_than_a_part_round_trip(sharded):
     np.testing.assert_array_equal(out[1], expected[1])
 
 
+@pytest.mark.slow  # 20-30 s here; splitting is tested at a small part size above
 def test_a_600mb_result_round_trips():
     size = 600 * 1024 * 1024
     with LocalCluster(n_workers=1, kvs_shards=3, shared_memory=False) as cluster:  # split over Redis, not /dev/shm
