@@ -299,3 +299,35 @@ def test_a_job_record_prices_tasks_at_the_cpu_they_used_where_they_ran():
     assert priced.cpu_seconds("nap") == 0.001 and 0.015 < priced.cost("nap")[0] < 0.2  # off the CPU: slept
     assert priced.cost("out") == profile.cost("out")  # not in the job: as recorded
     assert simulate_graph(dsk, ["out"], priced, Model.aws(10)).work_seconds > 0.25
+
+
+def test_a_profile_recorded_beside_other_work_prices_a_task_as_on_its_own_core():
+    """``record`` takes off a task's seconds the time its thread waited for a core: here a
+    spinning process shares this process's one allowed core, so the task's wall time is
+    about twice its CPU time, and its recorded seconds are not."""
+    import multiprocessing
+    import os
+    import time
+
+    def spin_cpu(seconds):
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+        return seconds
+
+    core = {min(os.sched_getaffinity(0))}
+    allowed = os.sched_getaffinity(0)
+    rival = multiprocessing.get_context("fork").Process(target=spin_cpu, args=(30,), daemon=True)
+    os.sched_setaffinity(0, core)
+    try:
+        rival.start()
+        os.sched_setaffinity(rival.pid, core)
+        t0 = time.perf_counter()
+        profile = record({"x": (spin_cpu, 0.3)}, ["x"])
+        wall = time.perf_counter() - t0
+    finally:
+        rival.kill()
+        rival.join()
+        os.sched_setaffinity(0, allowed)
+    assert wall > 0.5  # the rival took about half the core
+    assert 0.3 <= profile.cost("x")[0] < 0.4 and profile.cpu["x"] >= 0.3
