@@ -127,8 +127,11 @@ def record(dsk: Any, keys: Any) -> Profile:
         args = {d: values[d] for d in node.dependencies}
         c0, w0, t0 = time.process_time(), waited_for_a_core(), time.perf_counter()
         value = node(args)
-        seconds = time.perf_counter() - t0 - (waited_for_a_core() - w0)
+        wall, waited = time.perf_counter() - t0, waited_for_a_core() - w0
         cpu[k] = time.process_time() - c0
+        # a wait is accounted when the thread gets its core back, so one that began before the
+        # task can show in it: never below its CPU time, never above its wall time
+        seconds = min(wall, max(wall - waited, cpu[k]))
         tasks[k] = (seconds, len(serialization.dumps(value)))
         for d in node.dependencies:
             readers[d] -= 1
