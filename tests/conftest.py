@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from contextlib import contextmanager
 
 import psutil
@@ -17,6 +18,12 @@ from hypothesis import strategies as st
 
 from wukong import Client, LocalCluster
 from wukong.store.server import RedisServer
+
+# Ctrl-C is tested (in this process and in the scripts it starts): a run started in the
+# background (``nohup``, ``cmd &``) inherits SIGINT ignored, and would leave those tests a
+# signal that nobody sees -- and a script holding the GIL running forever.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def job_keys(cluster: LocalCluster) -> list[bytes]:

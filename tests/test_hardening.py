@@ -642,11 +642,16 @@ def test_ctrl_c_stops_a_running_task_and_the_next_job_runs(task, tmp_path):
     call = "(time.sleep, 60)" if task == "sleeping" else f"(deadlock_holding_the_gil, {str(path)!r})"
     script = CTRL_C.replace("TASK", call)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
-    assert proc.stdout.readline().strip() == "ready"
-    time.sleep(1.5)  # the task is running
-    t0 = time.monotonic()
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=60)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(1.5)  # the task is running
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:  # a script Ctrl-C did not stop is not left running (its workers follow it)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     print(f"Ctrl-C, task {task}: process done {time.monotonic() - t0:.1f}s after SIGINT: {out.split()}")
     assert "interrupted" in out and "next 3" in out  # on its one worker: the stuck one was replaced
     assert time.monotonic() - t0 < 30
