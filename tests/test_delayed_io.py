@@ -237,6 +237,30 @@ def test_a_fan_in_of_values_held_by_one_executor_stores_none_of_them(one_executo
     assert job_keys(one_executor) == []
 
 
+def small_after(_, i):
+    return float(i)
+
+
+def test_a_holders_wait_with_nothing_else_to_do_is_recorded_in_its_invocation(one_executor):
+    # a (2 MiB) is held for its fan-in; b's arrival is deferred behind it, so the holder
+    # asks again with an empty stack: that wait is its invocation's, outside its tasks
+    dsk = {
+        "r": (abs, 0),
+        "a": (block_after, "r", 1),
+        "b": (small_after, "r", 2),
+        "sum": (add, "a", "b"),
+        "total": (total, "sum"),
+    }
+    client = Client(one_executor, progress=False)
+    assert client.get(dsk, "total") == 3.0 * N
+    job = client.jobs[-1]
+    [run] = job.runs
+    assert run.waits
+    for start, end in run.waits:
+        assert run.picked <= start < end <= run.ended
+        assert all(t.end <= start or end <= t.start for t in job.tasks)
+
+
 def test_small_outputs_are_not_held(clusters):
     on, _ = clusters
     dsk = {"a": (abs, -1), "b": (abs, -2), "c": (add, "a", "b")}
