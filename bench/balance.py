@@ -2,8 +2,8 @@
 
 ``idle_while_queued`` is the direct measure.  An executor is *idle* only while it waits
 for work: outside its invocations (a local worker blocked on the queue for its next
-one), or inside one waiting for held outputs' fan-ins with nothing on its stack (delayed
-I/O).  It is *busy* otherwise: from picking an invocation up to its exit, its own work
+one), or inside one sleeping until a held output's next ask with nothing on its stack
+(delayed I/O).  It is *busy* otherwise: from picking an invocation up to its exit, its own work
 between tasks (serializing and storing outputs, fan-in round trips, invoking) included.
 Work is *queued elsewhere* while an invocation has been sent (by the client, an executor
 or the proxy) and not yet picked up.  Both come from the record's invocation runs

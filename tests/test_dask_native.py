@@ -18,7 +18,7 @@ from dask.callbacks import Callback
 from dask.diagnostics import Profiler, ProgressBar, ResourceProfiler
 
 from bench.balance import idle_while_queued
-from wukong import Client, LocalCluster
+from wukong import Client, LocalCluster, protocol
 from wukong.diagnostics import JobRecord, format_bytes
 
 
@@ -152,6 +152,24 @@ def test_each_invocation_is_recorded_sent_picked_up_and_ended_around_its_tasks(c
         assert record.started < r.sent <= r.picked <= r.ended and r.waits == []
     for t in record.tasks:  # a task runs inside an invocation of its executor: never while it waits for work
         assert any(r.worker == t.worker and r.picked <= t.start <= t.end <= r.ended for r in record.runs)
+
+
+class Fields:
+    """Stands for a ``Batch``: keeps the fields of the event an emitter adds."""
+
+    def mds(self, command, key, fields, *args):
+        self.fields = {k.encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in fields.items()}
+
+
+def test_an_exit_report_carries_the_invocations_span_and_waits():
+    span = protocol.pack_span(10.0, 10.5, 12.0, [11.0, 11.25, 11.5, 11.75])
+    out = Fields()
+    protocol.emit_counts(out, protocol.Keys("j"), 2, (), "3.0", "3.0@t", b"", "host:1", (0, 0, 0), span)
+    ev = protocol.parse_event(out.fields)
+    assert ev.exited == "3.0" and ev.worker == "host:1"
+    assert ev.span == (10.0, 10.5, 12.0, [(11.0, 11.25), (11.5, 11.75)])
+    protocol.emit_counts(out, protocol.Keys("j"), 2, (), "", "3.0@t", b"", "host:1", (1, 0, 0))
+    assert protocol.parse_event(out.fields).span is None  # a progress report carries none
 
 
 def test_an_invocation_sent_while_every_executor_is_busy_waits_until_one_exits(client):

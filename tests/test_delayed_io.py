@@ -7,6 +7,7 @@ it (results, stored bytes, a holder's crash, no key left behind).
 """
 
 import time
+from types import SimpleNamespace
 
 import dask
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 from conftest import job_keys
 
 from wukong import Client, LocalCluster
+from wukong.executor import _Run
 from wukong.protocol import Keys
 from wukong.store import Endpoint, Store
 from wukong.store.server import RedisServer
@@ -237,28 +239,18 @@ def test_a_fan_in_of_values_held_by_one_executor_stores_none_of_them(one_executo
     assert job_keys(one_executor) == []
 
 
-def small_after(_, i):
-    return float(i)
-
-
-def test_a_holders_wait_with_nothing_else_to_do_is_recorded_in_its_invocation(one_executor):
-    # a (2 MiB) is held for its fan-in; b's arrival is deferred behind it, so the holder
-    # asks again with an empty stack: that wait is its invocation's, outside its tasks
-    dsk = {
-        "r": (abs, 0),
-        "a": (block_after, "r", 1),
-        "b": (small_after, "r", 2),
-        "sum": (add, "a", "b"),
-        "total": (total, "sum"),
-    }
-    client = Client(one_executor, progress=False)
-    assert client.get(dsk, "total") == 3.0 * N
-    job = client.jobs[-1]
-    [run] = job.runs
-    assert run.waits
-    for start, end in run.waits:
-        assert run.picked <= start < end <= run.ended
-        assert all(t.end <= start or end <= t.start for t in job.tasks)
+def test_a_holders_sleep_until_its_next_ask_is_recorded_as_a_wait():
+    # the loop sleeps here when it has nothing but held outputs: that, and only that,
+    # is the invocation's wait (``InvocationRun.waits``); an ask already due sleeps not
+    due = SimpleNamespace(ask_at=time.monotonic() + 0.02)
+    run = SimpleNamespace(ex=SimpleNamespace(faults=None), crash_after=None, careful=False, holds=[due], waits=[])
+    before = time.time()
+    _Run.pause_holding(run)
+    [start, end] = run.waits
+    assert before <= start < end <= time.time() and time.monotonic() >= due.ask_at
+    due.ask_at = time.monotonic() - 1
+    _Run.pause_holding(run)
+    assert len(run.waits) == 2
 
 
 def test_small_outputs_are_not_held(clusters):

@@ -139,7 +139,7 @@ class InvocationRun:
     """One invocation on its executor (seconds since the epoch, one machine's clock locally).
 
     ``worker`` was busy with it from ``picked`` to ``ended`` but for ``waits``,
-    where it only waited for held outputs' fan-ins (delayed I/O) with nothing
+    where it slept until a held output's next ask (delayed I/O) with nothing
     else to do; ``sent`` (0.0: unknown) to ``picked`` it waited to be picked up.
     """
 

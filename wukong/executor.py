@@ -74,7 +74,8 @@ every invocation of the job has ended, and which to send again if lost.  The
 counts carry, batched, each task's (id, start, end, bytes fetched), this
 worker's id, and the bytes stored and fan-in round trips since the last
 report; the exit's adds when the invocation was sent, picked up and ended,
-and the spans it waited on holds with nothing else to do: the client's Dask
+and its sleeps until a held output's next ask (with nothing else to do,
+``pause_holding``): the client's Dask
 callbacks, profiler and job record are built from them.  A task's bytes
 fetched are those of its inputs read from the KVS for it (a value read once
 counts for the first task here that uses it; 0 when its inputs were in this
@@ -313,7 +314,7 @@ class _Run:
         self.early: dict[int, Any] = {}  # serialized outputs of fan-in parents read with the arrival
         self.holds: list[_Hold] = []  # outputs kept in memory while their fan-in may complete here
         self.picked = time.time()  # when this invocation was picked up; reported on exit (``pack_span``)
-        self.waits: list[float] = []  # start, end of each wait on holds with an empty stack, flat
+        self.waits: list[float] = []  # start, end of each sleep until a held output's next ask, flat
         self.token = f"{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"  # this attempt's lease
         self.warned: list = []  # warnings of the task just run (``task_warnings``)
         # A re-run of an invocation whose executor died records each task before
@@ -461,14 +462,7 @@ class _Run:
             ):
                 self.flush_deferred()
             if self.holds and (not self.stack or min(h.ask_at for h in self.holds) <= time.monotonic()):
-                if self.stack:
-                    self.ask_holds()
-                else:  # nothing to do but wait for the fan-in: the client counts this idle
-                    waiting = time.time()
-                    try:
-                        self.ask_holds(idle=True)
-                    finally:
-                        self.waits += (waiting, time.time())
+                self.ask_holds(idle=not self.stack)
             if not self.stack:
                 if self.holds:
                     continue
@@ -809,7 +803,11 @@ class _Run:
             or (not self.careful and faults.dies_holding())
         ):
             os._exit(CRASH_EXIT)  # fault injection: die holding a value nobody else has
-        time.sleep(max(0.0, min(h.ask_at for h in self.holds) - time.monotonic()))
+        pause = min(h.ask_at for h in self.holds) - time.monotonic()
+        if pause > 0:  # nothing to do but wait for a fan-in: the client counts this idle
+            waiting = time.time()
+            time.sleep(pause)
+            self.waits += (waiting, time.time())
 
     def fetch_fanin_inputs(self, local: list[Dependent]) -> dict[int, Any]:
         """One round trip (at most) for what the tasks about to run here lack."""

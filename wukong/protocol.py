@@ -308,8 +308,8 @@ def unpack_timings(blob: bytes) -> list[tuple[int, float, float, int]]:
 
 def pack_span(sent: float, picked: float, ended: float, waits: list[float]) -> bytes:
     """One invocation's life on its executor, seconds since the epoch: when it was sent
-    (0.0: unknown), picked up and ended, then the (start, end) of each wait on held
-    outputs with nothing else to do, flat (``waits``: start, end, start, end, ...)."""
+    (0.0: unknown), picked up and ended, then the (start, end) of each sleep until a
+    held output's next ask, flat (``waits``: start, end, start, end, ...)."""
     return struct.pack(f"<{3 + len(waits)}d", sent, picked, ended, *waits)
 
 
