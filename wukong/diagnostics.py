@@ -26,10 +26,10 @@ same way, from the thread that runs it, with the callbacks active when it was
 started (``wukong.futures``).
 
 ``JobRecord`` is what the client keeps of each job (``client.jobs``): tasks
-with their executor, times and bytes fetched; invocations with their executor,
-when each was sent, picked up and ended, and its waits; bytes stored and fetched (the
-sum of the tasks'), fan-in round trips, invocations, cost; ``wukong.report``
-draws it.
+with their executor, times and bytes fetched; invocations with their
+executor, when each was sent, picked up and ended, and its waits; bytes stored
+and fetched (the sum of the tasks'), fan-in round trips, invocations, cost;
+``wukong.report`` draws it.
 """
 
 from __future__ import annotations

@@ -74,13 +74,12 @@ every invocation of the job has ended, and which to send again if lost.  The
 counts carry, batched, each task's (id, start, end, bytes fetched), this
 worker's id, and the bytes stored and fan-in round trips since the last
 report; the exit's adds when the invocation was sent, picked up and ended,
-and its sleeps until a held output's next ask (with nothing else to do,
-``pause_holding``): the client's Dask
-callbacks, profiler and job record are built from them.  A task's bytes
-fetched are those of its inputs read from the KVS for it (a value read once
-counts for the first task here that uses it; 0 when its inputs were in this
-executor's memory or came inline), plus the held values it loaded itself (a
-future's, ``held.load``).
+and its sleeps until a held output's next ask (``pause_holding``): the
+client's Dask callbacks, profiler and job record are built from them.  A
+task's bytes fetched are those of its inputs read from the KVS for it (a
+value read once counts for the first task here that uses it; 0 when its
+inputs were in this executor's memory or came inline), plus the held values
+it loaded itself (a future's, ``held.load``).
 
 A job run for the client's futures (option ``hold``) keeps its requested
 results in the KVS (``Keys.held``) instead of sending them; a task standing for
