@@ -99,7 +99,9 @@ def _start_wukong(storage: str = "standalone", name: str | None = None, **option
     def last_job() -> dict:
         job = dict(client.last_job)
         if graphs and client.jobs:
-            job["balance"] = balance.idle_while_ready(client.jobs[-1].tasks, balance.dependencies(graphs[0]))
+            record = client.jobs[-1]
+            job["balance"] = balance.idle_while_ready(record.tasks, balance.dependencies(graphs[0]))
+            job["waiting"] = balance.idle_while_queued(record.runs, record.tasks)
         return job
 
     def close() -> None:

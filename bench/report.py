@@ -162,6 +162,29 @@ def _idle_while_ready(record: dict) -> str:
     return ", ".join(f"{x:.1%}" for x in per_executor) + f" of a {_fmt_s(span)} s span"
 
 
+def _idle_while_queued(record: dict) -> str:
+    """Each wukong executor's busy time and its time waiting for work while an invocation
+    was queued (sent, not yet picked up), as shares of the job's span (median of the timed
+    runs): issue 13.7 measured directly (``bench.balance.idle_while_queued``)."""
+    cell = record["systems"].get("wukong") or {}
+    jobs = [j["waiting"] for j in cell.get("jobs", ())[1:] if j.get("waiting", {}).get("span_s")]
+    if not jobs:
+        return ""
+    shares: dict[str, list[tuple[float, float]]] = {}
+    for w in jobs:
+        for name, e in w["executors"].items():
+            shares.setdefault(name, []).append((e["busy_s"] / w["span_s"], e["idle_while_queued_s"] / w["span_s"]))
+    per_executor = sorted(
+        ((statistics.median(b for b, _ in v), statistics.median(q for _, q in v)) for v in shares.values()),
+        reverse=True,
+    )
+    queued = statistics.median(w["queued_s"] / w["span_s"] for w in jobs)
+    return (
+        ", ".join(f"busy {b:.0%} idle-while-queued {q:.1%}" for b, q in per_executor)
+        + f"; something queued {queued:.0%} of the span"
+    )
+
+
 def _summary(record: dict, medians: dict[str, float]) -> list[str]:
     lines = []
     peers = {k: v for k, v in medians.items() if not k.startswith("wukong")}
@@ -180,6 +203,9 @@ def _summary(record: dict, medians: dict[str, float]) -> list[str]:
     idle = _idle_while_ready(record)
     if idle:
         lines.append(f"  wukong executors between tasks while a task was ready (median of runs): {idle}")
+    waiting = _idle_while_queued(record)
+    if waiting:
+        lines.append(f"  wukong executors waiting for work while an invocation was queued (median of runs): {waiting}")
     limit = record.get("limit")
     if limit and "seconds" in limit:
         line = f"  limit: one {limit['what']} = {_fmt_s(limit['seconds'])} s"

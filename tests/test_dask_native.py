@@ -17,7 +17,8 @@ from conftest import job_keys
 from dask.callbacks import Callback
 from dask.diagnostics import Profiler, ProgressBar, ResourceProfiler
 
-from wukong import Client, LocalCluster
+from bench.balance import idle_while_queued
+from wukong import Client, LocalCluster, protocol
 from wukong.diagnostics import JobRecord, format_bytes
 
 
@@ -134,6 +135,53 @@ def test_jobs_are_recorded(client):
     assert record.invocations >= 1 and record.fanin_round_trips >= 1 and record.bytes_stored > 0
     assert set(record.executors) <= worker_ids()
     assert all(t.start <= t.end for t in record.tasks)
+
+
+def nap(x, seconds=0.3):
+    time.sleep(seconds)
+    return x
+
+
+def test_each_invocation_is_recorded_sent_picked_up_and_ended_around_its_tasks(client):
+    # two leaves in two invocations (a local cluster groups leaves 4 per executor), one fan-in
+    assert client.get({"a": (nap, 1), "b": (nap, 2), "c": (sum, ["a", "b"])}, "c") == 3
+    record = client.jobs[-1]
+    assert len(record.runs) == record.invocations == 2
+    assert {r.worker for r in record.runs} == set(record.executors)
+    for r in record.runs:
+        assert record.started < r.sent <= r.picked <= r.ended and r.waits == []
+    for t in record.tasks:  # a task runs inside an invocation of its executor: never while it waits for work
+        assert any(r.worker == t.worker and r.picked <= t.start <= t.end <= r.ended for r in record.runs)
+
+
+class Fields:
+    """Stands for a ``Batch``: keeps the fields of the event an emitter adds."""
+
+    def mds(self, command, key, fields, *args):
+        self.fields = {k.encode(): v if isinstance(v, bytes) else str(v).encode() for k, v in fields.items()}
+
+
+def test_an_exit_report_carries_the_invocations_span_and_waits():
+    span = protocol.pack_span(10.0, 10.5, 12.0, [11.0, 11.25, 11.5, 11.75])
+    out = Fields()
+    protocol.emit_counts(out, protocol.Keys("j"), 2, (), "3.0", "3.0@t", b"", "host:1", (0, 0, 0), span)
+    ev = protocol.parse_event(out.fields)
+    assert ev.exited == "3.0" and ev.worker == "host:1"
+    assert ev.span == (10.0, 10.5, 12.0, [(11.0, 11.25), (11.5, 11.75)])
+    protocol.emit_counts(out, protocol.Keys("j"), 2, (), "", "3.0@t", b"", "host:1", (1, 0, 0))
+    assert protocol.parse_event(out.fields).span is None  # a progress report carries none
+
+
+def test_an_invocation_sent_while_every_executor_is_busy_waits_until_one_exits(client):
+    # three leaves, three invocations, two executors: one of them queues behind a nap
+    assert client.get({f"x{i}": (nap, i) for i in range(3)} | {"s": (sum, ["x0", "x1", "x2"])}, "s") == 3
+    runs = sorted(client.jobs[-1].runs, key=lambda r: r.picked)
+    assert len(runs) == 3
+    last = runs[-1]
+    before = [r for r in runs[:-1] if r.worker == last.worker]
+    assert before and last.picked >= max(r.ended for r in before) > last.sent  # picked up once its executor exited
+    waiting = idle_while_queued(runs, client.jobs[-1].tasks)
+    assert waiting["queued_s"] > 0 and set(waiting["executors"]) == {r.worker for r in runs}
 
 
 def payload(i):

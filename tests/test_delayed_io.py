@@ -7,6 +7,7 @@ it (results, stored bytes, a holder's crash, no key left behind).
 """
 
 import time
+from types import SimpleNamespace
 
 import dask
 import numpy as np
@@ -14,6 +15,7 @@ import pytest
 from conftest import job_keys
 
 from wukong import Client, LocalCluster
+from wukong.executor import _Run
 from wukong.protocol import Keys
 from wukong.store import Endpoint, Store
 from wukong.store.server import RedisServer
@@ -235,6 +237,20 @@ def test_a_fan_in_of_values_held_by_one_executor_stores_none_of_them(one_executo
     assert job.held_fanins == 1 and len(job.executors) == 1
     assert job.bytes_stored == 0
     assert job_keys(one_executor) == []
+
+
+def test_a_holders_sleep_until_its_next_ask_is_recorded_as_a_wait():
+    # the loop sleeps here when it has nothing but held outputs: that, and only that,
+    # is the invocation's wait (``InvocationRun.waits``); an ask already due sleeps not
+    due = SimpleNamespace(ask_at=time.monotonic() + 0.02)
+    run = SimpleNamespace(ex=SimpleNamespace(faults=None), crash_after=None, careful=False, holds=[due], waits=[])
+    before = time.time()
+    _Run.pause_holding(run)
+    [start, end] = run.waits
+    assert before <= start < end <= time.time() and time.monotonic() >= due.ask_at
+    due.ask_at = time.monotonic() - 1
+    _Run.pause_holding(run)
+    assert len(run.waits) == 2
 
 
 def test_small_outputs_are_not_held(clusters):

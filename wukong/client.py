@@ -47,7 +47,7 @@ from wukong import config as wukong_config
 from wukong import protocol, serialization, task_warnings, versions
 from wukong.backends.base import Backend, launch
 from wukong.cost import cost_summary
-from wukong.diagnostics import DaskCallbacks, JobRecord, TaskRun, active_callbacks, note
+from wukong.diagnostics import DaskCallbacks, InvocationRun, JobRecord, TaskRun, active_callbacks, note
 from wukong.errors import JobCancelled, JobFailed, task_error
 from wukong.futures import Future, Futures, as_completed, submit_graph, task_key, until_done, wait
 from wukong.graph import acquire_dask_defaults, dask_defaults, flatten_keys, prepare, release_dask_defaults
@@ -677,6 +677,9 @@ class Job:
         r.fanin_round_trips += ev.stats[1]
         r.held_fanins += ev.stats[2]
         r.bytes_fetched += sum(t[4] for t in ev.timings)
+        if ev.span is not None:
+            sent, picked, ended, waits = ev.span
+            r.runs.append(InvocationRun(ev.exited, ev.worker, sent, picked, ended, waits))
         if self.order is None:
             return
         for tid, start, end, cpu, fetched in ev.timings:

@@ -26,9 +26,10 @@ same way, from the thread that runs it, with the callbacks active when it was
 started (``wukong.futures``).
 
 ``JobRecord`` is what the client keeps of each job (``client.jobs``): tasks
-with their executor, times and bytes fetched; bytes stored and fetched (the
-sum of the tasks'), fan-in round trips, invocations, cost; ``wukong.report``
-draws it.
+with their executor, times and bytes fetched; invocations with their
+executor, when each was sent, picked up and ended, and its waits; bytes stored
+and fetched (the sum of the tasks'), fan-in round trips, invocations, cost;
+``wukong.report`` draws it.
 """
 
 from __future__ import annotations
@@ -135,6 +136,23 @@ class TaskRun:
 
 
 @dataclass
+class InvocationRun:
+    """One invocation on its executor (seconds since the epoch, one machine's clock locally).
+
+    ``worker`` was busy with it from ``picked`` to ``ended`` but for ``waits``,
+    where it slept until a held output's next ask (delayed I/O) with nothing
+    else to do; ``sent`` (0.0: unknown) to ``picked`` it waited to be picked up.
+    """
+
+    id: str
+    worker: str
+    sent: float
+    picked: float
+    ended: float
+    waits: list[tuple[float, float]] = field(default_factory=list)
+
+
+@dataclass
 class JobRecord:
     """What the client keeps of one job (``client.jobs``)."""
 
@@ -156,6 +174,7 @@ class JobRecord:
     held_fanins: int = 0  # fan-ins run by a parent that kept its value in memory (delayed I/O)
     cost: dict | None = None
     tasks: list[TaskRun] = field(default_factory=list)
+    runs: list[InvocationRun] = field(default_factory=list)  # the invocations that ran to their exit
 
     @property
     def executors(self) -> list[str]:

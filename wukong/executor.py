@@ -73,9 +73,11 @@ pipelines as the executor's other writes; from the ids the client knows when
 every invocation of the job has ended, and which to send again if lost.  The
 counts carry, batched, each task's (id, start, end, bytes fetched), this
 worker's id, and the bytes stored and fan-in round trips since the last
-report: the client's Dask callbacks, profiler and job record are built from
-them.  A task's bytes fetched are those of its inputs read from the KVS for
-it (a value read once counts for the first task here that uses it; 0 when its
+report; the exit's adds when the invocation was sent, picked up and ended,
+and its sleeps until a held output's next ask (``pause_holding``): the
+client's Dask callbacks, profiler and job record are built from them.  A
+task's bytes fetched are those of its inputs read from the KVS for it (a
+value read once counts for the first task here that uses it; 0 when its
 inputs were in this executor's memory or came inline), plus the held values
 it loaded itself (a future's, ``held.load``).
 
@@ -310,6 +312,8 @@ class _Run:
         self.deferred_since = 0.0
         self.early: dict[int, Any] = {}  # serialized outputs of fan-in parents read with the arrival
         self.holds: list[_Hold] = []  # outputs kept in memory while their fan-in may complete here
+        self.picked = time.time()  # when this invocation was picked up; reported on exit (``pack_span``)
+        self.waits: list[float] = []  # start, end of each sleep until a held output's next ask, flat
         self.token = f"{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}"  # this attempt's lease
         self.warned: list = []  # warnings of the task just run (``task_warnings``)
         # A re-run of an invocation whose executor died records each task before
@@ -345,7 +349,8 @@ class _Run:
         return batch
 
     def counts(self, batch: Batch, invoked: list[str] | tuple[()] = (), exited: bool = False) -> None:
-        """Tasks done since the last report; invocations made (their ids); this one's exit."""
+        """Tasks done since the last report; invocations made (their ids); this one's exit,
+        with when it was sent, picked up and ended, and its waits on holds."""
         n = self.ndone - self.nreported
         self.nreported = self.ndone
         self.last_report = time.monotonic()
@@ -353,8 +358,9 @@ class _Run:
         timings, self.timings = protocol.pack_timings(self.timings), []
         (stored, trips, held_fanins), self.stats = self.stats, [0, 0, 0]
         exit_id = self.inv.id if exited else ""
+        span = protocol.pack_span(self.inv.sent, self.picked, time.time(), self.waits) if exited else b""
         protocol.emit_counts(
-            batch, self.keys, n, invoked, exit_id, attempt, timings, self.ex.worker, (stored, trips, held_fanins)
+            batch, self.keys, n, invoked, exit_id, attempt, timings, self.ex.worker, (stored, trips, held_fanins), span
         )
 
     # -- start, loop, exit ---------------------------------------------------
@@ -797,7 +803,11 @@ class _Run:
             or (not self.careful and faults.dies_holding())
         ):
             os._exit(CRASH_EXIT)  # fault injection: die holding a value nobody else has
-        time.sleep(max(0.0, min(h.ask_at for h in self.holds) - time.monotonic()))
+        pause = min(h.ask_at for h in self.holds) - time.monotonic()
+        if pause > 0:  # nothing to do but wait for a fan-in: the client counts this idle
+            waiting = time.time()
+            time.sleep(pause)
+            self.waits += (waiting, time.time())
 
     def fetch_fanin_inputs(self, local: list[Dependent]) -> dict[int, Any]:
         """One round trip (at most) for what the tasks about to run here lack."""

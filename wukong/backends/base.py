@@ -14,6 +14,7 @@ The client also asks a backend what it knows of invocations in flight
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -80,8 +81,14 @@ class Backend(Protocol):
 
 
 def launch(invoke: Invoke, batch: Batch, job: str, invocations: list[Invocation], send: Any = None) -> None:
-    """Invoke ``invocations``, execute ``batch`` (or call ``send(batch)``), then finish the invoke."""
-    after = invoke(batch, job, invocations) if invocations else None
+    """Invoke ``invocations``, execute ``batch`` (or call ``send(batch)``), then finish the invoke.
+
+    Each is stamped with the time it is sent (``Invocation.sent``): with the time an
+    executor picks it up, the client knows how long it waited (``wukong.diagnostics``)."""
+    after = None
+    if invocations:
+        sent = time.time()
+        after = invoke(batch, job, [inv.sent_at(sent) for inv in invocations])
     if send is None:
         batch.execute()
     else:
