@@ -179,3 +179,21 @@ def test_each_body_is_pickled_with_a_fresh_memo():
     pickler.dumps([str(i) for i in range(20_000)])
     assert pickler.dumps((operator.add, 1, 2)) == small
     assert not hasattr(pickler, "_pickler")
+
+
+def test_a_dask_task_travels_as_its_definition():
+    """Dependencies, token and repr are made again where the task runs, not sent."""
+    from dask.task_spec import Task, TaskRef
+
+    tasks = [
+        Task("sum", operator.add, TaskRef("a"), 1, _data_producer=True),
+        Task("kw", dict, x=TaskRef("b"), y=2),
+    ]
+    for t in tasks:
+        repr(t), hash(t)  # cache the repr and token Dask's own pickling would carry
+    blob = serialization.BodyPickler().dumps(tasks)
+    assert b"<Task" not in blob
+    added, made = serialization.loads_function(blob)
+    assert type(added) is Task and added.key == "sum" and added.dependencies == {"a"} and added.data_producer
+    assert made.dependencies == {"b"} and not made.data_producer
+    assert added({"a": 2}) == 3 and made({"b": 1}) == {"x": 1, "y": 2}
