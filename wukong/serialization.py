@@ -31,6 +31,7 @@ from dask.task_spec import Task, TaskRef
 from wukong_native import HEADER_LEN, TAG_RAW, compress, decompress
 
 SMALL = 1024  # below this a value with no buffers is not framed
+REUSE_MAX_BYTES = 8192  # a body pickler whose last pickle was longer is not reused (``BodyPickler``)
 ALIGN = 64  # buffer data offsets within a value
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
@@ -165,22 +166,37 @@ class BodyPickler:
     goes through the C pickler (cloudpickle decides how to pickle every
     object in Python, about three times slower on task bodies); an object it
     refuses is pickled whole by cloudpickle.  Each ``dumps`` is a complete
-    pickle: each has a fresh pickler (``clear_memo`` costs as much as the
-    largest memo so far, on every call: 120 µs a schedule after one schedule
-    with 20,000 dependents), sharing the plan's cache of payloads.
+    pickle, sharing the plan's cache of payloads.  One pickler serves the
+    next ``dumps`` with its memo cleared (a fresh one costs a quarter of a
+    small schedule's pickling), unless its last pickle was over
+    ``REUSE_MAX_BYTES``: ``clear_memo`` costs as much as the largest memo so
+    far, on every call (120 µs a schedule after one schedule with 20,000
+    dependents), so a large pickle's pickler is dropped.
     """
 
     def __init__(self, per_task: tuple[type, ...] = ()) -> None:
         self._cache: dict = {}
         self._per_task = per_task
+        self._pickler: tuple[_BodyPickler, io.BytesIO] | None = None  # its memo cleared, for the next dumps
 
     def dumps(self, obj: Any) -> bytes:
-        buf = io.BytesIO()
+        pickler, buf = self._pickler or self._new()
+        self._pickler = None  # until this dumps ends well, with a small pickle
         try:
-            _BodyPickler(buf, self._cache, self._per_task).dump(obj)
-            return buf.getvalue()
+            pickler.dump(obj)
         except (pickle.PicklingError, AttributeError, TypeError):
             return cloudpickle.dumps(obj, protocol=5)
+        data = buf.getvalue()
+        if len(data) <= REUSE_MAX_BYTES:
+            buf.seek(0)
+            buf.truncate()
+            pickler.clear_memo()
+            self._pickler = pickler, buf
+        return data
+
+    def _new(self) -> tuple[_BodyPickler, io.BytesIO]:
+        buf = io.BytesIO()
+        return _BodyPickler(buf, self._cache, self._per_task), buf
 
 
 class _BodyPickler(pickle.Pickler):
