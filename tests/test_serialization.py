@@ -172,10 +172,38 @@ def test_a_callable_that_refers_to_itself_round_trips():
 
 def test_each_body_is_pickled_with_a_fresh_memo():
     """After one body with many objects, a small body's pickle is as small as ever
-    (no memo entries carried over) -- and the pickler's memo is not cleared in place,
-    which costs as much as the largest memo so far on every call."""
+    (no memo entries carried over) -- and the pickler that made the large one is not
+    reused: clearing its memo would cost as much as the largest memo so far, on every call."""
+    pickler = serialization.BodyPickler()
+    shared = "a string both bodies hold"
+    small = pickler.dumps((operator.add, shared, 2))
+    assert pickler._pickler is not None  # kept for the next body
+    assert pickler.dumps((operator.add, shared, 2)) == small
+    pickler.dumps([str(i) for i in range(20_000)])
+    assert pickler._pickler is None
+    assert pickler.dumps((operator.add, shared, 2)) == small
+
+
+def test_a_body_pickler_is_usable_after_a_body_it_refused():
     pickler = serialization.BodyPickler()
     small = pickler.dumps((operator.add, 1, 2))
-    pickler.dumps([str(i) for i in range(20_000)])
+    assert serialization.loads_function(pickler.dumps([np, 1])) == [np, 1]  # refused: cloudpickle
     assert pickler.dumps((operator.add, 1, 2)) == small
-    assert not hasattr(pickler, "_pickler")
+
+
+def test_a_dask_task_travels_as_its_definition():
+    """Dependencies, token and repr are made again where the task runs, not sent."""
+    from dask.task_spec import Task, TaskRef
+
+    tasks = [
+        Task("sum", operator.add, TaskRef("a"), 1, _data_producer=True),
+        Task("kw", dict, x=TaskRef("b"), y=2),
+    ]
+    for t in tasks:
+        repr(t), hash(t)  # cache the repr and token Dask's own pickling would carry
+    blob = serialization.BodyPickler().dumps(tasks)
+    assert b"<Task" not in blob
+    added, made = serialization.loads_function(blob)
+    assert type(added) is Task and added.key == "sum" and added.dependencies == {"a"} and added.data_producer
+    assert made.dependencies == {"b"} and not made.data_producer
+    assert added({"a": 2}) == 3 and made({"b": 1}) == {"x": 1, "y": 2}
