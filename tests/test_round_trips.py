@@ -8,6 +8,7 @@ invocation is acknowledged with one ``LREM`` when it exits.
 from __future__ import annotations
 
 import operator
+import time
 
 from wukong.backends.local import LEAF_GROUPS_PER_WORKER
 
@@ -96,13 +97,18 @@ def test_a_chain_holds_back_the_arrivals_of_its_tasks_at_a_fanin(cluster, client
     assert arrivals < n // 2, f"{arrivals} arrivals; one per task: {n}"
 
 
+def slow_add(a, b):
+    time.sleep(0.05)  # long enough for the client to queue every leaf before the first exits
+    return a + b
+
+
 def test_a_busy_executor_takes_its_next_invocation_with_its_exit(cluster, client):
     # Many more leaf invocations than executors: an executor that exits while others wait
     # in the queue takes the next one in its exit's round trip (LMOVE), not with a
     # blocking pop of its own (BLMOVE) after it.
     executors = cluster.n_workers * cluster.threads_per_worker
     groups = LEAF_GROUPS_PER_WORKER * executors
-    dsk = {f"l{i}": (operator.add, i, 1) for i in range(groups)}
+    dsk = {f"l{i}": (slow_add, i, 1) for i in range(groups)}
     dsk["total"] = (sum, [f"l{i}" for i in range(groups)])
     client.get(dsk, "total")  # warm
     before_pops, before_exits = calls(cluster, "blmove"), calls(cluster, "lrem")
