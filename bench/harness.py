@@ -541,18 +541,12 @@ def run(
     started: list[System] = []
     try:
         started = start_systems(systems, progress)
-        # What the harness imported and started is no workload's garbage: frozen, as wukong's
-        # workers freeze theirs after start-up, so the collection before each run (``_compute``)
-        # and the runs' own collections in this process scan only what the workloads made.
-        gc.collect()
-        gc.freeze()
         results["startup_s"] = {s.name: s.startup_s for s in started if s.startup_s is not None}
         results["blas_threads"] = {s.name: s.blas_threads for s in started}
         for name in only:
             results["workloads"][name] = run_workload(name, size, started, repeat, timeout, progress)
             report.write_json(results, paths)
     finally:
-        gc.unfreeze()
         progress.finish()
         for s in reversed(started):
             try:

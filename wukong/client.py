@@ -363,10 +363,17 @@ class Client:
         await asyncio.get_running_loop().run_in_executor(None, self.close)  # close joins threads: not on the loop
 
 
+_gc_lock = threading.Lock()
+_gc_jobs = 0  # jobs inside ``gc_thawed``
+_gc_ours = False  # nothing was frozen when the first of them began: what is frozen is theirs
+
+
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
     """No cyclic garbage collection while a job is planned and submitted; what
-    planning made is frozen (``gc.freeze``) until the job ends (``gc_thawed``).
+    planning made is frozen (``gc.freeze``) until the job ends (``gc_thawed``),
+    unless the caller had frozen objects of its own: those are not ours to
+    thaw, and ours could not be told apart from them.
 
     Planning makes a few objects per task and frees little; at a million tasks
     the collector's full passes over them cost about a third of the client's
@@ -380,22 +387,32 @@ def gc_paused() -> Iterator[None]:
     try:
         yield
     finally:
-        gc.freeze()
+        if _gc_ours:
+            gc.freeze()
         if enabled:
             gc.enable()
 
 
 @contextlib.contextmanager
 def gc_thawed() -> Iterator[None]:
-    """Around a job: what ``gc_paused`` froze is collectable again once it ends
-    (unless something was frozen before: the caller's own ``gc.freeze``, or
-    another job's that is still running)."""
-    frozen = gc.get_freeze_count()
+    """Around a job: what ``gc_paused`` froze is collectable again once the last
+    of the jobs running together ends.  When the first of them began with
+    objects already frozen (the caller's own ``gc.freeze``), nothing is frozen
+    or thawed: thawing would undo the caller's freeze, and never thawing made
+    each job's planning garbage permanent (and every later job slower: the
+    frozen list grew by a job's objects each time)."""
+    global _gc_jobs, _gc_ours
+    with _gc_lock:
+        if _gc_jobs == 0:
+            _gc_ours = gc.get_freeze_count() == 0  # walks the caller's frozen objects: once per batch of jobs
+        _gc_jobs += 1
     try:
         yield
     finally:
-        if not frozen:
-            gc.unfreeze()
+        with _gc_lock:
+            _gc_jobs -= 1
+            if _gc_jobs == 0 and _gc_ours:
+                gc.unfreeze()
 
 
 class _Starting:
