@@ -71,7 +71,7 @@ Events for the client (results, errors, tasks done, the ids of invocations
 made and of this one when it exits) go on the job's stream in the same
 pipelines as the executor's other writes; from the ids the client knows when
 every invocation of the job has ended, and which to send again if lost.  The
-counts carry, batched, each task's (id, start, end, bytes fetched), this
+counts carry, batched, each task's (id, start, end, CPU seconds, bytes fetched), this
 worker's id, and the bytes stored and fan-in round trips since the last
 report; the exit's adds when the invocation was sent, picked up and ended,
 and its sleeps until a held output's next ask (``pause_holding``): the
