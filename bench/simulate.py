@@ -23,6 +23,7 @@ import statistics
 import time
 from typing import Any
 
+import dask
 import dask.array as da
 from dask import delayed
 
@@ -416,7 +417,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--detail", action="store_true", help="validation: measured against simulated, by kind of task")
     p.add_argument("--gemm-chunk", type=int, default=2500)
     args = p.parse_args(argv)
-    predict(args) if args.predict else validate(args)
+    # The model spreads every job; a repeated small job here would run solo (``wukong.durations``):
+    # the calibration's jobs of many invocations and the measured runs must be spread too.
+    with dask.config.set({"wukong.solo-work": None}):
+        predict(args) if args.predict else validate(args)
     return 0
 
 

@@ -12,6 +12,7 @@ import os
 import signal
 from contextlib import contextmanager
 
+import dask
 import psutil
 import pytest
 from hypothesis import strategies as st
@@ -24,6 +25,12 @@ from wukong.store.server import RedisServer
 # signal that nobody sees -- and a script holding the GIL running forever.
 if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+# Tests of spread jobs run the same tiny tasks again and again: learned durations would
+# make most of them solo (``wukong.durations``) and leave the spread paths untested.
+# ``tests/test_solo.py`` turns it on; Dask's suites and the example scripts keep it on.
+dask.config.set({"wukong.solo-work": None})
 
 
 def job_keys(cluster: LocalCluster) -> list[bytes]:

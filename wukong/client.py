@@ -48,6 +48,7 @@ from wukong import protocol, serialization, task_warnings, versions
 from wukong.backends.base import Backend, launch
 from wukong.cost import cost_summary
 from wukong.diagnostics import DaskCallbacks, InvocationRun, JobRecord, TaskRun, active_callbacks, note
+from wukong.durations import TaskDurations
 from wukong.errors import JobCancelled, JobFailed, task_error
 from wukong.futures import Future, Futures, as_completed, submit_graph, task_key, until_done, wait
 from wukong.graph import acquire_dask_defaults, dask_defaults, flatten_keys, prepare, release_dask_defaults
@@ -124,6 +125,7 @@ class Client:
         self._release = weakref.finalize(self, release_dask_defaults)
         self.jobs: deque[JobRecord] = deque(maxlen=wukong_config.get("jobs-kept", 20))
         self.futures = Futures(self)
+        self.durations = TaskDurations()  # what tasks took here, for the solo decision (``wukong.durations``)
         self._as_default: Any = None
         if set_as_default:
             import dask
@@ -207,6 +209,8 @@ class Client:
                 job_plan = plan(order, graph, outputs) if order else None
             if job_plan is None:  # nothing to run (``get({}, [])``): what Dask's own schedulers return
                 return {}
+            if self.durations.solo(order, job_plan.nschedules, wukong_config.get("solo-work", None)):
+                options = {**options, "solo": True}
             t1 = time.perf_counter()
             dask_cbs = DaskCallbacks(callbacks, graph, outputs, order) if callbacks else None
             if dask_cbs is not None and dask_cbs.shows_progress:
@@ -235,7 +239,8 @@ class Client:
                 if dask_cbs is not None:
                     dask_cbs.finish(record.status != "running")
             record.status = "finished"
-            self.last_job = {"tasks": len(order), "schedules": job_plan.nschedules}
+            self.durations.learn((t.key, t.end - t.start) for t in record.tasks)
+            self.last_job = {"tasks": len(order), "schedules": job_plan.nschedules, "solo": "solo" in options}
             self.last_job.update(plan_s=t1 - t0, run_s=record.run_s)
             cost = self.backend.job_cost(job.durations)
             if cost is not None:
@@ -559,11 +564,14 @@ class Job:
         p, keys, store = self.plan, self.keys, self.store
         self.primaries = store.primary_ids() if store.cluster is not None else set()
         self.check_backend()
-        groups = group_leaves(list(range(len(p.leaf_schedules))), self.backend.leaf_groups)  # leaf indexes
+        solo = bool(self.options.get("solo"))  # one invocation runs it all (``wukong.durations``)
+        leaves = list(range(len(p.leaf_schedules)))  # leaf indexes
+        groups = [leaves] if solo else group_leaves(leaves, self.backend.leaf_groups)
         # One invocation per leaf (Lambda): all of them go in one launch once every schedule
         # is written, so a wide one is one invoker tree (O(branching) requests of the client)
-        # rather than a tree per streamed step.
-        streamed = self.backend.leaf_groups is not None
+        # rather than a tree per streamed step.  A solo invocation reads every schedule as
+        # it starts: it is sent once all are written.
+        streamed = self.backend.leaf_groups is not None and not solo
         batch = store.batch()
         batch.mds("set", keys.options, json.dumps(self.options), store.ttl)
         protocol.emit_start(batch, keys, store.ttl)
@@ -582,6 +590,8 @@ class Job:
             starts = []
             while g < len(groups) and p.ready[groups[g][-1]] <= done and (streamed or done == p.nschedules):
                 group = [p.leaf_schedules[i] for i in groups[g]]
+                if solo:  # and every other schedule (leaf schedules come first: ``scheduler.plan``)
+                    group += range(len(p.leaf_schedules), p.nschedules)
                 starts.append(Invocation(keys.job, group[0], 0, {}, (), tuple(group[1:])))
                 g += 1
             if starts and store.cluster is None:  # one MDS server runs the pipeline in order:

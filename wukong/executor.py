@@ -54,6 +54,9 @@ executor then schedules itself:
   dependents and starts the others in ``executors - 1`` invocations at most.
 * With nothing ready and nothing held it exits: it never waits for another
   executor, but for a held output's fan-in, ``delayed_io_wait`` at most.
+* A solo invocation (option ``solo``, ``wukong.durations``) runs the whole job:
+  it names every schedule, starts the leaf ones, and counts each fan-in's
+  arrivals in memory (``finish_solo``); it writes nothing but the results.
 * Executors that are threads of one local worker process share an object
   table (``wukong.store.objects``): an output stored in the KVS is also put
   there, and an input found there is taken by reference, not read and
@@ -327,6 +330,8 @@ class _Run:
         self.fetched: dict[int, int] = {}  # tid -> bytes read from the KVS, until a task here uses it
         # values that stay on this machine (shared memory) are not worth compressing
         self.compress = self.store.shm_dir is None
+        self.solo = False  # this invocation runs the whole job (option ``solo``: ``finish_solo``)
+        self.arrived: dict[int, int] = {}  # solo: fan-in -> parents run so far
 
     # -- round trips ---------------------------------------------------------
     def send(self, batch: Batch) -> Batch:
@@ -387,6 +392,7 @@ class _Run:
         if h_opts is not None:
             self.ex.options[inv.job] = json.loads(batch[h_opts]) if batch[h_opts] else {}
         self.opts = self.ex.options[inv.job]
+        self.solo = bool(self.opts.get("solo"))
         for s, h in h_scheds:
             if batch[h] is None:
                 raise JobGone()
@@ -396,7 +402,10 @@ class _Run:
         self.data.update(shared)
         for t, h in zip(remote, h_remote, strict=False):
             self.data[t] = self.load_remote(t, batch[h])
-        for s in reversed(inv.more):  # the stack runs them in order, after the first
+        more = inv.more
+        if self.solo:  # it names every schedule: the leaf ones start here, the others are reached
+            more = tuple(s for s in more if not self.scheds[s].records[0].deps)
+        for s in reversed(more):  # the stack runs them in order, after the first
             self.push(s, 0)
         self.push(inv.sched, inv.pos)
 
@@ -534,6 +543,9 @@ class _Run:
 
     def finish(self, sid: int, pos: int, rec: TaskRecord, result: Any) -> None:
         """A task is done: publish its output, notify its fan-ins, become a ready dependent."""
+        if self.solo:
+            self.finish_solo(sid, pos, rec, result)
+            return
         out = _Output(self, rec.tid, self.scheds[sid].body(pos)[0].key, result)
         stored_result = self.publish(out) if rec.flags & OUTPUT else False
         ready = [c for c in rec.dependents if c.ndeps == 1]
@@ -575,6 +587,47 @@ class _Run:
             batch = self.store.batch()
         if ready:
             self.become(batch, sid, pos, out, ready, here)
+
+    def finish_solo(self, sid: int, pos: int, rec: TaskRecord, result: Any) -> None:
+        """A task of a solo invocation is done (every task of the job runs here,
+        ``wukong.durations``): publish its output if requested; a fan-in is ready
+        when its last parent has run here (counted in ``arrived``, not by the MDS);
+        nothing else is written.  Each parent that arrived before the last keeps
+        its value held (a reference) until the fan-in is on the stack."""
+        tid = rec.tid
+        if rec.flags & OUTPUT:
+            out = _Output(self, tid, self.scheds[sid].body(pos)[0].key, result)
+            if self.publish(out):  # too large for the stream: the client reads it from the KVS
+                self.store_output(self.pending, out)
+                protocol.emit_stored_result(self.pending, self.keys, tid)
+        ready = []
+        waiting = 0  # fan-ins still short of parents, holding this value
+        arrived = self.arrived
+        for c in rec.dependents:
+            if c.ndeps == 1:
+                ready.append(c)
+                continue
+            n = arrived.get(c.tid, 0) + 1
+            if n < c.ndeps:
+                arrived[c.tid] = n
+                waiting += 1
+            else:
+                arrived.pop(c.tid, None)
+                ready.append(c)
+        if not ready and not waiting:
+            return
+        self.data[tid] = result
+        refs = self.refs
+        refs[tid] = refs.get(tid, 0) + waiting
+        for c in reversed(ready):  # the next on this schedule runs first
+            self.push(c.sched, c.pos)
+        for c in ready:
+            if c.ndeps > 1:
+                for d in self.scheds[c.sched].records[c.pos].deps:
+                    if d != tid:
+                        refs[d] -= 1  # the hold its arrival took: ``push`` took its own
+        if refs[tid] == 0:
+            del refs[tid], self.data[tid]
 
     def publish(self, out: _Output) -> bool:
         """Send a requested result to the client on the job's stream; ``True`` when it is

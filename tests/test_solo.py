@@ -1,0 +1,172 @@
+"""Solo jobs (``wukong.durations``): a job whose tasks are known to be short runs as
+one invocation that counts its fan-ins in memory; results as when spread, also
+when tasks fail, results are large or held, and executors crash or repeat."""
+
+import time
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+from conftest import dags, job_keys
+from hypothesis import HealthCheck, given, settings
+
+from wukong import Client, LocalCluster, TaskError
+from wukong.durations import SOLO_MAX_SCHEDULES, TaskDurations
+
+SOLO = {"wukong.solo-work": 1e9}  # any job whose task prefixes are known runs solo
+
+
+def inc(x):
+    return x + 1
+
+
+def add(*xs):
+    return sum(xs)
+
+
+def fail(x):
+    raise ValueError(f"no thanks: {x}")
+
+
+# a leaf fanning out to two, both read by a fan-in, and a second leaf feeding it too
+DIAMOND = {
+    "a-1": (inc, 0),
+    "a-2": (inc, 5),
+    "b-1": (inc, "a-1"),
+    "b-2": (inc, "a-1"),
+    "c-1": (add, "b-1", "b-2", "a-2"),
+}
+
+
+def test_durations_learn_by_prefix_and_estimate():
+    d = TaskDurations()
+    assert not d.solo(["x-1", "x-2"], 2, 1.0)  # nothing known yet
+    d.learn([(("x-01", 0), 0.01), (("x-01", 1), 0.03), ("y-2", 0.5)])
+    assert d.mean == {"x": pytest.approx(0.02), "y": 0.5}
+    assert d.solo([("x-1", 5), ("x-1", 6)], 2, 0.05)
+    assert not d.solo([("x-1", 5), ("x-1", 6), ("x-1", 7)], 2, 0.05)  # 0.06 s in all
+    assert not d.solo([("x-1", 5), "z-1"], 2, 1.0)  # a prefix never seen
+    assert not d.solo([("x-1", 5)], 2, None)  # turned off
+    assert not d.solo([("x-1", 5)], 1, 1.0)  # one schedule is one invocation anyway
+    assert not d.solo([("x-1", 5)], SOLO_MAX_SCHEDULES + 1, 1.0)
+    d.learn([("x-9", 0.04)])
+    assert d.mean["x"] == pytest.approx(0.03)  # half way to the new job's mean
+
+
+@pytest.fixture
+def solo_client(cluster):
+    client = Client(cluster, progress=False)
+    with dask.config.set(SOLO):
+        yield client
+    client.close()  # releases the futures' held results
+    assert job_keys(cluster) == [], "a job or a future left keys behind"
+
+
+def test_a_known_short_job_runs_as_one_invocation_writing_no_data(solo_client):
+    expected = dask.get(DIAMOND, ["c-1", "b-2"])
+    assert solo_client.get(DIAMOND, ["c-1", "b-2"]) == expected
+    assert not solo_client.last_job["solo"]  # the first run learns what the tasks take
+    assert solo_client.get(DIAMOND, ["c-1", "b-2"]) == expected
+    record = solo_client.jobs[-1]
+    assert solo_client.last_job["solo"]
+    assert (record.invocations, record.fanin_round_trips, record.bytes_stored) == (1, 0, 0)
+    assert sorted(t.key for t in record.tasks) == sorted(DIAMOND)  # each task once
+
+
+def test_off_and_unknown_prefixes_spread(cluster):
+    client = Client(cluster, progress=False)
+    with dask.config.set({"wukong.solo-work": None}):
+        client.get(DIAMOND, ["c-1"])
+        client.get(DIAMOND, ["c-1"])
+        assert not client.last_job["solo"]
+    with dask.config.set(SOLO):
+        client.get(DIAMOND, ["c-1"])
+        assert client.last_job["solo"]
+        client.get({**DIAMOND, "d-1": (inc, "c-1")}, ["d-1"])  # ``d`` never ran
+        assert not client.last_job["solo"]
+
+
+def test_a_dask_array_job_solo_equals_spread(solo_client):
+    x = da.from_array(np.arange(400.0).reshape(20, 20), chunks=5)
+    y = (x @ x.T + x.sum(axis=0)).std()
+    expected = y.compute(scheduler="sync")
+    assert y.compute(scheduler=solo_client) == pytest.approx(expected)
+    assert y.compute(scheduler=solo_client) == pytest.approx(expected)
+    assert solo_client.last_job["solo"]
+
+
+def test_large_results_of_a_solo_job_are_read_from_the_store(solo_client):
+    x = da.ones((600, 600), chunks=300) + 1  # results of 720 kB: through shared memory, not the stream
+    first = x.compute(scheduler=solo_client)
+    again = x.compute(scheduler=solo_client)
+    assert solo_client.last_job["solo"]
+    np.testing.assert_array_equal(again, first)
+    np.testing.assert_array_equal(again, np.full((600, 600), 2.0))
+
+
+def test_a_failing_task_in_a_solo_job_is_named(solo_client):
+    solo_client.get(DIAMOND, ["c-1"])
+    with pytest.raises(TaskError) as info:
+        solo_client.get({**DIAMOND, "b-2": (fail, "a-1")}, ["c-1"])  # ``b`` is known: solo
+    assert solo_client.jobs[-1].invocations == 1
+    assert "b-2" in str(info.value) and "no thanks: 1" in str(info.value)
+
+
+def ended(record):
+    deadline = time.monotonic() + 10
+    while record.status == "running" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return record
+
+
+def test_persist_in_a_solo_job(solo_client):
+    x = da.arange(100, chunks=10) * 2
+    y = (x + x[::-1]).sum()
+    solo_client.compute(y, sync=True)
+    ended(solo_client.jobs[-1])  # the result comes before the job ends, and learns
+    future = solo_client.compute(y)  # its result is held in the KV store
+    assert future.result() == 2 * 99 * 100
+    record = ended(solo_client.jobs[-1])
+    assert (record.status, record.invocations, record.fanin_round_trips) == ("finished", 1, 0)
+    future.release()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(dags(max_tasks=200))
+def test_random_dags_solo_equal_sync(solo_client, dag):
+    dsk, outputs = dag
+    expected = dask.get(dsk, outputs)
+    solo_client.get(dsk, outputs)  # learns what ``t`` tasks take
+    assert solo_client.get(dsk, outputs) == expected
+    assert solo_client.last_job["solo"] or not 1 < solo_client.last_job["schedules"] <= SOLO_MAX_SCHEDULES
+
+
+@pytest.mark.parametrize("faults", [{"crash": 0.1}, {"crash": 0.1, "duplicate": 1.0, "drop": 0.05}])
+def test_random_dags_solo_under_faults_equal_sync(faults):
+    with dask.config.set(SOLO), LocalCluster(n_workers=2, faults=faults, lease_ms=300) as cluster:
+        client = Client(cluster, progress=False)
+        solos = []
+
+        @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(dags(max_tasks=120, max_parents=5, max_outputs=4))
+        def check(dag):
+            dsk, outputs = dag
+            expected = dask.get(dsk, outputs)
+            assert client.get(dsk, outputs, timeout=60) == expected
+            assert client.get(dsk, outputs, timeout=60) == expected
+            solos.append(client.last_job["solo"])
+            assert job_keys(cluster) == []
+
+        check()
+        assert any(solos)
+
+
+def test_a_solo_job_on_the_lambda_backend(lambda_cluster):
+    client = Client(lambda_cluster, progress=False)
+    expected = dask.get(DIAMOND, ["c-1", "b-2"])
+    with dask.config.set(SOLO):
+        assert client.get(DIAMOND, ["c-1", "b-2"]) == expected
+        assert client.get(DIAMOND, ["c-1", "b-2"]) == expected
+    assert client.last_job["solo"] and client.jobs[-1].invocations == 1
+    assert job_keys(lambda_cluster) == []

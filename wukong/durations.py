@@ -1,0 +1,73 @@
+"""What tasks took the last times they ran, by key prefix, and the jobs small
+enough to run on one executor ("solo").
+
+A job spread over executors pays for it: each invocation costs a queue or
+invoke round trip and a start, each fan-in arrival a round trip, each value
+read elsewhere a write and a read.  On a job whose tasks take a few
+milliseconds in all, that is most of its time, and more than the parallelism
+can win back: spread over ``E`` executors, ``W`` seconds of work finish at
+best ``W * (1 - 1/E)`` sooner.  Such a job runs as one invocation (``solo``):
+the executor runs every task from its own stack, counts fan-in arrivals in
+its memory and writes nothing but the results.
+
+Dask's distributed scheduler learns task durations the same way (by key
+prefix, ``key_split``); as there, a prefix never seen before makes the
+estimate unknown, and an unknown job is spread.  So the first run of a graph
+is never solo; runs after it are when their tasks took less than
+``wukong.solo-work`` seconds in all (measured on the executors: the time in
+the tasks, not wukong's).  The default, 0.1 s, is where the small bench's
+graphs part: tree, QR and Cholesky took 8-70 ms of tasks in all, TSQR, SVD,
+SVC and svd_compressed 0.7-2 s; on two executors 0.1 s of work gains 50 ms
+at best from spreading, about what a spread job's round trips and starts
+cost on one machine (QR: 36 ms spread, 28 ms solo; Cholesky: 60 against 44).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable, Sequence
+
+from dask.utils import key_split
+
+SOLO_MAX_TASKS = 4096  # larger jobs are never estimated: the estimate costs ~1 µs a task
+# A solo invocation reads every schedule as it starts, so it is sent once all are written;
+# a spread job's first leaves start while the client writes the rest.  Past a few hundred
+# schedules that wins: a tree reduction of 1,024 numbers (512 schedules) took 84 ms solo
+# against 72 ms spread (``python -m bench --size small --only tree``).
+SOLO_MAX_SCHEDULES = 256
+LEARN_WEIGHT = 0.5  # a prefix's estimate moves this far towards each job's mean
+
+
+class TaskDurations:
+    """Mean seconds per task, by key prefix, over the jobs of one client."""
+
+    def __init__(self) -> None:
+        self.mean: dict[str, float] = {}
+
+    def learn(self, runs: Iterable[tuple[Hashable, float]]) -> None:
+        """Take in one job's (key, seconds) for each task it ran."""
+        total: dict[str, float] = {}
+        count: dict[str, int] = {}
+        for key, seconds in runs:
+            p = key_split(key)
+            total[p] = total.get(p, 0.0) + seconds
+            count[p] = count.get(p, 0) + 1
+        for p, t in total.items():
+            m = t / count[p]
+            old = self.mean.get(p)
+            self.mean[p] = m if old is None else old + LEARN_WEIGHT * (m - old)
+
+    def solo(self, keys: Sequence[Hashable], nschedules: int, limit: float | None) -> bool:
+        """Whether a job of the tasks ``keys`` in ``nschedules`` schedules runs solo: they
+        are known to take less than ``limit`` seconds in all, and there are few schedules
+        (one is a single invocation anyway)."""
+        if not limit or not self.mean or len(keys) > SOLO_MAX_TASKS or not 1 < nschedules <= SOLO_MAX_SCHEDULES:
+            return False
+        mean, total = self.mean, 0.0
+        for k in keys:
+            m = mean.get(key_split(k))
+            if m is None:
+                return False
+            total += m
+            if total >= limit:
+                return False
+        return True
