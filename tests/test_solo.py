@@ -54,6 +54,16 @@ def test_durations_learn_by_prefix_and_estimate():
     assert d.mean["x"] == pytest.approx(0.03)  # half way to the new job's mean
 
 
+def test_a_task_is_estimated_by_its_name_before_its_prefix():
+    d = TaskDurations()
+    d.learn([(("random_sample-b1g", i), 0.05) for i in range(8)])  # a TSQR's chunks
+    d.learn([(("random_sample-5ma11", i), 0.001) for i in range(8)])  # a small QR's
+    assert d.estimate(("random_sample-5ma11", 3)) == 0.001
+    assert d.estimate(("random_sample-n3w", 0)) == pytest.approx(0.0255)  # the prefix's
+    assert d.solo([("random_sample-5ma11", i) for i in range(8)], 8, 0.01)
+    assert not d.solo([("random_sample-n3w", i) for i in range(8)], 8, 0.01)
+
+
 @pytest.fixture
 def solo_client(cluster):
     client = Client(cluster, progress=False)

@@ -10,10 +10,16 @@ best ``W * (1 - 1/E)`` sooner.  Such a job runs as one invocation (``solo``):
 the executor runs every task from its own stack, counts fan-in arrivals in
 its memory and writes nothing but the results.
 
-Dask's distributed scheduler learns task durations the same way (by key
-prefix, ``key_split``); as there, a prefix never seen before makes the
-estimate unknown, and an unknown job is spread.  So the first run of a graph
-is never solo; runs after it are when their tasks took less than
+Durations are learned from the job records, per task name (a key's first
+element: ``"random_sample-f945…"``, the same for every chunk of one array)
+and per key prefix (``key_split``: ``"random_sample"``, as Dask's
+distributed scheduler keeps them).  A task is estimated by its name when
+that ran before (the same graph again: the common case of an interactive
+session, and of a benchmark's runs), else by its prefix: a prefix covers
+chunks of any size, and a QR of 128² must not be estimated by the 8192×64
+``random_sample`` chunks of a TSQR run before it.  A task whose prefix never
+ran makes the estimate unknown, and an unknown job is spread: the first run
+of a graph is never solo; runs after it are when their tasks took less than
 ``wukong.solo-work`` seconds in all (measured on the executors: the time in
 the tasks, not wukong's).  The default, 0.1 s, is where the small bench's
 graphs part: tree, QR and Cholesky took 8-70 ms of tasks in all, TSQR, SVD,
@@ -24,10 +30,12 @@ cost on one machine (QR: 36 ms spread, 28 ms solo; Cholesky: 60 against 44).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Sequence
 
 from dask.utils import key_split
 
+NAMES_KEPT = 10_000  # task names remembered (the least recently learned are forgotten first)
 SOLO_MAX_TASKS = 4096  # larger jobs are never estimated: the estimate costs ~1 µs a task
 # A solo invocation reads every schedule as it starts, so it is sent once all are written;
 # a spread job's first leaves start while the client writes the rest.  Past a few hundred
@@ -38,23 +46,39 @@ LEARN_WEIGHT = 0.5  # a prefix's estimate moves this far towards each job's mean
 
 
 class TaskDurations:
-    """Mean seconds per task, by key prefix, over the jobs of one client."""
+    """Mean seconds per task, by task name and by key prefix, over the jobs of one client."""
 
     def __init__(self) -> None:
-        self.mean: dict[str, float] = {}
+        self.by_name: OrderedDict[str, float] = OrderedDict()
+        self.mean: dict[str, float] = {}  # by prefix
 
     def learn(self, runs: Iterable[tuple[Hashable, float]]) -> None:
         """Take in one job's (key, seconds) for each task it ran."""
-        total: dict[str, float] = {}
-        count: dict[str, int] = {}
+        total: dict[str, list] = {}  # name -> [seconds, tasks]
         for key, seconds in runs:
-            p = key_split(key)
-            total[p] = total.get(p, 0.0) + seconds
-            count[p] = count.get(p, 0) + 1
-        for p, t in total.items():
-            m = t / count[p]
-            old = self.mean.get(p)
-            self.mean[p] = m if old is None else old + LEARN_WEIGHT * (m - old)
+            t = total.get(n := _name(key))
+            if t is None:
+                total[n] = [seconds, 1]
+            else:
+                t[0] += seconds
+                t[1] += 1
+        prefixes: dict[str, list] = {}
+        for n, (seconds, count) in total.items():
+            _update(self.by_name, n, seconds / count)
+            self.by_name.move_to_end(n)
+            t = prefixes.setdefault(key_split(n), [0.0, 0])
+            t[0] += seconds
+            t[1] += count
+        for p, (seconds, count) in prefixes.items():
+            _update(self.mean, p, seconds / count)
+        while len(self.by_name) > NAMES_KEPT:
+            self.by_name.popitem(last=False)
+
+    def estimate(self, key: Hashable) -> float | None:
+        """Seconds ``key``'s task is expected to take (``None``: unknown)."""
+        n = _name(key)
+        m = self.by_name.get(n)
+        return m if m is not None else self.mean.get(key_split(n))
 
     def solo(self, keys: Sequence[Hashable], nschedules: int, limit: float | None) -> bool:
         """Whether a job of the tasks ``keys`` in ``nschedules`` schedules runs solo: they
@@ -62,12 +86,24 @@ class TaskDurations:
         (one is a single invocation anyway)."""
         if not limit or not self.mean or len(keys) > SOLO_MAX_TASKS or not 1 < nschedules <= SOLO_MAX_SCHEDULES:
             return False
-        mean, total = self.mean, 0.0
+        total = 0.0
         for k in keys:
-            m = mean.get(key_split(k))
+            m = self.estimate(k)
             if m is None:
                 return False
             total += m
             if total >= limit:
                 return False
         return True
+
+
+def _name(key: Hashable) -> str:
+    """A task's name: a tuple key's first element (its collection's), or the key."""
+    if type(key) is tuple:
+        key = key[0]
+    return key if type(key) is str else str(key)
+
+
+def _update(means: dict[str, float], name: str, m: float) -> None:
+    old = means.get(name)
+    means[name] = m if old is None else old + LEARN_WEIGHT * (m - old)
