@@ -15,8 +15,9 @@ that scheduler.
 
 ``--route=wukong`` sends graphs to a wukong ``Client`` on a ``LocalCluster`` made
 for the session; ``--route=sync`` to Dask's synchronous scheduler (the baseline,
-through the same interception).  Every routed graph is counted per test, and
-``--route-report=FILE`` writes ``{nodeid: [outcome, graphs routed]}`` as JSON.
+through the same interception).  Every routed graph is counted per test (and
+those wukong ran solo, as one invocation: ``wukong.durations``), and
+``--route-report=FILE`` writes ``{nodeid: [outcome, graphs routed, of them solo]}`` as JSON.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import pytest
 
 ROUTED_NAMES = ("sync", "synchronous", "single-threaded", "threads", "threading", "processes", "multiprocessing")
 
-_state: dict[str, Any] = {"count": 0, "per_test": {}, "client": None, "cluster": None}
+_state: dict[str, Any] = {"count": 0, "solo": 0, "per_test": {}, "client": None, "cluster": None}
 
 
 def pytest_addoption(parser: Any) -> None:
@@ -39,7 +40,11 @@ def pytest_addoption(parser: Any) -> None:
 def _routed_get(target: Any) -> Any:
     def get(dsk: Any, keys: Any, **kwargs: Any) -> Any:
         _state["count"] += 1
-        return target(dsk, keys, **kwargs)
+        result = target(dsk, keys, **kwargs)
+        client = _state["client"]
+        if client is not None and client.last_job.get("solo"):  # run as one invocation (wukong.durations)
+            _state["solo"] += 1
+        return result
 
     get.__name__ = "routed_get"
     return get
@@ -98,9 +103,10 @@ def pytest_runtest_protocol(item: Any, nextitem: Any) -> None:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_call(item: Any) -> Any:
-    before = _state["count"]
+    before, solo = _state["count"], _state["solo"]
     yield
-    _state["per_test"].setdefault(_names[item.nodeid], ["?", 0])[1] = _state["count"] - before
+    entry = _state["per_test"].setdefault(_names[item.nodeid], ["?", 0])
+    entry[1:] = [_state["count"] - before, _state["solo"] - solo]  # graphs routed, of them solo
 
 
 def pytest_runtest_logreport(report: Any) -> None:

@@ -124,7 +124,10 @@ def test_dasks_suites_pass_on_wukong_as_on_sync(tmp_path):
     passed = sum(v[0] == "passed" for v in wukong.values())
     routed = sum(1 for v in wukong.values() if v[0] == "passed" and v[1] > 0)
     graphs = sum(v[1] for v in wukong.values())
-    print(f"wukong: {passed} passed of {len(wukong)}; {routed} passing tests ran {graphs} graphs on wukong")
+    solo = sum(v[2] for v in wukong.values() if len(v) > 2)  # run as one invocation (wukong.durations)
+    print(
+        f"wukong: {passed} passed of {len(wukong)}; {routed} passing tests ran {graphs} graphs on wukong ({solo} solo)"
+    )
     if sync is not None:
         assert set(wukong) == set(sync)
         sync_fails = {k for k, v in sync.items() if v[0] == "failed"}
