@@ -21,7 +21,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 MARKER = b"\x00wukong-shm\x00"
-SHM_MIN = 1 << 20  # bytes; smaller values go through Redis, where a round trip costs less than a file
+# bytes; smaller values go through Redis.  Written, read and removed as in a job, fresh values
+# of 256 KiB cost 0.72-0.85x through a file what they cost through Redis, of 64-128 KiB
+# 0.77-1.12x (noise), of 1 MiB 0.50x; a Cholesky of 4000² (250² blocks, 500 kB) ran in
+# 6.4 s against 8.6 s with 1 MiB here (``python -m bench --size full --only cholesky``)
+SHM_MIN = 256 << 10
 
 
 def make_dir(cluster_id: str) -> str | None:
