@@ -12,6 +12,9 @@ For float64 arrays of a few sizes, microseconds per MB of:
 * ``memcpy (reused)``: copying it into memory already touched (the floor).
 
 Best of ``--repeat`` runs each.
+
+``--threshold``: what a fresh value of 64 KiB to 1 MiB costs written, read and removed
+through Redis and through a file, the measure behind ``shm.SHM_MIN``.
 """
 
 from __future__ import annotations
@@ -66,10 +69,62 @@ def measure(mb: float, repeat: int, directory: str) -> dict[str, float]:
     return {name: best_us(fn, repeat) / mb for name, fn in paths.items()}
 
 
+THRESHOLD_KIB = (64, 128, 256, 512, 1024)
+
+
+def file_or_redis(repeat: int, values: int = 40) -> dict[int, tuple[float, float]]:
+    """µs per value, through Redis and through a file (``shm.SHM_MIN``'s choice), for fresh
+    float64 values of ``THRESHOLD_KIB`` sizes on a ``LocalCluster``'s store: each serialized,
+    written (``Batch.kvs_set``), read back (``kvs_get_many``), unpickled and removed, as a job
+    does; ``values`` of them per measure, the median of ``repeat`` measures."""
+    import statistics
+
+    from wukong import LocalCluster
+
+    out = {}
+    default = shm.SHM_MIN
+    with LocalCluster(n_workers=1) as cluster:
+        store = cluster.store
+        for kib in THRESHOLD_KIB:
+            row = []
+            for threshold in (1 << 62, 1):  # Redis, then files
+                shm.SHM_MIN = threshold
+                times = []
+                for rep in range(repeat):
+                    blocks = [np.random.default_rng(rep).random(kib * 128) for _ in range(values)]
+                    keys = [f"wk:bench:{threshold}:{kib}:{rep}:{i}" for i in range(values)]
+                    t0 = time.perf_counter()
+                    for key, block in zip(keys, blocks, strict=True):
+                        b = store.batch()
+                        b.kvs_set(key, serialization.dumps_parts(block, compress=False))
+                        b.execute()
+                    for key in keys:
+                        b = store.batch()
+                        (h,) = b.kvs_get_many([key])
+                        serialization.loads(b.execute()[h])
+                    b = store.batch()
+                    for key in keys:
+                        b.add(store.kvs_server(key), "delete", key)
+                        shm.remove(store.shm_dir, key)
+                    b.execute()
+                    times.append((time.perf_counter() - t0) / values * 1e6)
+                row.append(statistics.median(times))
+            out[kib] = (row[0], row[1])
+    shm.SHM_MIN = default
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.dataplane", description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--threshold", action="store_true", help="Redis or a file, by value size (shm.SHM_MIN)")
     args = parser.parse_args(argv)
+    if args.threshold:
+        print(f"µs per value written, read and removed; load average {os.getloadavg()[0]:.2f}")
+        print(f"{'KiB':>6} {'Redis':>8} {'file':>8} {'file/Redis':>11}   (now from {shm.SHM_MIN >> 10} KiB: file)")
+        for kib, (redis_us, file_us) in file_or_redis(max(3, args.repeat // 4)).items():
+            print(f"{kib:>6} {redis_us:>8.0f} {file_us:>8.0f} {file_us / redis_us:>10.2f}x")
+        return
     directory = tempfile.mkdtemp(prefix="wukong-bench-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
     try:
         rows = {mb: measure(mb, args.repeat, directory) for mb in SIZES_MB}
