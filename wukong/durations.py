@@ -1,5 +1,5 @@
-"""What tasks took the last times they ran, by key prefix, and the jobs small
-enough to run on one executor ("solo").
+"""What tasks took the last times they ran, by task name and key prefix, and
+the jobs small enough to run on one executor ("solo").
 
 A job spread over executors pays for it: each invocation costs a queue or
 invoke round trip and a start, each fan-in arrival a round trip, each value
@@ -42,7 +42,7 @@ SOLO_MAX_TASKS = 4096  # larger jobs are never estimated: the estimate costs ~1 
 # schedules that wins: a tree reduction of 1,024 numbers (512 schedules) took 84 ms solo
 # against 72 ms spread (``python -m bench --size small --only tree``).
 SOLO_MAX_SCHEDULES = 256
-LEARN_WEIGHT = 0.5  # a prefix's estimate moves this far towards each job's mean
+LEARN_WEIGHT = 0.5  # an estimate moves this far towards each job's mean
 
 
 class TaskDurations:

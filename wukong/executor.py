@@ -619,7 +619,7 @@ class _Run:
         self.data[tid] = result
         refs = self.refs
         refs[tid] = refs.get(tid, 0) + waiting
-        for c in reversed(ready):  # the next on this schedule runs first
+        for c in reversed(ready):  # in their order: the first runs next
             self.push(c.sched, c.pos)
         for c in ready:
             if c.ndeps > 1:

@@ -21,11 +21,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 MARKER = b"\x00wukong-shm\x00"
-# bytes; smaller values go through Redis.  Written, read and removed as in a job, fresh values
-# of 256 KiB cost 0.74x through a file what they cost through Redis, of 128 KiB 0.92x, of
-# 64 KiB 1.02x, of 1 MiB 0.47x (``python -m bench.dataplane --threshold``, idle); a Cholesky of 4000² (250² blocks, 500 kB) ran in
-# 6.4 s against 10.8-11.6 s with 1 MiB here (``python -m bench --size full --only cholesky
-# --systems wukong``, the two alternating), with 1.7 round trips a task against 2.7
+# bytes; smaller values go through Redis.  Written, read and removed as in a job, fresh
+# values of 256 KiB cost 0.74x through a file what they cost through Redis, of 128 KiB
+# 0.92x, of 64 KiB 1.02x, of 1 MiB 0.47x (``python -m bench.dataplane --threshold``,
+# idle); a Cholesky of 4000² (250² blocks, 500 kB) ran in 6.4 s against 10.8-11.6 s with
+# 1 MiB here (``python -m bench --size full --only cholesky --systems wukong``, the two
+# alternating), with 1.7 round trips a task against 2.7
 SHM_MIN = 256 << 10
 
 
