@@ -301,20 +301,41 @@ def check_process_local(graph: Mapping[Key, GraphNode]) -> None:
     """
     if isinstance(graph, LegacyGraph):
         return  # none of its callables has a kind (``LegacyGraph.of``)
-    kinds: dict[int, str] = {}  # id(callable) -> its kind (``_kind``): each callable is looked at once
+    kinds = _Kinds()
     literals = _GraphLiterals(graph)  # a large literal, such as a store's target, is a key of its own
     for key, node in graph.items():
         if not isinstance(node, Task):
             continue
-        func = node.func
-        kind = kinds.get(id(func))
-        if kind is None:
-            kind = kinds[id(func)] = _kind(func)
+        kind = kinds[node.func]
         if kind == "subgraph" or _holds_tasks(node):
-            for inner_func, task, env in _tasks_within(node, literals):
-                _check_task(key, _kind(inner_func), task, env)
+            for inner_kind, task, env in _tasks_within(node, literals, kinds):
+                if inner_kind:
+                    _check_task(key, inner_kind, task, env)
         elif kind:
             _check_task(key, kind, node, literals)
+
+
+class _Kinds(dict):
+    """``_kind`` of each callable, looked at once (by id: the graph holds them while it is checked);
+    and whether a fused subgraph holds a task of a kind to check (once per subgraph: one
+    blockwise layer's chunks share theirs)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.subgraphs: dict[int, tuple[Any, bool]] = {}  # id -> (the subgraph, kept while its id is), any?
+
+    def __getitem__(self, func: Any) -> str:
+        kind = self.get(id(func))
+        if kind is None:
+            kind = self[id(func)] = _kind(func)
+        return kind
+
+    def within(self, inner: Mapping) -> bool:
+        hit = self.subgraphs.get(id(inner))
+        if hit is None:
+            found = any(k for t in inner.values() if isinstance(t, Task) for k, _, _ in _tasks_within(t, {}, self))
+            hit = self.subgraphs[id(inner)] = (inner, found)
+        return hit[1]
 
 
 def _kind(func: Any) -> str:
@@ -353,8 +374,8 @@ def _check_task(key: Key, kind: str, task: Task, env: Mapping) -> None:
         )
 
 
-def _tasks_within(node: Any, literals: Mapping) -> Iterator[tuple[Any, Any, Mapping]]:
-    """(callable, task, literal inputs by inner key) of ``node`` and of every task nested in it.
+def _tasks_within(node: Any, literals: Mapping, kinds: _Kinds) -> Iterator[tuple[str, Any, Mapping]]:
+    """(callable's kind, task, literal inputs by inner key) of ``node`` and of every task nested in it.
 
     A fused subgraph, ``_execute_subgraph(inner, outkey, inkeys, *inputs)``,
     runs ``inner``'s tasks with ``inkeys[i]`` bound to ``inputs[i]``: ``env``
@@ -363,13 +384,15 @@ def _tasks_within(node: Any, literals: Mapping) -> Iterator[tuple[Any, Any, Mapp
     stack: list[tuple[Any, Mapping]] = [(node, literals)]
     while stack:
         task, env = stack.pop()
-        func = task.func
-        if _kind(func) == "subgraph" and len(task.args) >= 3:
+        kind = kinds[task.func]
+        if kind == "subgraph" and len(task.args) >= 3:
             inner, _, inkeys, *inputs = task.args
+            if not kinds.within(inner):
+                continue
             inner_env = {k: _literal(v, env) for k, v in zip(inkeys, inputs, strict=False)}
             stack.extend((t, inner_env) for t in inner.values() if isinstance(t, Task))
             continue
-        yield func, task, env
+        yield kind, task, env
         stack.extend((a, env) for a in (*task.args, *task.kwargs.values()) if isinstance(a, Task))
 
 
