@@ -507,6 +507,29 @@ def test_a_task_holding_the_gil_past_its_task_timeout_is_ended_and_named(gil_wor
     _stuck_task_is_gone(gil_worker, path)
 
 
+def maybe_deadlock(path):
+    if path:
+        deadlock_holding_the_gil(path)
+    return 1
+
+
+@pytest.mark.timeout(120)
+def test_a_task_holding_the_gil_in_a_solo_job_is_ended_and_named(gil_worker, tmp_path):
+    """The watchdog reads the task's key from a solo job's plan blob (``protocol.pack_plan``)."""
+    path = tmp_path / "pids"
+
+    def graph(path):
+        return {"m-1": (maybe_deadlock, None), "m-2": (maybe_deadlock, path), "s-1": (sum, ["m-1", "m-2"])}
+
+    with dask.config.set({"wukong.solo-work": 1e9}), Client(gil_worker, progress=False) as client:
+        assert client.get(graph(None), "s-1") == 2  # learns that ``m`` and ``s`` are short
+        with pytest.raises(TaskError, match="exceeded its timeout of 1s") as info:
+            client.get(graph(str(path)), "s-1", task_timeout=1)
+        assert client.jobs[-1].solo
+    assert info.value.key == "m-2"
+    _stuck_task_is_gone(gil_worker, path)
+
+
 @pytest.mark.timeout(120)
 def test_cancelling_a_future_stops_its_task_holding_the_gil(gil_worker, tmp_path):
     path = tmp_path / "pids"

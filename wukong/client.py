@@ -217,7 +217,7 @@ class Client:
                 progress = False  # Dask's own bar is drawing
             job = Job(self, job_plan, progress, options, timeout, order, record, dask_cbs, on_held)
             record.job, record.ntasks, record.nschedules = job.keys.job, len(order), job_plan.nschedules
-            record.noutputs, record.plan_s = len(outputs), t1 - t0
+            record.noutputs, record.plan_s, record.solo = len(outputs), t1 - t0, "solo" in options
             self.jobs.append(record)
             note(record)  # open performance_report blocks
             if on_start is not None:
@@ -564,17 +564,18 @@ class Job:
         p, keys, store = self.plan, self.keys, self.store
         self.primaries = store.primary_ids() if store.cluster is not None else set()
         self.check_backend()
-        solo = bool(self.options.get("solo"))  # one invocation runs it all (``wukong.durations``)
-        leaves = list(range(len(p.leaf_schedules)))  # leaf indexes
-        groups = [leaves] if solo else group_leaves(leaves, self.backend.leaf_groups)
-        # One invocation per leaf (Lambda): all of them go in one launch once every schedule
-        # is written, so a wide one is one invoker tree (O(branching) requests of the client)
-        # rather than a tree per streamed step.  A solo invocation reads every schedule as
-        # it starts: it is sent once all are written.
-        streamed = self.backend.leaf_groups is not None and not solo
         batch = store.batch()
         batch.mds("set", keys.options, json.dumps(self.options), store.ttl)
         protocol.emit_start(batch, keys, store.ttl)
+        if self.options.get("solo"):  # one invocation runs it all (``wukong.durations``)
+            self.submit_solo(batch)
+            return
+        leaves = list(range(len(p.leaf_schedules)))  # leaf indexes
+        groups = group_leaves(leaves, self.backend.leaf_groups)
+        # One invocation per leaf (Lambda): all of them go in one launch once every schedule
+        # is written, so a wide one is one invoker tree (O(branching) requests of the client)
+        # rather than a tree per streamed step.
+        streamed = self.backend.leaf_groups is not None
         g = done = size = sent = 0  # groups invoked, schedules written, bytes pending, bytes written
         names: list[str] = []
         blobs: list[bytes] = []
@@ -590,8 +591,6 @@ class Job:
             starts = []
             while g < len(groups) and p.ready[groups[g][-1]] <= done and (streamed or done == p.nschedules):
                 group = [p.leaf_schedules[i] for i in groups[g]]
-                if solo:  # and every other schedule (leaf schedules come first: ``scheduler.plan``)
-                    group += range(len(p.leaf_schedules), p.nschedules)
                 starts.append(Invocation(keys.job, group[0], 0, {}, (), tuple(group[1:])))
                 g += 1
             if starts and store.cluster is None:  # one MDS server runs the pipeline in order:
@@ -602,6 +601,19 @@ class Job:
                     self.launch(starts)
             batch = store.batch()
         p.schedules = []  # the graph behind them is not kept for the run
+
+    def submit_solo(self, batch: Batch) -> None:
+        """A solo job: every schedule in one blob (``Schedules.whole``), and one invocation
+        that reads it (``protocol.WHOLE_JOB``), sent in the same round trip."""
+        p, keys, store = self.plan, self.keys, self.store
+        batch.set_many(store.mds_index, [keys.plan], [p.schedules.whole()])  # type: ignore[attr-defined]
+        p.schedules = []
+        start = Invocation(keys.job, p.leaf_schedules[0], 0, {}, (), protocol.WHOLE_JOB)
+        if store.cluster is None:  # one MDS server runs the pipeline in order
+            self.launch([start], batch)
+        else:
+            batch.execute()
+            self.launch([start])
 
     def launch(self, starts: list[Invocation], batch: Batch | None = None) -> None:
         """Invoke ``starts`` (with ``batch``'s commands first, in its round trip)."""
@@ -831,6 +843,9 @@ class Job:
             self.cleaned = True
         try:
             ids = set(self.starts) | self.exited | set(self.live)
-            self.store.delete_job(self.keys, p.ntasks, p.nschedules, p.fanins, ids)
+            if self.options.get("solo"):  # it wrote the plan blob, no schedule or fan-in key, only outputs' values
+                self.store.delete_job(self.keys, p.ntasks, 0, (), ids, stored=p.outputs)
+            else:
+                self.store.delete_job(self.keys, p.ntasks, p.nschedules, p.fanins, ids)
         except Exception:
             pass  # the TTL removes what we could not

@@ -168,6 +168,7 @@ class JobRecord:
     launch_s: float = 0.0  # from the job's start to its last leaf invoked (plan + writes + launch)
     run_s: float = 0.0
     invocations: int = 0
+    solo: bool = False  # run as one invocation (``wukong.durations``)
     bytes_stored: int = 0
     bytes_fetched: int = 0
     fanin_round_trips: int = 0

@@ -37,11 +37,6 @@ from dask.utils import key_split
 
 NAMES_KEPT = 10_000  # task names remembered (the least recently learned are forgotten first)
 SOLO_MAX_TASKS = 4096  # larger jobs are never estimated: the estimate costs ~1 µs a task
-# A solo invocation reads every schedule as it starts, so it is sent once all are written;
-# a spread job's first leaves start while the client writes the rest.  Past a few hundred
-# schedules that wins: a tree reduction of 1,024 numbers (512 schedules) took 84 ms solo
-# against 72 ms spread (``python -m bench --size small --only tree``).
-SOLO_MAX_SCHEDULES = 256
 LEARN_WEIGHT = 0.5  # an estimate moves this far towards each job's mean
 
 
@@ -82,9 +77,10 @@ class TaskDurations:
 
     def solo(self, keys: Sequence[Hashable], nschedules: int, limit: float | None) -> bool:
         """Whether a job of the tasks ``keys`` in ``nschedules`` schedules runs solo: they
-        are known to take less than ``limit`` seconds in all, and there are few schedules
-        (one is a single invocation anyway)."""
-        if not limit or not self.mean or len(keys) > SOLO_MAX_TASKS or not 1 < nschedules <= SOLO_MAX_SCHEDULES:
+        are known to take less than ``limit`` seconds in all (and there is more than one
+        schedule: one is a single invocation anyway).  However many schedules: a solo job's
+        are written and read as one blob (``Schedules.whole``)."""
+        if not limit or not self.mean or len(keys) > SOLO_MAX_TASKS or nschedules < 2:
             return False
         total = 0.0
         for k in keys:

@@ -55,8 +55,9 @@ executor then schedules itself:
 * With nothing ready and nothing held it exits: it never waits for another
   executor, but for a held output's fan-in, ``delayed_io_wait`` at most.
 * A solo invocation (option ``solo``, ``wukong.durations``) runs the whole job:
-  it names every schedule, starts the leaf ones, and counts each fan-in's
-  arrivals in memory (``finish_solo``); it writes nothing but the results.
+  it reads every schedule from the job's plan blob (``protocol.WHOLE_JOB``),
+  starts the leaf ones, and counts each fan-in's arrivals in memory
+  (``finish_solo``); it writes nothing but the results.
 * Executors that are threads of one local worker process share an object
   table (``wukong.store.objects``): an output stored in the KVS is also put
   there, and an input found there is taken by reference, not read and
@@ -144,11 +145,40 @@ class Schedule:
         self.records = ScheduleView(meta)  # records decoded on first access
         self._bodies: list | None = None
 
+    @classmethod
+    def whole(cls, blob: bytes) -> dict[int, Schedule]:
+        """Every schedule of a plan blob (``protocol.pack_plan``), by id; the bodies of
+        all are unpickled together, when the first is used."""
+        metas, pickled = protocol.unpack_plan(blob)
+        plan = _PlanBodies(pickled)
+        out = {}
+        for sid, meta in enumerate(metas):
+            sched = out[sid] = cls.__new__(cls)
+            sched.records, sched._pickled, sched._bodies = ScheduleView(meta), (plan, sid), None
+        return out
+
     def body(self, pos: int) -> tuple[Any, tuple]:
         if self._bodies is None:
-            self._bodies = serialization.loads_function(self._pickled)
+            pickled = self._pickled
+            self._bodies = pickled[0].of(pickled[1]) if type(pickled) is tuple else serialization.loads_function(pickled)
             self._pickled = memoryview(b"")
         return self._bodies[pos]
+
+
+class _PlanBodies:
+    """The bodies of every schedule of a plan blob, unpickled once."""
+
+    __slots__ = ("pickled", "bodies")
+
+    def __init__(self, pickled: memoryview):
+        self.pickled = pickled
+        self.bodies: list | None = None
+
+    def of(self, sid: int) -> list:
+        if self.bodies is None:
+            self.bodies = serialization.loads_function(self.pickled)
+            self.pickled = memoryview(b"")
+        return self.bodies[sid]
 
 
 _Call = tuple[Dependent, tuple[int, int], tuple[tuple[int, tuple[int, int]], ...]]  # fan-in, script, reads
@@ -224,6 +254,7 @@ class Executor:
         self.faults = Faults(faults) if faults else None
         self.invoke = self.faults.wrap(invoke) if self.faults else invoke
         self.jobs: OrderedDict[str, dict[int, Schedule]] = OrderedDict()
+        self.dropped: list = []  # schedules of jobs forgotten, freed off the invocation's path (``run``)
         self.options: dict[str, dict] = {}
         self.used: dict[str, float] = {}  # job -> when an invocation of it last started here
         self.heartbeat = Heartbeat(store, lease_ms)
@@ -248,7 +279,7 @@ class Executor:
         return cache
 
     def forget(self, job: str) -> None:
-        self.jobs.pop(job, None)
+        self.dropped.append(self.jobs.pop(job, None))  # freed once the running invocation has exited
         self.options.pop(job, None)
         self.used.pop(job, None)
 
@@ -288,6 +319,7 @@ class Executor:
             self.heartbeat.release()
             task_warnings.collect(None)
         run.exit(on_exit)
+        self.dropped.clear()
         return run.ndone
 
 
@@ -372,11 +404,13 @@ class _Run:
     def start(self) -> None:
         """One round trip: the schedules this invocation starts on, and its remote inputs."""
         inv = self.inv
-        starts = [inv.sched, *inv.more]
+        whole = inv.more == protocol.WHOLE_JOB  # a solo job's invocation: every schedule, in one blob
+        starts = [] if whole else [inv.sched, *inv.more]
         batch = self.store.batch()
         h_lease = batch.lease(self.keys, inv.id, self.token, self.ex.lease_ms)
         h_attempts = batch.mds("hget", self.keys.attempts, inv.id)  # sent again after a loss?
         h_opts = batch.mds("get", self.keys.options) if inv.job not in self.ex.options else None
+        h_plan = batch.get_value(self.store.mds_index, self.keys.plan) if whole and not self.scheds else None
         h_scheds = [
             (s, batch.get_value(self.store.mds_index, self.keys.schedule(s))) for s in starts if s not in self.scheds
         ]
@@ -393,6 +427,10 @@ class _Run:
             self.ex.options[inv.job] = json.loads(batch[h_opts]) if batch[h_opts] else {}
         self.opts = self.ex.options[inv.job]
         self.solo = bool(self.opts.get("solo"))
+        if h_plan is not None:
+            if batch[h_plan] is None:
+                raise JobGone()
+            self.scheds.update(Schedule.whole(batch[h_plan]))
         for s, h in h_scheds:
             if batch[h] is None:
                 raise JobGone()
@@ -403,8 +441,8 @@ class _Run:
         for t, h in zip(remote, h_remote, strict=False):
             self.data[t] = self.load_remote(t, batch[h])
         more = inv.more
-        if self.solo:  # it names every schedule: the leaf ones start here, the others are reached
-            more = tuple(s for s in more if not self.scheds[s].records[0].deps)
+        if whole:  # every leaf schedule starts here (in order), the others are reached
+            more = tuple(s for s in range(1, len(self.scheds)) if not self.scheds[s].records[0].deps)
         for s in reversed(more):  # the stack runs them in order, after the first
             self.push(s, 0)
         self.push(inv.sched, inv.pos)

@@ -16,6 +16,9 @@ Whatever crosses a process boundary is defined here and nowhere else:
   schedule's binary metadata (``VERSION``, ``OUTPUT``, ``TaskRecord``,
   ``Dependent``: encoded by ``wukong._core.encoding``, whose pure-Python
   oracle is ``wukong.reference.encoding``) with the pickle of its task bodies.
+  **The plan blob** (``pack_plan``/``unpack_plan``): every schedule of a solo
+  job (``wukong.durations``) in one key, ``Keys.plan``: their metadata, then
+  one pickle of all their bodies.  Its invocation's ``more`` is ``WHOLE_JOB``.
 * **Events** on a job's stream, written by executors, backends and the client
   and read by the client: one ``emit_*`` function per kind, one ``parse_event``.
   Every event is written with ``NOMKSTREAM`` (except the stream's creation by
@@ -63,7 +66,7 @@ from typing import Any, NamedTuple, Protocol
 class Keys:
     """The names of one job's keys (see the module docstring)."""
 
-    __slots__ = ("job", "prefix", "data_prefix", "events", "cancel", "parts", "options", "attempts", "spills")
+    __slots__ = ("job", "prefix", "data_prefix", "events", "cancel", "parts", "options", "attempts", "spills", "plan")
 
     def __init__(self, job: str):
         self.job = job
@@ -76,6 +79,7 @@ class Keys:
         self.options = p + "opts"
         self.attempts = p + "attempts"
         self.spills = p + "invs"  # registry: invocation payloads too large for a Lambda event
+        self.plan = p + "plan"  # a solo job's every schedule (``pack_plan``)
 
     def schedule(self, sid: int) -> str:
         return f"{self.prefix}s:{sid}"
@@ -148,6 +152,11 @@ def worker_processing(cluster_id: str, wid: int) -> str:
 # -- invocations -------------------------------------------------------------------------
 
 
+# ``Invocation.more`` of a solo job's one invocation: it reads every schedule from the
+# job's plan blob (``Keys.plan``) and runs from each leaf schedule in turn.
+WHOLE_JOB = (-1,)
+
+
 class Invocation(NamedTuple):
     """What an executor is started with."""
 
@@ -156,7 +165,7 @@ class Invocation(NamedTuple):
     pos: int
     inline: dict[int, bytes]  # dependency id -> serialized value
     remote: tuple[int, ...]  # dependency ids to read from the KVS
-    more: tuple[int, ...] = ()  # further leaf schedules to run from position 0 (grouped leaves)
+    more: tuple[int, ...] = ()  # further leaf schedules to run from position 0 (grouped leaves), or WHOLE_JOB
     sent: float = 0.0  # when it was handed to a backend (``backends.base.launch``); seconds since the epoch
 
     @property
@@ -218,6 +227,24 @@ def unpack_schedule(blob: bytes) -> tuple[bytes, memoryview]:
     """``pack_schedule``'s inverse: (metadata, task bodies' pickle)."""
     (n,) = _U64.unpack_from(blob)
     return blob[8 : 8 + n], memoryview(blob)[8 + n :]
+
+
+def pack_plan(metas: list[bytes], bodies: bytes) -> bytes:
+    """Every schedule of a job in one blob: the schedule count, each one's metadata
+    length, the metadata, then one pickle of the list of every schedule's bodies."""
+    head = struct.pack(f"<{len(metas) + 1}Q", len(metas), *map(len, metas))
+    return b"".join((head, *metas, bodies))
+
+
+def unpack_plan(blob: bytes) -> tuple[list[bytes], memoryview]:
+    """``pack_plan``'s inverse: (each schedule's metadata, the bodies' pickle)."""
+    (n,) = _U64.unpack_from(blob)
+    sizes = struct.unpack_from(f"<{n}Q", blob, 8)
+    metas, at = [], 8 * (n + 1)
+    for size in sizes:
+        metas.append(blob[at : at + size])
+        at += size
+    return metas, memoryview(blob)[at:]
 
 
 # -- events -----------------------------------------------------------------------------------

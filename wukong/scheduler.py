@@ -13,7 +13,8 @@ The task bodies are pickled only as each schedule is written
 ``serialization.BodyPickler`` for the whole plan, so a callable many tasks
 share is pickled once per plan, not once per schedule.  Each schedule is
 stored as one blob (``wukong.protocol``); an executor reads only the blobs of
-the schedules it runs.
+the schedules it runs.  A solo job's schedules are stored together instead
+(``Schedules.whole``): its one executor reads them all.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from dask.task_spec import GraphNode
 
 from wukong import _core, serialization
 from wukong.graph import GraphError, LegacyGraph, dependency_lists, interned
-from wukong.protocol import OUTPUT, pack_schedule
+from wukong.protocol import OUTPUT, pack_plan, pack_schedule
 
 
 class Schedules(Sequence[bytes]):
@@ -53,9 +54,20 @@ class Schedules(Sequence[bytes]):
     def __getitem__(self, sid: int) -> bytes:  # type: ignore[override]
         if not 0 <= sid < len(self.metas):
             raise IndexError(sid)
+        bodies = self._bodies(sid)
+        return pack_schedule(self.metas[sid], _dumps_bodies(bodies, bodies, self.pickler))
+
+    def whole(self) -> bytes:
+        """Every schedule in one blob (``protocol.pack_plan``), for a solo job: one
+        pickle of all bodies, so whatever tasks share (a fused subgraph's inner
+        graph, an argument) is pickled once; on Cholesky 100² that is 22 KB
+        against 162 KB in 60 schedule blobs, pickled in half the time."""
+        chains = [self._bodies(sid) for sid in range(len(self.metas))]
+        return pack_plan(self.metas, _dumps_bodies(chains, [b for c in chains for b in c], self.pickler))
+
+    def _bodies(self, sid: int) -> list[tuple[GraphNode, tuple]]:
         chain = self.sched_idx[self.sched_ptr[sid] : self.sched_ptr[sid + 1]]
-        bodies = [(self.node(self.order[t]), self.deps[t]) for t in chain]
-        return pack_schedule(self.metas[sid], _dumps_bodies(bodies, self.pickler))
+        return [(self.node(self.order[t]), self.deps[t]) for t in chain]
 
     def __iter__(self) -> Iterator[bytes]:
         return map(self.__getitem__, range(len(self.metas)))
@@ -93,9 +105,10 @@ def plan(order: Sequence[Hashable], graph: Mapping[Hashable, GraphNode], outputs
     return Plan(n, nsched, blobs, leaves.tolist(), out_ids, fanins, written, ready)
 
 
-def _dumps_bodies(bodies: list, pickler: serialization.BodyPickler) -> bytes:
+def _dumps_bodies(obj: list, bodies: list, pickler: serialization.BodyPickler) -> bytes:
+    """``obj``'s pickle; when it fails, a ``GraphError`` names the task of ``bodies`` that cannot be pickled."""
     try:
-        return pickler.dumps(bodies)
+        return pickler.dumps(obj)
     except Exception:
         for node, _ in bodies:  # find the culprit to name it
             try:

@@ -159,7 +159,9 @@ class Watch:
         try:
             batch = self.store.batch()
             h = batch.get_value(self.store.mds_index, keys.schedule(sid))
+            h_plan = batch.get_value(self.store.mds_index, keys.plan)  # a solo job's (``protocol.pack_plan``)
             batch.execute()
-            return Schedule(batch[h]).body(pos)[0].key
+            sched = Schedule(batch[h]) if batch[h] is not None else Schedule.whole(batch[h_plan])[sid]
+            return sched.body(pos)[0].key
         except Exception:
             return None

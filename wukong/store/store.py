@@ -288,9 +288,17 @@ class Store:
         return [g[i : i + chunk] for g in by_slot.values() for i in range(0, len(g), chunk)]
 
     def delete_job(
-        self, keys: Keys, ntasks: int, nschedules: int, fanins: Iterable[int], invocations: Iterable[str] = ()
+        self,
+        keys: Keys,
+        ntasks: int,
+        nschedules: int,
+        fanins: Iterable[int],
+        invocations: Iterable[str] = (),
+        stored: Iterable[int] | None = None,
     ) -> None:
         """Delete every key of a job, the parts of its split values and its spilled invocations included.
+        ``stored``: the only tasks whose values it may have stored (a solo job's outputs;
+        default: any of its ``ntasks``).
 
         The MDS goes first: the same pipeline reads the registries, so the
         parts are deleted with the other servers' keys, no extra round trip
@@ -299,10 +307,10 @@ class Store:
         deleted in that first round trip: on one server, the only one.
         """
         shm.remove_job(self.shm_dir, keys.job)
-        slices = all_job_keys(self, keys, ntasks, nschedules, fanins, invocations)
+        slices = all_job_keys(self, keys, ntasks, nschedules, fanins, invocations, stored)
         by_server = next(slices)
         if max(ntasks, nschedules) <= JOB_KEYS_SLICE:
-            for server, names in next(slices).items():
+            for server, names in next(slices, {}).items():
                 by_server.setdefault(server, []).extend(names)
         mds_keys = by_server.pop(self.mds_index)
         unlink = [("UNLINK", *group) for group in self._unlink_groups(mds_keys, UNLINK_CHUNK)]
@@ -347,7 +355,13 @@ JOB_KEYS_SLICE = 100_000  # tasks whose keys are deleted together (all_job_keys)
 
 
 def all_job_keys(
-    store: Store, keys: Keys, ntasks: int, nschedules: int, fanins: Iterable[int], invocations: Iterable[str] = ()
+    store: Store,
+    keys: Keys,
+    ntasks: int,
+    nschedules: int,
+    fanins: Iterable[int],
+    invocations: Iterable[str] = (),
+    stored: Iterable[int] | None = None,
 ) -> Iterator[dict[int, list[str]]]:
     """Every key a job may have written, grouped by server, in slices of about
     ``JOB_KEYS_SLICE`` tasks' keys (a million-task job's key names alone are a
@@ -357,10 +371,16 @@ def all_job_keys(
     The parts of split values are not listed: their names are in the
     ``keys.parts`` registry (listed here), which ``Store.delete_job`` reads.
     """
-    mds = [keys.events, keys.cancel, keys.parts, keys.spills, keys.options, keys.attempts]
+    mds = [keys.events, keys.cancel, keys.parts, keys.spills, keys.options, keys.attempts, keys.plan]
     for inv in invocations:
         mds += [keys.lease(inv), keys.invocation(inv), keys.current(inv)]
-    yield {store.mds_index: mds}
+    first: dict[int, list[str]] = {store.mds_index: mds}
+    if stored is not None:  # these values only, in the first slice
+        data = [keys.data(t) for t in stored]
+        for server, key in zip(store.kvs_servers(data), data, strict=True):
+            first.setdefault(server, []).append(key)
+        ntasks = 0
+    yield first
     fanins = sorted(fanins)
     f = 0
     for start in range(0, max(ntasks, nschedules), JOB_KEYS_SLICE):
