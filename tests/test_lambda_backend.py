@@ -227,6 +227,35 @@ def test_throttled_invocations_are_retried(aws_env):
         assert lam.stats()["throttles"] > 0
 
 
+def nap(i, seconds):
+    import time
+
+    time.sleep(seconds)
+    return i
+
+
+def test_invocations_queued_behind_busy_executors_are_not_sent_again(aws_env, monkeypatch):
+    """One Lambda worker runs the children of a fan-out one after another: the last ones
+    wait in the function's queue for many times ``lost_after`` without a lease, and
+    are not taken for lost (each sent again would count towards ``max_attempts``: a
+    wide fan-out on AWS, queued behind the concurrency limit, failed that way)."""
+    import wukong.client
+
+    sent_again = []
+    resend = wukong.client.resend
+    monkeypatch.setattr(wukong.client, "resend", lambda *a, **k: (sent_again.append(a[3]), resend(*a, **k)))
+    with lambda_local(HANDLER, workers=1) as lam, lambda_cluster(lam, lease_ms=300) as cluster:
+        client = Client(cluster, progress=False)
+        root = delayed(nap)(0, 0.0)
+        total = delayed(sum)([delayed(operator.add)(delayed(nap)(i, 0.4), root) for i in range(6)])
+        assert total.compute(scheduler=client.get) == sum(range(6))
+        record = client.jobs[-1]
+        assert record.run_s > 2.0  # the children did queue, 0.4 s each on one worker
+        assert sent_again == []
+        assert record.invocations == len(record.runs)  # each ran to its exit once
+        assert job_keys(cluster) == []
+
+
 def test_unknown_function_fails_with_a_clear_error(lam):
     with lambda_cluster(lam, function_name="no-such-function") as cluster:
         client = Client(cluster, progress=False)

@@ -514,6 +514,7 @@ class Job:
         self.live: dict[str, float | None] = {}  # invocation id -> since when its lease is missing
         self.primaries: set[str] = set()  # Redis Cluster: the masters serving slots when it started
         self.exited: set[str] = set()
+        self.seen_running: set[str] = set()  # invocations the watchdog saw running (``watch``)
         self.starts: dict[str, Invocation] = {}
         self.done = 0
         self.done_by: dict[str, dict[str, int]] = {}  # invocation id -> attempt -> tasks done
@@ -738,7 +739,12 @@ class Job:
         A lease exists while an executor runs an invocation and says "done"
         after; one missing means not started yet, or lost.  Invocations still
         queued on a local cluster are not lost, so nothing is sent while the
-        queue holds any.
+        queue holds any.  A backend that does not show its queue (Lambda: an
+        Event invoke waits in the function's queue while its concurrency is
+        used up, for as long as it takes) has an invocation never seen running
+        counted as lost only while none of the job's invocations runs: queued
+        behind them, it is not lost, and a dropped one is sent again once they
+        are done.
         """
         now = time.monotonic()
         self.next_watch = now + self.watch_every
@@ -746,11 +752,15 @@ class Job:
         self.check_failover()
         ids = list(self.live)
         batch = self.store.batch()
-        handles = [batch.mds("exists", self.keys.lease(i)) for i in ids]
+        handles = [batch.mds("get", self.keys.lease(i)) for i in ids]
         batch.execute()
+        leases = [batch[h] for h in handles]
+        running = {i for i, lease in zip(ids, leases, strict=True) if lease is not None and lease != b"done"}
+        self.seen_running |= running
+        may_queue = not self.backend.sees_in_flight and bool(running)
         lost = []
-        for inv_id, h in zip(ids, handles, strict=False):
-            if batch[h]:
+        for inv_id, lease in zip(ids, leases, strict=True):
+            if lease is not None or (may_queue and inv_id not in self.seen_running):
                 self.live[inv_id] = None
             elif self.live[inv_id] is None:
                 self.live[inv_id] = now
