@@ -139,6 +139,7 @@ class Schedule:
     """A decoded schedule; task bodies are unpickled on first use."""
 
     __slots__ = ("records", "_pickled", "_bodies")
+    _pickled: memoryview | tuple[_PlanBodies, int]  # its bodies' pickle, or its place in a plan blob's
 
     def __init__(self, blob: bytes):
         meta, self._pickled = protocol.unpack_schedule(blob)
@@ -160,7 +161,10 @@ class Schedule:
     def body(self, pos: int) -> tuple[Any, tuple]:
         if self._bodies is None:
             pickled = self._pickled
-            self._bodies = pickled[0].of(pickled[1]) if type(pickled) is tuple else serialization.loads_function(pickled)
+            if isinstance(pickled, tuple):  # a plan blob's schedule: (its _PlanBodies, its id)
+                self._bodies = pickled[0].of(pickled[1])
+            else:
+                self._bodies = serialization.loads_function(pickled)
             self._pickled = memoryview(b"")
         return self._bodies[pos]
 

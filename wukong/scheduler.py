@@ -22,6 +22,7 @@ from __future__ import annotations
 from array import array
 from collections.abc import Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from dask.task_spec import GraphNode
@@ -65,7 +66,7 @@ class Schedules(Sequence[bytes]):
         chains = [self._bodies(sid) for sid in range(len(self.metas))]
         return pack_plan(self.metas, _dumps_bodies(chains, [b for c in chains for b in c], self.pickler))
 
-    def _bodies(self, sid: int) -> list[tuple[GraphNode, tuple]]:
+    def _bodies(self, sid: int) -> list[tuple[Any, tuple]]:
         chain = self.sched_idx[self.sched_ptr[sid] : self.sched_ptr[sid + 1]]
         return [(self.node(self.order[t]), self.deps[t]) for t in chain]
 
