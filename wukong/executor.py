@@ -366,7 +366,7 @@ class _Run:
         self.fetched: dict[int, int] = {}  # tid -> bytes read from the KVS, until a task here uses it
         # values that stay on this machine (shared memory) are not worth compressing
         self.compress = self.store.shm_dir is None
-        self.solo = False  # this invocation runs the whole job (option ``solo``: ``finish_solo``)
+        self.solo = False  # this invocation runs the whole job (``protocol.WHOLE_JOB``: ``finish_solo``)
         self.arrived: dict[int, int] = {}  # solo: fan-in -> parents run so far
 
     # -- round trips ---------------------------------------------------------
@@ -430,7 +430,7 @@ class _Run:
         if h_opts is not None:
             self.ex.options[inv.job] = json.loads(batch[h_opts]) if batch[h_opts] else {}
         self.opts = self.ex.options[inv.job]
-        self.solo = bool(self.opts.get("solo"))
+        self.solo = whole
         if h_plan is not None:
             if batch[h_plan] is None:
                 raise JobGone()
@@ -446,7 +446,7 @@ class _Run:
             self.data[t] = self.load_remote(t, batch[h])
         more = inv.more
         if whole:  # every leaf schedule starts here (in order), the others are reached
-            more = tuple(s for s in range(1, len(self.scheds)) if not self.scheds[s].records[0].deps)
+            more = tuple(s for s in range(len(self.scheds)) if s != inv.sched and not self.scheds[s].records[0].deps)
         for s in reversed(more):  # the stack runs them in order, after the first
             self.push(s, 0)
         self.push(inv.sched, inv.pos)
