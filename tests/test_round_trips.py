@@ -179,3 +179,64 @@ def test_a_fanout_reads_the_schedules_of_its_local_children_as_it_invokes_the_ot
         assert client.get(dsk, keys) == tuple(1 + i for i in range(width))
         trips.append(calls(cluster, "llen") - before)
     assert min(trips) <= 3, trips
+
+
+def test_an_exit_sent_with_the_last_arrivals_takes_effect_only_if_none_completed(cluster):
+    # exit.lua, after fan-in arrivals in one pipeline: the invocation exits (its events
+    # added, its lease marked done) unless an arrival of it completed a fan-in.
+    from wukong import protocol
+    from wukong.protocol import Keys
+
+    store = cluster.store
+    keys = Keys(f"exit-{time.monotonic_ns()}")
+    store.mds.xadd(keys.events, {"k": "s"})  # the job lives while its stream does
+    store.mds.set(keys.schedule(7), b"schedule")
+
+    def arrive_and_exit(inv: str, parent: int) -> tuple[object, int]:
+        batch = store.batch()
+        fanin = batch.fanin(keys, 9, parent, 2, 7, False, inv)
+        counts = protocol.counts_fields(1, exited=inv, attempt=f"{inv}@t")
+        h = batch.exit(keys, inv, [(9, f"{inv}/{parent}")], [protocol.duration_fields(1.5, 128), counts])
+        batch.execute()
+        return batch[fanin], batch[h]
+
+    try:
+        assert arrive_and_exit("a", 1) == (0, 1)  # the first of two parents: nothing to run, it exits
+        events = [protocol.parse_event(f) for _, f in store.mds.xrange(keys.events)][1:]
+        assert [(e.kind, e.exited) for e in events] == [("d", ""), ("c", "a")] and events[0].ms == 1.5
+        assert store.mds.get(keys.lease("a")) == b"done" and store.mds.ttl(keys.lease("a")) > 0
+        reply, exited = arrive_and_exit("b", 2)  # the last parent: it completes the fan-in and runs it
+        assert reply[0] == 1 and exited == 0
+        assert store.mds.xlen(keys.events) == 3 and store.mds.get(keys.lease("b")) is None  # nothing written
+        assert arrive_and_exit("b", 2) == ([1, b""], 0)  # a re-run of it completes it again: still no exit
+        store.mds.delete(keys.events)  # the job ends
+        assert arrive_and_exit("c", 3) == (0, -1) and store.mds.get(keys.lease("c")) is None
+    finally:
+        store.mds.delete(*(k for k in store.mds.scan_iter(match=f"{keys.prefix}*")))
+
+
+def test_a_one_task_invocation_that_arrives_at_a_fanin_exits_in_the_same_round_trip(monkeypatch):
+    # The real executor, its store simulated (``wukong.simulate``): a child of a 1 -> 200
+    # fan-out whose arrival does not complete the sum makes two round trips (its start,
+    # its arrival with its exit), not three; the one whose arrival completes it runs the sum.
+    import operator
+
+    from dask import delayed
+
+    from wukong.simulate import Model, engine, graph_of, record, simulate_graph
+
+    trips: dict[int, int] = {}
+    execute = engine._SimBatch.execute
+
+    def counted(self):
+        span = self.store.sim.span()
+        trips[id(span)] = trips.get(id(span), 0) + 1
+        return execute(self)
+
+    monkeypatch.setattr(engine._SimBatch, "execute", counted)
+    root = delayed(operator.add)(1, 1)
+    dsk, keys = graph_of(delayed(sum)([delayed(operator.mul)(root, i) for i in range(200)]))
+    report = simulate_graph(dsk, keys, record(dsk, keys), Model.aws(1000))
+    children = [s for s in report.spans if s.tasks == 1]
+    assert len(children) >= 150
+    assert sorted({trips[id(s)] for s in children}) == [2], sorted(trips[id(s)] for s in children)

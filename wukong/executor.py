@@ -292,18 +292,28 @@ class Executor:
         """The state of one invocation (``wukong.simulate`` substitutes a simulated one)."""
         return _Run(self, inv)
 
-    def run(self, inv: Invocation, on_exit: Callable[[Batch], None] | None = None) -> int:
+    def run(
+        self,
+        inv: Invocation,
+        on_exit: Callable[[Batch], None] | None = None,
+        exit_events: Callable[[], list[dict]] | None = None,
+    ) -> int:
         """Run an invocation to its end; returns the number of tasks run.
 
         ``on_exit(batch)`` may add commands to the pipeline that reports the
-        exit (the local worker acknowledges its queue entry there).
+        exit (the local worker acknowledges its queue entry there);
+        ``exit_events()`` gives the fields of events sent just before the exit
+        (the Lambda handler's duration).  Without ``on_exit``, an exit may
+        travel with the invocation's last fan-in arrivals (``_Run.send_arrivals``).
         """
         run = self.new_run(inv)
+        run.on_exit, run.exit_events = on_exit, exit_events
         task_warnings.collect(run.warned)
         held.use(self.store)  # a task standing for a held result (a future's) reads it with our store
         try:
             run.start()
-            self.heartbeat.hold(run.keys.lease(inv.id), run.token, run.guard(on_exit))
+            run.lease_hold = (run.keys.lease(inv.id), run.token, run.guard())
+            self.heartbeat.hold(*run.lease_hold)
             run.loop()
         except (JobGone, Duplicate) as exc:
             if isinstance(exc, JobGone):
@@ -321,8 +331,10 @@ class Executor:
             run.fail(run.current, exc, "could not be run by its executor")
         finally:
             self.heartbeat.release()
+            run.lease_hold = ()  # its guard refers to the run: no cycle left behind
             task_warnings.collect(None)
-        run.exit(on_exit)
+        if not run.exited:
+            run.exit()
         self.dropped.clear()
         return run.ndone
 
@@ -368,6 +380,10 @@ class _Run:
         self.compress = self.store.shm_dir is None
         self.solo = False  # this invocation runs the whole job (``protocol.WHOLE_JOB``: ``finish_solo``)
         self.arrived: dict[int, int] = {}  # solo: fan-in -> parents run so far
+        self.on_exit: Callable[[Batch], None] | None = None  # see ``Executor.run``
+        self.exit_events: Callable[[], list[dict]] | None = None
+        self.exited = False  # the exit went with the last fan-in arrivals (``send_arrivals``)
+        self.lease_hold: tuple = ()  # what the heartbeat holds for this invocation
 
     # -- round trips ---------------------------------------------------------
     def send(self, batch: Batch) -> Batch:
@@ -392,6 +408,10 @@ class _Run:
     def counts(self, batch: Batch, invoked: list[str] | tuple[()] = (), exited: bool = False) -> None:
         """Tasks done since the last report; invocations made (their ids); this one's exit,
         with when it was sent, picked up and ended, and its waits on holds."""
+        protocol.emit_event(batch, self.keys, self.report(invoked, exited))
+
+    def report(self, invoked: list[str] | tuple[()] = (), exited: bool = False) -> dict[str, Any]:
+        """The fields of ``counts``'s event; what they report is reported from now on."""
         n = self.ndone - self.nreported
         self.nreported = self.ndone
         self.last_report = time.monotonic()
@@ -400,9 +420,8 @@ class _Run:
         (stored, trips, held_fanins), self.stats = self.stats, [0, 0, 0]
         exit_id = self.inv.id if exited else ""
         span = protocol.pack_span(self.inv.sent, self.picked, time.time(), self.waits) if exited else b""
-        protocol.emit_counts(
-            batch, self.keys, n, invoked, exit_id, attempt, timings, self.ex.worker, (stored, trips, held_fanins), span
-        )
+        stats = (stored, trips, held_fanins)
+        return protocol.counts_fields(n, invoked, exit_id, attempt, timings, self.ex.worker, stats, span)
 
     # -- start, loop, exit ---------------------------------------------------
     def start(self) -> None:
@@ -451,22 +470,24 @@ class _Run:
             self.push(s, 0)
         self.push(inv.sched, inv.pos)
 
-    def guard(self, on_exit: Callable[[Batch], None] | None) -> Guard:
+    def guard(self) -> Guard:
         """Ends this process when the running task must stop and will not (``wukong.timeout``)."""
         return Guard(
             self.keys.cancel,
             self.opts.get("task_timeout"),
             lambda: (self.ndone, self.current),
-            lambda why: self.abandon(why, on_exit),
+            self.abandon,
         )
 
-    def abandon(self, why: str | None, on_exit: Callable[[Batch], None] | None) -> None:
+    def abandon(self, why: str | None) -> None:
         """From the heartbeat thread: report this invocation's end (and ``why`` its task
         failed), then end the process; a local worker is replaced at once."""
         try:
             batch = self.store.batch()
-            if on_exit is not None:
-                on_exit(batch)
+            if self.on_exit is not None:
+                self.on_exit(batch)
+            for fields in self.exit_events() if self.exit_events is not None else ():
+                protocol.emit_event(batch, self.keys, fields)
             self.counts(batch)
             report_ended(batch, self.keys, self.inv.id, self.current, why)
             batch.execute()
@@ -625,7 +646,8 @@ class _Run:
         if fanins:
             self.stats[1] += 1
             calls = [self.notify(batch, out.tid, c) for c in fanins]
-            ready += self.completed(self.send(batch), calls)
+            last = not ready and not self.stack and not self.deferred and not self.holds
+            ready += self.completed(self.send_arrivals(batch, [(c.tid, out.tid) for c in fanins], last), calls)
             batch = self.store.batch()
         if ready:
             self.become(batch, sid, pos, out, ready, here)
@@ -743,6 +765,34 @@ class _Run:
             others = [d for d in others if d not in held]
         return c, h, tuple(zip(others, batch.kvs_get_many([self.keys.data(d) for d in others]), strict=True))
 
+    def send_arrivals(self, batch: Batch, arrivals: list[tuple[int, int]], last: bool) -> Batch:
+        """Send ``batch`` with fan-in ``arrivals`` (fan-in, parent) in it.  When they are the
+        ``last`` thing this invocation does (nothing to run, hold or send after them), its
+        exit goes with them: ``exit.lua`` runs after them and exits unless one completed
+        its fan-in (which then runs here; the exit comes later, as usual).  A one-task
+        invocation that only arrives at a fan-in costs two round trips, not three."""
+        if not last or self.on_exit is not None or not arrivals:  # the local worker's ack: a plain exit
+            return self.send(batch)
+        if self.pending:  # the events waiting go before the exit: the client reads it last
+            pending, self.pending = self.pending, self.store.batch()
+            batch.extend(pending)
+        kept = (self.nreported, self.timings, self.stats, self.last_report)
+        events = self.exit_events() if self.exit_events is not None else []
+        owners = [(fanin, f"{self.inv.id}/{parent}") for fanin, parent in arrivals]  # ``fanin.lua``'s owner values
+        h = batch.exit(self.keys, self.inv.id, owners, [*events, self.report(exited=True)])
+        self.ex.heartbeat.release()  # a beat after the exit would shorten the done lease's life
+        try:
+            self.send(batch)
+        finally:
+            try:
+                self.exited = batch[h] == 1
+            except LookupError:  # the round trip failed: no reply
+                self.exited = False
+            if not self.exited:  # still running: what the exit would have reported is reported later
+                self.nreported, self.timings, self.stats, self.last_report = kept
+                self.ex.heartbeat.hold(*self.lease_hold)
+        return batch
+
     def coming(self, c: Dependent, parent: int) -> int:
         """How many of fan-in ``c``'s parents besides ``parent`` wait on this executor's
         stack (its next ``HOLD_LOOKAHEAD`` tasks), ``HOLD_MAX_MISSING`` at most: a holder
@@ -811,6 +861,7 @@ class _Run:
         whole = {t for t, n in lacking.items() if n == 0}
         batch = self.store.batch()
         calls = []
+        arrivals = []  # (fan-in, parent) of each call
         self.stats[1] += 1
         local: list[Dependent] = []
         for tid, out, fanins in deferred:
@@ -819,11 +870,13 @@ class _Run:
             for c in fanins:
                 if c.tid not in whole:
                     calls.append(self.notify(batch, tid, c))
+                    arrivals.append((c.tid, tid))
                 elif c.tid in lacking:  # once per fan-in, at its first parent's place
                     del lacking[c.tid]
                     local.append(c)
         take = self.request_inputs(batch, local)  # their schedules, when not here
-        done = self.completed(self.send(batch), calls) if batch else []
+        last = not self.stack and not local and not self.holds
+        done = self.completed(self.send_arrivals(batch, arrivals, last), calls) if batch else []
         for t, value in (take(batch) | self.fetch_fanin_inputs(done)).items():
             self.data[t] = value
         for c in reversed(done + local):
@@ -995,10 +1048,12 @@ class _Run:
             return Invocation(self.inv.job, c.sched, c.pos, {out.tid: out.blob()}, (), more)
         return Invocation(self.inv.job, c.sched, c.pos, {}, (out.tid,), more)
 
-    def exit(self, on_exit: Callable[[Batch], None] | None = None) -> None:
+    def exit(self) -> None:
         batch, self.pending = self.pending, self.store.batch()
-        if on_exit is not None:  # before the exit event: after it the client may stop reading
-            on_exit(batch)
+        if self.on_exit is not None:  # before the exit event: after it the client may stop reading
+            self.on_exit(batch)
+        for fields in self.exit_events() if self.exit_events is not None else ():
+            protocol.emit_event(batch, self.keys, fields)
         self.counts(batch, exited=True)
         h = batch.lease(self.keys, self.inv.id, "done", 0)  # never recreated once the job has ended
         batch.execute()

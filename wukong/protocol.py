@@ -259,6 +259,11 @@ def _xadd(batch: _Commands, keys: Keys, fields: dict) -> None:
     batch.mds("xadd", keys.events, fields, "*", None, True, True)
 
 
+def emit_event(batch: _Commands, keys: Keys, fields: dict) -> None:
+    """Add an event whose fields were built apart (``counts_fields``, ``duration_fields``)."""
+    _xadd(batch, keys, fields)
+
+
 def emit_start(batch: _Commands, keys: Keys, ttl: int) -> None:
     """Create the job's stream: executors and leases see the job is alive."""
     batch.mds("xadd", keys.events, {"k": "s"})
@@ -287,12 +292,26 @@ def emit_counts(
     round trips and the fan-ins it ran with a value it held instead of storing
     (delayed I/O) since then; on its exit, ``span`` (``pack_span``).
     """
+    _xadd(batch, keys, counts_fields(done, invoked, exited, attempt, timings, worker, stats, span))
+
+
+def counts_fields(
+    done: int,
+    invoked: Any = (),
+    exited: str = "",
+    attempt: str = "",
+    timings: bytes = b"",
+    worker: str = "",
+    stats: tuple[int, int, int] = (0, 0, 0),
+    span: bytes = b"",
+) -> dict[str, Any]:
+    """The fields of ``emit_counts``'s event."""
     fields: dict[str, Any] = {"k": "c", "n": done, "i": ",".join(invoked), "x": exited, "a": attempt}
     if timings or any(stats) or span:
         fields.update(w=worker, t=timings, st=stats[0], fi=stats[1], hf=stats[2])
     if span:
         fields["iv"] = span
-    _xadd(batch, keys, fields)
+    return fields
 
 
 def emit_warnings(batch: _Commands, keys: Keys, tid: int, caught: list) -> None:
@@ -358,7 +377,12 @@ def emit_held(batch: _Commands, keys: Keys, tid: int) -> None:
 
 
 def emit_duration(batch: _Commands, keys: Keys, ms: float, memory_mb: int) -> None:
-    _xadd(batch, keys, {"k": "d", "ms": f"{ms:.3f}", "mem": memory_mb})
+    _xadd(batch, keys, duration_fields(ms, memory_mb))
+
+
+def duration_fields(ms: float, memory_mb: int) -> dict[str, Any]:
+    """An executor's run time and memory (lambda backend), for cost (``wukong.cost``)."""
+    return {"k": "d", "ms": f"{ms:.3f}", "mem": memory_mb}
 
 
 def emit_result(batch: _Commands, keys: Keys, tid: int, value: bytes) -> None:

@@ -453,8 +453,8 @@ def handler(event: dict, context: Any) -> dict:
         blob = base64.b64decode(event["invocation"])
     inv = decode_invocation(blob)
 
-    def report_duration(batch: Batch) -> None:  # Executor.run adds this before the exit event
-        protocol.emit_duration(batch, Keys(inv.job), (time.perf_counter() - t0) * 1000, memory)
+    def duration() -> list[dict]:  # sent just before the exit event
+        return [protocol.duration_fields((time.perf_counter() - t0) * 1000, memory)]
 
-    ntasks = executor.run(inv, on_exit=report_duration)
+    ntasks = executor.run(inv, exit_events=duration)
     return {"tasks": ntasks, "duration_ms": (time.perf_counter() - t0) * 1000}

@@ -245,6 +245,16 @@ class _SimStore:
         self.data[k] = value
         return 1
 
+    def exit(self, keys: Keys, inv: str, arrivals: list[tuple[int, str]], events: list[dict]) -> int:
+        if keys.events not in self.data:  # exit.lua's semantics
+            return -1
+        if any(self.data.get(keys.owner(t)) == me for t, me in arrivals):
+            return 0
+        for fields in events:
+            self.sim.on_event(fields)
+        self.data[keys.lease(inv)] = "done"
+        return 1
+
     def fanin(
         self,
         keys: Keys,
@@ -340,6 +350,9 @@ class _SimBatch:
     ) -> tuple[int, int]:
         args = (keys, tid, parent, ndeps, sid, want_schedule, invocation, hold, max_missing)
         return self._add(self.store.mds_index, self.store.fanin, args, 96)
+
+    def exit(self, keys: Keys, inv: str, arrivals: list[tuple[int, str]], events: list[dict]) -> tuple[int, int]:
+        return self._add(self.store.mds_index, self.store.exit, (keys, inv, arrivals, events), 64 + _size(events))
 
     def kvs_set(self, key: str, value: Any) -> tuple[int, int]:
         if isinstance(value, list):  # the pieces of one value

@@ -86,6 +86,18 @@ class Batch:
         k = (keys.events, keys.lease(inv))
         return self.script(self.store.mds_index, scripts.LEASE, k, value, px, self.store.ttl)
 
+    def exit(self, keys: Keys, inv: str, arrivals: list[tuple[int, str]], events: list[dict]) -> Handle:
+        """Exit invocation ``inv`` (add ``events``, mark its lease done) unless one of
+        ``arrivals`` (fan-in, owner value), sent before in this batch, completed its
+        fan-in (``exit.lua``): 1 exited, 0 not, -1 the job has ended."""
+        k = (keys.events, keys.lease(inv), *(keys.owner(t) for t, _ in arrivals))
+        argv: list[Any] = [self.store.ttl, *(me for _, me in arrivals)]
+        for fields in events:
+            argv.append(2 * len(fields))
+            for f, v in fields.items():
+                argv += (f, v)
+        return self.script(self.store.mds_index, scripts.EXIT, k, *argv)
+
     def record(self, server: int, key: str) -> None:
         """Note a key this batch writes by a plain ``add`` (``undo`` deletes it too)."""
         self.written.append((server, key))

@@ -33,9 +33,10 @@ class Script:
 
 FANIN = Script("fanin")
 LEASE = Script("lease")
+EXIT = Script("exit")
 PROXY_PUSH = Script("proxy_push")
 SET_MANY = Script("set_many")
-ALL = (FANIN, LEASE, PROXY_PUSH, SET_MANY)
+ALL = (FANIN, LEASE, EXIT, PROXY_PUSH, SET_MANY)
 
 
 def load_all(r: Any) -> None:
