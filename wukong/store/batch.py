@@ -41,7 +41,7 @@ class Batch:
     def _pipe(self, server: int) -> Any:
         pipe = self.pipes.get(server)
         if pipe is None:
-            pipe = self.pipes[server] = self.store.servers[server].pipeline(transaction=False)
+            pipe = self.pipes[server] = self.store.pipeline(server)
             self.counts[server] = 0
         return pipe
 

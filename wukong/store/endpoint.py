@@ -8,12 +8,14 @@ is never part of ``repr``, ``name`` or an error message.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
 
 import redis
 from redis.backoff import NoBackoff
+from redis.client import EMPTY_RESPONSE, NEVER_DECODE
 from redis.retry import Retry
 
 _CREDENTIALS = re.compile(r"(\w+://[^:/@\s]*:)[^\s/?#]*@")  # scheme://user:PASSWORD@
@@ -135,6 +137,53 @@ class Endpoint:
 def redact(text: str) -> str:
     """``text`` with the password of every URL in it replaced by ``***``."""
     return _CREDENTIALS.sub(r"\1***@", text)
+
+
+class Pipeline(redis.client.Pipeline):
+    """A non-transactional pipeline to one standalone server, sent on a connection
+    the calling thread keeps (``conn()``: ``Store.connection``).
+
+    ``execute`` packs the commands, writes them at once and reads each reply
+    through the client's response callback, as redis-py's pipeline does, without
+    what that adds to every round trip: a pool checkout (which polls the socket),
+    a retry wrapper and metrics.  An error reply stays in its place with
+    ``raise_on_error=False``; a connection error disconnects (the next round trip
+    connects again) and is raised.  On this machine a round trip of six commands
+    costs ~95 µs of CPU against ~150 µs through redis-py's pipeline.
+    """
+
+    def __init__(self, client: redis.Redis, conn: Callable[[], Any]):
+        super().__init__(client.connection_pool, client.response_callbacks, False, None)
+        self.conn = conn
+
+    def execute(self, raise_on_error: bool = True) -> list:
+        stack, self.command_stack = self.command_stack, []
+        if not stack:
+            return []
+        conn = self.conn()
+        callbacks = self.response_callbacks
+        replies: list = []
+        try:
+            conn.send_packed_command(conn.pack_commands([args for args, _ in stack]))
+            for args, options in stack:
+                try:
+                    reply = conn.read_response(disable_decoding=NEVER_DECODE in options)
+                except redis.ResponseError as e:
+                    replies.append(options.get(EMPTY_RESPONSE, e))
+                    continue
+                callback = callbacks.get(args[0])
+                if callback is not None:
+                    reply = callback(reply, **{k: v for k, v in options.items() if k not in _NOT_FOR_CALLBACKS})
+                replies.append(reply)
+        except BaseException:
+            conn.disconnect()  # replies may be left unread on it
+            raise
+        if raise_on_error:
+            self.raise_first_error(stack, replies)
+        return replies
+
+
+_NOT_FOR_CALLBACKS = (NEVER_DECODE, EMPTY_RESPONSE, "keys")  # options redis-py's parse_response drops
 
 
 def run(pipe: Any, name: str) -> list:

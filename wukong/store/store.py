@@ -39,7 +39,10 @@ master lost mid-job leaves no key behind.
 
 from __future__ import annotations
 
+import os
+import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -50,12 +53,15 @@ from wukong_native import HashRing
 from wukong.protocol import Keys
 from wukong.store import parts, scripts, shm
 from wukong.store.batch import Batch, whole
-from wukong.store.endpoint import Endpoint, StorageError, run
+from wukong.store.endpoint import Endpoint, Pipeline, StorageError, run
 
 DEFAULT_TTL = 24 * 3600  # seconds; keys normally die with their job, long before
 FAILOVER_TIMEOUT = 30.0  # seconds a job's clean-up waits for a lost cluster node's replica to take over
 RING_VNODES = 1024  # points per KVS server on the ring: shares stay within ~10% of even (160 gives ~20%)
 UNLINK_CHUNK = 10_000  # keys one UNLINK takes
+
+
+IDLE_CHECK_S = 1.0  # a thread's connection unused this long is checked before a round trip
 
 
 class Store:
@@ -76,6 +82,8 @@ class Store:
     ):
         self.connect_timeout = connect_timeout
         self.socket_timeout = socket_timeout
+        self._local = threading.local()  # each thread's own connections (``connection``)
+        self._kept: weakref.WeakSet = weakref.WeakSet()  # all of them, closed with the store
         self.part_size = part_size or parts.PART_SIZE
         self.shm_dir = shm_dir  # local backend: large values go through shared memory (wukong.shm)
         self.ttl = ttl
@@ -346,9 +354,42 @@ class Store:
             addr for addr, n in nodes.items() if n["node_id"] in ids and {"fail", "slave"} & set(n["flags"].split(","))
         )
 
+    def pipeline(self, server: int) -> Any:
+        """A pipeline to ``server`` for a ``Batch``: ``endpoint.Pipeline`` on this thread's
+        connection (``connection``); redis-py's on a Redis Cluster, which routes each command."""
+        r = self.servers[server]
+        if self.cluster is not None:
+            return r.pipeline(transaction=False)
+        return Pipeline(r, lambda: self.connection(server))
+
+    def connection(self, server: int) -> Any:
+        """The calling thread's own connection to ``server`` (standalone), made on first use
+        and kept: a round trip needs no checkout from a pool.  A forked child makes its own;
+        a thread's are closed when it ends (garbage) or when the store closes."""
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():
+            local.pid, local.conns, local.used = os.getpid(), {}, {}
+        conn = local.conns.get(server)
+        if conn is None:
+            conn = local.conns[server] = self.servers[server].connection_pool.make_connection()
+            self._kept.add(conn)
+        now = time.monotonic()
+        if now - local.used.get(server, now) > IDLE_CHECK_S:
+            # Idle a while (a Lambda container thawed, a server restarted): as a pool checkout
+            # does, drop a connection the server has closed before sending on it.
+            try:
+                if conn.can_read():
+                    conn.disconnect()
+            except (redis.ConnectionError, OSError):
+                conn.disconnect()
+        local.used[server] = now
+        return conn
+
     def close(self) -> None:
         for r in self.servers:
             r.close()
+        for conn in list(self._kept):
+            conn.disconnect()
 
 
 JOB_KEYS_SLICE = 100_000  # tasks whose keys are deleted together (all_job_keys)
