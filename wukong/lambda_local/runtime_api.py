@@ -288,7 +288,8 @@ class RuntimeEnvironment:
         self.current = fut = asyncio.get_running_loop().create_future()
         self._inbox.put_nowait((job.payload, meta))
         try:
-            return await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                return await fut
         finally:
             self.current = None
 

@@ -171,7 +171,8 @@ class _Worker:
         head = json.dumps(meta).encode()
         self.writer.write(TO_WORKER.pack(len(head), len(job.payload)) + head + job.payload)
         try:
-            return await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                return await fut
         finally:
             self.current = None
 
@@ -539,7 +540,8 @@ class LambdaLocal:
     async def _serve_request(self, reader, writer) -> bool:
         """Answer one request; return whether the connection stays open."""
         try:
-            first = await asyncio.wait_for(reader.readexactly(1), self.idle_timeout)
+            async with asyncio.timeout(self.idle_timeout):  # (``wait_for`` would make a task per request)
+                first = await reader.readexactly(1)
         except (asyncio.IncompleteReadError, TimeoutError):
             return False  # closed, or idle too long: hang up without a word
         try:
