@@ -164,11 +164,12 @@ class Fields:
 def test_an_exit_report_carries_the_invocations_span_and_waits():
     span = protocol.pack_span(10.0, 10.5, 12.0, [11.0, 11.25, 11.5, 11.75])
     out = Fields()
-    protocol.emit_counts(out, protocol.Keys("j"), 2, (), "3.0", "3.0@t", b"", "host:1", (0, 0, 0), span)
+    fields = protocol.counts_fields(2, (), "3.0", "3.0@t", b"", "host:1", (0, 0, 0), span)
+    protocol.emit_event(out, protocol.Keys("j"), fields)
     ev = protocol.parse_event(out.fields)
     assert ev.exited == "3.0" and ev.worker == "host:1"
     assert ev.span == (10.0, 10.5, 12.0, [(11.0, 11.25), (11.5, 11.75)])
-    protocol.emit_counts(out, protocol.Keys("j"), 2, (), "", "3.0@t", b"", "host:1", (1, 0, 0))
+    protocol.emit_event(out, protocol.Keys("j"), protocol.counts_fields(2, (), "", "3.0@t", b"", "host:1", (1, 0, 0)))
     assert protocol.parse_event(out.fields).span is None  # a progress report carries none
 
 

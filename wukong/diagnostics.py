@@ -4,7 +4,7 @@ wukong runs no task on the client, so Dask's callbacks (``dask.callbacks.
 Callback``: ``ProgressBar``, ``Profiler``, ``ResourceProfiler``, a user's own)
 fire from what the executors report: each count event on a job's stream
 carries, batched, the (task id, start, end) of the tasks an executor ran and
-its worker id (``wukong.protocol.emit_counts``).  ``DaskCallbacks`` turns them
+its worker id (``wukong.protocol.counts_fields``).  ``DaskCallbacks`` turns them
 into the calls ``dask.local.get_async`` makes, in its order:
 
 * ``start(dsk)`` and ``start_state(dsk, state)`` before the job is submitted

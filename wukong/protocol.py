@@ -270,31 +270,6 @@ def emit_start(batch: _Commands, keys: Keys, ttl: int) -> None:
     batch.mds("expire", keys.events, ttl)
 
 
-def emit_counts(
-    batch: _Commands,
-    keys: Keys,
-    done: int,
-    invoked: Any = (),
-    exited: str = "",
-    attempt: str = "",
-    timings: bytes = b"",
-    worker: str = "",
-    stats: tuple[int, int, int] = (0, 0, 0),
-    span: bytes = b"",
-) -> None:
-    """``done`` tasks finished by ``attempt``; invocations made (their ids); an invocation's exit.
-
-    ``attempt`` (``<invocation id>@<token>``) lets the client count a re-run
-    invocation's tasks once: it keeps, per invocation, its busiest attempt.
-    An executor adds its worker id, the packed timings of the tasks it ran
-    since its last report (``pack_timings``: with each task's CPU seconds and the
-    bytes its inputs were read from the KVS) and, in ``stats``, the bytes it stored, its fan-in
-    round trips and the fan-ins it ran with a value it held instead of storing
-    (delayed I/O) since then; on its exit, ``span`` (``pack_span``).
-    """
-    _xadd(batch, keys, counts_fields(done, invoked, exited, attempt, timings, worker, stats, span))
-
-
 def counts_fields(
     done: int,
     invoked: Any = (),
@@ -305,7 +280,17 @@ def counts_fields(
     stats: tuple[int, int, int] = (0, 0, 0),
     span: bytes = b"",
 ) -> dict[str, Any]:
-    """The fields of ``emit_counts``'s event."""
+    """The fields of a counts event (sent by ``emit_event``): ``done`` tasks finished
+    by ``attempt``; invocations made (their ids); an invocation's exit.
+
+    ``attempt`` (``<invocation id>@<token>``) lets the client count a re-run
+    invocation's tasks once: it keeps, per invocation, its busiest attempt.
+    An executor adds its worker id, the packed timings of the tasks it ran
+    since its last report (``pack_timings``: with each task's CPU seconds and the
+    bytes its inputs were read from the KVS) and, in ``stats``, the bytes it stored, its fan-in
+    round trips and the fan-ins it ran with a value it held instead of storing
+    (delayed I/O) since then; on its exit, ``span`` (``pack_span``).
+    """
     fields: dict[str, Any] = {"k": "c", "n": done, "i": ",".join(invoked), "x": exited, "a": attempt}
     if timings or any(stats) or span:
         fields.update(w=worker, t=timings, st=stats[0], fi=stats[1], hf=stats[2])

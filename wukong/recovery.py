@@ -68,7 +68,7 @@ def resend(
             protocol.emit_error(batch, keys, pickle.loads(task), f"killed its executor ({why}); {runs}", None, "")
         else:
             protocol.emit_error(batch, keys, None, f"{why}; {runs}", None, "")
-        protocol.emit_counts(batch, keys, 0, exited=inv.id)
+        protocol.emit_event(batch, keys, protocol.counts_fields(0, exited=inv.id))
     for inv in again:
         if clear_leases:
             batch.mds("delete", keys.lease(inv.id))

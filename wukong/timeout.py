@@ -148,7 +148,7 @@ def report_ended(batch: Batch, keys: Keys, inv_id: str, key: Any, why: str | Non
     it, by the local cluster that ended its process."""
     if why is not None:
         protocol.emit_error(batch, keys, key, why, None, "")
-    protocol.emit_counts(batch, keys, 0, exited=inv_id)
+    protocol.emit_event(batch, keys, protocol.counts_fields(0, exited=inv_id))
     batch.lease(keys, inv_id, "done", 0)
 
 

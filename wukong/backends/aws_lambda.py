@@ -294,7 +294,7 @@ class LambdaInvoker:
         batch = self.store.batch()
         protocol.emit_error(batch, keys, None, what, None, "")
         for inv_id in ids:  # these executors will never start: their exits, for the client's accounting
-            protocol.emit_counts(batch, keys, 0, exited=inv_id)
+            protocol.emit_event(batch, keys, protocol.counts_fields(0, exited=inv_id))
         batch.execute()
 
     def close(self) -> None:
