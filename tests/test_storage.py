@@ -23,7 +23,7 @@ from wukong_native import HashRing
 
 from wukong import Client, LocalCluster, StorageError
 from wukong.protocol import Keys
-from wukong.store import Endpoint, Store
+from wukong.store import Endpoint, JobWrites, Store
 from wukong.store import parts as value_parts
 from wukong.store import store as storage
 from wukong.store.server import RedisServer, free_port
@@ -215,7 +215,7 @@ def test_split_values_round_trip_in_one_batch(sharded):
     handles = batch.kvs_get_many([keys.data(t) for t in values])
     batch.execute()
     assert {t: bytes(batch[h]) for t, h in zip(values, handles, strict=True)} == values
-    store.delete_job(keys, ntasks=len(values), nschedules=0, fanins=())
+    store.delete_job(keys, JobWrites(ntasks=len(values)))
     assert job_keys(sharded.servers) == []
 
 
@@ -238,7 +238,7 @@ def test_set_many_writes_each_key_with_the_ttl_in_few_commands(sharded, monkeypa
     assert [bytes(batch[h]) for h in handles] == values
     with connect(sharded.mds) as r:
         assert all(0 < r.ttl(n) <= store.ttl for n in names)
-    store.delete_job(keys, ntasks=0, nschedules=len(values), fanins=())
+    store.delete_job(keys, JobWrites(ntasks=0, nschedules=len(values)))
     assert job_keys(sharded.servers) == []
 
 
@@ -270,7 +270,7 @@ def test_a_missing_part_is_an_error_naming_its_server(sharded):
     batch.kvs_get_many([keys.data(0)])
     with pytest.raises(StorageError, match=f"p1.*{server}"):
         batch.execute()
-    store.delete_job(keys, ntasks=1, nschedules=0, fanins=())
+    store.delete_job(keys, JobWrites(ntasks=1))
 
 
 def test_results_and_intermediates_larger_than_a_part_round_trip(sharded):

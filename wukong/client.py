@@ -56,7 +56,7 @@ from wukong.progress import ProgressBar
 from wukong.protocol import Invocation, Keys, decode_invocation
 from wukong.recovery import resend
 from wukong.scheduler import Plan, plan
-from wukong.store import Batch, StorageError, Store
+from wukong.store import Batch, JobWrites, StorageError, Store
 
 BLOCK_MS = 250  # a blocking read returns at least this often, to redraw progress
 WRITE_BYTES = 32 << 20  # schedule blobs sent per pipeline (Job.submit)
@@ -854,8 +854,8 @@ class Job:
         try:
             ids = set(self.starts) | self.exited | set(self.live)
             if self.options.get("solo"):  # it wrote the plan blob, no schedule or fan-in key, only outputs' values
-                self.store.delete_job(self.keys, p.ntasks, 0, (), ids, stored=p.outputs)
+                self.store.delete_job(self.keys, JobWrites(p.ntasks, invocations=ids, stored=p.outputs))
             else:
-                self.store.delete_job(self.keys, p.ntasks, p.nschedules, p.fanins, ids)
+                self.store.delete_job(self.keys, JobWrites(p.ntasks, p.nschedules, p.fanins, ids))
         except Exception:
             pass  # the TTL removes what we could not

@@ -44,6 +44,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -295,18 +296,9 @@ class Store:
             by_slot.setdefault(key_slot(k.encode()), []).append(k)
         return [g[i : i + chunk] for g in by_slot.values() for i in range(0, len(g), chunk)]
 
-    def delete_job(
-        self,
-        keys: Keys,
-        ntasks: int,
-        nschedules: int,
-        fanins: Iterable[int],
-        invocations: Iterable[str] = (),
-        stored: Iterable[int] | None = None,
-    ) -> None:
-        """Delete every key of a job, the parts of its split values and its spilled invocations included.
-        ``stored``: the only tasks whose values it may have stored (a solo job's outputs;
-        default: any of its ``ntasks``).
+    def delete_job(self, keys: Keys, written: JobWrites) -> None:
+        """Delete every key a job may have ``written``, the parts of its split values and its
+        spilled invocations included.
 
         The MDS goes first: the same pipeline reads the registries, so the
         parts are deleted with the other servers' keys, no extra round trip
@@ -315,9 +307,9 @@ class Store:
         deleted in that first round trip: on one server, the only one.
         """
         shm.remove_job(self.shm_dir, keys.job)
-        slices = all_job_keys(self, keys, ntasks, nschedules, fanins, invocations, stored)
+        slices = all_job_keys(self, keys, written)
         by_server = next(slices)
-        if max(ntasks, nschedules) <= JOB_KEYS_SLICE:
+        if max(written.ntasks, written.nschedules) <= JOB_KEYS_SLICE:
             for server, names in next(slices, {}).items():
                 by_server.setdefault(server, []).extend(names)
         mds_keys = by_server.pop(self.mds_index)
@@ -395,15 +387,20 @@ class Store:
 JOB_KEYS_SLICE = 100_000  # tasks whose keys are deleted together (all_job_keys)
 
 
-def all_job_keys(
-    store: Store,
-    keys: Keys,
-    ntasks: int,
-    nschedules: int,
-    fanins: Iterable[int],
-    invocations: Iterable[str] = (),
-    stored: Iterable[int] | None = None,
-) -> Iterator[dict[int, list[str]]]:
+@dataclass(frozen=True)
+class JobWrites:
+    """What a job may have written: a value per task of ``ntasks`` (``stored``: only these
+    tasks', a solo job's outputs), ``nschedules`` schedules, the ``fanins``' state and
+    the ``invocations``' leases and payloads."""
+
+    ntasks: int
+    nschedules: int = 0
+    fanins: Iterable[int] = ()
+    invocations: Iterable[str] = ()
+    stored: Iterable[int] | None = None
+
+
+def all_job_keys(store: Store, keys: Keys, written: JobWrites) -> Iterator[dict[int, list[str]]]:
     """Every key a job may have written, grouped by server, in slices of about
     ``JOB_KEYS_SLICE`` tasks' keys (a million-task job's key names alone are a
     few hundred MB: they are never all listed at once).  The first slice holds
@@ -412,17 +409,18 @@ def all_job_keys(
     The parts of split values are not listed: their names are in the
     ``keys.parts`` registry (listed here), which ``Store.delete_job`` reads.
     """
+    ntasks, nschedules = written.ntasks, written.nschedules
     mds = [keys.events, keys.cancel, keys.parts, keys.spills, keys.options, keys.attempts, keys.plan]
-    for inv in invocations:
+    for inv in written.invocations:
         mds += [keys.lease(inv), keys.invocation(inv), keys.current(inv)]
     first: dict[int, list[str]] = {store.mds_index: mds}
-    if stored is not None:  # these values only, in the first slice
-        data = [keys.data(t) for t in stored]
+    if written.stored is not None:  # these values only, in the first slice
+        data = [keys.data(t) for t in written.stored]
         for server, key in zip(store.kvs_servers(data), data, strict=True):
             first.setdefault(server, []).append(key)
         ntasks = 0
     yield first
-    fanins = sorted(fanins)
+    fanins = sorted(written.fanins)
     f = 0
     for start in range(0, max(ntasks, nschedules), JOB_KEYS_SLICE):
         end = start + JOB_KEYS_SLICE
