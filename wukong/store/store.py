@@ -62,9 +62,6 @@ RING_VNODES = 1024  # points per KVS server on the ring: shares stay within ~10%
 UNLINK_CHUNK = 10_000  # keys one UNLINK takes
 
 
-IDLE_CHECK_S = 1.0  # a thread's connection unused this long is checked before a round trip
-
-
 class Store:
     """Connections to one cluster's MDS and KVS shards."""
 
@@ -356,25 +353,24 @@ class Store:
 
     def connection(self, server: int) -> Any:
         """The calling thread's own connection to ``server`` (standalone), made on first use
-        and kept: a round trip needs no checkout from a pool.  A forked child makes its own;
-        a thread's are closed when it ends (garbage) or when the store closes."""
+        and kept: a round trip needs no checkout from a pool (its lock, metrics, wrappers).
+        A forked child makes its own; a thread's are closed when it ends (garbage) or when
+        the store closes."""
         local = self._local
         if getattr(local, "pid", None) != os.getpid():
-            local.pid, local.conns, local.used = os.getpid(), {}, {}
+            local.pid, local.conns = os.getpid(), {}
         conn = local.conns.get(server)
         if conn is None:
             conn = local.conns[server] = self.servers[server].connection_pool.make_connection()
             self._kept.add(conn)
-        now = time.monotonic()
-        if now - local.used.get(server, now) > IDLE_CHECK_S:
-            # Idle a while (a Lambda container thawed, a server restarted): as a pool checkout
-            # does, drop a connection the server has closed before sending on it.
-            try:
-                if conn.can_read():
-                    conn.disconnect()
-            except (redis.ConnectionError, OSError):
+        # As a pool checkout does (a poll, ~1 µs): a connection the server closed since its
+        # last use (a restarted server, a thawed Lambda container) is opened again, not
+        # sent on and failed.
+        try:
+            if conn.can_read():
                 conn.disconnect()
-        local.used[server] = now
+        except (redis.ConnectionError, OSError):
+            conn.disconnect()
         return conn
 
     def close(self) -> None:
