@@ -229,3 +229,13 @@ def test_lambda_backend_fan_out_through_the_proxy(monkeypatch):
                 assert fan_out(120).compute(scheduler=client.get) == expected(120)
                 assert stats(cluster)["served"] == 1
             assert job_keys(cluster) == []
+        # A new proxy under the same secret ARN, with a new secret: the warm functions kept
+        # the old one, are refused once, read the secret again and go through the new proxy
+        # (before, they fell back to invoking directly for the life of the container).
+        with lambda_cluster(lam, use_local_proxy=True, max_task_fanout=FANOUT) as cluster:
+            lam.put_secret("wukong-proxy", cluster.proxy["secret"])
+            with Client(cluster, progress=False) as client:
+                assert fan_out(120).compute(scheduler=client.get) == expected(120)
+                assert stats(cluster)["served"] == 1
+                assert stats(cluster)["refused"] >= 1  # the kept secret's request
+            assert job_keys(cluster) == []

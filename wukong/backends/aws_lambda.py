@@ -45,6 +45,7 @@ memory size) for cost accounting.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import random
@@ -419,6 +420,7 @@ def _executor_for(config: dict) -> tuple[Store, Executor]:
 
         route = {"backend": "lambda", "config": config}  # the proxy invokes as this invoker would
         proxy = config.get("proxy")
+        renew = None  # reads a rotated secret (a new proxy) this warm container did not see
         if proxy and not proxy.get("secret"):  # events carry no secret: the function's own configuration does
             secret = credentials.proxy_secret_from_environment()
             if not secret:
@@ -428,7 +430,8 @@ def _executor_for(config: dict) -> tuple[Store, Executor]:
                     file=sys.stderr,
                 )
             proxy = {**proxy, "secret": secret} if secret else None
-        executor = Executor(store, invoker, **config["executor"], **proxy_kwargs(proxy, store, route))
+            renew = functools.partial(credentials.proxy_secret_from_environment, renew=True)
+        executor = Executor(store, invoker, **config["executor"], **proxy_kwargs(proxy, store, route, renew))
         task_warnings.executor_process()
         cached = _warm[ident] = (store, executor)
     return cached

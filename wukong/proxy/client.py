@@ -13,10 +13,10 @@ import secrets
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from wukong.protocol import Invocation, Keys, encode_invocation
-from wukong.proxy.frames import ProxyError, pack, recv_frame
+from wukong.proxy.frames import AuthenticationFailed, ProxyError, pack, recv_frame
 from wukong.store import Store
 
 RETRY_AFTER_S = 5.0  # after a failure, executors invoke directly this long before trying the proxy again
@@ -28,12 +28,29 @@ class ProxyClient:
     True when the invocations are handed over (by the proxy, or, after a
     failure, found claimed by it); False when the caller must invoke them
     itself (the claim is then the caller's).  Failures are logged once.
+
+    ``renew()``, when given, reads the shared secret again: a proxy that fails
+    to authenticate a request (its secret was rotated, as when a new proxy
+    starts under the same secret ARN while this warm container kept the old
+    one) gets the request once more with the renewed secret, under the same
+    claim, before the caller gives up on it.  A proxy that refused the frame
+    ran nothing, and one that ran it holds the claim, so nothing runs twice.
     """
 
-    def __init__(self, address: str, secret: str | bytes, route: dict, store: Store, *, timeout: float = 60.0):
+    def __init__(
+        self,
+        address: str,
+        secret: str | bytes,
+        route: dict,
+        store: Store,
+        *,
+        timeout: float = 60.0,
+        renew: Callable[[], str | None] | None = None,
+    ):
         host, _, port = address.rpartition(":")
         self.address = (host or "127.0.0.1", int(port))
         self.secret = secret.encode() if isinstance(secret, str) else secret
+        self.renew = renew
         self.route = route
         self.store = store
         self.timeout = timeout
@@ -46,13 +63,27 @@ class ProxyClient:
             return False
         claim = Keys(job).proxy_claim(tid, secrets.token_hex(8))
         try:
-            self.request(job, tid, claim, invocations)
+            try:
+                self.request(job, tid, claim, invocations)
+            except AuthenticationFailed:
+                if not self.renewed():
+                    raise
+                self.request(job, tid, claim, invocations)
             return True
         except (OSError, ProxyError, ValueError) as exc:
             self.disconnect()
             self.warn(exc)
             self.down_until = time.monotonic() + RETRY_AFTER_S
         return not self.claim(job, claim)
+
+    def renewed(self) -> bool:
+        """Read the secret again (``renew``); True when it changed."""
+        self.disconnect()  # the proxy hung up after the failure
+        secret = self.renew() if self.renew is not None else None
+        if not secret or secret.encode() == self.secret:
+            return False
+        self.secret = secret.encode()
+        return True
 
     def stats(self) -> dict:
         """The proxy's counts of requests served and refused."""
@@ -63,7 +94,8 @@ class ProxyClient:
         sock.sendall(frame)
         reply = recv_frame(sock, self.secret)
         if not reply.get("ok"):
-            raise ProxyError(reply.get("error", "error"))
+            error = reply.get("error", "error")
+            raise (AuthenticationFailed if error == str(AuthenticationFailed()) else ProxyError)(error)
         return reply
 
     def request(self, job: str, tid: int, claim: str, invocations: Sequence[Invocation]) -> int:
@@ -121,9 +153,12 @@ class ProxyClient:
             print(f"wukong: proxy at {where} failed ({exc}); invoking directly", file=sys.stderr, flush=True)
 
 
-def executor_kwargs(config: dict | None, store: Store, route: dict) -> dict:
-    """``Executor`` keyword arguments for a cluster's proxy config (``{}``: no proxy)."""
+def executor_kwargs(
+    config: dict | None, store: Store, route: dict, renew: Callable[[], str | None] | None = None
+) -> dict:
+    """``Executor`` keyword arguments for a cluster's proxy config (``{}``: no proxy);
+    ``renew``: reads the secret again (``ProxyClient``)."""
     if not config:
         return {}
-    client = ProxyClient(config["address"], config["secret"], route, store)
+    client = ProxyClient(config["address"], config["secret"], route, store, renew=renew)
     return {"proxy": client, "max_task_fanout": config["max_task_fanout"]}

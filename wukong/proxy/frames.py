@@ -34,6 +34,13 @@ class ProxyError(Exception):
     """The proxy could not be reached, or refused or failed a request."""
 
 
+class AuthenticationFailed(ProxyError):
+    """A frame's MAC does not match: the two sides hold different secrets."""
+
+    def __init__(self, message: str = "authentication failed"):
+        super().__init__(message)
+
+
 # -- framing -----------------------------------------------------------------------
 
 
@@ -56,7 +63,7 @@ def read_prefix(secret: bytes, prefix: bytes) -> tuple[int, bytes]:
     """(body length, body MAC) of a frame's prefix; ``ProxyError`` unless authentic and within the cap."""
     n, head_mac, body_mac = PREFIX.unpack(prefix)
     if not hmac.compare_digest(head_mac, _mac(secret, HEAD_TAG, LEN.pack(n))):
-        raise ProxyError("authentication failed")
+        raise AuthenticationFailed()
     if n > MAX_FRAME:
         raise ProxyError(f"frame of {n} bytes exceeds the limit of {MAX_FRAME}")
     return n, body_mac
@@ -66,7 +73,7 @@ def read_body(secret: bytes, body_mac: bytes, body: bytes) -> tuple[dict, memory
     """An authenticated frame's body -> (header, rest); ``ProxyError`` when bad."""
     view = memoryview(body)
     if not hmac.compare_digest(body_mac, _mac(secret, LEN.pack(len(body)), view)):
-        raise ProxyError("authentication failed")
+        raise AuthenticationFailed()
     if len(body) < LEN.size:
         raise ProxyError("frame too short")
     (n,) = LEN.unpack_from(view)

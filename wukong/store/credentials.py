@@ -86,14 +86,15 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Any:
         return _cache[ident]
 
 
-def proxy_secret_from_environment(environ: Mapping[str, str] | None = None) -> str | None:
-    """The proxy's shared secret: ``$WUKONG_PROXY_SECRET_ARN`` (read once), else ``$WUKONG_PROXY_SECRET``."""
+def proxy_secret_from_environment(environ: Mapping[str, str] | None = None, *, renew: bool = False) -> str | None:
+    """The proxy's shared secret: ``$WUKONG_PROXY_SECRET_ARN`` (read once and kept;
+    ``renew``: read again, as after the proxy refused the kept one), else ``$WUKONG_PROXY_SECRET``."""
     env = os.environ if environ is None else environ
     arn = env.get(PROXY_SECRET_ARN_ENV)
     if not arn:
         return env.get("WUKONG_PROXY_SECRET")
     with _lock:
-        if ("proxy", arn) not in _cache:
+        if renew or ("proxy", arn) not in _cache:
             _cache["proxy", arn] = read_secret(arn)["password"]
         return _cache["proxy", arn]
 
