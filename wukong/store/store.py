@@ -265,7 +265,7 @@ class Store:
         deadline = time.monotonic() + (self.failover_timeout if self.cluster is not None else 0.0)
         delay = 0.1
         while True:
-            pipe = self.servers[server].pipeline(transaction=False)
+            pipe = self.pipeline(server)
             for i in todo:
                 pipe.execute_command(*commands[i])
             try:
