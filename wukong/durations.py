@@ -30,7 +30,6 @@ cost on one machine (QR: 36 ms spread, 28 ms solo; Cholesky: 60 against 44).
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Sequence
 
 from dask.utils import key_split
@@ -44,30 +43,29 @@ class TaskDurations:
     """Mean seconds per task, by task name and by key prefix, over the jobs of one client."""
 
     def __init__(self) -> None:
-        self.by_name: OrderedDict[str, float] = OrderedDict()
+        self.by_name: dict[str, float] = {}  # in the order learned (the oldest first)
         self.mean: dict[str, float] = {}  # by prefix
 
     def learn(self, runs: Iterable[tuple[Hashable, float]]) -> None:
         """Take in one job's (key, seconds) for each task it ran."""
-        total: dict[str, list] = {}  # name -> [seconds, tasks]
-        for key, seconds in runs:
-            t = total.get(n := _name(key))
-            if t is None:
-                total[n] = [seconds, 1]
-            else:
-                t[0] += seconds
-                t[1] += 1
-        prefixes: dict[str, list] = {}
-        for n, (seconds, count) in total.items():
-            _update(self.by_name, n, seconds / count)
-            self.by_name.move_to_end(n)
-            t = prefixes.setdefault(key_split(n), [0.0, 0])
-            t[0] += seconds
-            t[1] += count
-        for p, (seconds, count) in prefixes.items():
-            _update(self.mean, p, seconds / count)
-        while len(self.by_name) > NAMES_KEPT:
-            self.by_name.popitem(last=False)
+        seconds: dict[str, float] = {}  # by name
+        count: dict[str, int] = {}
+        for key, s in runs:
+            n = _name(key)
+            seconds[n] = seconds.get(n, 0.0) + s
+            count[n] = count.get(n, 0) + 1
+        by_name = self.by_name
+        prefixes: dict[str, tuple[float, int]] = {}
+        for n, s in seconds.items():
+            c = count[n]
+            old = by_name.pop(n, None)  # put back last: the most recently learned
+            by_name[n] = s / c if old is None else old + LEARN_WEIGHT * (s / c - old)
+            p = prefixes.get(k := key_split(n))
+            prefixes[k] = (s, c) if p is None else (p[0] + s, p[1] + c)
+        for k, (s, c) in prefixes.items():
+            _update(self.mean, k, s / c)
+        while len(by_name) > NAMES_KEPT:
+            del by_name[next(iter(by_name))]
 
     def estimate(self, key: Hashable) -> float | None:
         """Seconds ``key``'s task is expected to take (``None``: unknown)."""
