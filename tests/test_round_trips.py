@@ -228,10 +228,10 @@ def test_a_one_task_invocation_that_arrives_at_a_fanin_exits_in_the_same_round_t
     trips: dict[int, int] = {}
     execute = engine._SimBatch.execute
 
-    def counted(self):
+    def counted(self, atomic=False):
         span = self.store.sim.span()
         trips[id(span)] = trips.get(id(span), 0) + 1
-        return execute(self)
+        return execute(self, atomic)
 
     monkeypatch.setattr(engine._SimBatch, "execute", counted)
     root = delayed(operator.add)(1, 1)
@@ -240,3 +240,44 @@ def test_a_one_task_invocation_that_arrives_at_a_fanin_exits_in_the_same_round_t
     children = [s for s in report.spans if s.tasks == 1]
     assert len(children) >= 150
     assert sorted({trips[id(s)] for s in children}) == [2], sorted(trips[id(s)] for s in children)
+
+
+def test_an_atomic_batch_wakes_a_blocked_reader_once_with_all_its_events(cluster):
+    # An executor's exit pipeline (its last results, then its exit) runs inside MULTI/EXEC:
+    # the client, blocked on the job's stream, reads every event in one XREAD, not one
+    # per XADD.  Replies keep their places, an error reply included.
+    import threading
+
+    import redis
+
+    store = cluster.store
+    stream = f"atomic-{time.monotonic_ns()}"
+    store.mds.xadd(stream, {"k": "s"})
+    first = store.mds.xrange(stream)[-1][0]
+    got: list = []
+
+    def read() -> None:  # on another connection of the pool
+        got.extend(store.mds.xread({stream: first}, block=10_000)[0][1])
+
+    try:
+        for atomic in (True, False):
+            got.clear()
+            thread = threading.Thread(target=read)
+            thread.start()
+            time.sleep(0.2)  # blocked in XREAD
+            batch = store.batch()
+            hs = [batch.mds("xadd", stream, {"k": "r", "n": i}) for i in range(3)]
+            batch.execute(atomic=atomic)
+            thread.join(10)
+            assert all(isinstance(batch[h], bytes) for h in hs)
+            assert len(got) == (3 if atomic else 1)  # Redis serves a blocked reader after each command
+            first = store.mds.xrange(stream)[-1][0]
+        pipe = store.pipeline(store.mds_index)  # the replies of an atomic pipeline, an error in its place
+        pipe.xlen(stream)
+        pipe.incr(stream)
+        pipe.exists(stream)
+        n, bad, exists = pipe.execute(raise_on_error=False, atomic=True)
+        assert n == 7 and exists == 1
+        assert isinstance(bad, redis.ResponseError) and "WRONGTYPE" in str(bad)
+    finally:
+        store.mds.delete(stream)

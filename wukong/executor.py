@@ -386,15 +386,16 @@ class _Run:
         self.lease_hold: tuple = ()  # what the heartbeat holds for this invocation
 
     # -- round trips ---------------------------------------------------------
-    def send(self, batch: Batch) -> Batch:
-        """Send ``batch`` with the pending events and a cancel check."""
+    def send(self, batch: Batch, atomic: bool = False) -> Batch:
+        """Send ``batch`` with the pending events and a cancel check (``atomic``: as one
+        unit on the MDS, ``Batch.execute``: an exit and the events before it)."""
         if self.pending:
             pending, self.pending = self.pending, self.store.batch()
             batch.extend(pending)  # after the batch's own commands: its handles stay valid
         h = batch.mds("exists", self.keys.cancel)
         h_alive = batch.mds("exists", self.keys.events)
         h_backlog = batch.mds("llen", self.ex.queue) if self.ex.queue else None
-        batch.execute()
+        batch.execute(atomic)
         self.last_check = time.monotonic()
         if h_backlog is not None:
             self.backlog = batch[h_backlog]
@@ -782,7 +783,7 @@ class _Run:
         h = batch.exit(self.keys, self.inv.id, owners, [*events, self.report(exited=True)])
         self.ex.heartbeat.release()  # a beat after the exit would shorten the done lease's life
         try:
-            self.send(batch)
+            self.send(batch, atomic=True)  # the client reads the results and the exit at once
         finally:
             try:
                 self.exited = batch[h] == 1
@@ -1056,7 +1057,7 @@ class _Run:
             protocol.emit_event(batch, self.keys, fields)
         self.counts(batch, exited=True)
         h = batch.lease(self.keys, self.inv.id, "done", 0)  # never recreated once the job has ended
-        batch.execute()
+        batch.execute(atomic=True)  # the client reads the results and the exit at once
         if batch[h] == -1:  # the job ended first: what this last round trip wrote is ours to delete
             batch.undo()
 

@@ -390,7 +390,7 @@ class _SimBatch:
         server, i = handle
         return self.replies[server][i]
 
-    def execute(self) -> _SimBatch:
+    def execute(self, atomic: bool = False) -> _SimBatch:  # atomic: one unit anyway (a simulated round trip)
         sim, m = self.store.sim, self.store.sim.model
         mds = self.store.mds_index
         order = sorted(self.cmds, key=lambda s: s == mds) if len(self.cmds) > 1 else self.cmds  # KVS first, MDS last

@@ -209,12 +209,14 @@ class Batch:
     def __bool__(self) -> bool:
         return bool(self.pipes)
 
-    def execute(self) -> Batch:
+    def execute(self, atomic: bool = False) -> Batch:
+        """Send every pipeline and keep the replies.  ``atomic``: the MDS's commands run
+        as one unit (MULTI/EXEC on a standalone server: ``endpoint.Pipeline``)."""
         mds = self.store.mds_index
         order = sorted(self.pipes, key=lambda s: s == mds)  # KVS first, MDS last
         for server in order:
             commands = list(queued(self.pipes[server]))  # execute() empties the stack
-            replies = run(self.pipes[server], self.store.name_of(server))
+            replies = run(self.pipes[server], self.store.name_of(server), atomic and server == mds)
             for i, reply in enumerate(replies):
                 if isinstance(reply, NoScriptError):  # server restarted or flushed its scripts
                     replies[i] = self._rerun_script(server, commands[i])

@@ -157,7 +157,10 @@ class Pipeline(redis.client.Pipeline):
         super().__init__(client.connection_pool, client.response_callbacks, False, None)
         self.conn = conn
 
-    def execute(self, raise_on_error: bool = True) -> list:
+    def execute(self, raise_on_error: bool = True, atomic: bool = False) -> list:
+        """Send the queued commands, read their replies.  ``atomic``: inside MULTI/EXEC,
+        so they run as one unit: a client blocked on a stream they add to wakes once,
+        after all of them (an executor's last events and its exit: one read, not two)."""
         stack, self.command_stack = self.command_stack, []
         if not stack:
             return []
@@ -165,12 +168,19 @@ class Pipeline(redis.client.Pipeline):
         callbacks = self.response_callbacks
         replies: list = []
         try:
-            conn.send_packed_command(conn.pack_commands([args for args, _ in stack]))
-            for args, options in stack:
-                try:
-                    reply = conn.read_response(disable_decoding=NEVER_DECODE in options)
-                except redis.ResponseError as e:
-                    replies.append(options.get(EMPTY_RESPONSE, e))
+            commands = [args for args, _ in stack]
+            conn.send_packed_command(conn.pack_commands([("MULTI",), *commands, ("EXEC",)] if atomic else commands))
+            raw = self._read_atomic(conn, len(stack)) if atomic else None
+            for i, (args, options) in enumerate(stack):
+                if raw is None:
+                    try:
+                        reply = conn.read_response(disable_decoding=NEVER_DECODE in options)
+                    except redis.ResponseError as e:
+                        reply = e
+                else:
+                    reply = raw[i]
+                if isinstance(reply, redis.ResponseError):
+                    replies.append(options.get(EMPTY_RESPONSE, reply))
                     continue
                 callback = callbacks.get(args[0])
                 if callback is not None:
@@ -183,13 +193,33 @@ class Pipeline(redis.client.Pipeline):
             self.raise_first_error(stack, replies)
         return replies
 
+    @staticmethod
+    def _read_atomic(conn: Any, n: int) -> list:
+        """The replies of ``n`` commands sent inside MULTI/EXEC: EXEC's (an error in
+        place of each reply when a command was refused as queued: EXECABORT)."""
+        conn.read_response()  # MULTI: OK
+        queued: list = []
+        for _ in range(n):
+            try:
+                queued.append(conn.read_response())  # QUEUED
+            except redis.ResponseError as e:
+                queued.append(e)
+        try:
+            replies = conn.read_response()
+        except redis.ResponseError as e:  # EXECABORT: nothing ran
+            return [q if isinstance(q, redis.ResponseError) else e for q in queued]
+        return list(replies)
+
 
 _NOT_FOR_CALLBACKS = (NEVER_DECODE, EMPTY_RESPONSE, "keys")  # options redis-py's parse_response drops
 
 
-def run(pipe: Any, name: str) -> list:
-    """Execute a pipeline; connection failures become ``StorageError`` naming the server."""
+def run(pipe: Any, name: str, atomic: bool = False) -> list:
+    """Execute a pipeline (``atomic``: ``Pipeline.execute``'s, where it is one); connection
+    failures become ``StorageError`` naming the server."""
     try:
+        if atomic and isinstance(pipe, Pipeline):
+            return pipe.execute(raise_on_error=False, atomic=True)
         return pipe.execute(raise_on_error=False)
     except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
         raise StorageError(f"lost the connection to Redis at {name}: {e}") from None
