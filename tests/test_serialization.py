@@ -193,17 +193,45 @@ def test_a_body_pickler_is_usable_after_a_body_it_refused():
 
 def test_a_dask_task_travels_as_its_definition():
     """Dependencies, token and repr are made again where the task runs, not sent."""
-    from dask.task_spec import Task, TaskRef
+    from dask.task_spec import List, Task, TaskRef
 
     tasks = [
-        Task("sum", operator.add, TaskRef("a"), 1, _data_producer=True),
+        Task("nested", sum, List(TaskRef("a"), 1)),  # a graph node among its arguments
         Task("kw", dict, x=TaskRef("b"), y=2),
     ]
     for t in tasks:
         repr(t), hash(t)  # cache the repr and token Dask's own pickling would carry
     blob = serialization.BodyPickler().dumps(tasks)
     assert b"<Task" not in blob
-    added, made = serialization.loads_function(blob)
-    assert type(added) is Task and added.key == "sum" and added.dependencies == {"a"} and added.data_producer
+    nested, made = serialization.loads_function(blob)
+    assert type(nested) is Task and nested.key == "nested" and nested.dependencies == {"a"}
     assert made.dependencies == {"b"} and not made.data_producer
-    assert added({"a": 2}) == 3 and made({"b": 1}) == {"x": 1, "y": 2}
+    assert nested({"a": 2}) == 3 and made({"b": 1}) == {"x": 1, "y": 2}
+
+
+def test_a_task_of_positional_references_and_literals_runs_as_a_simple_task():
+    """No ``Task`` or ``TaskRef`` is built where it runs; it is called as the ``Task`` is:
+    references replaced by values, anything else (a literal list holding a reference
+    included, as ``Task.__call__`` leaves it) passed as it is."""
+    from dask.task_spec import Task, TaskRef
+
+    ref = TaskRef("c")
+    tasks = [
+        Task("sum", operator.add, TaskRef("a"), 1, _data_producer=True),
+        Task("both", operator.sub, TaskRef("a"), TaskRef("b")),
+        Task("twice", operator.mul, TaskRef("a"), TaskRef("a")),
+        Task("none", operator.neg, 5),
+        Task("literal", list, [ref, 1]),
+    ]
+    values = {"a": 7, "b": 2, "c": 0}
+    pickler = serialization.BodyPickler()
+    assert b"TaskRef" not in pickler.dumps(tasks[:4], tasks[:4])
+    sent = serialization.loads_function(pickler.dumps(tasks, tasks))
+    assert all(type(s) is serialization.SimpleTask for s in sent)
+    assert [s.key for s in sent] == [t.key for t in tasks]
+    assert [s(values) for s in sent] == [t(values) for t in tasks] == [8, 5, 49, -5, [ref, 1]]
+    # A Task inside an argument (a fused task's inner graph) stays a Task: Dask's code runs it.
+    inner = {"x": Task("x", operator.add, TaskRef("a"), 1)}
+    fused = Task("fused", dict, inner)
+    (back,) = serialization.loads_function(pickler.dumps([fused], [fused]))
+    assert type(back) is serialization.SimpleTask and type(back.args[0]["x"]) is Task

@@ -109,7 +109,7 @@ def plan(order: Sequence[Hashable], graph: Mapping[Hashable, GraphNode], outputs
 def _dumps_bodies(obj: list, bodies: list, pickler: serialization.BodyPickler) -> bytes:
     """``obj``'s pickle; when it fails, a ``GraphError`` names the task of ``bodies`` that cannot be pickled."""
     try:
-        return pickler.dumps(obj)
+        return pickler.dumps(obj, [node for node, _ in bodies])
     except Exception:
         for node, _ in bodies:  # find the culprit to name it
             try:
