@@ -1,0 +1,68 @@
+"""wukong and Dask's sync scheduler job by job: ``python -m bench.alternate``.
+
+``python -m bench`` times a system's runs of a workload one after the other, each after
+a pause that samples the machine's load.  A job of 10-30 ms then runs as fast as the
+machine is at that moment, and on this machine that swings by ±20% from one minute to
+the next.  Here each wukong job is followed at once by the same graph on ``sync``, in
+one process, so both see the same moment, and the ratio of the medians is what one
+code change moves.  Run it with ``PYTHONPATH=<a checkout>`` for each version to compare
+two versions, alternating.  Results are checked against ``sync``'s first one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import dask
+
+from bench import harness, workloads
+
+
+def alternate(names: list[str], size: str, runs: int, warmup: int = 5) -> list[dict]:
+    """Per workload: medians of ``runs`` wukong and sync jobs, taken in turn."""
+    system = harness._start_wukong()
+    out = []
+    try:
+        for name in names:
+            wl = workloads.build(name, size)
+            reference = dask.compute(*wl.collections, scheduler="sync")
+            for _ in range(warmup):  # the client learns the durations: a small job runs solo
+                dask.compute(*wl.collections, scheduler=system.scheduler)
+            times: dict[str, list[float]] = {"wukong": [], "sync": []}
+            for _ in range(runs):
+                for label, scheduler in (("wukong", system.scheduler), ("sync", "sync")):
+                    t0 = time.perf_counter()
+                    result = dask.compute(*wl.collections, scheduler=scheduler)
+                    times[label].append(time.perf_counter() - t0)
+                    mismatch = wl.check(result, reference)
+                    if mismatch:
+                        raise AssertionError(f"{name} on {label}: {mismatch}")
+            w, s = statistics.median(times["wukong"]), statistics.median(times["sync"])
+            out.append(
+                {"workload": name, "wukong_s": w, "sync_s": s, "ratio": w / s, "solo": system.last_job()["solo"]}
+            )
+    finally:
+        system.close()
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.alternate", description=__doc__.splitlines()[0])
+    p.add_argument("--only", default="tree,qr,cholesky", help="workloads, comma-separated")
+    p.add_argument("--size", default="small", choices=["tiny", "small", "full"])
+    p.add_argument("--runs", type=int, default=40, help="jobs per system per workload")
+    args = p.parse_args(argv)
+    load = os.getloadavg()[0]
+    rows = alternate(args.only.split(","), args.size, args.runs)
+    print(f"wukong and sync job by job, size {args.size}, median of {args.runs} each (load before: {load:.2f})")
+    print(f"{'workload':<10} {'wukong ms':>10} {'sync ms':>9} {'wukong / sync':>14}  solo")
+    for r in rows:
+        w, s = r["wukong_s"] * 1e3, r["sync_s"] * 1e3
+        print(f"{r['workload']:<10} {w:>10.2f} {s:>9.2f} {r['ratio']:>13.3f}×  {r['solo']}")
+
+
+if __name__ == "__main__":
+    main()
