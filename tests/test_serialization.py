@@ -213,7 +213,7 @@ def test_a_task_of_positional_references_and_literals_runs_as_a_simple_task():
     """No ``Task`` or ``TaskRef`` is built where it runs; it is called as the ``Task`` is:
     references replaced by values, anything else (a literal list holding a reference
     included, as ``Task.__call__`` leaves it) passed as it is."""
-    from dask.task_spec import Task, TaskRef
+    from dask.task_spec import Alias, DataNode, Task, TaskRef
 
     ref = TaskRef("c")
     tasks = [
@@ -222,6 +222,8 @@ def test_a_task_of_positional_references_and_literals_runs_as_a_simple_task():
         Task("twice", operator.mul, TaskRef("a"), TaskRef("a")),
         Task("none", operator.neg, 5),
         Task("literal", list, [ref, 1]),
+        Task("alias", operator.add, Alias("x", "a"), 1),  # an alias evaluates to its target's value
+        Task("data", operator.add, DataNode("d", 10), TaskRef("b")),  # a DataNode to its value
     ]
     values = {"a": 7, "b": 2, "c": 0}
     pickler = serialization.BodyPickler()
@@ -229,7 +231,7 @@ def test_a_task_of_positional_references_and_literals_runs_as_a_simple_task():
     sent = serialization.loads_function(pickler.dumps(tasks, tasks))
     assert all(type(s) is serialization.SimpleTask for s in sent)
     assert [s.key for s in sent] == [t.key for t in tasks]
-    assert [s(values) for s in sent] == [t(values) for t in tasks] == [8, 5, 49, -5, [ref, 1]]
+    assert [s(values) for s in sent] == [t(values) for t in tasks] == [8, 5, 49, -5, [ref, 1], 8, 12]
     # A Task inside an argument (a fused task's inner graph) stays a Task: Dask's code runs it.
     inner = {"x": Task("x", operator.add, TaskRef("a"), 1)}
     fused = Task("fused", dict, inner)

@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import cloudpickle
-from dask.task_spec import GraphNode, Task, TaskRef
+from dask.task_spec import Alias, DataNode, GraphNode, Task, TaskRef
 from wukong_native import HEADER_LEN, TAG_RAW, compress, decompress
 
 SMALL = 1024  # below this a value with no buffers is not framed
@@ -243,7 +243,8 @@ class _BodyPickler(pickle.Pickler):
 
 
 class SimpleTask:
-    """A Dask ``Task`` whose arguments are positional and none of them a graph node, as
+    """A Dask ``Task`` whose arguments are positional and none of them a graph node but an
+    ``Alias`` (a reference by another name) or a ``DataNode`` (a value), as
     it travels (``BodyPickler``) and runs: called as the ``Task`` is (``Task.__call__``:
     each reference replaced by its value, any other argument passed as it is), without
     the ``Task`` and ``TaskRef`` objects an executor would build to run it.  ``refs``
@@ -282,19 +283,28 @@ class SimpleTask:
 
 
 def _simple(args: tuple) -> tuple | None:
-    """``SimpleTask``'s (refs, args, pos) for a ``Task``'s ``args``; ``None`` when one is a graph node."""
-    refs, pos = [], []
+    """``SimpleTask``'s (refs, args, pos) for a ``Task``'s ``args``; ``None`` when one is a
+    graph node other than an ``Alias`` (a reference) or a ``DataNode`` (its value)."""
+    refs, pos, out = [], [], None
     for i, a in enumerate(args):
         if type(a) is TaskRef or isinstance(a, TaskRef):
             refs.append(a.key)
             pos.append(i)
+        elif type(a) is Alias:  # evaluates to its target's value (``Alias.__call__``)
+            refs.append(a.target)
+            pos.append(i)
+        elif type(a) is DataNode:  # evaluates to its value
+            if out is None:
+                out = list(args)
+            out[i] = a.value
         elif isinstance(a, GraphNode):
             return None
     if len(refs) == len(args):
         return tuple(refs), None, ()
-    if not refs:
-        return (), args, ()
-    out = list(args)
+    if out is None:
+        if not refs:
+            return (), args, ()
+        out = list(args)
     for i in pos:
         out[i] = None
     return tuple(refs), tuple(out), tuple(pos)
