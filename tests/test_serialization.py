@@ -237,3 +237,10 @@ def test_a_task_of_positional_references_and_literals_runs_as_a_simple_task():
     fused = Task("fused", dict, inner)
     (back,) = serialization.loads_function(pickler.dumps([fused], [fused]))
     assert type(back) is serialization.SimpleTask and type(back.args[0]["x"]) is Task
+    # One Task object both a body and inlined in another body's argument: whichever form
+    # the pickle's memo gives the second occurrence, it evaluates to the task's value there.
+    shared = Task("s", operator.add, TaskRef("a"), 1)
+    outer = Task("o", operator.neg, shared)
+    for order in ([shared, outer], [outer, shared]):
+        got = serialization.loads_function(pickler.dumps(order, order))
+        assert [t(values) for t in got] == [t(values) for t in order]

@@ -242,7 +242,7 @@ class _BodyPickler(pickle.Pickler):
         return buf.getvalue()
 
 
-class SimpleTask:
+class SimpleTask(GraphNode):
     """A Dask ``Task`` whose arguments are positional and none of them a graph node but an
     ``Alias`` (a reference by another name) or a ``DataNode`` (a value), as
     it travels (``BodyPickler``) and runs: called as the ``Task`` is (``Task.__call__``:
@@ -254,9 +254,14 @@ class SimpleTask:
     A tree reduction's 1,023 tasks unpickled in 1.3-1.6 ms as ``Task``s (three objects
     and their constructors each), in 0.45 ms as these.  Most of Dask's array, bag and
     delayed tasks are of this kind (a fused task too: its inner graph is an argument).
+
+    A graph node itself, so that where the pickle's memo puts one in place of the
+    same ``Task`` inside another task's argument (one object as a body and as an
+    inlined argument), Dask's code evaluates it there as it would that ``Task``.
     """
 
-    __slots__ = ("key", "func", "refs", "args", "pos")
+    __slots__ = ("func", "refs", "args", "pos")  # and ``GraphNode``'s key
+    __hash__ = object.__hash__
 
     def __init__(self, key: Any, func: Any, refs: tuple, args: tuple | None = None, pos: tuple = ()):
         self.key, self.func, self.refs, self.args, self.pos = key, func, refs, args, pos
@@ -272,7 +277,7 @@ class SimpleTask:
         return self.func(*args)
 
     @property
-    def dependencies(self) -> frozenset:  # as a ``Task``'s, should Dask's own code ask
+    def dependencies(self) -> frozenset:  # as a ``Task``'s (``GraphNode``'s is a slot set at init)
         return frozenset(self.refs)
 
     def __reduce__(self) -> tuple:
