@@ -48,7 +48,7 @@ STORAGE = {"standalone": "wukong", "ring3": "wukong-ring3", "cluster3": "wukong-
 OTHER_STORAGE = ("wukong-ring3", "wukong-cluster3")
 # run only when named (``--systems``): wukong's executors as threads of one worker process
 ON_REQUEST = ("wukong-threads",)
-LOAD_WINDOW_S = 0.5  # how long ``other_load`` samples the machine before each run
+LOAD_WINDOW_S = 0.5  # how long ``other_load`` samples the machine, before each cell and after it
 
 
 @dataclass
@@ -417,11 +417,15 @@ def run_cell(
         "error": None,
     }
     first = None
+    # The load from other processes, sampled over a pause before the cell and once more
+    # after it (``other_load_before``: both samples), not before each run: a job of a few
+    # milliseconds started right after an idle pause ran up to 2x slower (sync's qr:
+    # 9.9 ms back to back, 15.6 ms after 0.5 s asleep, 19-24 ms in a run that paused).
+    cell["other_load_before"] = [round(other_load(), 3)]
     for i in range(repeat + 1):
         what = "warm-up" if i == 0 else f"run {i}/{repeat}"
         progress.show(f"{wl.name} · {system.name} · {what}")
         cell.setdefault("load_before", []).append(os.getloadavg()[0])
-        cell.setdefault("other_load_before", []).append(round(other_load(), 3))
         before = system.counters() if system.counters else None
         try:
             seconds, result = _compute(system, wl.collections, timeout)
@@ -454,6 +458,7 @@ def run_cell(
             cell["mismatch"] = f"{what}: {mismatch}"
         del result
         progress.step(f"{wl.name} · {system.name} · {what} {seconds:.3f}s")
+    cell["other_load_before"].append(round(other_load(), 3))
     if cell["runs_s"]:
         cell["median_s"] = statistics.median(cell["runs_s"])
     if cell["jobs"]:
