@@ -411,6 +411,11 @@ class _Run:
         with when it was sent, picked up and ended, and its waits on holds."""
         protocol.emit_event(batch, self.keys, self.report(invoked, exited))
 
+    def exit_fields(self) -> list[dict]:
+        """The fields of the events the backend sends just before an exit (``Executor.run``'s
+        ``exit_events``: the Lambda handler's duration)."""
+        return self.exit_events() if self.exit_events is not None else []
+
     def report(self, invoked: list[str] | tuple[()] = (), exited: bool = False) -> dict[str, Any]:
         """The fields of ``counts``'s event; what they report is reported from now on."""
         n = self.ndone - self.nreported
@@ -487,7 +492,7 @@ class _Run:
             batch = self.store.batch()
             if self.on_exit is not None:
                 self.on_exit(batch)
-            for fields in self.exit_events() if self.exit_events is not None else ():
+            for fields in self.exit_fields():
                 protocol.emit_event(batch, self.keys, fields)
             self.counts(batch)
             report_ended(batch, self.keys, self.inv.id, self.current, why)
@@ -778,7 +783,7 @@ class _Run:
             pending, self.pending = self.pending, self.store.batch()
             batch.extend(pending)
         kept = (self.nreported, self.timings, self.stats, self.last_report)
-        events = self.exit_events() if self.exit_events is not None else []
+        events = self.exit_fields()
         owners = [(fanin, f"{self.inv.id}/{parent}") for fanin, parent in arrivals]  # ``fanin.lua``'s owner values
         h = batch.exit(self.keys, self.inv.id, owners, [*events, self.report(exited=True)])
         self.ex.heartbeat.release()  # a beat after the exit would shorten the done lease's life
@@ -1053,7 +1058,7 @@ class _Run:
         batch, self.pending = self.pending, self.store.batch()
         if self.on_exit is not None:  # before the exit event: after it the client may stop reading
             self.on_exit(batch)
-        for fields in self.exit_events() if self.exit_events is not None else ():
+        for fields in self.exit_fields():
             protocol.emit_event(batch, self.keys, fields)
         self.counts(batch, exited=True)
         h = batch.lease(self.keys, self.inv.id, "done", 0)  # never recreated once the job has ended
