@@ -264,7 +264,10 @@ def test_an_atomic_batch_wakes_a_blocked_reader_once_with_all_its_events(cluster
             got.clear()
             thread = threading.Thread(target=read)
             thread.start()
-            time.sleep(0.2)  # blocked in XREAD
+            deadline = time.monotonic() + 10
+            while store.mds.info("clients")["blocked_clients"] < 1:  # until it waits in XREAD
+                assert time.monotonic() < deadline, "the reader never blocked"
+                time.sleep(0.01)
             batch = store.batch()
             hs = [batch.mds("xadd", stream, {"k": "r", "n": i}) for i in range(3)]
             batch.execute(atomic=atomic)
