@@ -55,6 +55,19 @@ def test_durations_learn_by_prefix_and_estimate():
     assert d.mean["x"] == pytest.approx(0.03)  # half way to the new job's mean
 
 
+def test_the_least_recently_learned_names_are_forgotten_first(monkeypatch):
+    from wukong import durations
+
+    monkeypatch.setattr(durations, "NAMES_KEPT", 3)
+    d = TaskDurations()
+    for name in ["a-1", "b-1", "c-1"]:
+        d.learn([((name, 0), 0.5)])
+    d.learn([(("a-1", 0), 0.3)])  # learned again: now the most recent
+    d.learn([(("d-1", 0), 0.2)])  # a fourth name: the least recently learned, b-1, goes
+    assert list(d.by_name) == ["c-1", "a-1", "d-1"]
+    assert d.by_name["a-1"] == 0.5 + durations.LEARN_WEIGHT * (0.3 - 0.5)
+
+
 def test_a_task_is_estimated_by_its_name_before_its_prefix():
     d = TaskDurations()
     d.learn([(("random_sample-b1g", i), 0.05) for i in range(8)])  # a TSQR's chunks
