@@ -1,6 +1,7 @@
 """Task outputs survive ``dumps``/``loads``: same value, arrays writable, large buffers framed."""
 
 import operator
+import weakref
 from typing import Any
 
 import numpy as np
@@ -244,3 +245,56 @@ def test_a_task_of_positional_references_and_literals_runs_as_a_simple_task():
     for order in ([shared, outer], [outer, shared]):
         got = serialization.loads_function(pickler.dumps(order, order))
         assert [t(values) for t in got] == [t(values) for t in order]
+
+
+def test_a_fused_task_runs_its_subgraph_as_dask_does_without_dask_order():
+    """A body's fused task (``_execute_subgraph``) travels calling ``run_subgraph``: the same
+    values as Dask's runner, each inner task after its inputs, an intermediate let go after
+    its last use, a cycle refused by name."""
+    from dask._task_spec import Task, TaskRef, _execute_subgraph
+
+    ran: list = []
+
+    def step(name: str, *xs: int) -> int:
+        ran.append(name)
+        return sum(xs) + len(name)
+
+    # a diamond inside the fused task: a -> (b, c) -> d, reading the outer "x" twice
+    inner = [
+        Task("d", step, "d", TaskRef("b"), TaskRef("c")),
+        Task("b", step, "b", TaskRef("a")),
+        Task("c", step, "c", TaskRef("a"), TaskRef("x")),
+        Task("a", step, "a", TaskRef("x")),
+    ]
+    fused = Task.fuse(*inner)
+    assert fused.func is _execute_subgraph
+    (sent,) = serialization.loads_function(serialization.BodyPickler().dumps([fused], [fused]))
+    assert type(sent) is serialization.SimpleTask and sent.func is serialization.run_subgraph
+    assert sent({"x": 10}) == fused({"x": 10}) == 35  # its function travelled by value: a copy
+    ran.clear()
+    subgraph, outkey, inkeys = fused.args[:3]
+    assert serialization.run_subgraph(subgraph, outkey, inkeys, 10) == 35
+    assert ran[0] == "a" and ran[-1] == "d" and sorted(ran[1:3]) == ["b", "c"]
+
+    class Box:
+        pass
+
+    made: dict = {}  # name -> weak reference to its value
+    alive: list = []  # the values still held when each inner task ran
+
+    def box(name: str, *inputs: Box) -> Box:
+        alive.append(sorted(n for n, ref in made.items() if ref() is not None))
+        out = Box()
+        made[name] = weakref.ref(out)
+        return out
+
+    chain = {k: Task(k, box, k, TaskRef(dep)) for k, dep in (("r", "q"), ("q", "p"), ("p", "x"))}
+    for run in (_execute_subgraph, serialization.run_subgraph):  # Dask's runner, then ours
+        made.clear()
+        alive.clear()
+        assert isinstance(run(chain, "r", ("x",), Box()), Box)
+        assert alive == [[], ["p"], ["q"]]  # p let go once q ran, q once r ran
+
+    loop = {"u": Task("u", box, "u", TaskRef("v")), "v": Task("v", box, "v", TaskRef("u"))}
+    with pytest.raises(ValueError, match="cycle"):
+        serialization.run_subgraph(loop, "u", ())
