@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import operator
 import time
+from concurrent.futures import ThreadPoolExecutor
+
+import psutil
 
 from wukong.backends.local import LEAF_GROUPS_PER_WORKER
 
@@ -284,3 +287,23 @@ def test_an_atomic_batch_wakes_a_blocked_reader_once_with_all_its_events(cluster
         assert isinstance(bad, redis.ResponseError) and "WRONGTYPE" in str(bad)
     finally:
         store.mds.delete(stream)
+
+
+def test_jobs_from_many_short_lived_threads_share_their_connections(cluster, client):
+    """A client driven from a new thread each time (a web server's handlers, the bench
+    harness): a thread that ended hands its connections to the next, so Redis sees no
+    more of them, and the 150th job runs as the first did (each thread's own connection,
+    never given back, counted against redis-py's pool limit of 100 until the 100th
+    thread's job failed with "Too many connections")."""
+    port = cluster.store.servers[0].connection_pool.connection_kwargs["port"]
+
+    def connections() -> int:  # this process's to Redis
+        return sum(c.raddr and c.raddr.port == port for c in psutil.Process().net_connections("tcp"))
+
+    with ThreadPoolExecutor(1) as thread:  # the connections one job needs
+        assert thread.submit(client.get, {"x": (operator.add, 1, 1)}, "x").result() == 2
+    made = connections()
+    for i in range(150):
+        with ThreadPoolExecutor(1) as thread:  # a new thread for each job
+            assert thread.submit(client.get, {"x": (operator.add, i, 1)}, "x").result() == i + 1
+    assert connections() == made
