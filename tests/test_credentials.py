@@ -43,7 +43,7 @@ def test_an_ssm_parameter_is_read_with_decryption_once_per_process(monkeypatch):
         first = credentials.from_environment(env)
         assert credentials.from_environment(env) is first  # cached: one GetParameter per warm container
         stub.assert_no_pending_responses()
-    assert first == {"username": "wk", "password": "from-ssm"} and calls == ["ssm"]
+    assert first.get_credentials() == ("wk", "from-ssm") and calls == ["ssm"]
 
 
 def test_no_configuration_means_no_credentials():
@@ -61,6 +61,44 @@ def test_store_config_without_secrets_is_filled_from_credentials(redis_server):
     opened = Store.from_config(config, {"username": None, "password": redis_server.password})
     assert opened.mds.ping()
     opened.close()
+
+
+def test_a_rotated_secret_is_read_again_when_redis_refuses_a_new_connection(redis_server):
+    """A warm executor keeps the credentials it read; once the secret is rotated its open
+    connections stay logged in, and the next it opens is refused: it reads the secret
+    again and logs in with the new password, on redis-py's connections and its own kept
+    ones alike.  A password that is refused after a fresh read is an error, not a loop."""
+    secret = {"username": None, "password": redis_server.password}
+    clock = Clock()
+    provider = credentials.SecretCredentials(lambda: dict(secret), clock=clock)
+    ep = Endpoint("127.0.0.1", redis_server.port, password=redis_server.password)
+    config = Store(ep, [ep]).to_config(secrets=False)
+    store = Store.from_config(config, provider)  # as the Lambda handler opens it
+    batch = store.batch()
+    h = batch.mds("set", "k", "v")
+    batch.execute()
+    assert store.mds.ping() and batch[h]
+
+    admin = redis.Redis(port=redis_server.port, password=redis_server.password)
+    admin.config_set("requirepass", "rotated")
+    secret["password"] = "rotated"
+    clock.now += credentials.RENEW_MIN_S  # (it reads again at most once a second)
+    store.close()  # its connections gone (an idle timeout, a thaw); the store is used again
+    assert store.mds.ping()  # a pool's new connection
+    batch = store.batch()
+    h = batch.mds("get", "k")
+    batch.execute()  # the thread's kept connection, opened again
+    assert batch[h] == b"v" and provider.reads == 2
+    store.close()
+
+    admin = redis.Redis(port=redis_server.port, password="rotated")
+    admin.config_set("requirepass", "rotated-again")  # and the secret still says "rotated"
+    stale = credentials.SecretCredentials(lambda: dict(secret), clock=clock)
+    clock.now += credentials.RENEW_MIN_S
+    with pytest.raises(redis.AuthenticationError):
+        Store.from_config(config, stale).mds.ping()
+    assert stale.reads == 2  # read once more, the same: raised
+    redis.Redis(port=redis_server.port, password="rotated-again").config_set("requirepass", redis_server.password)
 
 
 class Clock:

@@ -113,6 +113,35 @@ def test_no_event_log_line_argv_or_environment_holds_the_password(capfd):
     assert password not in out + err
 
 
+def test_warm_functions_log_in_again_once_the_redis_secret_is_rotated():
+    """A rotated secret (a new password on Redis and in Secrets Manager): the warm
+    containers kept the old one, and Redis dropped their connections (an idle timeout,
+    a failover).  The next job's executors are refused once, read the secret again and
+    run it; before, every warm container failed its invocations until it was recycled."""
+    import json
+    import time
+
+    import redis
+
+    from wukong.store.credentials import RENEW_MIN_S
+
+    with lambda_local(HANDLER, workers=2) as lam:
+        with lambda_cluster(lam) as cluster:
+            assert tree_sum(16).compute(scheduler=Client(cluster, progress=False).get) == sum(range(16))
+        reads = lam.stats()["secret_reads"]
+        time.sleep(RENEW_MIN_S)  # a secret read a moment ago is not read again
+        port = lam.redis.port
+        redis.Redis(port=port, password=lam.redis.password).config_set("requirepass", "rotated")
+        lam.put_secret("wukong-redis", json.dumps({"username": None, "password": "rotated"}))
+        redis.Redis(port=port, password="rotated").client_kill_filter(_type="normal", skipme=True)
+        with lambda_cluster(lam) as cluster:  # the client reads the new secret
+            client = Client(cluster, progress=False)
+            assert tree_sum(16).compute(scheduler=client.get) == sum(range(16))
+            assert job_keys(cluster) == []
+        assert lam.stats()["secret_reads"] > reads + 1  # the client's, and the warm containers'
+        redis.Redis(port=port, password="rotated").config_set("requirepass", lam.redis.password)
+
+
 def test_single_node(client):
     assert delayed(incr)(5).compute(scheduler=client.get) == 6
 

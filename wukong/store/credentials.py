@@ -2,7 +2,8 @@
 
 On Lambda an invocation event carries only where Redis is (``Store.to_config(
 secrets=False)``).  The executor finds how to log in from its function's
-environment, once per warm container (``from_environment`` caches):
+environment, once per warm container (``from_environment`` caches), and again
+when Redis refuses them (a rotated secret: ``SecretCredentials``):
 
 =============================  =====================================================
 variable                       what
@@ -40,6 +41,7 @@ SSM_PARAMETER_ENV = "WUKONG_REDIS_SSM_PARAMETER"
 IAM_USER_ENV = "WUKONG_REDIS_IAM_USER"
 IAM_CACHE_ENV = "WUKONG_REDIS_IAM_CACHE"
 PROXY_SECRET_ARN_ENV = "WUKONG_PROXY_SECRET_ARN"  # the fan-out proxy's shared secret, for executors
+RENEW_MIN_S = 1.0  # a refused login reads the secret again at most this often
 IAM_TOKEN_SECONDS = 900  # ElastiCache accepts a token for 15 minutes after signing
 IAM_REFRESH_SECONDS = 600  # sign a new one well before that
 
@@ -73,8 +75,9 @@ def read_parameter(name: str, region: str | None = None) -> dict[str, str | None
 def from_environment(environ: Mapping[str, str] | None = None) -> Any:
     """The credentials this process is configured with, read once and kept; ``None`` when none.
 
-    Returns a ``{"username", "password"}`` dict, or for IAM authentication an
-    ``IAMCredentialProvider`` (redis-py asks it on every new connection).
+    Returns a credential provider (redis-py asks it on every new connection): a
+    ``SecretCredentials`` for a secret or parameter, an ``IAMCredentialProvider`` for
+    IAM authentication.
     """
     env = os.environ if environ is None else environ
     ident = tuple(env.get(k) for k in (SECRET_ARN_ENV, SSM_PARAMETER_ENV, IAM_USER_ENV, IAM_CACHE_ENV))
@@ -101,9 +104,11 @@ def proxy_secret_from_environment(environ: Mapping[str, str] | None = None, *, r
 
 def _read(env: Mapping[str, str]) -> Any:
     if env.get(SECRET_ARN_ENV):
-        return read_secret(env[SECRET_ARN_ENV])
+        arn = env[SECRET_ARN_ENV]
+        return SecretCredentials(lambda: read_secret(arn))
     if env.get(SSM_PARAMETER_ENV):
-        return read_parameter(env[SSM_PARAMETER_ENV])
+        name = env[SSM_PARAMETER_ENV]
+        return SecretCredentials(lambda: read_parameter(name))
     cache = env.get(IAM_CACHE_ENV)
     if not cache:
         raise ValueError(f"${IAM_USER_ENV} needs ${IAM_CACHE_ENV}: the ElastiCache cache (or replication group) id")
@@ -113,6 +118,46 @@ def _read(env: Mapping[str, str]) -> Any:
 def _region_of(arn: str) -> str | None:
     parts = arn.split(":")
     return parts[3] if len(parts) > 4 and parts[0] == "arn" else None
+
+
+class SecretCredentials:
+    """Credentials read from a secret (Secrets Manager, SSM) and kept; read again when
+    Redis refuses them.
+
+    A warm process keeps what it read.  Once the secret is rotated (a new password
+    on the server and in the secret) its open connections stay logged in, but the
+    next one it opens (after an idle disconnect, a thaw, a failover) is refused:
+    ``endpoint``'s login hook then calls ``renew`` and logs in once more.  Reads
+    closer than ``RENEW_MIN_S`` apart are one (many connections refused at once).
+    ``clock`` is for tests.
+    """
+
+    def __init__(self, read: Callable[[], dict[str, str | None]], clock: Callable[[], float] = time.monotonic):
+        self._read, self.clock = read, clock
+        self._lock = threading.Lock()
+        self.value = read()
+        self._read_at = clock()
+        self._changed = False  # by the last read
+        self.reads = 1
+
+    def get_credentials(self) -> tuple[str, ...]:
+        value = self.value
+        return (value["username"], value["password"]) if value.get("username") else (value["password"],)  # type: ignore[return-value]
+
+    def renew(self) -> bool:
+        """Read the secret again, unless it was read a moment ago (for another refused
+        connection); whether what is kept now differs from what was refused."""
+        with self._lock:
+            if self.clock() - self._read_at < RENEW_MIN_S:
+                return self._changed  # the read a moment ago brought new ones: try them
+            old, self.value = self.value, self._read()
+            self._read_at = self.clock()
+            self.reads += 1
+            self._changed = self.value != old
+            return self._changed
+
+    def __repr__(self) -> str:
+        return "<SecretCredentials>"  # never the password
 
 
 class IAMCredentialProvider:

@@ -91,12 +91,15 @@ class Endpoint:
 
     def _options(self, connect_timeout: float, socket_timeout: float | None) -> dict[str, Any]:
         """What every redis-py client of this server is made with (a cluster's seed included)."""
+        login: dict[str, Any] = (  # a cluster refuses both, even None
+            {"credential_provider": self.credential_provider}
+            if self.credential_provider is not None
+            else {"username": self.username, "password": self.password}
+        )
         return dict(
             host=self.host,
             port=self.port,
-            username=self.username,
-            password=self.password,
-            credential_provider=self.credential_provider,
+            **login,
             ssl=self.tls,
             ssl_ca_certs=self.tls_ca_certs,
             ssl_cert_reqs="required" if self.tls_verify else "none",
@@ -107,7 +110,12 @@ class Endpoint:
 
     def connect(self, connect_timeout: float = 5.0, socket_timeout: float | None = None) -> redis.Redis:
         """A client with its own connection pool; it never retries a command by itself."""
-        return redis.Redis(db=self.db, retry=Retry(NoBackoff(), 0), **self._options(connect_timeout, socket_timeout))
+        return redis.Redis(
+            db=self.db,
+            retry=Retry(NoBackoff(), 0),
+            redis_connect_func=log_in,  # type: ignore[arg-type]  # called with the connection
+            **self._options(connect_timeout, socket_timeout),
+        )
 
     def connect_cluster(self, connect_timeout: float = 5.0, socket_timeout: float | None = None) -> Any:
         """A Redis Cluster client seeded by this node (``redis.cluster.RedisCluster``).
@@ -132,6 +140,25 @@ class Endpoint:
         if not secrets:
             config["password"] = None
         return config
+
+
+def log_in(conn: Any, on_connect: Callable[[], None] | None = None) -> None:
+    """A new connection's login (redis-py's ``on_connect``).  Refused, and its credential
+    provider read them again (``credentials.SecretCredentials.renew``), it connects once
+    more (redis-py closed the refused socket) and logs in with those."""
+    on_connect = on_connect or conn.on_connect
+    try:
+        on_connect()
+    except redis.AuthenticationError:
+        renew = getattr(conn.credential_provider, "renew", None)
+        if renew is None or getattr(conn, "wukong_renewed", False) or not renew():
+            raise
+        conn.wukong_renewed = True  # a second refusal is raised
+        try:
+            conn.disconnect()
+            conn.connect()  # this login again, with what was read
+        finally:
+            conn.wukong_renewed = False
 
 
 def redact(text: str) -> str:
@@ -233,8 +260,9 @@ _CLUSTER_CLASS: Any = None
 
 
 def _cluster_class() -> Any:
-    """``RedisCluster`` with two fixes for a lost node (built on first use: importing
-    ``redis.cluster`` is not free).
+    """``RedisCluster`` with two fixes for a lost node, and a refused login tried once more
+    with credentials read again (``log_in``); built on first use: importing
+    ``redis.cluster`` is not free.
 
     redis-py finds the keys of a command with movable keys (``XREAD``) by asking the
     cluster's default node ``COMMAND GETKEYS``: one more round trip per read, and when
@@ -250,6 +278,9 @@ def _cluster_class() -> Any:
     from redis.exceptions import RedisClusterException
 
     class Cluster(RedisCluster):
+        def on_connect(self, connection: Any) -> None:  # a refused login is tried once more
+            log_in(connection, lambda: super(Cluster, self).on_connect(connection))
+
         def determine_slot(self, *args: Any) -> Any:
             if args and str(args[0]).upper() == "XREAD":
                 words = [a.decode() if isinstance(a, bytes) else str(a) for a in args]
