@@ -142,6 +142,36 @@ def test_warm_functions_log_in_again_once_the_redis_secret_is_rotated():
         redis.Redis(port=port, password="rotated").config_set("requirepass", lam.redis.password)
 
 
+def test_a_function_that_cannot_log_in_to_redis_fails_the_first_job_at_once():
+    """The functions' secret holds a wrong password (the client read the right one): the
+    version probe, which now also has the function open the cluster's store, says so
+    before any job is sent, naming the function and the endpoint, and leaves no key; the
+    next job, once the secret is right, runs.  Before, each invocation was lost and sent
+    again until the job gave up, 40 s later, saying only that an executor was lost."""
+    import json
+    import time
+
+    from wukong.store import StorageError
+    from wukong.store.credentials import RENEW_MIN_S
+
+    with lambda_local(HANDLER, workers=1) as lam:
+        with lambda_cluster(lam) as cluster:  # the client read the right password
+            right = json.dumps({"username": None, "password": lam.redis.password})
+            lam.put_secret("wukong-redis", json.dumps({"username": None, "password": "wrong"}))
+            client = Client(cluster, progress=False)
+            started = time.monotonic()
+            with pytest.raises(StorageError) as failed:
+                client.get({"a": (abs, -1)}, "a")
+            assert time.monotonic() - started < 10
+            message = str(failed.value)
+            assert FUNCTION in message and f"127.0.0.1:{lam.redis.port}" in message
+            assert "invalid username-password pair" in message and lam.redis.password not in message
+            assert job_keys(cluster) == []
+            lam.put_secret("wukong-redis", right)
+            time.sleep(RENEW_MIN_S)  # a secret read a moment ago is not read again
+            assert client.get({"a": (abs, -1)}, "a") == 1
+
+
 def test_single_node(client):
     assert delayed(incr)(5).compute(scheduler=client.get) == 6
 

@@ -63,7 +63,7 @@ from wukong.cost import job_cost
 from wukong.errors import JobFailed
 from wukong.executor import Executor
 from wukong.protocol import Invocation, Keys, decode_invocation, encode_invocation
-from wukong.store import Batch, Store, credentials
+from wukong.store import Batch, StorageError, Store, credentials
 
 MAX_EVENT_PAYLOAD = 1_048_576  # Lambda's limit for an asynchronous (Event) payload
 DEFAULT_FUNCTION = "wukong-executor"
@@ -366,6 +366,7 @@ class LambdaBackend:
 
     def __init__(self, store: Store, config: dict, *, memory_mb: int = 3008, architecture: str = "x86_64"):
         self.invoker = LambdaInvoker(store, config)
+        self.store = store
         self.memory_mb, self.architecture = memory_mb, architecture
         self._versions: dict[str, str] | None = None
 
@@ -391,11 +392,20 @@ class LambdaBackend:
         """Asked once, by a ``RequestResponse`` probe invocation (``wukong.versions``)."""
         if self._versions is None:
             inv = self.invoker
-            response, error = inv.request(json.dumps(versions.PROBE).encode(), "RequestResponse")
+            probe = ('{"config":' + inv._config_json + "," + json.dumps(versions.PROBE)[1:]).encode()
+            response, error = inv.request(probe, "RequestResponse")
             if error is not None:
                 raise JobFailed(f"could not invoke Lambda function {inv.function_name!r} at {inv.endpoint}: {error}")
             payload = json.loads(response["Payload"].read() or b"null")
             self._versions = versions.from_probe(payload, response.get("FunctionError"), self.describe())
+            if isinstance(payload, dict) and payload.get("store_error"):  # before any job waits on it
+                self._versions = None  # asked again by the next job: the configuration may be fixed
+                where = self.store.name_of(self.store.mds_index)
+                raise StorageError(
+                    f"Lambda function {inv.function_name!r} cannot use "
+                    f"{where if where.startswith('Redis') else 'Redis at ' + where} "
+                    f"with its own configuration (${credentials.SECRET_ARN_ENV} and the like): {payload['store_error']}"
+                )
         return self._versions
 
     def close(self) -> None:
@@ -437,10 +447,24 @@ def _executor_for(config: dict) -> tuple[Store, Executor]:
     return cached
 
 
+def _probe(event: dict) -> dict:
+    """The versions this executor runs and, given the cluster's config, whether it can use
+    its Redis: a secret it cannot read, a password Redis refuses, an endpoint it cannot
+    reach.  Otherwise the client would learn that only as invocations lost, again and again."""
+    answer: dict[str, Any] = versions.report()
+    if "config" in event:
+        try:
+            store, _ = _executor_for(event["config"])
+            store.mds.ping()
+        except Exception as exc:
+            answer["store_error"] = f"{type(exc).__name__}: {exc}"
+    return answer
+
+
 def handler(event: dict, context: Any) -> dict:
     """The Lambda entry point: run one executor invocation."""
     if event.get("wukong_probe") == "versions":  # versions.PROBE: what this executor runs
-        return versions.report()
+        return _probe(event)
     t0 = time.perf_counter()
     config = event["config"]
     store, executor = _executor_for(config)
