@@ -298,7 +298,7 @@ def test_jobs_from_many_short_lived_threads_share_their_connections(cluster, cli
     port = cluster.store.servers[0].connection_pool.connection_kwargs["port"]
 
     def connections() -> int:  # this process's to Redis
-        return sum(c.raddr and c.raddr.port == port for c in psutil.Process().net_connections("tcp"))
+        return sum(bool(c.raddr) and c.raddr.port == port for c in psutil.Process().net_connections("tcp"))
 
     with ThreadPoolExecutor(1) as thread:  # the connections one job needs
         assert thread.submit(client.get, {"x": (operator.add, 1, 1)}, "x").result() == 2

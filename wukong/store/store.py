@@ -82,7 +82,7 @@ class Store:
         self.socket_timeout = socket_timeout
         self._local = threading.local()  # each thread's own connections (``connection``)
         self._kept: weakref.WeakSet = weakref.WeakSet()  # all of them, closed with the store
-        self._spare = _Spare()  # those of threads that ended, for the next thread's use
+        self._threads = _Threads()  # every thread's, those of threads that ended for the next
         self.part_size = part_size or parts.PART_SIZE
         self.shm_dir = shm_dir  # local backend: large values go through shared memory (wukong.shm)
         self.ttl = ttl
@@ -355,19 +355,20 @@ class Store:
     def connection(self, server: int) -> Any:
         """The calling thread's own connection to ``server`` (standalone), taken on first
         use and kept: a round trip needs no checkout from a pool (its lock, metrics,
-        wrappers).  A thread that ends hands its connections on to the next thread that
-        needs one (``_Spare``); a forked child makes its own.  Closed with the store."""
-        kept = getattr(self._local, "kept", None)
-        if kept is None or kept.pid != os.getpid():
-            kept = self._local.kept = _Kept(self._spare)
-        conn = kept.conns.get(server)
+        wrappers).  A thread that ended leaves its connections to the next thread that
+        needs one (``_Threads``); a forked child makes its own.  Closed with the store."""
+        local = self._local
+        if getattr(local, "pid", None) != os.getpid():
+            local.pid, local.conns = os.getpid(), {}
+            self._threads.register(local.conns)
+        conn = local.conns.get(server)
         if conn is None:
-            conn = self._spare.take(server)
+            conn = self._threads.take(server)
             if conn is None:  # made as the pool makes one, but not counted against its limit
                 pool = self.servers[server].connection_pool
                 conn = pool.connection_class(**pool.connection_kwargs)
                 self._kept.add(conn)
-            kept.conns[server] = conn
+            local.conns[server] = conn
         # As a pool checkout does (a poll, ~1 µs): a connection the server closed since its
         # last use (a restarted server, a thawed Lambda container) is opened again, not
         # sent on and failed.
@@ -385,49 +386,50 @@ class Store:
             conn.disconnect()
 
 
-class _Spare:
-    """Connections of threads that ended, by server, for other threads of this process.
+class _Threads:
+    """Each thread's own connections (``Store.connection``), by server; a thread that
+    ended leaves its connections to the next thread that needs one.
 
     Without it every new thread made a connection of its own: its connect and
     handshake on its first round trip, and one more of the pool's 100 (redis-py's
     default limit), never given back: the 100th thread's job failed with "Too many
     connections" (a client driven from short-lived threads: a web server's
-    handlers, the benchmark harness, which runs each job on a new thread)."""
+    handlers, the benchmark harness, which runs each job on a new thread).
+
+    Nothing runs when a thread ends (Python code run by the garbage collector can
+    break CPython 3.11's ``ast.parse``: "AST constructor recursion depth mismatch"):
+    a thread looks among ended threads' connections when it first needs one.
+    """
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self.conns: dict[int, list] = {}
+        self.lock = threading.Lock()
+        self.threads: list[tuple[weakref.ref, dict[int, Any]]] = []  # (thread, its connections)
 
-    def put(self, pid: int, conns: dict[int, Any]) -> None:
-        if pid == self.pid == os.getpid():  # not a forked child's copy of the parent's
-            for server, conn in conns.items():
-                self.conns.setdefault(server, []).append(conn)  # one step: atomic under the GIL
+    def register(self, conns: dict[int, Any]) -> None:
+        """``conns``: the calling thread's connections, as it makes or takes them."""
+        with self.lock:
+            self._forked()
+            self.threads.append((weakref.ref(threading.current_thread()), conns))
 
     def take(self, server: int) -> Any:
-        if self.pid != os.getpid():  # a forked child: the parent's are not ours
-            self.pid, self.conns = os.getpid(), {}
-        try:
-            return self.conns.get(server, []).pop()
-        except IndexError:
-            return None
+        """A connection to ``server`` of a thread that ended, or ``None``."""
+        with self.lock:
+            self._forked()
+            found = None
+            for entry in list(self.threads):
+                thread, conns = entry[0](), entry[1]
+                if thread is not None and thread.is_alive():
+                    continue
+                if found is None and server in conns:
+                    found = conns.pop(server)
+                if not conns:
+                    self.threads.remove(entry)
+            return found
 
-
-class _Kept:
-    """A thread's own connections (``Store.connection``); handed on when the thread ends
-    (its thread-local data, this, is dropped)."""
-
-    __slots__ = ("conns", "pid", "spare")
-
-    def __init__(self, spare: _Spare) -> None:
-        self.conns: dict[int, Any] = {}
-        self.pid = os.getpid()
-        self.spare = spare
-
-    def __del__(self) -> None:
-        try:
-            self.spare.put(self.pid, self.conns)
-        except Exception:  # interpreter shutdown: nothing to hand on to
-            pass
+    def _forked(self) -> None:
+        if self.pid != os.getpid():  # a forked child: its parent's threads' are not its own
+            self.pid, self.threads = os.getpid(), []
 
 
 JOB_KEYS_SLICE = 100_000  # tasks whose keys are deleted together (all_job_keys)
