@@ -399,6 +399,7 @@ class LambdaBackend:
             payload = json.loads(response["Payload"].read() or b"null")
             self._versions = versions.from_probe(payload, response.get("FunctionError"), self.describe())
             if isinstance(payload, dict) and payload.get("store_error"):  # before any job waits on it
+                versions.check(self._versions, self.describe())  # a version mismatch is said first
                 self._versions = None  # asked again by the next job: the configuration may be fixed
                 where = self.store.name_of(self.store.mds_index)
                 raise StorageError(
