@@ -288,3 +288,33 @@ def test_cli_serves_until_sigterm():
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_tasks_left_on_a_stopped_loop_end_before_it_closes():
+    """A task still pending when the server's loop stops (a connection waiting for its next
+    invocation, a watcher started during shutdown) is cancelled and run to its end before
+    the loop closes, not destroyed later by the garbage collector with its loop closed."""
+    import asyncio
+    import threading
+
+    from wukong.lambda_local.server import _finish_tasks
+
+    loop = asyncio.new_event_loop()
+    ended: list[str] = []
+
+    async def waits_forever(name: str) -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            ended.append(name)
+            await asyncio.sleep(0)  # its clean-up needs the loop
+
+    tasks = [loop.create_task(waits_forever(n)) for n in ("a", "b")]
+    thread = threading.Thread(target=loop.run_forever)
+    thread.start()
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(5)
+    assert not any(t.done() for t in tasks)
+    _finish_tasks(loop)
+    loop.close()
+    assert all(t.cancelled() for t in tasks) and sorted(ended) == ["a", "b"]

@@ -202,6 +202,21 @@ class _Worker:
             self.proc.kill()
 
 
+def _finish_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel the tasks a stopped loop still holds and let them end, before it is closed.
+
+    A task left pending (a Runtime API connection waiting for its next invocation,
+    a worker's watcher) would otherwise be destroyed later, by the garbage collector,
+    with its loop closed: its clean-up then raises "Event loop is closed" wherever the
+    collection happens (in the test suite, inside another test's ``ast.parse``: "AST
+    constructor recursion depth mismatch")."""
+    pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        loop.run_until_complete(asyncio.wait(pending, timeout=5))
+
+
 class LambdaLocal:
     """Serve the Lambda Invoke API on 127.0.0.1, running handlers in local processes.
 
@@ -345,6 +360,8 @@ class LambdaLocal:
             self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(10)
         stop([w.proc for w in self._pool], timeout=2.0)
+        if not self._thread.is_alive():  # what is left runs to its end here, as asyncio.run's clean-up does
+            _finish_tasks(self._loop)
         self._loop.close()
         self._loop = self._thread = None
 
