@@ -45,3 +45,33 @@ def test_a_value_written_in_pieces_reads_back_whole(tmp_path):
     pieces = [b"head", memoryview(bytearray(range(256)) * 40)[3:], b"", b"tail"]
     marker = shm.write(str(tmp_path), "wk:job:d:7", pieces)
     assert bytes(shm.read(marker)) == b"".join(bytes(p) for p in pieces)
+
+
+def test_a_killed_clients_shared_memory_is_removed_by_the_next_cluster():
+    """A client killed with SIGKILL cannot remove its directory on /dev/shm (nor the values
+    in it); the next cluster on the machine does, and leaves a living cluster's alone."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(
+        """
+        import time
+        from wukong import LocalCluster
+        cluster = LocalCluster(n_workers=1)
+        open(cluster.shm_dir + "/wk-a-value", "wb").write(b"x" * 1000)
+        print(cluster.shm_dir, flush=True)
+        time.sleep(120)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    killed = proc.stdout.readline().strip()
+    with LocalCluster(n_workers=1) as living:
+        assert os.path.isdir(killed)  # its client still holds it
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        with LocalCluster(n_workers=1) as cluster:
+            assert not os.path.exists(killed)
+            assert os.path.isdir(living.shm_dir) and os.path.isdir(cluster.shm_dir)
+    assert not os.path.exists(living.shm_dir)

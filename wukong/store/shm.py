@@ -8,11 +8,18 @@ copy-on-write, so the arrays it unpickles are writable and no byte is copied
 until a task writes to one.  Files are named after the job
 (``wk-<job>-<kind>-<id>``); the client removes a job's files with its keys,
 and closing the cluster removes the directory.
+
+A client that is killed (SIGKILL, a crashed notebook kernel) cannot remove its
+directory, and the values in it would hold the machine's memory until a
+reboot.  So the client holds a lock on its directory (``flock``) while it
+lives, and a cluster that starts removes every ``wukong-*`` directory of this
+user whose lock it can take: the kernel let go of it when its owner died.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import mmap
 import os
 import shutil
@@ -31,17 +38,63 @@ MARKER = b"\x00wukong-shm\x00"
 SHM_MIN = 256 << 10
 
 
+PREFIX = "wukong-"
+_locks: dict[str, int] = {}  # directory -> the descriptor holding its lock, while its cluster lives
+
+
 def make_dir(cluster_id: str) -> str | None:
-    """The cluster's directory on a RAM file system, or None where there is none."""
+    """The cluster's directory on a RAM file system, or None where there is none; the
+    directories of clusters whose client died are removed first (``sweep``)."""
     base = "/dev/shm"
     if not os.path.isdir(base) or not os.access(base, os.W_OK):
         return None
-    return tempfile.mkdtemp(prefix=f"wukong-{cluster_id}-", dir=base)
+    sweep(base)
+    # made under another name and locked before it is renamed: a sweep elsewhere never
+    # sees it unlocked
+    making = tempfile.mkdtemp(prefix=f".{PREFIX}{cluster_id}-", dir=base)
+    fd = os.open(making, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # new: nobody else can hold it
+    path = os.path.join(base, os.path.basename(making)[1:])
+    os.rename(making, path)
+    _locks[path] = fd
+    return path
 
 
 def remove_dir(path: str | None) -> None:
     if path:
         shutil.rmtree(path, ignore_errors=True)
+        fd = _locks.pop(path, None)
+        if fd is not None:
+            os.close(fd)
+
+
+def sweep(base: str) -> list[str]:
+    """Remove this user's cluster directories in ``base`` whose owner is gone (their
+    lock can be taken); returns them.  A directory without a lock's owner alive is
+    one its client could not remove: it was killed."""
+    removed: list[str] = []
+    try:
+        entries = [e for e in os.scandir(base) if e.name.startswith(PREFIX) and e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return removed
+    for entry in entries:
+        if entry.path in _locks:  # one of this process's live clusters
+            continue
+        try:
+            if entry.stat(follow_symlinks=False).st_uid != os.getuid():
+                continue
+            fd = os.open(entry.path, os.O_RDONLY | os.O_DIRECTORY)
+        except OSError:  # gone meanwhile, or not ours to open
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # held: its cluster lives
+            os.close(fd)
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        os.close(fd)
+        removed.append(entry.path)
+    return removed
 
 
 def filename(key: str) -> str:
