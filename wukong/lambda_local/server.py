@@ -208,8 +208,9 @@ def _finish_tasks(loop: asyncio.AbstractEventLoop) -> None:
     A task left pending (a Runtime API connection waiting for its next invocation,
     a worker's watcher) would otherwise be destroyed later, by the garbage collector,
     with its loop closed: its clean-up then raises "Event loop is closed" wherever the
-    collection happens (in the test suite, inside another test's ``ast.parse``: "AST
-    constructor recursion depth mismatch")."""
+    collection happens (in the fresh-clone CI, twice, inside ``test_layout``'s
+    ``ast.parse``, which CPython 3.11 then failed: "AST constructor recursion depth
+    mismatch"; with this clean-up the next CI passed)."""
     pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
     for task in pending:
         task.cancel()

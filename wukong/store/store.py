@@ -396,8 +396,7 @@ class _Threads:
     connections" (a client driven from short-lived threads: a web server's
     handlers, the benchmark harness, which runs each job on a new thread).
 
-    Nothing runs when a thread ends (Python code run by the garbage collector can
-    break CPython 3.11's ``ast.parse``: "AST constructor recursion depth mismatch"):
+    Nothing runs when a thread ends (no finalizer, no code in the garbage collector):
     a thread looks among ended threads' connections when it first needs one.
     """
 
