@@ -1,4 +1,4 @@
-"""wukong and Dask's sync scheduler job by job: ``python -m bench.alternate``.
+"""wukong and Dask's sync (or threads) scheduler job by job: ``python -m bench.alternate``.
 
 ``python -m bench`` times a system's runs of a workload one after the other, each after
 a pause that samples the machine's load.  A job of 10-30 ms then runs as fast as the
@@ -21,9 +21,11 @@ import dask
 from bench import harness, workloads
 
 
-def alternate(names: list[str], size: str, runs: int, warmup: int = 5) -> list[dict]:
-    """Per workload: medians of ``runs`` wukong and sync jobs, taken in turn."""
+def alternate(names: list[str], size: str, runs: int, warmup: int = 5, peer: str = "sync") -> list[dict]:
+    """Per workload: medians of ``runs`` wukong and ``peer`` (``sync`` or ``threads``) jobs,
+    taken in turn; the peer with the BLAS threads the harness gives it."""
     system = harness._start_wukong()
+    other = harness.STARTERS[peer]()
     out = []
     try:
         for name in names:
@@ -31,18 +33,19 @@ def alternate(names: list[str], size: str, runs: int, warmup: int = 5) -> list[d
             reference = dask.compute(*wl.collections, scheduler="sync")
             for _ in range(warmup):  # the client learns the durations: a small job runs solo
                 dask.compute(*wl.collections, scheduler=system.scheduler)
-            times: dict[str, list[float]] = {"wukong": [], "sync": []}
+            times: dict[str, list[float]] = {"wukong": [], peer: []}
             for _ in range(runs):
-                for label, scheduler in (("wukong", system.scheduler), ("sync", "sync")):
-                    t0 = time.perf_counter()
-                    result = dask.compute(*wl.collections, scheduler=scheduler)
-                    times[label].append(time.perf_counter() - t0)
+                for label, sy in (("wukong", system), (peer, other)):
+                    with harness._blas_limit(sy.blas_threads):  # as the harness runs each system
+                        t0 = time.perf_counter()
+                        result = dask.compute(*wl.collections, scheduler=sy.scheduler, **sy.kwargs)
+                        times[label].append(time.perf_counter() - t0)
                     mismatch = wl.check(result, reference)
                     if mismatch:
                         raise AssertionError(f"{name} on {label}: {mismatch}")
-            w, s = statistics.median(times["wukong"]), statistics.median(times["sync"])
+            w, s = statistics.median(times["wukong"]), statistics.median(times[peer])
             out.append(
-                {"workload": name, "wukong_s": w, "sync_s": s, "ratio": w / s, "solo": system.last_job()["solo"]}
+                {"workload": name, "wukong_s": w, "peer_s": s, "ratio": w / s, "solo": system.last_job()["solo"]}
             )
     finally:
         system.close()
@@ -54,14 +57,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--only", default="tree,qr,cholesky", help="workloads, comma-separated")
     p.add_argument("--size", default="small", choices=["tiny", "small", "full"])
     p.add_argument("--runs", type=int, default=40, help="jobs per system per workload")
+    p.add_argument("--peer", default="sync", choices=["sync", "threads"], help="the Dask scheduler to alternate with")
     args = p.parse_args(argv)
     load = os.getloadavg()[0]
-    rows = alternate(args.only.split(","), args.size, args.runs)
-    print(f"wukong and sync job by job, size {args.size}, median of {args.runs} each (load before: {load:.2f})")
-    print(f"{'workload':<10} {'wukong ms':>10} {'sync ms':>9} {'wukong / sync':>14}  solo")
+    rows = alternate(args.only.split(","), args.size, args.runs, peer=args.peer)
+    peer = args.peer
+    print(f"wukong and {peer} job by job, size {args.size}, median of {args.runs} each (load before: {load:.2f})")
+    print(f"{'workload':<14} {'wukong ms':>10} {peer + ' ms':>11} {'wukong / ' + peer:>17}  solo")
     for r in rows:
-        w, s = r["wukong_s"] * 1e3, r["sync_s"] * 1e3
-        print(f"{r['workload']:<10} {w:>10.2f} {s:>9.2f} {r['ratio']:>13.3f}×  {r['solo']}")
+        w, s = r["wukong_s"] * 1e3, r["peer_s"] * 1e3
+        print(f"{r['workload']:<14} {w:>10.2f} {s:>11.2f} {r['ratio']:>16.3f}×  {r['solo']}")
 
 
 if __name__ == "__main__":

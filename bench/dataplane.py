@@ -4,12 +4,15 @@ For float64 arrays of a few sizes, microseconds per MB of:
 
 * ``write``: what an executor does to hand a large value to another process --
   serialize (``serialization.dumps_parts``, no compression on the local
-  backend) and write the pieces to a fresh file on ``/dev/shm`` (``shm.write``);
+  backend) and write the pieces to a file on ``/dev/shm`` (``shm.write``): a
+  new one, or one an ended job left in the pool (``shm``'s docstring);
 * ``read``: what the reader does -- map the file (``shm.read``) and unpickle
   (``serialization.loads``): the array is used in place, no byte copied;
 * ``memcpy (fresh)``: copying the array into newly allocated memory (what any
   writer into fresh pages pays, page faults included);
-* ``memcpy (reused)``: copying it into memory already touched (the floor).
+* ``memcpy (reused)``: copying it into memory already touched (the floor);
+* ``remove``: what the client does with the file when the job ends -- unlink
+  it (its pages are freed), or keep it in the pool for the next write.
 
 Best of ``--repeat`` runs each.
 
@@ -21,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -44,16 +46,28 @@ def best_us(fn: Callable[[], object], repeat: int) -> float:
 
 
 def measure(mb: float, repeat: int, directory: str) -> dict[str, float]:
-    """µs per MB of each path for one array of ``mb`` megabytes."""
+    """µs per MB of each path for one array of ``mb`` megabytes, in the cluster directory
+    ``directory`` (with its pool of kept files)."""
     x = np.random.default_rng(0).random(int(mb * 1e6) // 8)
     raw = memoryview(x).cast("B")
     reused = bytearray(len(raw))
+    fresh = tempfile.mkdtemp(dir=directory)  # no pool there: every write makes a new file
     counter = iter(range(10**9))
 
-    def write() -> bytes:
-        return shm.write(directory, f"wk:bench:d:{next(counter)}", serialization.dumps_parts(x, compress=False))
+    def cycle(where: str, keep: bool) -> tuple[float, float]:
+        """Best write and best removal: unlinked, or moved to the pool for the next write."""
+        writes, removals = [], []
+        for _ in range(repeat):
+            job = f"bench{next(counter)}"
+            t0 = time.perf_counter()
+            shm.write(where, f"wk:{job}:d:0", serialization.dumps_parts(x, compress=False))
+            t1 = time.perf_counter()
+            shm.remove_job(where, job) if keep else shm.remove(where, f"wk:{job}:d:0")
+            writes.append(t1 - t0)
+            removals.append(time.perf_counter() - t1)
+        return min(writes) * 1e6, min(removals) * 1e6
 
-    marker = write()
+    marker = shm.write(fresh, "wk:read:d:0", serialization.dumps_parts(x, compress=False))
 
     def read() -> None:
         y = serialization.loads(shm.read(marker))
@@ -65,8 +79,19 @@ def measure(mb: float, repeat: int, directory: str) -> dict[str, float]:
     def copy_reused() -> None:
         memoryview(reused)[:] = raw
 
-    paths = {"write": write, "read": read, "memcpy (fresh)": copy_fresh, "memcpy (reused)": copy_reused}
-    return {name: best_us(fn, repeat) / mb for name, fn in paths.items()}
+    write_fresh, unlink = cycle(fresh, keep=False)
+    write_kept, keep = cycle(directory, keep=True)
+    shm.trim_pool(directory, idle_s=0)
+    us = {
+        "write (new file)": write_fresh,
+        "write (kept file)": write_kept,
+        "read": best_us(read, repeat),
+        "memcpy (fresh)": best_us(copy_fresh, repeat),
+        "memcpy (reused)": best_us(copy_reused, repeat),
+        "remove (unlink)": unlink,
+        "remove (keep)": keep,
+    }
+    return {name: t / mb for name, t in us.items()}
 
 
 THRESHOLD_KIB = (64, 128, 256, 512, 1024)
@@ -125,11 +150,13 @@ def main(argv: list[str] | None = None) -> None:
         for kib, (redis_us, file_us) in file_or_redis(max(3, args.repeat // 4)).items():
             print(f"{kib:>6} {redis_us:>8.0f} {file_us:>8.0f} {file_us / redis_us:>10.2f}x")
         return
-    directory = tempfile.mkdtemp(prefix="wukong-bench-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    directory = shm.make_dir("bench")  # as a local cluster's, with its pool
+    if directory is None:
+        raise SystemExit("no writable /dev/shm here: the local data plane writes nothing to measure")
     try:
         rows = {mb: measure(mb, args.repeat, directory) for mb in SIZES_MB}
     finally:
-        shutil.rmtree(directory, ignore_errors=True)
+        shm.remove_dir(directory)
     names = list(next(iter(rows.values())))
     print(f"µs per MB, best of {args.repeat}; load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     print(f"{'MB':>6} " + " ".join(f"{n:>16}" for n in names))

@@ -18,6 +18,7 @@ import pytest
 from hypothesis import strategies as st
 
 from wukong import Client, LocalCluster
+from wukong.store import shm
 from wukong.store.server import RedisServer
 
 # Ctrl-C is tested (in this process and in the scripts it starts): a run started in the
@@ -38,6 +39,11 @@ def job_keys(cluster: LocalCluster) -> list[bytes]:
     for r in cluster.store.servers:
         keys += [k for k in r.scan_iter(match="wk:*", count=1000) if not k.startswith(b"wk:cluster:")]
     return keys
+
+
+def job_files(cluster: LocalCluster) -> list[str]:
+    """The cluster's shared-memory files of jobs (the pool of files kept for reuse aside)."""
+    return sorted(set(os.listdir(cluster.shm_dir)) - {shm.POOL})
 
 
 @pytest.fixture(scope="session")

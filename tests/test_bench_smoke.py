@@ -163,9 +163,10 @@ def test_summary_refuses_a_run_on_a_busy_machine(bench_run, tmp_path):
             assert "| workload |" in summary.table(str(path))
 
 
-def test_alternate_times_wukong_and_sync_in_turn_and_checks_results():
+@pytest.mark.parametrize("peer", ["sync", "threads"])
+def test_alternate_times_wukong_and_a_peer_in_turn_and_checks_results(peer):
     from bench.alternate import alternate
 
-    (row,) = alternate(["tree"], "tiny", runs=2, warmup=1)
-    assert row["workload"] == "tree" and row["wukong_s"] > 0 and row["sync_s"] > 0
-    assert row["ratio"] == row["wukong_s"] / row["sync_s"]
+    (row,) = alternate(["tree"], "tiny", runs=2, warmup=1, peer=peer)
+    assert row["workload"] == "tree" and row["wukong_s"] > 0 and row["peer_s"] > 0
+    assert row["ratio"] == row["wukong_s"] / row["peer_s"]

@@ -22,7 +22,7 @@ import psutil
 import pytest
 from dask.local import get_sync
 
-from tests.conftest import job_keys
+from tests.conftest import job_files, job_keys
 from wukong import Client, LocalCluster, WukongError
 from wukong.errors import JobCancelled, JobFailed, TaskError
 from wukong.futures import FutureCancelledError
@@ -476,7 +476,7 @@ def _stuck_task_is_gone(cluster, path):
         time.sleep(0.05)
     assert _alive([worker, child]) == [], "the stuck worker or its task's child still runs"
     assert job_keys(cluster) == []
-    assert os.listdir(cluster.shm_dir) == []
+    assert job_files(cluster) == []
     assert len(_worker_pids(cluster)) == 1 and worker not in _worker_pids(cluster)
     _next_job_runs_at_once(cluster)
 

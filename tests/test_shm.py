@@ -6,6 +6,7 @@ import dask.array as da
 import numpy as np
 
 from wukong import Client, LocalCluster
+from wukong.store import shm
 
 
 def test_large_intermediates_use_shared_memory_and_are_removed():
@@ -15,7 +16,7 @@ def test_large_intermediates_use_shared_memory_and_are_removed():
         assert cluster.shm_dir is not None and os.path.isdir(cluster.shm_dir)
         client = Client(cluster, progress=False)
         np.testing.assert_allclose(y.compute(scheduler=client.get), y.compute(scheduler="sync"))
-        assert os.listdir(cluster.shm_dir) == []  # the job's files went with its keys
+        assert os.listdir(cluster.shm_dir) == [shm.POOL]  # the job's files went with its keys, into the pool
         # the 8 MB blocks never entered Redis: its peak memory stays under one block
         assert cluster.store.mds.info("memory")["used_memory_peak"] < 8_000_000
         shm_dir = cluster.shm_dir
@@ -40,8 +41,6 @@ def test_shared_memory_can_be_turned_off():
 
 
 def test_a_value_written_in_pieces_reads_back_whole(tmp_path):
-    from wukong.store import shm
-
     pieces = [b"head", memoryview(bytearray(range(256)) * 40)[3:], b"", b"tail"]
     marker = shm.write(str(tmp_path), "wk:job:d:7", pieces)
     assert bytes(shm.read(marker)) == b"".join(bytes(p) for p in pieces)
@@ -75,3 +74,63 @@ def test_a_killed_clients_shared_memory_is_removed_by_the_next_cluster():
             assert not os.path.exists(killed)
             assert os.path.isdir(living.shm_dir) and os.path.isdir(cluster.shm_dir)
     assert not os.path.exists(living.shm_dir)
+
+
+def _pool(directory):
+    return {e.name: e.inode() for e in os.scandir(os.path.join(directory, shm.POOL))}
+
+
+def test_the_next_job_writes_into_the_files_of_the_last():
+    """An ended job's files are kept (the pool) and the next job's values of about the
+    same size are written into them: the same files, not new ones."""
+    x = da.random.RandomState(7).random_sample((2000, 2000), chunks=(1000, 1000))
+    y = (x @ x.T).sum(axis=0)
+    expected = y.compute(scheduler="sync")
+    with LocalCluster(n_workers=2) as cluster:
+        client = Client(cluster, progress=False)
+        np.testing.assert_allclose(y.compute(scheduler=client.get), expected)
+        first = _pool(cluster.shm_dir)
+        assert first
+        np.testing.assert_allclose(y.compute(scheduler=client.get), expected)
+        second = _pool(cluster.shm_dir)
+        assert not set(first) & set(second)  # the pool now holds the second job's files...
+        assert set(second.values()) == set(first.values())  # ...which are the first job's, written again
+        shm_dir = cluster.shm_dir
+    assert not os.path.exists(shm_dir)
+
+
+def test_a_kept_file_somebody_maps_is_never_written_again(tmp_path):
+    directory = shm.make_dir("test-pool")
+    try:
+        value = np.arange(100_000, dtype="f8")
+        held = shm.read(shm.write(directory, "wk:j1:d:1", memoryview(value).cast("B")))  # a result the user holds
+        shm.write(directory, "wk:j1:d:2", memoryview(value).cast("B"))
+        shm.remove_job(directory, "j1")
+        assert list(_pool(directory)) == [f"{value.nbytes}-wk-j1-d-2"]  # the held one was not kept
+        # one mapped after it was kept (a reader that opened it just before): the writer leaves it
+        kept = os.path.join(directory, shm.POOL, f"{value.nbytes}-wk-j1-d-2")
+        with open(kept, "rb") as f:
+            late = shm.mmap.mmap(f.fileno(), 0, access=shm.mmap.ACCESS_READ)
+        shm.write(directory, "wk:j2:d:1", memoryview(-value).cast("B"))
+        assert _pool(directory) == {}  # it left the pool, not written into
+        np.testing.assert_array_equal(np.frombuffer(held, "f8"), value)
+        np.testing.assert_array_equal(np.frombuffer(late, "f8"), value)
+        late.close()
+    finally:
+        shm.remove_dir(directory)
+
+
+def test_the_pool_is_bounded_and_emptied_when_idle(monkeypatch):
+    directory = shm.make_dir("test-pool")
+    try:
+        monkeypatch.setattr(shm, "pool_cap", lambda: 3 * 300_000)
+        for i in range(5):
+            shm.write(directory, f"wk:j1:d:{i}", b"x" * 300_000)
+        shm.remove_job(directory, "j1")
+        assert len(_pool(directory)) == 3 and os.listdir(directory) == [shm.POOL]
+        shm.trim_pool(directory, idle_s=60)
+        assert len(_pool(directory)) == 3
+        shm.trim_pool(directory, idle_s=0)
+        assert _pool(directory) == {}
+    finally:
+        shm.remove_dir(directory)

@@ -6,7 +6,6 @@ reach another of the same process by reference (the object table), and a
 job leaves nothing behind: no key, no shared-memory file, no table entry.
 """
 
-import os
 import threading
 import time
 
@@ -15,7 +14,7 @@ import dask.array as da
 import numpy as np
 import pytest
 import redis
-from conftest import job_keys
+from conftest import job_files, job_keys
 
 # the same tests, on the threaded clusters of this module's ``client`` fixture
 from test_examples import (  # noqa: F401
@@ -60,7 +59,7 @@ def threaded(request):
 def client(threaded):
     yield Client(threaded, progress=False)
     assert job_keys(threaded) == [], "a job left keys behind"
-    assert os.listdir(threaded.shm_dir) == [], "a job left shared-memory files behind"
+    assert job_files(threaded) == [], "a job left shared-memory files behind"
 
 
 # 12 random DAGs per shape here, 40 on processes (test_random_dags); 40 here with `make test-slow`.

@@ -14,7 +14,8 @@ The executors share the process's object table (``wukong.store.objects``):
 an output one of them stores is handed to the others by reference.  A
 thread that finds the queue empty for ``IDLE_S``, or that finishes an
 invocation while the table holds values of several jobs, drops the values of
-jobs that have ended.
+jobs that have ended; one that finds the queue empty also removes the
+shared-memory files kept for reuse that nobody took (``shm.trim_pool``).
 
 A task that must stop and will not (``wukong.timeout.Guard``) ends the whole
 process, as with one executor per process: Python cannot stop one thread.
@@ -44,7 +45,7 @@ from wukong.executor import Executor
 from wukong.process import die_with_parent
 from wukong.protocol import decode_invocation
 from wukong.proxy.client import executor_kwargs as proxy_kwargs
-from wukong.store import Batch, Store
+from wukong.store import Batch, Store, shm
 from wukong.store.objects import MAX_BYTES, ObjectTable, drop_ended
 from wukong.timeout import TaskBoard
 
@@ -101,6 +102,7 @@ class _Loop:
         route = {"backend": "local", "store": config["store"], "queue": self.queue}  # where the proxy pushes
         proxy = proxy_kwargs(config.get("proxy"), store, route)
         self.table = table
+        self.shm_dir = store.shm_dir
         self.executor = Executor(
             store, queue_invoker(self.queue), **config["executor"], **proxy, table=table, board=board, queue=self.queue
         )
@@ -118,6 +120,7 @@ class _Loop:
                 payload = self.blocking.blmove(queue, processing, IDLE_S, "LEFT", "RIGHT")  # type: ignore[assignment]
             if payload is None:
                 drop_ended(self.table, self.blocking)
+                shm.trim_pool(self.shm_dir)
                 continue
             if payload == STOP:
                 self.blocking.lrem(processing, 1, payload)  # type: ignore[arg-type]

@@ -9,6 +9,19 @@ until a task writes to one.  Files are named after the job
 (``wk-<job>-<kind>-<id>``); the client removes a job's files with its keys,
 and closing the cluster removes the directory.
 
+An ended job's files are kept for the next writes rather than unlinked (the
+pool, ``<dir>/free``).  tmpfs allocates and zeroes every page of a new file,
+and frees them all when it is unlinked; a write into a kept file's pages costs
+about 0.4x a fresh file's (4.5 MB: 0.47 ms against 1.19; 32 MB: 7.1 ms against
+16.3), and moving a file to the pool about 5 us where unlinking it costs 280 us
+for 4 MB (``python -m bench.dataplane --pool``).  A kept file is written again
+only when nobody maps it any more: a write lease (``F_SETLEASE``) is granted
+only on a file no other open file refers to, and a mapping keeps its file open
+until it is unmapped, in any process.  So a result the user still holds, or a
+value a task kept, is never overwritten: its file leaves the pool instead.
+The pool is bounded (``pool_cap``), and an idle worker removes files unused
+for ``POOL_IDLE_S``.
+
 A client that is killed (SIGKILL, a crashed notebook kernel) cannot remove its
 directory, and the values in it would hold the machine's memory until a
 reboot.  So the client holds a lock on its directory (``flock``) while it
@@ -25,6 +38,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,6 +51,11 @@ MARKER = b"\x00wukong-shm\x00"
 # alternating), with 1.7 round trips a task against 2.7
 SHM_MIN = 256 << 10
 
+
+POOL = "free"  # the cluster's directory's subdirectory of kept files, named ``<size>-<name>``
+POOL_IDLE_S = 5.0  # seconds; a kept file not taken again for this long is removed by an idle worker
+POOL_FIT = 2  # a kept file is taken for a value of at least 1/2 and at most 2x its size
+POOL_TRIES = 4  # kept files a writer tries (one may still be mapped) before it makes a new one
 
 PREFIX = "wukong-"
 _locks: dict[str, int] = {}  # directory -> the descriptor holding its lock, while its cluster lives
@@ -57,7 +76,37 @@ def make_dir(cluster_id: str) -> str | None:
     path = os.path.join(base, os.path.basename(making)[1:])
     os.rename(making, path)
     _locks[path] = fd
+    if _leases_work(path):
+        os.mkdir(os.path.join(path, POOL))
     return path
+
+
+def pool_cap() -> int:
+    """Bytes the pool may keep: 1 GiB, or a sixteenth of the machine's memory if less."""
+    return min(1 << 30, os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 16)
+
+
+def _leases_work(directory: str) -> bool:
+    """Whether the file system grants leases here (``fs.leases-enable``): the pool is
+    safe only where a writer can learn that nobody maps a file."""
+    probe = os.path.join(directory, ".lease-probe")
+    fd = os.open(probe, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        return _unmapped(fd)
+    finally:
+        os.close(fd)
+        os.unlink(probe)
+
+
+def _unmapped(fd: int) -> bool:
+    """Whether no other open file (a descriptor or a mapping, in any process) refers to
+    ``fd``'s file: only then is a write lease granted."""
+    try:
+        fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+    except OSError:
+        return False
+    fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    return True
 
 
 def remove_dir(path: str | None) -> None:
@@ -106,13 +155,17 @@ def write(directory: str, key: str, value: bytes | memoryview | Sequence[bytes |
     marker to store in Redis.
 
     The pieces go to the file with ``writev``: the value's only copy on the way is
-    the kernel's, into the file's pages.  Written to a temporary name and
+    the kernel's, into the file's pages: those of a kept file of about the
+    same size (the pool) if one is free.  Written to a temporary name and
     renamed, so a reader never maps half a file.
     """
     pieces = [value] if isinstance(value, (bytes, memoryview)) else list(value)
     path = os.path.join(directory, filename(key))
     tmp = f"{path}.{os.getpid()}-{threading.get_ident()}.tmp"  # executors may be threads of one process
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    size = sum(p.nbytes if isinstance(p, memoryview) else len(p) for p in pieces)
+    fd = _reuse(directory, size, tmp)
+    if fd is None:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         while pieces:
             n = os.writev(fd, pieces[:IOV_MAX])
@@ -124,6 +177,33 @@ def write(directory: str, key: str, value: bytes | memoryview | Sequence[bytes |
 
 
 IOV_MAX = 1024  # pieces per writev call (Linux's limit)
+
+
+def _reuse(directory: str, size: int, tmp: str) -> int | None:
+    """A kept file of about ``size`` bytes, taken from the pool as ``tmp`` and cut to
+    ``size``, open for writing; None if the pool has none free."""
+    pool = os.path.join(directory, POOL)
+    try:
+        names = os.listdir(pool)
+    except OSError:  # no pool here, or the cluster closed
+        return None
+    fits = []
+    for name in names:
+        kept = _size_of(name)
+        if kept is not None and size <= kept * POOL_FIT and kept <= size * POOL_FIT:
+            fits.append((abs(kept - size), name))
+    for _, name in sorted(fits)[:POOL_TRIES]:
+        try:
+            os.rename(os.path.join(pool, name), tmp)
+        except OSError:  # another writer took it
+            continue
+        fd = os.open(tmp, os.O_RDWR)
+        if _unmapped(fd):
+            os.ftruncate(fd, size)
+            return fd
+        os.close(fd)  # still mapped somewhere: it leaves the pool, its pages go with the last mapping
+        os.unlink(tmp)
+    return None
 
 
 def _advance(pieces: list, n: int) -> list:
@@ -157,7 +237,8 @@ def remove(directory: str | None, key: str) -> None:
 
 
 def remove_job(directory: str | None, job: str) -> None:
-    """Delete the files of ``job`` (mappings still open stay valid until dropped)."""
+    """Remove the files of ``job``: into the pool while it has room, if nobody maps
+    them; deleted otherwise (mappings still open stay valid until dropped)."""
     if not directory:
         return
     prefix = f"wk-{job}-"  # listed, not globbed: a glob compiles its pattern, a new one per job (~0.5 ms)
@@ -165,6 +246,54 @@ def remove_job(directory: str | None, job: str) -> None:
         names = [e.name for e in os.scandir(directory) if e.name.startswith(prefix)]
     except FileNotFoundError:  # the cluster closed
         return
+    pool = os.path.join(directory, POOL)
+    room = pool_cap() - sum(kept for kept, _ in _kept(pool)) if names and os.path.isdir(pool) else 0
     for name in names:
+        path = os.path.join(directory, name)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(os.path.join(directory, name))
+            if room > 0 and not name.endswith(".tmp"):  # a .tmp file is a writer's, still open
+                size = _keep(path, pool, name)
+                if size is not None:
+                    room -= size
+                    continue
+            os.unlink(path)
+
+
+def _keep(path: str, pool: str, name: str) -> int | None:
+    """Move the file at ``path`` into the pool unless somebody maps it; its size, or None."""
+    fd = os.open(path, os.O_RDWR)
+    try:
+        if not _unmapped(fd):  # a result the client read, say: it goes
+            return None
+        size = os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+    os.rename(path, os.path.join(pool, f"{size}-{name}"))
+    return size
+
+
+def _kept(pool: str) -> list[tuple[int, os.DirEntry]]:
+    """The pool's files and their sizes."""
+    try:
+        entries = list(os.scandir(pool))
+    except FileNotFoundError:
+        return []
+    return [(size, e) for e in entries if (size := _size_of(e.name)) is not None]
+
+
+def _size_of(name: str) -> int | None:
+    """The size a pool file's name gives (``<size>-<name>``), None for another name."""
+    size = name.partition("-")[0]
+    return int(size) if size.isdigit() else None
+
+
+def trim_pool(directory: str | None, idle_s: float = POOL_IDLE_S) -> None:
+    """Delete the pool's files that nobody took for ``idle_s`` seconds (their move there
+    set their ``ctime``)."""
+    if not directory:
+        return
+    old = time.time() - idle_s
+    for _, entry in _kept(os.path.join(directory, POOL)):
+        with contextlib.suppress(FileNotFoundError):
+            if entry.stat().st_ctime < old:
+                os.unlink(entry.path)
