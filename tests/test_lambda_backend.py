@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import os
 
@@ -140,6 +141,35 @@ def test_warm_functions_log_in_again_once_the_redis_secret_is_rotated():
             assert job_keys(cluster) == []
         assert lam.stats()["secret_reads"] > reads + 1  # the client's, and the warm containers'
         redis.Redis(port=port, password="rotated").config_set("requirepass", lam.redis.password)
+
+
+def test_a_long_lived_client_logs_in_again_once_the_redis_secret_is_rotated():
+    """The client keeps the secret it read as a credential provider too: after a rotation
+    (and Redis dropping every connection) its next job opens new connections, is refused
+    once, reads the secret again and runs.  Before, it had read the password once, when
+    the cluster was made, and every later job failed to log in."""
+    import json
+    import time
+
+    import redis
+
+    from wukong.store.credentials import RENEW_MIN_S
+
+    with lambda_local(HANDLER, workers=2) as lam:
+        port = lam.redis.port
+        try:
+            with lambda_cluster(lam) as cluster:
+                client = Client(cluster, progress=False)
+                assert tree_sum(16).compute(scheduler=client.get) == sum(range(16))
+                time.sleep(RENEW_MIN_S)  # a secret read a moment ago is not read again
+                redis.Redis(port=port, password=lam.redis.password).config_set("requirepass", "rotated")
+                lam.put_secret("wukong-redis", json.dumps({"username": None, "password": "rotated"}))
+                redis.Redis(port=port, password="rotated").client_kill_filter(_type="normal", skipme=True)
+                assert tree_sum(16).compute(scheduler=client.get) == sum(range(16))
+                assert job_keys(cluster) == []
+        finally:
+            with contextlib.suppress(redis.AuthenticationError):  # rotated back, if it was
+                redis.Redis(port=port, password="rotated").config_set("requirepass", lam.redis.password)
 
 
 def test_a_function_that_cannot_log_in_to_redis_fails_the_first_job_at_once():

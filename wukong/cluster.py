@@ -9,6 +9,7 @@ surface only.
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import weakref
@@ -21,7 +22,7 @@ from wukong.faults import parse_faults
 from wukong.process import stop
 from wukong.recovery import LEASE_MS, MAX_ATTEMPTS
 from wukong.store import Endpoint, Store, shm
-from wukong.store.credentials import read_secret
+from wukong.store.credentials import SecretCredentials, read_secret
 from wukong.store.server import RedisServer
 
 
@@ -238,7 +239,9 @@ class LocalCluster:
                 "socket_timeout": socket_timeout,
                 "ttl": ttl,
             }
-            credentials = read_secret(redis_secret_arn, region) if redis_secret_arn else None
+            credentials = None
+            if redis_secret_arn:  # kept as a provider: a login refused after a rotation reads it again
+                credentials = SecretCredentials(functools.partial(read_secret, redis_secret_arn, region))
             if redis_cluster:
                 if redis_endpoints or mds_endpoint or kvs_endpoints:
                     raise ValueError("give either redis_cluster or Redis endpoints, not both")

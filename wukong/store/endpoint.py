@@ -87,6 +87,8 @@ class Endpoint:
         if isinstance(credentials, dict):
             username = credentials.get("username") or self.username
             return replace(self, username=username, password=credentials.get("password"))
+        if self.username:  # a secret without a user logs in as the endpoint's
+            credentials = _AsUser(credentials, self.username)
         return replace(self, credential_provider=credentials)
 
     def _options(self, connect_timeout: float, socket_timeout: float | None) -> dict[str, Any]:
@@ -135,11 +137,31 @@ class Endpoint:
         )
 
     def to_config(self, *, secrets: bool = True) -> dict:
-        """Its fields (JSON-able); without the password when ``secrets`` is false."""
+        """Its fields (JSON-able); without the password when ``secrets`` is false, and
+        with its credential provider's present ones when true (a local worker gets the
+        password itself: a provider does not travel)."""
         config = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "credential_provider"}
         if not secrets:
             config["password"] = None
+        elif self.credential_provider is not None:
+            *user, config["password"] = self.credential_provider.get_credentials()
+            config["username"] = user[0] if user else self.username
         return config
+
+
+class _AsUser:
+    """A credential provider whose credentials name no user, logging in as ``username``."""
+
+    def __init__(self, provider: Any, username: str):
+        self.provider, self.username = provider, username
+
+    def get_credentials(self) -> tuple[str, ...]:
+        got = self.provider.get_credentials()
+        return got if len(got) == 2 else (self.username, *got)
+
+    def renew(self) -> bool:
+        renew = getattr(self.provider, "renew", None)
+        return bool(renew and renew())
 
 
 def log_in(conn: Any, on_connect: Callable[[], None] | None = None) -> None:
