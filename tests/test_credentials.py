@@ -172,3 +172,19 @@ def test_no_local_child_has_the_password_in_its_argv_or_environment():
         seen = argv_and_environments(procs)
     assert len(procs) >= 4 and password  # redis-server, two workers, the proxy
     assert not [s for s in seen if password in s]
+
+
+def test_the_proxy_secret_is_kept_and_read_again_at_most_once_a_second(monkeypatch):
+    """The warm container's proxy secret is a ``SecretCredentials`` too: many refused
+    requests at once (the invoker's threads) read the secret once, not once each."""
+    import time
+
+    read = []
+    monkeypatch.setattr(credentials, "read_secret", lambda arn: read.append(arn) or {"password": f"s{len(read)}"})
+    env = {credentials.PROXY_SECRET_ARN_ENV: f"arn:aws:secretsmanager:us-east-1:1:secret:proxy-{time.monotonic()}"}
+    assert credentials.proxy_secret_from_environment(env) == "s1"
+    assert credentials.proxy_secret_from_environment(env) == "s1" and len(read) == 1  # kept
+    assert [credentials.proxy_secret_from_environment(env, renew=True) for _ in range(8)] == ["s1"] * 8
+    assert len(read) == 1  # read a moment ago: not again
+    time.sleep(credentials.RENEW_MIN_S)
+    assert credentials.proxy_secret_from_environment(env, renew=True) == "s2" and len(read) == 2

@@ -26,6 +26,7 @@ local stand-in for the secret store is an endpoint given to boto3 the usual way
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import threading
@@ -90,16 +91,21 @@ def from_environment(environ: Mapping[str, str] | None = None) -> Any:
 
 
 def proxy_secret_from_environment(environ: Mapping[str, str] | None = None, *, renew: bool = False) -> str | None:
-    """The proxy's shared secret: ``$WUKONG_PROXY_SECRET_ARN`` (read once and kept;
-    ``renew``: read again, as after the proxy refused the kept one), else ``$WUKONG_PROXY_SECRET``."""
+    """The proxy's shared secret: ``$WUKONG_PROXY_SECRET_ARN`` (read once and kept as a
+    ``SecretCredentials``; ``renew``: read again, as after the proxy refused the kept one,
+    unless read a moment ago), else ``$WUKONG_PROXY_SECRET``."""
     env = os.environ if environ is None else environ
     arn = env.get(PROXY_SECRET_ARN_ENV)
     if not arn:
         return env.get("WUKONG_PROXY_SECRET")
     with _lock:
-        if renew or ("proxy", arn) not in _cache:
-            _cache["proxy", arn] = read_secret(arn)["password"]
-        return _cache["proxy", arn]
+        kept = _cache.get(("proxy", arn))
+        if kept is None:
+            kept = _cache["proxy", arn] = SecretCredentials(functools.partial(read_secret, arn))
+            renew = False  # just read
+    if renew:
+        kept.renew()  # at most one read a second, as for Redis's secret
+    return kept.value["password"]
 
 
 def _read(env: Mapping[str, str]) -> Any:
