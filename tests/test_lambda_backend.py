@@ -202,6 +202,53 @@ def test_a_function_that_cannot_log_in_to_redis_fails_the_first_job_at_once():
             assert client.get({"a": (abs, -1)}, "a") == 1
 
 
+def test_invocations_lost_to_a_configuration_broken_after_the_probe_are_named():
+    """The first job's probe found the functions fine; then Redis's password was rotated
+    but the functions' secret got a wrong one, and Redis dropped their connections: each
+    invocation now fails before its first task, which the client sees only as
+    invocations lost.  Before sending them again it probes once more, and the job fails
+    naming the function and the endpoint; before, they were sent again until the job
+    gave up, saying only that an executor was lost.  Once Redis and the secret agree
+    again, the next job runs."""
+    import json
+    import time
+
+    import psutil
+    import redis
+
+    from wukong.store import StorageError
+    from wukong.store.credentials import RENEW_MIN_S
+
+    with lambda_local(HANDLER, workers=1) as lam:
+        with lambda_cluster(lam) as cluster:
+            client = Client(cluster, progress=False)
+            assert client.get({"a": (abs, -1)}, "a") == 1
+            admin = redis.Redis(port=lam.redis.port, password=lam.redis.password)
+            admin.ping()  # logged in: stays so (as do the client's connections) when the password changes
+            time.sleep(RENEW_MIN_S)  # the functions read the secret a moment ago: they would not again
+            admin.config_set("requirepass", "rotated")
+            lam.put_secret("wukong-redis", json.dumps({"username": None, "password": "wrong"}))
+            functions = [
+                p for p in psutil.Process().children(recursive=True) if "wukong.lambda_local" in " ".join(p.cmdline())
+            ]
+            ports = {c.laddr.port for p in functions for c in p.net_connections("tcp") if c.raddr}
+            for conn in admin.client_list():
+                if int(conn["addr"].rpartition(":")[2]) in ports:
+                    admin.client_kill(conn["addr"])
+            started = time.monotonic()
+            with pytest.raises(StorageError) as failed:
+                client.get({"a": (abs, -2)}, "a")
+            message = str(failed.value)
+            assert time.monotonic() - started < 20, message
+            assert FUNCTION in message and f"127.0.0.1:{lam.redis.port}" in message
+            assert "invalid username-password pair" in message and "rotated" not in message
+            assert job_keys(cluster) == []
+            admin.config_set("requirepass", lam.redis.password)
+            lam.put_secret("wukong-redis", json.dumps({"username": None, "password": lam.redis.password}))
+            time.sleep(RENEW_MIN_S)
+            assert client.get({"a": (abs, -3)}, "a") == 3
+
+
 def test_single_node(client):
     assert delayed(incr)(5).compute(scheduler=client.get) == 6
 

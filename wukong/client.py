@@ -772,6 +772,12 @@ class Job:
         lost = [i for i in lost if i not in taken]
         if not lost:
             return
+        try:
+            self.backend.probe_again()  # lost to a configuration broken since the first job's probe?
+        except Exception:
+            for inv_id in lost:  # never started: the job's end waits for the others only
+                self.live.pop(inv_id, None)
+            raise
         invs = self.invocations(lost)
         for inv_id in lost:
             self.live[inv_id] = None  # give the new delivery time to start

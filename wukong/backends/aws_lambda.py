@@ -409,6 +409,13 @@ class LambdaBackend:
                 )
         return self._versions
 
+    def probe_again(self) -> None:
+        """A function that fails before its first event (its Redis secret now wrong, its
+        endpoint unreachable, another wukong deployed under its name) looks, from here,
+        like invocations lost: probe it once more and say why."""
+        self._versions = None
+        versions.check_backend(self)
+
     def close(self) -> None:
         self.invoker.close()
 

@@ -77,6 +77,12 @@ class Backend(Protocol):
         """What the executors run (``wukong.versions.report``), asked once; ``None``: this interpreter."""
         ...
 
+    def probe_again(self) -> None:
+        """Before lost invocations are sent again: ask the executors once more whether they
+        can run this cluster's jobs, and raise why not (a no-op where they are this
+        machine's processes, whose failures the cluster sees)."""
+        ...
+
     def close(self) -> None: ...
 
 

@@ -211,6 +211,9 @@ class LocalBackend:
     def executor_versions(self) -> None:
         return None  # the workers run sys.executable with this sys.path
 
+    def probe_again(self) -> None:
+        return None  # a worker's death is seen (``unavailable``, the processing lists)
+
     def describe(self) -> str:
         if self.threads == 1:
             return f"{self.n_workers} workers"
