@@ -414,7 +414,12 @@ class LambdaBackend:
         endpoint unreachable, another wukong deployed under its name) looks, from here,
         like invocations lost: probe it once more and say why."""
         self._versions = None
-        versions.check_backend(self)
+        try:
+            versions.check_backend(self)
+        except versions.VersionMismatch:
+            raise
+        except JobFailed:  # the probe itself could not be invoked (throttled, say): the resend will tell
+            self._versions = None
 
     def close(self) -> None:
         self.invoker.close()
