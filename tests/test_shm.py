@@ -92,9 +92,12 @@ def test_the_next_job_writes_into_the_files_of_the_last():
         first = _pool(cluster.shm_dir)
         assert first
         np.testing.assert_allclose(y.compute(scheduler=client.get), expected)
-        second = _pool(cluster.shm_dir)
-        assert not set(first) & set(second)  # the pool now holds the second job's files...
-        assert set(second.values()) == set(first.values())  # ...which are the first job's, written again
+        new = {name: inode for name, inode in _pool(cluster.shm_dir).items() if name not in first}
+        # the second job's files are the first job's, written again.  How many values a job
+        # stores varies a little (delayed I/O keeps some in memory, as timing allows), and a
+        # file a worker still maps (an array not yet collected) is left, not taken
+        reused = set(new.values()) & set(first.values())
+        assert reused and len(reused) >= min(len(first), len(new)) - 1, (first, new)
         shm_dir = cluster.shm_dir
     assert not os.path.exists(shm_dir)
 

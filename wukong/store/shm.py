@@ -12,9 +12,9 @@ and closing the cluster removes the directory.
 An ended job's files are kept for the next writes rather than unlinked (the
 pool, ``<dir>/free``).  tmpfs allocates and zeroes every page of a new file,
 and frees them all when it is unlinked; a write into a kept file's pages costs
-about 0.4x a fresh file's (4.5 MB: 0.47 ms against 1.19; 32 MB: 7.1 ms against
-16.3), and moving a file to the pool about 5 us where unlinking it costs 280 us
-for 4 MB (``python -m bench.dataplane --pool``).  A kept file is written again
+about 0.55-0.7x a new file's (4.5 MB: 108 against 194 us per MB; 32 MB: 223
+against 317), and keeping a file costs 9 us per MB where unlinking it costs 52
+(``python -m bench.dataplane``).  A kept file is written again
 only when nobody maps it any more: a write lease (``F_SETLEASE``) is granted
 only on a file no other open file refers to, and a mapping keeps its file open
 until it is unmapped, in any process.  So a result the user still holds, or a
@@ -198,9 +198,13 @@ def _reuse(directory: str, size: int, tmp: str) -> int | None:
         except OSError:  # another writer took it
             continue
         fd = os.open(tmp, os.O_RDWR)
-        if _unmapped(fd):
-            os.ftruncate(fd, size)
-            return fd
+        try:
+            if _unmapped(fd):
+                os.ftruncate(fd, size)
+                return fd
+        except OSError:
+            os.close(fd)
+            raise
         os.close(fd)  # still mapped somewhere: it leaves the pool, its pages go with the last mapping
         os.unlink(tmp)
     return None
