@@ -62,7 +62,10 @@ def measure(mb: float, repeat: int, directory: str) -> dict[str, float]:
             t0 = time.perf_counter()
             shm.write(where, f"wk:{job}:d:0", serialization.dumps_parts(x, compress=False))
             t1 = time.perf_counter()
-            shm.remove_job(where, job) if keep else shm.remove(where, f"wk:{job}:d:0")
+            if keep:
+                shm.remove_job(where, job)
+            else:
+                shm.remove(where, f"wk:{job}:d:0")
             writes.append(t1 - t0)
             removals.append(time.perf_counter() - t1)
         return min(writes) * 1e6, min(removals) * 1e6

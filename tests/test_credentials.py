@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from urllib.parse import parse_qs, urlparse
 
 import boto3
@@ -177,8 +178,6 @@ def test_no_local_child_has_the_password_in_its_argv_or_environment():
 def test_the_proxy_secret_is_kept_and_read_again_at_most_once_a_second(monkeypatch):
     """The warm container's proxy secret is a ``SecretCredentials`` too: many refused
     requests at once (the invoker's threads) read the secret once, not once each."""
-    import time
-
     read = []
     monkeypatch.setattr(credentials, "read_secret", lambda arn: read.append(arn) or {"password": f"s{len(read)}"})
     env = {credentials.PROXY_SECRET_ARN_ENV: f"arn:aws:secretsmanager:us-east-1:1:secret:proxy-{time.monotonic()}"}
@@ -188,3 +187,19 @@ def test_the_proxy_secret_is_kept_and_read_again_at_most_once_a_second(monkeypat
     assert len(read) == 1  # read a moment ago: not again
     time.sleep(credentials.RENEW_MIN_S)
     assert credentials.proxy_secret_from_environment(env, renew=True) == "s2" and len(read) == 2
+
+
+def test_a_secret_without_a_user_logs_in_as_the_endpoints_user():
+    """An ACL user in the endpoint's URL, a secret holding only a password: the login (and a
+    local worker's config) use that user, as a secret read into a dict did."""
+    from wukong.store.endpoint import _AsUser
+
+    secret = {"username": None, "password": "pw"}
+    provider = credentials.SecretCredentials(lambda: dict(secret))
+    ep = Endpoint.parse("redis://app@127.0.0.1:6379").with_credentials(provider)
+    assert isinstance(ep.credential_provider, _AsUser)
+    assert ep.credential_provider.get_credentials() == ("app", "pw")
+    assert (ep.to_config()["username"], ep.to_config()["password"]) == ("app", "pw")
+    secret.update(username="other", password="pw2")
+    time.sleep(credentials.RENEW_MIN_S)
+    assert ep.credential_provider.renew() and ep.credential_provider.get_credentials() == ("other", "pw2")

@@ -419,7 +419,7 @@ class LambdaBackend:
         except versions.VersionMismatch:
             raise
         except JobFailed:  # the probe itself could not be invoked (throttled, say): the resend will tell
-            self._versions = None
+            pass
 
     def close(self) -> None:
         self.invoker.close()
