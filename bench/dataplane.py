@@ -17,7 +17,10 @@ For float64 arrays of a few sizes, microseconds per MB of:
 Best of ``--repeat`` runs each.
 
 ``--threshold``: what a fresh value of 64 KiB to 1 MiB costs written, read and removed
-through Redis and through a file, the measure behind ``shm.SHM_MIN``.
+through Redis and through a file, the measure behind ``shm.SHM_MIN``; and what a job's
+result of 64 KiB to 1 MiB costs on the job's event stream and through a file, the
+measure behind ``shm.SHM_MIN`` for results (``Executor``'s ``result_shm_min``; real
+jobs, their client blocked on the stream).
 """
 
 from __future__ import annotations
@@ -98,6 +101,7 @@ def measure(mb: float, repeat: int, directory: str) -> dict[str, float]:
 
 
 THRESHOLD_KIB = (64, 128, 256, 512, 1024)
+RESULT_KIB = (64, 128, 192, 256, 512, 1024)
 
 
 def file_or_redis(repeat: int, values: int = 40) -> dict[int, tuple[float, float]]:
@@ -142,6 +146,42 @@ def file_or_redis(repeat: int, values: int = 40) -> dict[int, tuple[float, float
     return out
 
 
+def stream_or_file(repeat: int, jobs: int = 100) -> dict[int, tuple[float, float]]:
+    """ms per job of two results of ``RESULT_KIB`` sizes (fresh float64 arrays), run on two
+    ``LocalCluster``s of one worker, one sending results on the job's event stream, one
+    through files (``Executor``'s ``result_shm_min``, ``shm.SHM_MIN`` by default), side by side: the
+    median of ``jobs`` jobs, ``repeat`` rounds alternating, the median round."""
+    import statistics
+
+    from wukong import Client, LocalCluster
+
+    class Cluster(LocalCluster):
+        def __init__(self, result_shm_min: int):
+            self.result_shm_min = result_shm_min
+            super().__init__(n_workers=1)
+
+        def executor_config(self) -> dict:
+            return {**super().executor_config(), "result_shm_min": self.result_shm_min}
+
+    out = {}
+    with Cluster(1 << 62) as on_stream, Cluster(1) as in_files:
+        clients = [Client(c, progress=False) for c in (on_stream, in_files)]
+        for kib in RESULT_KIB:
+            graph = {"a": (np.random.random, kib * 128), "b": (np.random.random, kib * 128)}
+            rounds: list[list[float]] = [[], []]
+            for _ in range(repeat):
+                for client, times in zip(clients, rounds, strict=True):
+                    client.get(graph, ["a", "b"])  # warm
+                    each = []
+                    for _ in range(jobs):
+                        t0 = time.perf_counter()
+                        client.get(graph, ["a", "b"])
+                        each.append(time.perf_counter() - t0)
+                    times.append(statistics.median(each) * 1e3)
+            out[kib] = (statistics.median(rounds[0]), statistics.median(rounds[1]))
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.dataplane", description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=20)
@@ -152,6 +192,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{'KiB':>6} {'Redis':>8} {'file':>8} {'file/Redis':>11}   (now from {shm.SHM_MIN >> 10} KiB: file)")
         for kib, (redis_us, file_us) in file_or_redis(max(3, args.repeat // 4)).items():
             print(f"{kib:>6} {redis_us:>8.0f} {file_us:>8.0f} {file_us / redis_us:>10.2f}x")
+        print(f"\nms per job of two results, sent, received and removed; load average {os.getloadavg()[0]:.2f}")
+        print(f"{'KiB':>6} {'stream':>8} {'file':>8} {'file/stream':>12}   (now from {shm.SHM_MIN >> 10} KiB: file)")
+        for kib, (stream_ms, file_ms) in stream_or_file(max(3, args.repeat // 4)).items():
+            print(f"{kib:>6} {stream_ms:>8.2f} {file_ms:>8.2f} {file_ms / stream_ms:>11.2f}x")
         return
     directory = shm.make_dir("bench")  # as a local cluster's, with its pool
     if directory is None:

@@ -30,6 +30,23 @@ def test_large_results_come_back_writable_through_shared_memory():
         out[0, 0] = 2.0
 
 
+def test_a_result_too_long_for_the_stream_reaches_the_client_through_its_file_alone():
+    with LocalCluster(n_workers=1) as cluster:
+        client, mds = Client(cluster, progress=False), cluster.store.mds
+
+        def traffic(nbytes):  # bytes sent to Redis and GETs run by it, for a job of one result
+            before = mds.info("stats")["total_net_input_bytes"], mds.info("commandstats").get("cmdstat_get", {})
+            out = client.get({"a": (np.ones, nbytes // 8)}, "a")
+            assert out.nbytes == nbytes and out.sum() == nbytes // 8
+            after = mds.info("stats")["total_net_input_bytes"], mds.info("commandstats").get("cmdstat_get", {})
+            return after[0] - before[0], after[1].get("calls", 0) - before[1].get("calls", 0)
+
+        small = traffic(8_000)  # on the stream
+        big = traffic(4 * shm.SHM_MIN)  # in a file, mapped by the client without asking Redis where
+        assert big[0] < small[0] + 16_000  # it never entered Redis
+        assert big[1] == small[1]
+
+
 def test_shared_memory_can_be_turned_off():
     x = da.random.RandomState(7).random_sample((2000, 2000), chunks=(1000, 1000))
     with LocalCluster(n_workers=1, shared_memory=False) as cluster:

@@ -56,7 +56,7 @@ from wukong.progress import ProgressBar
 from wukong.protocol import Invocation, Keys, decode_invocation
 from wukong.recovery import resend
 from wukong.scheduler import Plan, plan
-from wukong.store import Batch, JobWrites, StorageError, Store
+from wukong.store import Batch, JobWrites, StorageError, Store, shm
 
 BLOCK_MS = 250  # a blocking read returns at least this often, to redraw progress
 WRITE_BYTES = 32 << 20  # schedule blobs sent per pipeline (Job.submit)
@@ -824,9 +824,17 @@ class Job:
         return [self.starts[i] if i in self.starts else found[i] for i in ids if i in self.starts or i in found]
 
     def read_stored_result(self, tid: int) -> None:
-        batch = self.store.batch()
-        (h,) = batch.kvs_get_many([self.keys.data(tid)])
-        value = batch.execute()[h]
+        """A result the stream could not carry: its shared-memory file, mapped (the local
+        backend's, named by its key: no round trip), else read from the KVS."""
+        key = self.keys.data(tid)
+        value: Any = None
+        if self.store.shm_dir:
+            with contextlib.suppress(FileNotFoundError):  # in Redis: too short, or no room in RAM
+                value = shm.read(shm.marker(self.store.shm_dir, key))
+        if value is None:
+            batch = self.store.batch()
+            (h,) = batch.kvs_get_many([key])
+            value = batch.execute()[h]
         if value is None:
             key = self.plan.outputs[tid]
             raise JobFailed(f"job {self.keys.job}: the result of task {key!r} is missing from the KV store")

@@ -228,6 +228,7 @@ class Executor:
         proxy: Callable[[str, int, list[Invocation]], bool] | None = None,
         max_task_fanout: int = 0,
         max_result_bytes: int | None = None,
+        result_shm_min: int = shm.SHM_MIN,
         fanout_groups: int | None = None,
         executors: int = 0,
         board: TaskBoard | None = None,
@@ -249,6 +250,8 @@ class Executor:
         self.cache_jobs = cache_jobs
         self.lease_ms = lease_ms
         self.max_result_bytes = max_result_bytes
+        # bytes: a result this long goes to the client in a file (local); ``bench.dataplane --threshold`` varies it
+        self.result_shm_min = result_shm_min
         # a fan-out to more new schedules than this starts them in this many invocations
         # (each carries the parent's output once); ``None``: one invocation each (Lambda)
         self.fanout_groups = fanout_groups
@@ -504,9 +507,10 @@ class _Run:
         """The values of ``tids`` that an executor of this process stored: taken by reference."""
         return self.ex.table.get(self.inv.job, tids) if self.ex.table is not None and tids else {}
 
-    def store_output(self, batch: Batch, out: _Output) -> None:
-        """Put ``out`` in the KVS (with ``batch``) and in this process's object table."""
-        batch.kvs_set(self.keys.data(out.tid), out.parts())
+    def store_output(self, batch: Batch, out: _Output, shm_min: int = shm.SHM_MIN) -> None:
+        """Put ``out`` in the KVS (with ``batch``; in shared memory from ``shm_min`` bytes,
+        ``Batch.kvs_set``) and in this process's object table."""
+        batch.kvs_set(self.keys.data(out.tid), out.parts(), shm_min)
         self.stats[0] += out.size()
         if self.ex.table is not None:
             self.ex.table.put(self.inv.job, out.tid, out.value, out.size())
@@ -646,7 +650,8 @@ class _Run:
         shipped = bool(fanins) or (len(ready) > 1 and not here and out.size() > self.ex.inline_limit)
         batch = self.store.batch()
         if shipped or stored_result:  # before the fan-in calls of the same round trip
-            self.store_output(batch if shipped else self.pending, out)
+            shm_min = self.ex.result_shm_min if stored_result else shm.SHM_MIN
+            self.store_output(batch if shipped else self.pending, out, shm_min)
         if stored_result:
             protocol.emit_stored_result(self.pending, self.keys, out.tid)  # sent with or after the write
         if fanins:
@@ -668,7 +673,7 @@ class _Run:
         if rec.flags & OUTPUT:
             out = _Output(self, tid, self.scheds[sid].body(pos)[0].key, result)
             if self.publish(out):  # too large for the stream: the client reads it from the KVS
-                self.store_output(self.pending, out)
+                self.store_output(self.pending, out, self.ex.result_shm_min)
                 protocol.emit_stored_result(self.pending, self.keys, tid)
         ready = []
         waiting = 0  # fan-ins still short of parents, holding this value
@@ -703,8 +708,8 @@ class _Run:
         """Send a requested result to the client on the job's stream; ``True`` when it is
         too long for a stream entry and must be read from the KVS instead.
 
-        On the local backend a result large enough for shared memory goes there
-        too: the client maps it instead of reading it through Redis."""
+        On the local backend a result of ``result_shm_min`` bytes or more goes to
+        shared memory: the client maps its file, with no round trip (``Job.read_stored_result``)."""
         size = out.size()
         limit = self.ex.max_result_bytes
         if limit is not None and size > limit:
@@ -716,7 +721,7 @@ class _Run:
             self.stats[0] += size
             protocol.emit_held(self.pending, self.keys, out.tid)
             return False
-        if size > self.store.part_size or (self.store.shm_dir and size >= shm.SHM_MIN):
+        if size > self.store.part_size or (self.store.shm_dir and size >= self.ex.result_shm_min):
             return True
         protocol.emit_result(self.pending, self.keys, out.tid, out.blob())
         return False

@@ -133,12 +133,15 @@ class Batch:
             self.counts[server] += len(theirs)
         self.written += other.written
 
-    def kvs_set(self, key: str, value: bytes | memoryview | list[bytes | memoryview]) -> Handle:
+    def kvs_set(
+        self, key: str, value: bytes | memoryview | list[bytes | memoryview], shm_min: int = shm.SHM_MIN
+    ) -> Handle:
         """Store ``value`` (or the concatenation of its pieces) at ``key`` (a ``Keys.data``
-        name), split if it is too long."""
+        name), split if it is too long; in shared memory if it is ``shm_min`` bytes or more
+        and the store has a directory there."""
         store = self.store
         size = sum(len(p) for p in value) if isinstance(value, list) else len(value)
-        if store.shm_dir and size >= shm.SHM_MIN:
+        if store.shm_dir and size >= shm_min:
             try:
                 marker = shm.write(store.shm_dir, key, value)
                 self.written.append((store.kvs_server(key), key))
