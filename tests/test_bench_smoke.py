@@ -170,3 +170,22 @@ def test_alternate_times_wukong_and_a_peer_in_turn_and_checks_results(peer):
     (row,) = alternate(["tree"], "tiny", runs=2, warmup=1, peer=peer)
     assert row["workload"] == "tree" and row["wukong_s"] > 0 and row["peer_s"] > 0
     assert row["ratio"] == row["wukong_s"] / row["peer_s"]
+
+
+def test_wake_times_a_one_task_job_after_each_idle_gap_and_sync():
+    from bench.wake import GAPS_MS, wake
+
+    rows = wake(runs=2)
+    assert [label for label, _ in rows] == [
+        "0 ms (none)",
+        *[f"{g} ms ({h})" for g in GAPS_MS[1:] for h in ("sleep", "spin")],
+        "sync",
+    ]
+    assert all(ms > 0 for _, ms in rows)
+
+
+def test_dataplane_times_results_on_the_stream_and_through_files():
+    from bench.dataplane import RESULT_KIB, stream_or_file
+
+    times = stream_or_file(repeat=1, jobs=2)
+    assert list(times) == list(RESULT_KIB) and all(a > 0 and b > 0 for a, b in times.values())

@@ -826,19 +826,19 @@ class Job:
     def read_stored_result(self, tid: int) -> None:
         """A result the stream could not carry: its shared-memory file, mapped (the local
         backend's, named by its key: no round trip), else read from the KVS."""
-        key = self.keys.data(tid)
+        name = self.keys.data(tid)
         value: Any = None
         if self.store.shm_dir:
             with contextlib.suppress(FileNotFoundError):  # in Redis: too short, or no room in RAM
-                value = shm.read(shm.marker(self.store.shm_dir, key))
+                value = shm.read(shm.marker(self.store.shm_dir, name))
         if value is None:
             batch = self.store.batch()
-            (h,) = batch.kvs_get_many([key])
+            (h,) = batch.kvs_get_many([name])
             value = batch.execute()[h]
+        key = self.plan.outputs[tid]
         if value is None:
-            key = self.plan.outputs[tid]
             raise JobFailed(f"job {self.keys.job}: the result of task {key!r} is missing from the KV store")
-        self.results[self.plan.outputs[tid]] = serialization.loads(value)
+        self.results[key] = serialization.loads(value)
 
     def cancel(self, by_user: bool = False) -> None:
         with self.cleanup_lock:  # from another thread (a future cancelled) as the job ends: no key after cleanup
