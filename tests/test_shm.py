@@ -1,11 +1,13 @@
 """Large values between local processes go through shared memory, and leave nothing behind."""
 
+import gc
 import os
 
 import dask.array as da
 import numpy as np
+from conftest import job_files
 
-from wukong import Client, LocalCluster
+from wukong import Client, LocalCluster, wait
 from wukong.store import shm
 
 
@@ -117,6 +119,22 @@ def test_the_next_job_writes_into_the_files_of_the_last():
         assert reused and len(reused) >= min(len(first), len(new)) - 1, (first, new)
         shm_dir = cluster.shm_dir
     assert not os.path.exists(shm_dir)
+
+
+def test_a_released_held_value_leaves_its_file_to_the_pool():
+    with LocalCluster(n_workers=1) as cluster:
+        client = Client(cluster, progress=False)
+        y = client.persist(da.ones((4, 65536), chunks=(1, 65536)))  # 4 held chunks of 512 KiB
+        wait(list(dict(y.__dask_graph__()).values()))
+        held = job_files(cluster)
+        assert len(held) == 4
+        inodes = {name: os.stat(os.path.join(cluster.shm_dir, name)).st_ino for name in held}
+        del y
+        gc.collect()
+        client.futures.flush()
+        assert job_files(cluster) == []
+        kept = {name.partition("-")[2]: inode for name, inode in _pool(cluster.shm_dir).items()}
+        assert {name: kept.get(name) for name in held} == inodes  # the same files, to be written again
 
 
 def test_a_kept_file_somebody_maps_is_never_written_again(tmp_path):

@@ -11,7 +11,6 @@ client deletes a held value when the last future referring to it is dropped
 
 from __future__ import annotations
 
-import os
 import threading
 from typing import Any
 
@@ -58,16 +57,13 @@ def load(name: str) -> Any:
 
 
 def release(store: Store, names: list[str]) -> None:
-    """Delete held values, and their shared-memory files on a local cluster."""
+    """Delete held values; their shared-memory files on a local cluster go to its pool of
+    files to write again (``shm.discard``)."""
     if not names:
         return
     by_server: dict[int, list[str]] = {}
     for server, name in zip(store.kvs_servers(names), names, strict=True):
         by_server.setdefault(server, []).append(name)
     if store.shm_dir:
-        for name in names:
-            try:
-                os.unlink(os.path.join(store.shm_dir, shm.filename(name)))
-            except FileNotFoundError:
-                pass
+        shm.discard(store.shm_dir, [shm.filename(name) for name in names])
     store.delete(by_server)

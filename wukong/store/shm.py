@@ -249,8 +249,7 @@ def remove(directory: str | None, key: str) -> None:
 
 
 def remove_job(directory: str | None, job: str) -> None:
-    """Remove the files of ``job``: into the pool while it has room, if nobody maps
-    them; deleted otherwise (mappings still open stay valid until dropped)."""
+    """Remove the files of ``job`` (``discard``)."""
     if not directory:
         return
     prefix = f"wk-{job}-"  # listed, not globbed: a glob compiles its pattern, a new one per job (~0.5 ms)
@@ -258,6 +257,13 @@ def remove_job(directory: str | None, job: str) -> None:
         names = [e.name for e in os.scandir(directory) if e.name.startswith(prefix)]
     except FileNotFoundError:  # the cluster closed
         return
+    discard(directory, names)
+
+
+def discard(directory: str, names: Sequence[str]) -> None:
+    """Remove the files ``names`` of ``directory`` (those that exist): into the pool while
+    it has room, if nobody maps them; deleted otherwise (mappings still open stay valid
+    until dropped)."""
     pool = os.path.join(directory, POOL)
     room = pool_cap() - sum(kept for kept, _ in _kept(pool)) if names and os.path.isdir(pool) else 0
     for name in names:
