@@ -114,13 +114,11 @@ def file_or_redis(repeat: int, values: int = 40) -> dict[int, tuple[float, float
     from wukong import LocalCluster
 
     out = {}
-    default = shm.SHM_MIN
     with LocalCluster(n_workers=1) as cluster:
         store = cluster.store
         for kib in THRESHOLD_KIB:
             row = []
             for threshold in (1 << 62, 1):  # Redis, then files
-                shm.SHM_MIN = threshold
                 times = []
                 for rep in range(repeat):
                     blocks = [np.random.default_rng(rep).random(kib * 128) for _ in range(values)]
@@ -128,7 +126,7 @@ def file_or_redis(repeat: int, values: int = 40) -> dict[int, tuple[float, float
                     t0 = time.perf_counter()
                     for key, block in zip(keys, blocks, strict=True):
                         b = store.batch()
-                        b.kvs_set(key, serialization.dumps_parts(block, compress=False))
+                        b.kvs_set(key, serialization.dumps_parts(block, compress=False), shm_min=threshold)
                         b.execute()
                     for key in keys:
                         b = store.batch()
@@ -142,7 +140,6 @@ def file_or_redis(repeat: int, values: int = 40) -> dict[int, tuple[float, float
                     times.append((time.perf_counter() - t0) / values * 1e6)
                 row.append(statistics.median(times))
             out[kib] = (row[0], row[1])
-    shm.SHM_MIN = default
     return out
 
 

@@ -49,6 +49,25 @@ def test_a_result_too_long_for_the_stream_reaches_the_client_through_its_file_al
         assert big[1] == small[1]
 
 
+def test_a_value_goes_to_a_file_from_the_size_the_writer_gives(cluster, monkeypatch):
+    store, value = cluster.store, b"x" * 1000
+
+    def in_file(name, **given):
+        batch = store.batch()
+        batch.kvs_set(name, value, **given)
+        batch.execute()
+        stored = store.mds.get(name)
+        batch.undo()  # the key and its file
+        assert not store.mds.exists(name) and not os.path.exists(os.path.join(cluster.shm_dir, shm.filename(name)))
+        return shm.is_marker(stored)
+
+    assert not in_file("wk:thresholds:d:1")  # under shm.SHM_MIN: Redis
+    assert in_file("wk:thresholds:d:2", shm_min=1000)
+    assert not in_file("wk:thresholds:d:3", shm_min=1001)
+    monkeypatch.setattr(shm, "SHM_MIN", 1000)  # the default is read when writing, not when imported
+    assert in_file("wk:thresholds:d:4")
+
+
 def test_shared_memory_can_be_turned_off():
     x = da.random.RandomState(7).random_sample((2000, 2000), chunks=(1000, 1000))
     with LocalCluster(n_workers=1, shared_memory=False) as cluster:

@@ -228,7 +228,7 @@ class Executor:
         proxy: Callable[[str, int, list[Invocation]], bool] | None = None,
         max_task_fanout: int = 0,
         max_result_bytes: int | None = None,
-        result_shm_min: int = shm.SHM_MIN,
+        result_shm_min: int | None = None,
         fanout_groups: int | None = None,
         executors: int = 0,
         board: TaskBoard | None = None,
@@ -250,7 +250,8 @@ class Executor:
         self.cache_jobs = cache_jobs
         self.lease_ms = lease_ms
         self.max_result_bytes = max_result_bytes
-        # bytes: a result this long goes to the client in a file (local); ``bench.dataplane --threshold`` varies it
+        # bytes: a result this long goes to the client in a file (local; ``None``: ``shm.SHM_MIN``,
+        # as any value); ``bench.dataplane --threshold`` varies it
         self.result_shm_min = result_shm_min
         # a fan-out to more new schedules than this starts them in this many invocations
         # (each carries the parent's output once); ``None``: one invocation each (Lambda)
@@ -507,7 +508,7 @@ class _Run:
         """The values of ``tids`` that an executor of this process stored: taken by reference."""
         return self.ex.table.get(self.inv.job, tids) if self.ex.table is not None and tids else {}
 
-    def store_output(self, batch: Batch, out: _Output, shm_min: int = shm.SHM_MIN) -> None:
+    def store_output(self, batch: Batch, out: _Output, shm_min: int | None = None) -> None:
         """Put ``out`` in the KVS (with ``batch``; in shared memory from ``shm_min`` bytes,
         ``Batch.kvs_set``) and in this process's object table."""
         batch.kvs_set(self.keys.data(out.tid), out.parts(), shm_min)
@@ -650,7 +651,7 @@ class _Run:
         shipped = bool(fanins) or (len(ready) > 1 and not here and out.size() > self.ex.inline_limit)
         batch = self.store.batch()
         if shipped or stored_result:  # before the fan-in calls of the same round trip
-            shm_min = self.ex.result_shm_min if stored_result else shm.SHM_MIN
+            shm_min = self.ex.result_shm_min if stored_result else None
             self.store_output(batch if shipped else self.pending, out, shm_min)
         if stored_result:
             protocol.emit_stored_result(self.pending, self.keys, out.tid)  # sent with or after the write
@@ -721,7 +722,8 @@ class _Run:
             self.stats[0] += size
             protocol.emit_held(self.pending, self.keys, out.tid)
             return False
-        if size > self.store.part_size or (self.store.shm_dir and size >= self.ex.result_shm_min):
+        shm_min = shm.SHM_MIN if self.ex.result_shm_min is None else self.ex.result_shm_min
+        if size > self.store.part_size or (self.store.shm_dir and size >= shm_min):
             return True
         protocol.emit_result(self.pending, self.keys, out.tid, out.blob())
         return False

@@ -354,7 +354,7 @@ class _SimBatch:
     def exit(self, keys: Keys, inv: str, arrivals: list[tuple[int, str]], events: list[dict]) -> tuple[int, int]:
         return self._add(self.store.mds_index, self.store.exit, (keys, inv, arrivals, events), 64 + _size(events))
 
-    def kvs_set(self, key: str, value: Any, shm_min: int = 0) -> tuple[int, int]:  # no shared memory here
+    def kvs_set(self, key: str, value: Any, shm_min: int | None = None) -> tuple[int, int]:  # no shared memory here
         if isinstance(value, list):  # the pieces of one value
             value = value[0] if len(value) == 1 else SimBlob(sum(len(p) for p in value))
         n = len(value)

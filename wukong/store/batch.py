@@ -134,14 +134,14 @@ class Batch:
         self.written += other.written
 
     def kvs_set(
-        self, key: str, value: bytes | memoryview | list[bytes | memoryview], shm_min: int = shm.SHM_MIN
+        self, key: str, value: bytes | memoryview | list[bytes | memoryview], shm_min: int | None = None
     ) -> Handle:
         """Store ``value`` (or the concatenation of its pieces) at ``key`` (a ``Keys.data``
         name), split if it is too long; in shared memory if it is ``shm_min`` bytes or more
-        and the store has a directory there."""
+        (default ``shm.SHM_MIN``) and the store has a directory there."""
         store = self.store
         size = sum(len(p) for p in value) if isinstance(value, list) else len(value)
-        if store.shm_dir and size >= shm_min:
+        if store.shm_dir and size >= (shm.SHM_MIN if shm_min is None else shm_min):
             try:
                 marker = shm.write(store.shm_dir, key, value)
                 self.written.append((store.kvs_server(key), key))

@@ -48,10 +48,12 @@ MARKER = b"\x00wukong-shm\x00"
 # 0.92x, of 64 KiB 1.02x, of 1 MiB 0.47x (``python -m bench.dataplane --threshold``,
 # idle); a Cholesky of 4000² (250² blocks, 500 kB) ran in 6.4 s against 10.8-11.6 s with
 # 1 MiB here (``python -m bench --size full --only cholesky --systems wukong``, the two
-# alternating), with 1.7 round trips a task against 2.7.  A job's result goes to the
-# client through a file from the same size: jobs of two results of 128 KiB took 1.08x as
-# long through files as on the job's event stream, of 192 KiB 1.04x, of 256 KiB 0.87x,
-# of 1 MiB 0.46x (``--threshold``'s second table, load 0.8)
+# alternating), with 1.7 round trips a task against 2.7; again on 1 December (load 0.75):
+# 64 KiB 1.22x, 128 KiB 1.20x, 256 KiB 0.77x, 1 MiB 0.42x.  A job's result goes to the
+# client through a file from the same size: jobs of two results of 128 KiB took 1.08x and
+# 1.09x as long through files as on the job's event stream (two runs), of 192 KiB 1.04x
+# and 0.88x, of 256 KiB 0.87x and 0.90x, of 1 MiB 0.46x and 0.42x (``--threshold``'s
+# second table, load 0.8)
 SHM_MIN = 256 << 10
 
 
