@@ -289,6 +289,25 @@ def test_an_atomic_batch_wakes_a_blocked_reader_once_with_all_its_events(cluster
         store.mds.delete(stream)
 
 
+def test_a_round_trip_read_later_keeps_its_replies_when_another_goes_first(cluster):
+    # ``Batch.send``: the replies of a round trip sent now and read later are read by the
+    # next round trip on the same connection (this thread's), and kept for their batch.
+    store = cluster.store
+    first = store.batch()
+    h_set = first.mds("set", "wk:test:early", b"1")
+    h_get = first.mds("get", "wk:test:early")
+    receive = first.send()
+    second = store.batch()
+    h_incr = second.mds("incr", "wk:test:early")
+    assert second.execute()[h_incr] == 2
+    third = store.batch()
+    h_del = third.mds("delete", "wk:test:early")
+    receive_third = third.send()
+    assert receive()[h_set] is True and first[h_get] == b"1"
+    assert receive_third()[h_del] == 1 and receive_third() is third  # read once
+    assert store.connection(store.mds_index).wukong_owed == []
+
+
 def test_jobs_from_many_short_lived_threads_share_their_connections(cluster, client):
     """A client driven from a new thread each time (a web server's handlers, the bench
     harness): a thread that ended hands its connections to the next, so Redis sees no

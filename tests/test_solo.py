@@ -2,13 +2,14 @@
 one invocation that counts its fan-ins in memory; results as when spread, also
 when tasks fail, results are large or held, and executors crash or repeat."""
 
+import json
 import time
 
 import dask
 import dask.array as da
 import numpy as np
 import pytest
-from conftest import dags, job_keys
+from conftest import dags, job_files, job_keys
 from hypothesis import HealthCheck, given, settings
 
 from wukong import Client, LocalCluster, TaskError
@@ -194,3 +195,48 @@ def test_a_solo_job_on_the_lambda_backend(lambda_cluster):
         assert client.get(DIAMOND, ["c-1", "b-2"]) == expected
     assert client.last_job["solo"] and client.jobs[-1].invocations == 1
     assert job_keys(lambda_cluster) == []
+
+
+def test_a_solo_job_travels_in_its_invocation_and_no_plan_is_stored(solo_client, monkeypatch):
+    # The local backend takes a solo job's plan and options in the queue entry: the
+    # executor runs the tasks while its lease is being taken, and nobody stores or reads
+    # the plan in Redis (a plan in neither place would fail the job).
+    from wukong.backends import local
+    from wukong.store import Batch
+
+    sent, stored = [], []
+    monkeypatch.setattr(local, "encode_invocation", lambda inv: sent.append(inv) or encode(inv))
+    encode, set_many = local.protocol.encode_invocation, Batch.set_many
+
+    def setting(self, server, names, values):
+        stored.extend(names)
+        return set_many(self, server, names, values)
+
+    monkeypatch.setattr(Batch, "set_many", setting)
+    expected = dask.get(DIAMOND, ["c-1", "b-2"])
+    solo_client.get(DIAMOND, ["c-1", "b-2"])  # learns
+    sent.clear()
+    assert solo_client.get(DIAMOND, ["c-1", "b-2"]) == expected
+    assert solo_client.last_job["solo"]
+    (inv,) = sent
+    assert inv.plan and json.loads(inv.options)["solo"] is True and inv.attempt == 0
+    assert not any(name.endswith(":plan") for name in stored)
+
+
+def test_a_solo_job_delivered_twice_reports_each_task_once(monkeypatch):
+    # Each copy runs the tasks before it learns whether its lease was granted; the one
+    # refused (or come after the job ended) writes nothing: no result, no task timing,
+    # no exit, no key or file left.
+    with dask.config.set(SOLO), LocalCluster(n_workers=2) as cluster:
+        invoke = cluster.backend.invoke
+        monkeypatch.setattr(cluster.backend, "invoke", lambda batch, job, invs: invoke(batch, job, invs * 2))
+        client = Client(cluster, progress=False)
+        dsk = {**DIAMOND, "big": (np.full, (600, 600), 2.0)}  # 2.9 MB: written to a file before the exit
+        client.get(dsk, ["c-1", "big"])
+        for _ in range(10):
+            c, big = client.get(dsk, ["c-1", "big"])
+            assert client.last_job["solo"] and c == dask.get(DIAMOND, "c-1")
+            np.testing.assert_array_equal(big, np.full((600, 600), 2.0))
+            assert sorted(t.key for t in client.jobs[-1].tasks) == sorted(dsk)
+            assert client.jobs[-1].invocations == 1
+        assert job_keys(cluster) == [] and job_files(cluster) == []

@@ -566,10 +566,11 @@ class Job:
         self.primaries = store.primary_ids() if store.cluster is not None else set()
         self.check_backend()
         batch = store.batch()
-        batch.mds("set", keys.options, json.dumps(self.options), store.ttl)
+        options = json.dumps(self.options)
+        batch.mds("set", keys.options, options, store.ttl)
         protocol.emit_start(batch, keys, store.ttl)
         if self.options.get("solo"):  # one invocation runs it all (``wukong.durations``)
-            self.submit_solo(batch)
+            self.submit_solo(batch, options)
             return
         leaves = list(range(len(p.leaf_schedules)))  # leaf indexes
         groups = group_leaves(leaves, self.backend.leaf_groups)
@@ -603,13 +604,19 @@ class Job:
             batch = store.batch()
         p.schedules = []  # the graph behind them is not kept for the run
 
-    def submit_solo(self, batch: Batch) -> None:
+    def submit_solo(self, batch: Batch, options: str) -> None:
         """A solo job: every schedule in one blob (``Schedules.whole``), and one invocation
-        that reads it (``protocol.WHOLE_JOB``), sent in the same round trip."""
+        that reads it (``protocol.WHOLE_JOB``), sent in the same round trip.  Where the
+        backend takes it, the blob travels in the invocation with the job's ``options``
+        (``Backend.inline_plan``)."""
         p, keys, store = self.plan, self.keys, self.store
-        batch.set_many(store.mds_index, [keys.plan], [p.schedules.whole()])  # type: ignore[attr-defined]
+        blob = p.schedules.whole()  # type: ignore[attr-defined]
         p.schedules = []
         start = Invocation(keys.job, p.leaf_schedules[0], 0, {}, (), protocol.WHOLE_JOB)
+        if len(blob) <= self.backend.inline_plan:
+            start = start._replace(plan=blob, options=options)
+        else:
+            batch.set_many(store.mds_index, [keys.plan], [blob])
         if store.cluster is None:  # one MDS server runs the pipeline in order
             self.launch([start], batch)
         else:

@@ -318,7 +318,10 @@ class Executor:
             run.start()
             run.lease_hold = (run.keys.lease(inv.id), run.token, run.guard())
             self.heartbeat.hold(*run.lease_hold)
-            run.loop()
+            try:
+                run.loop()
+            finally:
+                run.settle()  # before the exit writes anything (``_Run.start_inline``)
         except (JobGone, Duplicate) as exc:
             if isinstance(exc, JobGone):
                 self.forget(inv.job)
@@ -388,11 +391,13 @@ class _Run:
         self.exit_events: Callable[[], list[dict]] | None = None
         self.exited = False  # the exit went with the last fan-in arrivals (``send_arrivals``)
         self.lease_hold: tuple = ()  # what the heartbeat holds for this invocation
+        self.unsettled: Callable[[], None] | None = None  # reads a start not waited for (``settle``)
 
     # -- round trips ---------------------------------------------------------
     def send(self, batch: Batch, atomic: bool = False) -> Batch:
         """Send ``batch`` with the pending events and a cancel check (``atomic``: as one
         unit on the MDS, ``Batch.execute``: an exit and the events before it)."""
+        self.settle()
         if self.pending:
             pending, self.pending = self.pending, self.store.batch()
             batch.extend(pending)  # after the batch's own commands: its handles stay valid
@@ -437,13 +442,17 @@ class _Run:
     def start(self) -> None:
         """One round trip: the schedules this invocation starts on, and its remote inputs."""
         inv = self.inv
+        if inv.plan is not None and not inv.attempt:
+            self.start_inline()
+            return
         whole = inv.more == protocol.WHOLE_JOB  # a solo job's invocation: every schedule, in one blob
         starts = [] if whole else [inv.sched, *inv.more]
         batch = self.store.batch()
         h_lease = batch.lease(self.keys, inv.id, self.token, self.ex.lease_ms)
         h_attempts = batch.mds("hget", self.keys.attempts, inv.id)  # sent again after a loss?
         h_opts = batch.mds("get", self.keys.options) if inv.job not in self.ex.options else None
-        h_plan = batch.get_value(self.store.mds_index, self.keys.plan) if whole and not self.scheds else None
+        read_plan = whole and not self.scheds and not inv.plan  # not in the invocation (``start_inline``)
+        h_plan = batch.get_value(self.store.mds_index, self.keys.plan) if read_plan else None
         h_scheds = [
             (s, batch.get_value(self.store.mds_index, self.keys.schedule(s))) for s in starts if s not in self.scheds
         ]
@@ -464,6 +473,8 @@ class _Run:
             if batch[h_plan] is None:
                 raise JobGone()
             self.scheds.update(Schedule.whole(batch[h_plan]))
+        elif whole and not self.scheds and inv.plan:  # a re-delivery of an invocation carrying its plan
+            self.scheds.update(Schedule.whole(inv.plan))
         for s, h in h_scheds:
             if batch[h] is None:
                 raise JobGone()
@@ -473,12 +484,54 @@ class _Run:
         self.data.update(shared)
         for t, h in zip(remote, h_remote, strict=False):
             self.data[t] = self.load_remote(t, batch[h])
+        self.push_starts(whole)
+
+    def start_inline(self) -> None:
+        """A solo job whose plan and options came in the invocation (``Backend.inline_plan``):
+        its lease is asked for, and its tasks run while the answer is on its way.
+
+        Until the answer is read (``settle``) nothing is written: it is read before
+        this invocation's first round trip or shared-memory write, and at its end,
+        so a duplicate delivery or a job that ended drops its work unwritten.  A
+        re-delivery (``Invocation.attempt``) starts as any other invocation: it
+        records each task before running it."""
+        inv = self.inv
+        batch = self.store.batch()
+        h_lease = batch.lease(self.keys, inv.id, self.token, self.ex.lease_ms)
+        h_cancel = batch.mds("exists", self.keys.cancel)
+        receive = batch.send()
+
+        def settle() -> None:
+            receive()
+            if batch[h_lease] == -1:  # a delivery after the job ended: nothing was written
+                raise JobGone()
+            if batch[h_lease] == 0:
+                raise Duplicate()
+            if batch[h_cancel]:
+                raise Cancelled()
+
+        self.unsettled = settle
+        self.opts = self.ex.options[inv.job] = json.loads(inv.options or "{}")
+        self.solo = True
+        if not self.scheds:
+            self.scheds.update(Schedule.whole(inv.plan))  # type: ignore[arg-type]  # not None here
+        self.push_starts(True)
+
+    def push_starts(self, whole: bool) -> None:
+        inv = self.inv
         more = inv.more
         if whole:  # every leaf schedule starts here (in order), the others are reached
             more = tuple(s for s in range(len(self.scheds)) if s != inv.sched and not self.scheds[s].records[0].deps)
         for s in reversed(more):  # the stack runs them in order, after the first
             self.push(s, 0)
         self.push(inv.sched, inv.pos)
+
+    def settle(self) -> None:
+        """Read the answer to a start not waited for (``start_inline``); raise ``JobGone`` or
+        ``Duplicate`` if this delivery must not write.  Once: later calls return at once."""
+        settle, self.unsettled = self.unsettled, None
+        if settle is not None:
+            settle()
 
     def guard(self) -> Guard:
         """Ends this process when the running task must stop and will not (``wukong.timeout``)."""
@@ -511,6 +564,7 @@ class _Run:
     def store_output(self, batch: Batch, out: _Output, shm_min: int | None = None) -> None:
         """Put ``out`` in the KVS (with ``batch``; in shared memory from ``shm_min`` bytes,
         ``Batch.kvs_set``) and in this process's object table."""
+        self.settle()  # a file is written now
         batch.kvs_set(self.keys.data(out.tid), out.parts(), shm_min)
         self.stats[0] += out.size()
         if self.ex.table is not None:

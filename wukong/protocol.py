@@ -17,8 +17,9 @@ Whatever crosses a process boundary is defined here and nowhere else:
   ``Dependent``: encoded by ``wukong._core.encoding``, whose pure-Python
   oracle is ``wukong.reference.encoding``) with the pickle of its task bodies.
   **The plan blob** (``pack_plan``/``unpack_plan``): every schedule of a solo
-  job (``wukong.durations``) in one key, ``Keys.plan``: their metadata, then
-  one pickle of all their bodies.  Its invocation's ``more`` is ``WHOLE_JOB``.
+  job (``wukong.durations``) in one key, ``Keys.plan``, or in its invocation
+  (``Invocation.plan``, where the backend takes it): their metadata, then one
+  pickle of all their bodies.  Its invocation's ``more`` is ``WHOLE_JOB``.
 * **Events** on a job's stream, written by executors, backends and the client
   and read by the client: one ``emit_*`` function per kind, one ``parse_event``.
   Every event is written with ``NOMKSTREAM`` (except the stream's creation by
@@ -153,7 +154,7 @@ def worker_processing(cluster_id: str, wid: int) -> str:
 
 
 # ``Invocation.more`` of a solo job's one invocation: it reads every schedule from the
-# job's plan blob (``Keys.plan``) and runs from each leaf schedule in turn.
+# job's plan blob (``Keys.plan``, or ``Invocation.plan``) and runs from each leaf schedule in turn.
 WHOLE_JOB = (-1,)
 
 
@@ -167,6 +168,12 @@ class Invocation(NamedTuple):
     remote: tuple[int, ...]  # dependency ids to read from the KVS
     more: tuple[int, ...] = ()  # further leaf schedules to run from position 0 (grouped leaves), or WHOLE_JOB
     sent: float = 0.0  # when it was handed to a backend (``backends.base.launch``); seconds since the epoch
+    attempt: int = 0  # deliveries before this one (``recovery.resend``)
+    # A solo job's plan blob and options (JSON), carried here rather than read from the MDS
+    # where the backend takes them (``Backend.inline_plan``): its executor runs the tasks
+    # while its start round trip is under way (``executor._Run.start``).
+    plan: bytes | None = None
+    options: str | None = None
 
     @property
     def id(self) -> str:
@@ -176,7 +183,8 @@ class Invocation(NamedTuple):
 
     def sent_at(self, sent: float) -> Invocation:
         """This invocation, stamped with when it is sent (a quarter of what ``_replace`` costs)."""
-        return Invocation(self.job, self.sched, self.pos, self.inline, self.remote, self.more, sent)
+        job, sched, pos, inline, remote, more, _, attempt, plan, options = self
+        return Invocation(job, sched, pos, inline, remote, more, sent, attempt, plan, options)
 
 
 def encode_invocation(inv: Invocation) -> bytes:

@@ -60,7 +60,8 @@ def resend(
     losses = {inv.id: counted[h] for inv, h in zip(invocations, handles, strict=True)}
     lost = [inv for inv in invocations if losses[inv.id] > max_attempts]  # re-run max_attempts times
     given_up = {inv.id for inv in lost}
-    again = [inv for inv in invocations if inv.id not in given_up]
+    # each says how often it was delivered before: a re-run records its tasks from its first
+    again = [inv._replace(attempt=losses[inv.id]) for inv in invocations if inv.id not in given_up]
     batch = store.batch()
     for inv, task in zip(lost, _current_tasks(store, keys, lost), strict=True):
         runs = f"invocation {inv.id} of schedule {inv.sched} was lost {losses[inv.id]} times, giving up"

@@ -362,6 +362,7 @@ class LambdaBackend:
     name = "lambda"
     leaf_groups = None  # one invocation per leaf: concurrency is not ours to bound
     sees_in_flight = False  # an invocation in Lambda's queue is invisible: the watchdog waits for its lease
+    inline_plan = 0  # an event is at most 256 KB; the plan is read with the lease, in the same round trip
     children: list = []  # no process of ours
 
     def __init__(self, store: Store, config: dict, *, memory_mb: int = 3008, architecture: str = "x86_64"):

@@ -40,6 +40,13 @@ class Backend(Protocol):
         ...
 
     @property
+    def inline_plan(self) -> int:
+        """A solo job's plan of up to this many bytes travels in its invocation, with its
+        options, rather than through the MDS (0: never): its executor need not wait for
+        a read before its first task (``executor._Run.start_inline``)."""
+        ...
+
+    @property
     def sees_in_flight(self) -> bool:
         """Every invocation in flight is visible (``backlog``, ``running``): lost ones are found fast."""
         ...

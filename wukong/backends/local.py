@@ -52,6 +52,10 @@ WORKER_ENV["PYTHONUNBUFFERED"] = "1"
 # Leaf schedules are grouped into this many invocations per worker: enough
 # to balance load between workers, few enough that start-up costs vanish.
 LEAF_GROUPS_PER_WORKER = 4
+# bytes: a solo job's plan up to this size goes in its queue entry (``Backend.inline_plan``).
+# It crosses Redis twice either way (queue in, queue out against SET, GET); in the entry
+# its worker need not read it before the first task.
+INLINE_PLAN = 1 << 20
 
 
 def queue_invoker(queue: str):
@@ -68,6 +72,7 @@ class LocalBackend:
 
     name = "local"
     sees_in_flight = True
+    inline_plan = INLINE_PLAN
 
     def __init__(
         self,

@@ -147,16 +147,20 @@ class Watch:
                 report_ended(batch, keys, inv.id, None, None)
                 continue
             sid, pos, seconds = why
-            key = self._task_key(keys, sid, pos)
+            key = self._task_key(inv, sid, pos)
             what = would_not_stop(seconds)
             if key is None:
                 what = f"a task (position {pos} of schedule {sid}) {what}"
             report_ended(batch, keys, inv.id, key, what)
         batch.execute()
 
-    def _task_key(self, keys: Keys, sid: int, pos: int) -> Any:
-        """The key of the task at ``pos`` of schedule ``sid``, or ``None`` if it cannot be read."""
+    def _task_key(self, inv: Invocation, sid: int, pos: int) -> Any:
+        """The key of the task at ``pos`` of schedule ``sid`` of ``inv``'s job, or ``None``
+        if it cannot be read."""
+        keys = Keys(inv.job)
         try:
+            if inv.plan:  # a solo job's, in its invocation (``Backend.inline_plan``)
+                return Schedule.whole(inv.plan)[sid].body(pos)[0].key
             batch = self.store.batch()
             h = batch.get_value(self.store.mds_index, keys.schedule(sid))
             h_plan = batch.get_value(self.store.mds_index, keys.plan)  # a solo job's (``protocol.pack_plan``)

@@ -390,6 +390,11 @@ class _SimBatch:
         server, i = handle
         return self.replies[server][i]
 
+    def send(self) -> Callable[[], _SimBatch]:
+        """``Batch.send``: here a whole round trip now (no solo job starts from its invocation)."""
+        self.execute()
+        return lambda: self
+
     def execute(self, atomic: bool = False) -> _SimBatch:  # atomic: one unit anyway (a simulated round trip)
         sim, m = self.store.sim, self.store.sim.model
         mds = self.store.mds_index

@@ -10,14 +10,14 @@ NOSCRIPT gets every Lua script loaded again and the command re-sent.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import NoScriptError
 
 from wukong.protocol import Keys
 from wukong.store import parts, scripts, shm
-from wukong.store.endpoint import StorageError, run
+from wukong.store.endpoint import LOST, Pipeline, StorageError, lost, run
 
 if TYPE_CHECKING:
     from wukong.store.store import Store
@@ -219,17 +219,49 @@ class Batch:
         order = sorted(self.pipes, key=lambda s: s == mds)  # KVS first, MDS last
         for server in order:
             commands = list(queued(self.pipes[server]))  # execute() empties the stack
-            replies = run(self.pipes[server], self.store.name_of(server), atomic and server == mds)
-            for i, reply in enumerate(replies):
-                if isinstance(reply, NoScriptError):  # server restarted or flushed its scripts
-                    replies[i] = self._rerun_script(server, commands[i])
-                elif isinstance(reply, Exception):
-                    raise StorageError(f"Redis at {self.store.name_of(server)}: {reply}")
-            self.replies[server] = replies
+            self._keep(server, commands, run(self.pipes[server], self.store.name_of(server), atomic and server == mds))
         if self.kvs_reads:
             self._join_parts()
             self._map_shared()
         return self
+
+    def send(self) -> Callable[[], Batch]:
+        """``execute`` in two halves where the batch is one standalone server's commands and
+        reads no value: send them now; the call returned reads the replies (``Pipeline.send``),
+        so the caller works while the round trip is under way.  Elsewhere it executes now."""
+        pipe = next(iter(self.pipes.values())) if len(self.pipes) == 1 else None
+        if not isinstance(pipe, Pipeline) or self.kvs_reads:
+            self.execute()
+            return lambda: self
+        (server,) = self.pipes
+        name = self.store.name_of(server)
+        commands = list(queued(pipe))
+        try:
+            read = pipe.send()
+        except LOST as e:
+            raise lost(name, e) from None
+        done = False
+
+        def receive() -> Batch:
+            nonlocal done
+            if not done:
+                try:
+                    replies = read()
+                except LOST as e:
+                    raise lost(name, e) from None
+                self._keep(server, commands, replies)
+                done = True
+            return self
+
+        return receive
+
+    def _keep(self, server: int, commands: list, replies: list) -> None:
+        for i, reply in enumerate(replies):
+            if isinstance(reply, NoScriptError):  # server restarted or flushed its scripts
+                replies[i] = self._rerun_script(server, commands[i])
+            elif isinstance(reply, Exception):
+                raise StorageError(f"Redis at {self.store.name_of(server)}: {reply}")
+        self.replies[server] = replies
 
     def _map_shared(self) -> None:
         """Replace the markers of values kept in shared memory with their mappings."""

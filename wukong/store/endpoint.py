@@ -214,32 +214,74 @@ class Pipeline(redis.client.Pipeline):
         if not stack:
             return []
         conn = self.conn()
-        callbacks = self.response_callbacks
-        replies: list = []
         try:
-            commands = [args for args, _ in stack]
-            conn.send_packed_command(conn.pack_commands([("MULTI",), *commands, ("EXEC",)] if atomic else commands))
-            raw = self._read_atomic(conn, len(stack)) if atomic else None
-            for i, (args, options) in enumerate(stack):
-                if raw is None:
-                    try:
-                        reply = conn.read_response(disable_decoding=NEVER_DECODE in options)
-                    except redis.ResponseError as e:
-                        reply = e
-                else:
-                    reply = raw[i]
-                if isinstance(reply, redis.ResponseError):
-                    replies.append(options.get(EMPTY_RESPONSE, reply))
-                    continue
-                callback = callbacks.get(args[0])
-                if callback is not None:
-                    reply = callback(reply, **{k: v for k, v in options.items() if k not in _NOT_FOR_CALLBACKS})
-                replies.append(reply)
+            self._send(conn, stack, atomic)
+            replies = self._read(conn, stack, atomic)
         except BaseException:
             conn.disconnect()  # replies may be left unread on it
             raise
         if raise_on_error:
             self.raise_first_error(stack, replies)
+        return replies
+
+    def send(self, atomic: bool = False) -> Callable[[], list]:
+        """``execute`` in two halves: send the queued commands now; the call returned reads
+        their replies (each call returns them, or raises what reading them raised).
+
+        Until they are read the connection owes them (``owed``): whoever uses it next
+        for a round trip (``Store.connection``) reads them first, keeping them for
+        their caller, so replies never go to the wrong round trip."""
+        stack, self.command_stack = self.command_stack, []
+        if not stack:
+            return list
+        conn = self.conn()
+        try:
+            self._send(conn, stack, atomic)
+        except BaseException:
+            conn.disconnect()  # part of it may have gone
+            raise
+        box: list = []
+        waiting = owed(conn)
+
+        def read() -> list:
+            if not box:
+                waiting.remove(read)
+                try:
+                    box.append(self._read(conn, stack, atomic))
+                except BaseException as e:
+                    conn.disconnect()  # replies may be left unread on it
+                    box.append(e)
+            if isinstance(box[0], BaseException):
+                raise box[0]
+            return box[0]
+
+        waiting.append(read)
+        return read
+
+    @staticmethod
+    def _send(conn: Any, stack: list, atomic: bool) -> None:
+        commands = [args for args, _ in stack]
+        conn.send_packed_command(conn.pack_commands([("MULTI",), *commands, ("EXEC",)] if atomic else commands))
+
+    def _read(self, conn: Any, stack: list, atomic: bool) -> list:
+        callbacks = self.response_callbacks
+        replies: list = []
+        raw = self._read_atomic(conn, len(stack)) if atomic else None
+        for i, (args, options) in enumerate(stack):
+            if raw is None:
+                try:
+                    reply = conn.read_response(disable_decoding=NEVER_DECODE in options)
+                except redis.ResponseError as e:
+                    reply = e
+            else:
+                reply = raw[i]
+            if isinstance(reply, redis.ResponseError):
+                replies.append(options.get(EMPTY_RESPONSE, reply))
+                continue
+            callback = callbacks.get(args[0])
+            if callback is not None:
+                reply = callback(reply, **{k: v for k, v in options.items() if k not in _NOT_FOR_CALLBACKS})
+            replies.append(reply)
         return replies
 
     @staticmethod
@@ -263,6 +305,23 @@ class Pipeline(redis.client.Pipeline):
 _NOT_FOR_CALLBACKS = (NEVER_DECODE, EMPTY_RESPONSE, "keys")  # options redis-py's parse_response drops
 
 
+def owed(conn: Any) -> list[Callable[[], list]]:
+    """The readers of replies ``conn`` owes, oldest first (``Pipeline.send``)."""
+    waiting = getattr(conn, "wukong_owed", None)
+    if waiting is None:
+        waiting = conn.wukong_owed = []
+    return waiting
+
+
+def settle(conn: Any) -> None:
+    """Read every reply ``conn`` owes (each kept for its own reader's caller, errors too)."""
+    for read in list(getattr(conn, "wukong_owed", ())):
+        try:
+            read()
+        except Exception:
+            pass  # kept for the caller of that reader, who sees it raised
+
+
 def run(pipe: Any, name: str, atomic: bool = False) -> list:
     """Execute a pipeline (``atomic``: ``Pipeline.execute``'s, where it is one); connection
     failures become ``StorageError`` naming the server."""
@@ -270,12 +329,25 @@ def run(pipe: Any, name: str, atomic: bool = False) -> list:
         if atomic and isinstance(pipe, Pipeline):
             return pipe.execute(raise_on_error=False, atomic=True)
         return pipe.execute(raise_on_error=False)
-    except (redis.ConnectionError, redis.TimeoutError, OSError) as e:
-        raise StorageError(f"lost the connection to Redis at {name}: {e}") from None
-    except redis.exceptions.RedisClusterException as e:  # no node of the cluster answered for a slot
-        raise StorageError(f"Redis Cluster at {name}: {type(e).__name__}: {e}") from None
-    except (redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError) as e:
-        raise StorageError(f"Redis Cluster at {name}: {type(e).__name__}: {e}") from None
+    except LOST as e:
+        raise lost(name, e) from None
+
+
+LOST = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    OSError,
+    redis.exceptions.RedisClusterException,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+)
+
+
+def lost(name: str, e: BaseException) -> StorageError:
+    """The ``StorageError`` for ``e`` (one of ``LOST``), naming the server ``name``."""
+    if isinstance(e, (redis.ConnectionError, redis.TimeoutError, OSError)):
+        return StorageError(f"lost the connection to Redis at {name}: {e}")
+    return StorageError(f"Redis Cluster at {name}: {type(e).__name__}: {e}")
 
 
 _CLUSTER_CLASS: Any = None

@@ -54,7 +54,7 @@ from wukong_native import HashRing
 from wukong.protocol import Keys
 from wukong.store import parts, scripts, shm
 from wukong.store.batch import Batch, whole
-from wukong.store.endpoint import Endpoint, Pipeline, StorageError, run
+from wukong.store.endpoint import Endpoint, Pipeline, StorageError, run, settle
 
 DEFAULT_TTL = 24 * 3600  # seconds; keys normally die with their job, long before
 FAILOVER_TIMEOUT = 30.0  # seconds a job's clean-up waits for a lost cluster node's replica to take over
@@ -369,6 +369,8 @@ class Store:
                 conn = pool.connection_class(**pool.connection_kwargs)
                 self._kept.add(conn)
             local.conns[server] = conn
+        if getattr(conn, "wukong_owed", None):  # replies of a round trip sent earlier (``Pipeline.send``)
+            settle(conn)
         # As a pool checkout does (a poll, ~1 µs): a connection the server closed since its
         # last use (a restarted server, a thawed Lambda container) is opened again, not
         # sent on and failed.
