@@ -35,6 +35,9 @@ dask.config.set({"wukong.solo-work": None})
 
 
 def job_keys(cluster: LocalCluster) -> list[bytes]:
+    """The jobs' keys on the cluster's servers, once the deletes of ended jobs are done
+    (``Store.delete_job_soon``)."""
+    assert cluster.store.deleted(30), "the deletes of ended jobs still run after 30 s"
     keys = []
     for r in cluster.store.servers:
         keys += [k for k in r.scan_iter(match="wk:*", count=1000) if not k.startswith(b"wk:cluster:")]
@@ -43,6 +46,7 @@ def job_keys(cluster: LocalCluster) -> list[bytes]:
 
 def job_files(cluster: LocalCluster) -> list[str]:
     """The cluster's shared-memory files of jobs (the pool of files kept for reuse aside)."""
+    assert cluster.store.deleted(30), "the deletes of ended jobs still run after 30 s"
     return sorted(set(os.listdir(cluster.shm_dir)) - {shm.POOL})
 
 

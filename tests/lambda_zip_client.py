@@ -27,6 +27,7 @@ from wukong.demo import add_values, decr, double, incr  # noqa: E402
 
 
 def job_keys(cluster):
+    assert cluster.store.deleted(30), "the deletes of ended jobs still run after 30 s"
     keys = []
     for r in cluster.store.servers:
         keys += [k for k in r.scan_iter(match="wk:*", count=1000) if not k.startswith(b"wk:cluster:")]

@@ -8,10 +8,12 @@ invocation is acknowledged with one ``LREM`` when it exits.
 from __future__ import annotations
 
 import operator
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import psutil
+import pytest
 
 from wukong.backends.local import LEAF_GROUPS_PER_WORKER
 
@@ -126,8 +128,10 @@ def test_a_busy_executor_takes_its_next_invocation_with_its_exit(cluster, client
 def test_a_small_jobs_keys_are_deleted_in_one_round_trip(cluster, client):
     dsk, top = tree(64)
     client.get(dsk, top)  # warm
+    assert cluster.store.deleted(10)  # its keys are deleted after its results are returned
     before = calls(cluster, "unlink")
     assert client.get(dsk, top) == sum(range(64))
+    assert cluster.store.deleted(10)  # after the results are returned (``Store.delete_job_soon``)
     assert calls(cluster, "unlink") - before == 1
 
 
@@ -321,8 +325,38 @@ def test_jobs_from_many_short_lived_threads_share_their_connections(cluster, cli
 
     with ThreadPoolExecutor(1) as thread:  # the connections one job needs
         assert thread.submit(client.get, {"x": (operator.add, 1, 1)}, "x").result() == 2
+    assert cluster.store.deleted(10)  # the store's deleting thread has its connection too
     made = connections()
     for i in range(150):
         with ThreadPoolExecutor(1) as thread:  # a new thread for each job
             assert thread.submit(client.get, {"x": (operator.add, i, 1)}, "x").result() == i + 1
     assert connections() == made
+
+
+def test_a_job_returns_its_results_before_its_keys_are_deleted(cluster, client, monkeypatch):
+    # A job that ended well returns without waiting for its deletes (``Store.delete_job_soon``);
+    # one that failed deletes its keys before its error is raised.
+    from conftest import job_keys
+
+    from wukong import TaskError
+    from wukong.store import Store
+
+    release = threading.Event()
+    delete_job = Store.delete_job
+
+    def held_back(self, keys, written, **how):
+        release.wait(10)
+        delete_job(self, keys, written, **how)
+
+    def left() -> list[bytes]:  # without waiting for the deletes, as ``job_keys`` does
+        return [k for k in cluster.store.mds.scan_iter(match="wk:*", count=1000) if not k.startswith(b"wk:cluster:")]
+
+    monkeypatch.setattr(Store, "delete_job", held_back)
+    assert client.get({"x": (operator.add, 1, 1)}, "x") == 2
+    assert left() != [] and not cluster.store.deleted(0.05)
+    release.set()
+    assert cluster.store.deleted(10) and left() == []
+    with pytest.raises(TaskError):
+        client.get({"x": (operator.truediv, 1, 0)}, "x")
+    assert left() == []
+    assert job_keys(cluster) == []

@@ -18,6 +18,7 @@ def test_large_intermediates_use_shared_memory_and_are_removed():
         assert cluster.shm_dir is not None and os.path.isdir(cluster.shm_dir)
         client = Client(cluster, progress=False)
         np.testing.assert_allclose(y.compute(scheduler=client.get), y.compute(scheduler="sync"))
+        assert cluster.store.deleted(10)  # after the results are returned (``Store.delete_job_soon``)
         assert os.listdir(cluster.shm_dir) == [shm.POOL]  # the job's files went with its keys, into the pool
         # the 8 MB blocks never entered Redis: its peak memory stays under one block
         assert cluster.store.mds.info("memory")["used_memory_peak"] < 8_000_000
@@ -40,6 +41,7 @@ def test_a_result_too_long_for_the_stream_reaches_the_client_through_its_file_al
             before = mds.info("stats")["total_net_input_bytes"], mds.info("commandstats").get("cmdstat_get", {})
             out = client.get({"a": (np.ones, nbytes // 8)}, "a")
             assert out.nbytes == nbytes and out.sum() == nbytes // 8
+            assert cluster.store.deleted(10)  # its deletes too (``Store.delete_job_soon``)
             after = mds.info("stats")["total_net_input_bytes"], mds.info("commandstats").get("cmdstat_get", {})
             return after[0] - before[0], after[1].get("calls", 0) - before[1].get("calls", 0)
 

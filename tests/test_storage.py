@@ -64,9 +64,11 @@ def connect(server: RedisServer) -> redis.Redis:
     return redis.Redis(port=server.port, password=server.password)
 
 
-def job_keys(servers: list[RedisServer]) -> list[bytes]:
+def job_keys(sharded: Sharded) -> list[bytes]:
+    """The jobs' keys on ``sharded``'s servers, once the deletes of ended jobs are done."""
+    assert sharded.cluster.store.deleted(30), "the deletes of ended jobs still run after 30 s"
     keys = []
-    for s in servers:
+    for s in sharded.servers:
         if s.proc is None:
             continue
         with connect(s) as r:
@@ -91,7 +93,7 @@ def hygiene(request):
     yield
     sharded = request.node.funcargs.get("sharded")
     if sharded is not None:
-        assert job_keys(sharded.servers) == [], "a job left keys behind"
+        assert job_keys(sharded) == [], "a job left keys behind"
         # the shared cluster's own processes (a restarted server included) live on
         before |= {s.proc.pid for s in sharded.servers if s.proc is not None}
         before |= {w.pid for w in sharded.cluster.backend.workers if w is not None}
@@ -216,7 +218,7 @@ def test_split_values_round_trip_in_one_batch(sharded):
     batch.execute()
     assert {t: bytes(batch[h]) for t, h in zip(values, handles, strict=True)} == values
     store.delete_job(keys, JobWrites(ntasks=len(values)))
-    assert job_keys(sharded.servers) == []
+    assert job_keys(sharded) == []
 
 
 def test_set_many_writes_each_key_with_the_ttl_in_few_commands(sharded, monkeypatch):
@@ -239,7 +241,7 @@ def test_set_many_writes_each_key_with_the_ttl_in_few_commands(sharded, monkeypa
     with connect(sharded.mds) as r:
         assert all(0 < r.ttl(n) <= store.ttl for n in names)
     store.delete_job(keys, JobWrites(ntasks=0, nschedules=len(values)))
-    assert job_keys(sharded.servers) == []
+    assert job_keys(sharded) == []
 
 
 def test_schedules_written_in_many_small_pipelines_run_the_job(sharded, monkeypatch):
@@ -254,7 +256,7 @@ def test_schedules_written_in_many_small_pipelines_run_the_job(sharded, monkeypa
     client = Client(sharded.cluster, progress=False)
     assert total.compute(scheduler=client.get) == sum(i * i for i in range(40))
     assert len(calls) > 3 and sum(calls) == client.jobs[-1].nschedules
-    assert job_keys(sharded.servers) == []
+    assert job_keys(sharded) == []
 
 
 def test_a_missing_part_is_an_error_naming_its_server(sharded):
@@ -305,6 +307,7 @@ def test_a_600mb_result_round_trips():
 
 
 def job_keys_of(cluster: LocalCluster) -> list[bytes]:
+    assert cluster.store.deleted(30), "the deletes of ended jobs still run after 30 s"
     keys = []
     for r in cluster.store.servers:
         keys += [k for k in r.scan_iter(match="wk:*", count=1000) if not k.startswith(b"wk:cluster:")]

@@ -548,7 +548,7 @@ class Job:
             self.drain(DRAIN_S)
             self.cleanup()
             raise
-        self.cleanup()
+        self.cleanup(soon=self.error is None)
         if self.error is not None:
             raise self.error
         return self.results
@@ -868,15 +868,21 @@ class Job:
         except Exception:
             pass
 
-    def cleanup(self) -> None:
+    def cleanup(self, soon: bool = False) -> None:
+        """Delete the job's keys and files; ``soon``: on the store's own thread, after
+        this returns (``Store.delete_job_soon``: a job that ended well)."""
         p = self.plan
         with self.cleanup_lock:
             self.cleaned = True
+        ids = set(self.starts) | self.exited | set(self.live)
+        if self.options.get("solo"):  # it wrote the plan blob, no schedule or fan-in key, only outputs' values
+            written = JobWrites(p.ntasks, invocations=ids, stored=p.outputs)
+        else:
+            written = JobWrites(p.ntasks, p.nschedules, p.fanins, ids)
+        if soon:
+            self.store.delete_job_soon(self.keys, written)
+            return
         try:
-            ids = set(self.starts) | self.exited | set(self.live)
-            if self.options.get("solo"):  # it wrote the plan blob, no schedule or fan-in key, only outputs' values
-                self.store.delete_job(self.keys, JobWrites(p.ntasks, invocations=ids, stored=p.outputs))
-            else:
-                self.store.delete_job(self.keys, JobWrites(p.ntasks, p.nschedules, p.fanins, ids))
+            self.store.delete_job(self.keys, written)
         except Exception:
             pass  # the TTL removes what we could not

@@ -21,7 +21,7 @@ from wukong.backends.base import Backend
 from wukong.faults import parse_faults
 from wukong.process import stop
 from wukong.recovery import LEASE_MS, MAX_ATTEMPTS
-from wukong.store import Endpoint, Store, shm
+from wukong.store import CLOSE_DELETES_S, Endpoint, Store, shm
 from wukong.store.credentials import SecretCredentials, read_secret
 from wukong.store.server import RedisServer
 
@@ -352,6 +352,8 @@ class LocalCluster:
         if self.closed:
             return
         self.closed = True
+        if self.store is not None:  # the last jobs' keys and files, while their Redis is up
+            self.store.deleted(CLOSE_DELETES_S)
         if self.backend is not None:
             self.backend.close()
         if self.local_proxy is not None:

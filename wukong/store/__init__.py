@@ -18,6 +18,6 @@ module             what
 from wukong.store.batch import Batch
 from wukong.store.endpoint import Endpoint, StorageError
 from wukong.store.parts import PART_SIZE
-from wukong.store.store import DEFAULT_TTL, JobWrites, Store
+from wukong.store.store import CLOSE_DELETES_S, DEFAULT_TTL, JobWrites, Store
 
-__all__ = ["DEFAULT_TTL", "PART_SIZE", "Batch", "Endpoint", "JobWrites", "StorageError", "Store"]
+__all__ = ["CLOSE_DELETES_S", "DEFAULT_TTL", "PART_SIZE", "Batch", "Endpoint", "JobWrites", "StorageError", "Store"]

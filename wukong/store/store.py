@@ -43,7 +43,8 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +84,7 @@ class Store:
         self._local = threading.local()  # each thread's own connections (``connection``)
         self._kept: weakref.WeakSet = weakref.WeakSet()  # all of them, closed with the store
         self._threads = _Threads()  # every thread's, those of threads that ended for the next
+        self._deleter = _Deleter()  # ``delete_job_soon``
         self.part_size = part_size or parts.PART_SIZE
         self.shm_dir = shm_dir  # local backend: large values go through shared memory (wukong.shm)
         self.ttl = ttl
@@ -294,9 +296,9 @@ class Store:
             by_slot.setdefault(key_slot(k.encode()), []).append(k)
         return [g[i : i + chunk] for g in by_slot.values() for i in range(0, len(g), chunk)]
 
-    def delete_job(self, keys: Keys, written: JobWrites) -> None:
+    def delete_job(self, keys: Keys, written: JobWrites, files: bool = True) -> None:
         """Delete every key a job may have ``written``, the parts of its split values and its
-        spilled invocations included.
+        spilled invocations included, and its shared-memory files (unless not ``files``).
 
         The MDS goes first: the same pipeline reads the registries, so the
         parts are deleted with the other servers' keys, no extra round trip
@@ -304,7 +306,8 @@ class Store:
         slice of keys (``all_job_keys``) has all its keys on the MDS server
         deleted in that first round trip: on one server, the only one.
         """
-        shm.remove_job(self.shm_dir, keys.job)
+        if files:
+            shm.remove_job(self.shm_dir, keys.job)
         slices = all_job_keys(self, keys, written)
         by_server = next(slices)
         if max(written.ntasks, written.nschedules) <= JOB_KEYS_SLICE:
@@ -330,6 +333,19 @@ class Store:
                 error = error or e
         if error is not None:
             raise error
+
+    def delete_job_soon(self, keys: Keys, written: JobWrites) -> None:
+        """``delete_job``, its Redis keys on the store's own thread: a job that ended well
+        returns its results without waiting for them (nobody reads them any more); what
+        cannot be deleted is left to the keys' TTL, as ``Job.cleanup`` leaves it.  Its
+        files go to the pool now, for the next job's writes.  ``deleted`` waits for these."""
+        shm.remove_job(self.shm_dir, keys.job)
+        self._deleter.put(lambda: self.delete_job(keys, written, files=False))
+
+    def deleted(self, timeout: float | None = None) -> bool:
+        """Wait until every ``delete_job_soon`` made so far is done (``False``: some were
+        not, after ``timeout`` seconds)."""
+        return self._deleter.wait(timeout)
 
     def primary_ids(self) -> set[str]:
         """A Redis Cluster's masters that serve slots now (their node ids)."""
@@ -382,6 +398,7 @@ class Store:
         return conn
 
     def close(self) -> None:
+        self.deleted(CLOSE_DELETES_S)
         for r in self.servers:
             r.close()
         for conn in list(self._kept):
@@ -433,6 +450,51 @@ class _Threads:
             self.pid, self.threads = os.getpid(), []
 
 
+class _Deleter:
+    """Runs deletes in order on a thread of its own (``Store.delete_job_soon``), which
+    waits ``IDLE_S`` for more before it ends.  A forked child starts afresh: its
+    parent's thread is not its own, nor are its parent's jobs."""
+
+    IDLE_S = 1.0
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.cond = threading.Condition()
+        self.todo: deque[Callable[[], None]] = deque()  # the one running first, until it is done
+        self.alive = False  # a thread is running them, or waiting for more
+
+    def put(self, delete: Callable[[], None]) -> None:
+        with self.cond:
+            if self.pid != os.getpid():
+                self.pid, self.todo, self.alive = os.getpid(), deque(), False
+            self.todo.append(delete)
+            if self.alive:
+                self.cond.notify_all()
+            else:
+                self.alive = True
+                threading.Thread(target=self._run, name="wukong-delete", daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                if not self.cond.wait_for(lambda: self.todo, self.IDLE_S):
+                    self.alive = False
+                    return
+                delete = self.todo[0]
+            try:
+                delete()
+            except Exception:
+                pass  # the TTL removes what could not be deleted
+            with self.cond:
+                self.todo.popleft()
+                self.cond.notify_all()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        with self.cond:
+            return self.pid != os.getpid() or self.cond.wait_for(lambda: not self.todo, timeout)
+
+
+CLOSE_DELETES_S = 10.0  # seconds a closing store waits for the deletes still running (``Store.close``)
 JOB_KEYS_SLICE = 100_000  # tasks whose keys are deleted together (all_job_keys)
 
 
