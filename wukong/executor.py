@@ -527,8 +527,9 @@ class _Run:
         self.push(inv.sched, inv.pos)
 
     def settle(self) -> None:
-        """Read the answer to a start not waited for (``start_inline``); raise ``JobGone`` or
-        ``Duplicate`` if this delivery must not write.  Once: later calls return at once."""
+        """Read the answer to a start not waited for (``start_inline``); raise ``JobGone``,
+        ``Duplicate`` or ``Cancelled`` if this delivery must not write its work.  Once:
+        later calls return at once."""
         settle, self.unsettled = self.unsettled, None
         if settle is not None:
             settle()
