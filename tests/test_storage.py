@@ -437,3 +437,40 @@ def test_tls_to_a_plain_server_fails_within_the_timeout(redis_server):
     with pytest.raises(StorageError, match=f"127.0.0.1:{redis_server.port} over TLS"):
         LocalCluster(n_workers=1, redis_endpoints=[spec], connect_timeout=2.0)
     assert time.monotonic() - t0 < 4
+
+
+@pytest.mark.parametrize("ending", ["close", "finalizer"])
+def test_a_cluster_on_an_external_redis_ends_after_its_last_deletes(ending, monkeypatch):
+    # A job returns before its keys are deleted (``Store.delete_job_soon``); a cluster
+    # closed, or left to its finalizer (at exit: never closed), waits for those deletes:
+    # on a Redis it does not own, nothing else would delete the keys before their TTL.
+    import operator
+
+    server = RedisServer().start()
+    release, deleted = threading.Event(), threading.Event()
+    delete_job = Store.delete_job
+
+    def held_back(self, keys, written, **how):
+        release.wait(10)
+        delete_job(self, keys, written, **how)
+        deleted.set()
+
+    monkeypatch.setattr(Store, "delete_job", held_back)
+    try:
+        cluster = LocalCluster(n_workers=1, mds_endpoint=url(server))
+        assert Client(cluster, progress=False).get({"x": (operator.add, 1, 1)}, "x") == 2
+        with connect(server) as r:
+            assert any(not k.startswith(b"wk:cluster:") for k in r.scan_iter(match="wk:*"))
+            timer = threading.Timer(1.5, release.set)  # later than the workers take to stop
+            timer.start()
+            if ending == "close":
+                cluster.close()
+            else:
+                cluster._finalizer()
+            assert deleted.is_set(), "the cluster ended before its last job's keys were deleted"
+            assert [k for k in r.scan_iter(match="wk:*") if not k.startswith(b"wk:cluster:")] == []
+        timer.join()
+        cluster.close()
+    finally:
+        release.set()
+        server.stop()

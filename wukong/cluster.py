@@ -13,7 +13,7 @@ import functools
 import os
 import secrets
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from wukong import config as wukong_config
@@ -300,7 +300,11 @@ class LocalCluster:
             self.close()
             raise
         children = self.backend.children if self.backend is not None else []
-        self._finalizer = weakref.finalize(self, _cleanup, self.redis_servers, children, self.shm_dir)
+        # a cluster never closed: at exit too, the last jobs' deletes end before their Redis
+        # does (on an external Redis nothing else would delete those keys before their TTL)
+        self._finalizer = weakref.finalize(
+            self, _cleanup, self.redis_servers, children, self.shm_dir, self.store.deleted if self.store else None
+        )
 
     @classmethod
     def from_stack(cls, name: str, *, region: str | None = None, **kwargs: Any) -> LocalCluster:
@@ -405,8 +409,16 @@ def _delayed_io(given: bool | dict | None) -> dict:
     return settings
 
 
-def _cleanup(redis_servers: list[RedisServer], children: list, shm_dir: str | None) -> None:
-    """What must never outlive the cluster: its child processes, embedded Redis, shared memory."""
+def _cleanup(
+    redis_servers: list[RedisServer],
+    children: list,
+    shm_dir: str | None,
+    deleted: Callable[[float], bool] | None = None,
+) -> None:
+    """What must never outlive the cluster: its child processes, embedded Redis, shared
+    memory; first, ``deleted`` waits for the deletes of its last jobs (``Store.deleted``)."""
+    if deleted is not None:
+        deleted(CLOSE_DELETES_S)
     stop([p for p in children if p is not None])
     for s in redis_servers:
         s.stop()

@@ -66,7 +66,8 @@ executor then schedules itself:
 Delivery may repeat and executors may die.  Each invocation has a
 deterministic id and takes a lease in the MDS first (``lease.lua``; renewed
 by a heartbeat thread, marked done at exit), so a second delivery of a
-running or finished invocation exits at once.  ``fanin.lua`` records which
+running or finished invocation exits at once (one that carries a solo job's
+plan, ``_Run.start_inline``, at its first write, having written nothing).  ``fanin.lua`` records which
 arrival (invocation and parent) completed a fan-in: if that invocation is run
 again after its executor died, that repeated arrival completes the fan-in
 again, and the lost task is not lost; for anyone else a repeat is a no-op.
