@@ -184,6 +184,13 @@ def test_wake_times_a_one_task_job_after_each_idle_gap_and_sync():
     assert all(ms > 0 for _, ms in rows)
 
 
+def test_inline_plan_times_a_solo_job_with_its_plan_in_the_entry_and_in_redis():
+    from bench.inline_plan import inline_or_redis
+
+    times = inline_or_redis(runs=2, sizes_kib=(16, 64))
+    assert list(times) == [16, 64] and all(a > 0 and b > 0 for a, b in times.values())
+
+
 def test_dataplane_times_results_on_the_stream_and_through_files():
     from bench.dataplane import RESULT_KIB, stream_or_file
 

@@ -205,8 +205,8 @@ def test_a_solo_job_travels_in_its_invocation_and_no_plan_is_stored(solo_client,
     from wukong.store import Batch
 
     sent, stored = [], []
+    encode, set_many = local.encode_invocation, Batch.set_many
     monkeypatch.setattr(local, "encode_invocation", lambda inv: sent.append(inv) or encode(inv))
-    encode, set_many = local.protocol.encode_invocation, Batch.set_many
 
     def setting(self, server, names, values):
         stored.extend(names)
@@ -240,3 +240,46 @@ def test_a_solo_job_delivered_twice_reports_each_task_once(monkeypatch):
             assert sorted(t.key for t in client.jobs[-1].tasks) == sorted(dsk)
             assert client.jobs[-1].invocations == 1
         assert job_keys(cluster) == [] and job_files(cluster) == []
+
+
+@pytest.mark.parametrize("lease", ["granted", "refused"])
+def test_a_solo_copy_ended_for_a_stuck_task_reports_only_if_its_lease_was_granted(cluster, lease, monkeypatch):
+    # ``_Run.abandon`` (a task past its timeout that will not stop) before the start's
+    # answer is read: the copy that holds the lease reports its end and why; a refused
+    # copy only acknowledges its queue entry: the other copy speaks for the invocation.
+    import os
+
+    from wukong import protocol
+    from wukong.executor import Duplicate, Executor, _Run
+    from wukong.graph import prepare
+    from wukong.protocol import Invocation, Keys
+    from wukong.scheduler import plan
+    from wukong.store import JobWrites
+
+    store, keys = cluster.store, Keys(f"stuckcopy{lease:0>7}")
+    order, graph = prepare(DIAMOND, ["c-1"])
+    inv = Invocation(keys.job, 0, 0, {}, (), protocol.WHOLE_JOB, plan=plan(order, graph, ["c-1"]).schedules.whole())
+    batch = store.batch()
+    protocol.emit_start(batch, keys, store.ttl)
+    batch.execute()
+    if lease == "refused":
+        store.mds.set(keys.lease(inv.id), b"the other copy")
+    run = _Run(Executor(store, lambda *a: None), inv)
+    run.start()  # the lease is asked for, its answer not read
+    acks = keys.prefix + "acks"
+    run.on_exit = lambda b: b.mds("incr", acks)
+    monkeypatch.setattr(os, "_exit", lambda code: (_ for _ in ()).throw(SystemExit(code)))
+    try:
+        with pytest.raises(SystemExit):
+            run.abandon("it would not stop")
+        ended = [f for _, f in store.mds.xrange(keys.events)[1:]]  # after the start's
+        assert store.mds.get(acks) == b"1"
+        assert bool(ended) == (lease == "granted")
+        if lease == "refused":
+            with pytest.raises(Duplicate):  # and what the connection owes is read
+                run.settle()
+        else:
+            run.settle()
+    finally:
+        store.delete_job(keys, JobWrites(len(DIAMOND), invocations=[inv.id]))
+        store.mds.delete(acks)

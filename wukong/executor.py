@@ -551,6 +551,9 @@ class _Run:
             batch = self.store.batch()
             if self.on_exit is not None:
                 self.on_exit(batch)
+            if self.unsettled is not None and self.store.mds.get(self.keys.lease(self.inv.id)) != self.token.encode():
+                batch.execute()  # a copy whose lease was not granted (``start_inline``): it reports nothing
+                return
             for fields in self.exit_fields():
                 protocol.emit_event(batch, self.keys, fields)
             self.counts(batch)

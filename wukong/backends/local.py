@@ -52,10 +52,13 @@ WORKER_ENV["PYTHONUNBUFFERED"] = "1"
 # Leaf schedules are grouped into this many invocations per worker: enough
 # to balance load between workers, few enough that start-up costs vanish.
 LEAF_GROUPS_PER_WORKER = 4
-# bytes: a solo job's plan up to this size goes in its queue entry (``Backend.inline_plan``).
-# It crosses Redis twice either way (queue in, queue out against SET, GET); in the entry
-# its worker need not read it before the first task.
-INLINE_PLAN = 1 << 20
+# bytes: a solo job's plan up to this size goes in its queue entry (``Backend.inline_plan``):
+# its worker need not read it before the first task.  In the entry it crosses Redis three
+# times (pushed, moved to the worker, and back in the exit's LREM that acknowledges the
+# entry) against twice (SET, GET): a solo job took 0.84-0.89x as long with a plan of
+# 64-256 KiB in the entry as through Redis, 1.23-1.26x with 512 KiB or 1 MiB
+# (``python -m bench.inline_plan``, 1 December, load 0.4)
+INLINE_PLAN = 256 << 10
 
 
 def queue_invoker(queue: str):
