@@ -62,6 +62,8 @@ class System:
     close: Callable[[], None] = lambda: None
     last_job: Callable[[], dict | None] = lambda: None
     counters: Callable[[], dict[str, int]] | None = None  # Redis totals, read before and after a run
+    # the last job's tasks as (key, seconds), timed where they ran (wukong's job record)
+    last_tasks: Callable[[], list[tuple[Any, float]]] | None = None
     # BLAS threads per task-running thread, chosen so that every system runs at most
     # `cores` threads in all: one each where `cores` workers run tasks, `cores` for sync
     blas_threads: int = 1
@@ -117,6 +119,7 @@ def _start_wukong(storage: str = "standalone", name: str | None = None, **option
         close,
         last_job,
         lambda: redis_counters(cluster),
+        last_tasks=lambda: [(t.key, t.end - t.start) for t in client.jobs[-1].tasks] if client.jobs else [],
     )
 
 

@@ -196,3 +196,22 @@ def test_dataplane_times_results_on_the_stream_and_through_files():
 
     times = stream_or_file(repeat=1, jobs=2)
     assert list(times) == list(RESULT_KIB) and all(a > 0 and b > 0 for a, b in times.values())
+
+
+def test_taskgroups_splits_each_systems_job_into_its_task_groups_and_the_rest():
+    from bench import harness
+    from bench.taskgroups import measure, table
+
+    systems = [harness.STARTERS[n]() for n in ("threads", "wukong")]
+    try:
+        result = measure("gemm", "tiny", systems, runs=2, warmup=1)
+    finally:
+        for system in systems:
+            system.close()
+    for name in ("threads", "wukong"):
+        row = result["systems"][name]
+        groups = set(row["tasks_s"]) - {"(all tasks)"}
+        assert {"chunk_sum", "random_sample"} <= groups, (name, groups)  # timed per group on both
+        assert row["tasks_s"]["(all tasks)"] > 0 and row["job_s"] > 0 and row["threads"] == harness._cores()
+        assert row["outside_s"] == row["job_s"] * row["threads"] - row["tasks_s"]["(all tasks)"]
+    assert "outside tasks" in table(result) and "chunk_sum" in table(result)
