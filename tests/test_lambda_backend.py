@@ -375,9 +375,12 @@ def test_invocations_queued_behind_busy_executors_are_not_sent_again(aws_env, mo
 
     sent_again = []
     resend = wukong.client.resend
-    monkeypatch.setattr(wukong.client, "resend", lambda *a, **k: (sent_again.append(a[3]), resend(*a, **k)))
     with lambda_local(HANDLER, workers=1) as lam, lambda_cluster(lam, lease_ms=300) as cluster:
         client = Client(cluster, progress=False)
+        # warm: the first job's first invocation also sets up the worker's connections,
+        # which on a loaded machine can take longer than lost_after (0.6 s) before its lease
+        assert delayed(nap)(1, 0.0).compute(scheduler=client.get) == 1
+        monkeypatch.setattr(wukong.client, "resend", lambda *a, **k: (sent_again.append(a[3]), resend(*a, **k)))
         root = delayed(nap)(0, 0.0)
         total = delayed(sum)([delayed(operator.add)(delayed(nap)(i, 0.4), root) for i in range(6)])
         assert total.compute(scheduler=client.get) == sum(range(6))
