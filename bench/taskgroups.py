@@ -16,6 +16,7 @@ time between tasks, and time a thread had nothing to run.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import time
@@ -62,14 +63,18 @@ def _threads(system: harness.System) -> int:
     return 1 if system.name == "sync" else harness._cores()
 
 
-def _one_job(system: harness.System, wl: workloads.Workload) -> tuple[float, dict[str, float]]:
-    """One job's seconds and its task seconds per group."""
+def _one_job(system: harness.System, wl: workloads.Workload, reference: tuple) -> tuple[float, dict[str, float]]:
+    """One job's seconds and its task seconds per group; its result checked against ``reference``."""
     timer = _TaskTimer() if system.last_tasks is None else None
     hooks = {"loads": timer.loads} if timer is not None else {}
+    gc.collect()  # as the harness does before each run
     with harness._blas_limit(system.blas_threads):
         t0 = time.perf_counter()
-        dask.compute(*wl.collections, scheduler=system.scheduler, **system.kwargs, **hooks)
+        result = dask.compute(*wl.collections, scheduler=system.scheduler, **system.kwargs, **hooks)
         seconds = time.perf_counter() - t0
+    mismatch = wl.check(result, reference)
+    if mismatch:
+        raise AssertionError(f"{wl.name} on {system.name}: {mismatch}")
     spans = timer.spans if timer is not None else system.last_tasks()
     groups: dict[str, float] = defaultdict(float)
     for key, busy in spans:
@@ -79,16 +84,17 @@ def _one_job(system: harness.System, wl: workloads.Workload) -> tuple[float, dic
 
 def measure(name: str, size: str, systems: list[harness.System], runs: int, warmup: int = 2) -> dict:
     """Medians over ``runs`` jobs per system, taken in turn: the job's seconds, and per task
-    group the seconds its tasks took in a job."""
+    group the seconds its tasks took in a job.  Every result is checked against ``sync``'s."""
     wl = workloads.build(name, size)
+    reference = harness._reference(wl)
     for system in systems:
         for _ in range(warmup):
-            _one_job(system, wl)
+            _one_job(system, wl, reference)
     jobs: dict[str, list[float]] = defaultdict(list)
     groups: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for _ in range(runs):
         for system in systems:
-            seconds, per_group = _one_job(system, wl)
+            seconds, per_group = _one_job(system, wl, reference)
             jobs[system.name].append(seconds)
             for group, busy in per_group.items():
                 groups[system.name][group].append(busy)

@@ -212,6 +212,8 @@ def test_taskgroups_splits_each_systems_job_into_its_task_groups_and_the_rest():
         row = result["systems"][name]
         groups = set(row["tasks_s"]) - {"(all tasks)"}
         assert {"chunk_sum", "random_sample"} <= groups, (name, groups)  # timed per group on both
-        assert row["tasks_s"]["(all tasks)"] > 0 and row["job_s"] > 0 and row["threads"] == harness._cores()
-        assert row["outside_s"] == row["job_s"] * row["threads"] - row["tasks_s"]["(all tasks)"]
+        assert row["threads"] == harness._cores()
+        # the tasks fit in the threads' time: a timer that counts a task twice, or its wait
+        # in a queue, overflows it
+        assert 0 < row["tasks_s"]["(all tasks)"] <= row["job_s"] * row["threads"], (name, row)
     assert "outside tasks" in table(result) and "chunk_sum" in table(result)
