@@ -105,14 +105,14 @@ def main():
         assert job_keys(cluster) == []
         print("ok task_error", flush=True)
     faults = {"crash": 0.1, "duplicate": 1.0, "drop": 0.05}
-    with LocalCluster(endpoint_url=url, faults=faults, lease_ms=300, **kw) as cluster:
+    with LocalCluster(endpoint_url=url, faults=faults, lease_ms=300, start_grace=0.5, **kw) as cluster:
         client = Client(cluster, progress=False)
         for seed in range(3):
             dsk, outputs = random_dag(seed)
             assert client.get(dsk, outputs, timeout=120) == dask.get(dsk, outputs), seed
             assert job_keys(cluster) == []
         print("ok faults", flush=True)
-    with LocalCluster(endpoint_url=slow_url, lease_ms=300, max_attempts=2, **kw) as cluster:
+    with LocalCluster(endpoint_url=slow_url, lease_ms=300, max_attempts=2, start_grace=0.5, **kw) as cluster:
         t0 = time.monotonic()
         try:
             delayed(time.sleep)(30).compute(scheduler=Client(cluster, progress=False).get, timeout=60)

@@ -27,6 +27,7 @@ FAULTS = {
     "all": {"crash": 0.1, "duplicate": 1.0, "drop": 0.05},
 }
 LEASE_MS = 300  # short leases: lost executors are found within a second
+START_GRACE = 0.5  # lambda: the endpoint's instances are warm; a dropped invocation is sent again soon
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +53,7 @@ def make_cluster(backend, lam, faults):
         num_lambda_invokers=4,
         faults=faults,
         lease_ms=LEASE_MS,
+        start_grace=START_GRACE,
         redis_endpoints=[f"redis://{host}:{port}/{next(DATABASES) % 16}"],
         redis_secret_arn=lam.cluster_options["redis_secret_arn"],
     )

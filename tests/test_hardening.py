@@ -285,6 +285,7 @@ def test_a_task_that_kills_its_lambda_executor_fails_the_job_naming_it(tmp_path)
     handlers = {"wukong-executor": "wukong.backends.aws_lambda:handler"}
     with lambda_local(handlers, workers=1) as lam:
         options = {"endpoint_url": lam.url, "region": "us-east-1", "lease_ms": 500, "max_attempts": 1}
+        options["start_grace"] = 0.5  # it dies soon after its lease: maybe never seen running
         with (
             LocalCluster(backend="lambda", **options, **lam.cluster_options) as cluster,
             Client(cluster, progress=False) as client,

@@ -109,7 +109,9 @@ def test_every_leaf_starts_exactly_once_under_faults(lam, tmp_path, faults):
     # Which node draws a crash depends on which process runs it, so a job may see none: with
     # invoker crashes the job runs again (each time checked) until a node has died.
     crashed = False
-    with lambda_cluster(lam, invoker_tree_branching=8, faults=faults, lease_ms=LEASE_MS, max_attempts=20) as cluster:
+    with lambda_cluster(
+        lam, invoker_tree_branching=8, faults=faults, lease_ms=LEASE_MS, max_attempts=20, start_grace=0.5
+    ) as cluster:
         client = Client(cluster, progress=False)
         for attempt in range(5):
             path = str(tmp_path / f"starts{attempt}")

@@ -218,7 +218,7 @@ def test_invocations_lost_to_a_configuration_broken_after_the_probe_are_named():
     from wukong.store.credentials import RENEW_MIN_S
 
     with lambda_local(HANDLER, workers=1) as lam:
-        with lambda_cluster(lam) as cluster:
+        with lambda_cluster(lam, start_grace=0.5) as cluster:  # they fail before a lease: never seen
             client = Client(cluster, progress=False)
             assert client.get({"a": (abs, -1)}, "a") == 1
             admin = redis.Redis(port=lam.redis.port, password=lam.redis.password)
@@ -389,6 +389,46 @@ def test_invocations_queued_behind_busy_executors_are_not_sent_again(aws_env, mo
         assert sent_again == []
         assert record.invocations == len(record.runs)  # each ran to its exit once
         assert job_keys(cluster) == []
+
+
+def test_cold_starts_longer_than_lost_after_are_not_sent_again(aws_env, monkeypatch):
+    """The function's one instance takes 2 s before its first invocation reaches the
+    executor (a cold start: Lambda's Init, which AWS allows 10 s), far more than
+    ``lost_after`` (0.6 s with 0.3 s leases), and the job's other leaves wait behind
+    it.  They are not sent again while they may still be starting (``start_grace``, 10
+    s by default); with no grace they are, as every one was before: a cold start
+    longer than ``lost_after`` (7.5 s on AWS with the default lease) had every leaf of
+    a job's first run sent again, each resend a new cold instance counting towards
+    ``max_attempts``."""
+    import wukong.client
+
+    resend = wukong.client.resend
+    sent_again: list = []
+    monkeypatch.setattr(wukong.client, "resend", lambda *a, **k: (sent_again.append(a[3]), resend(*a, **k)))
+    for config, resent in (({}, False), ({"wukong.lambda.start-grace": 0.0}, True)):
+        sent_again.clear()
+        with (
+            dask.config.set(config),
+            lambda_local({FUNCTION: "tests.lambda_handlers:cold_executor"}, workers=1) as lam,
+            lambda_cluster(lam, lease_ms=300) as cluster,
+        ):
+            assert cluster.backend.start_grace == (0.0 if config else 10.0)
+            client = Client(cluster, progress=False)
+            total = delayed(sum)([delayed(nap)(i, 0.0) for i in range(4)])
+            assert total.compute(scheduler=client.get) == sum(range(4))
+            record = client.jobs[-1]
+            assert record.run_s > 2.0  # the instance did start cold during the job
+            assert bool(sent_again) is resent, (config, sent_again)
+            if not resent:
+                assert record.invocations == len(record.runs)  # each ran to its exit once
+            assert job_keys(cluster) == []
+
+
+def test_start_grace_is_checked():
+    from wukong.backends.aws_lambda import LambdaBackend
+
+    with pytest.raises(ValueError, match="start_grace must be 0 or more seconds, got -1"):
+        LambdaBackend(None, {}, start_grace=-1)  # type: ignore[arg-type]
 
 
 def test_unknown_function_fails_with_a_clear_error(lam):

@@ -751,7 +751,11 @@ class Job:
         used up, for as long as it takes) has an invocation never seen running
         counted as lost only while none of the job's invocations runs: queued
         behind them, it is not lost, and a dropped one is sent again once they
-        are done.
+        are done.  Nor before ``lost_after`` plus the backend's ``start_grace``:
+        a cold start (Lambda's Init, up to 10 s) takes no lease until it ends,
+        and the first invocations of a job, or one started while nothing else
+        of its job runs, would otherwise all be sent again and count towards
+        ``max_attempts``.
         """
         now = time.monotonic()
         self.next_watch = now + self.watch_every
@@ -771,7 +775,9 @@ class Job:
                 self.live[inv_id] = None
             elif self.live[inv_id] is None:
                 self.live[inv_id] = now
-            elif now - (self.live[inv_id] or now) > self.lost_after:
+            elif now - (self.live[inv_id] or now) > self.lost_after + (
+                0.0 if inv_id in self.seen_running else self.backend.start_grace
+            ):
                 lost.append(inv_id)
         if not lost or self.backend.backlog() > 0:
             return
@@ -788,6 +794,7 @@ class Job:
         invs = self.invocations(lost)
         for inv_id in lost:
             self.live[inv_id] = None  # give the new delivery time to start
+            self.seen_running.discard(inv_id)  # ... a cold start's, too: it has not been seen
         resend(
             self.store,
             self.backend.invoke,

@@ -137,6 +137,12 @@ class LocalCluster:
         renewing it (it died) has its invocation sent again after about twice this.
     max_attempts : int
         Deliveries of one invocation before its job fails.
+    start_grace : float
+        Lambda backend: seconds an invocation may take, beyond twice ``lease_ms``,
+        to start (a cold start: the runtime, the imports, the Redis log-in; AWS
+        allows 10 s for a function's Init) before the client takes it for lost
+        and sends it again (default 10, ``wukong.lambda.start-grace``).  Once seen
+        running, a lapsed lease is enough.
     shared_memory : bool
         Local backend: values of 1 MiB or more pass between processes through
         files on ``/dev/shm`` (mapped copy-on-write) instead of through Redis.
@@ -193,6 +199,7 @@ class LocalCluster:
         retries: int | None = None,
         lease_ms: int = LEASE_MS,
         max_attempts: int = MAX_ATTEMPTS,
+        start_grace: float | None = None,
         faults: dict | str | None = None,
         max_result_bytes: int | None = None,
         shared_memory: bool = True,
@@ -207,12 +214,12 @@ class LocalCluster:
             backend=backend, n_workers=n_workers, threads_per_worker=threads_per_worker, processes=processes,
             redis_endpoints=redis_endpoints, kvs_shards=kvs_shards,
             inline_limit=inline_limit, cluster_threshold=cluster_threshold, ttl=ttl, retries=retries,
-            function_name=function_name, region=region, max_task_fanout=max_task_fanout,
+            function_name=function_name, region=region, max_task_fanout=max_task_fanout, start_grace=start_grace,
         )  # fmt: skip
         (
             backend, n_workers, threads_per_worker, processes, redis_endpoints, kvs_shards, inline_limit,
             cluster_threshold, ttl, retries,
-            function_name, region, max_task_fanout,
+            function_name, region, max_task_fanout, start_grace,
         ) = wukong_config.cluster_defaults(**given).values()  # fmt: skip
         if backend not in ("local", "lambda"):
             raise ValueError(f"backend must be 'local' or 'lambda', got {backend!r}")
@@ -281,7 +288,9 @@ class LocalCluster:
                     "lambda": lam,
                     "proxy": {**self.proxy, "secret": None} if self.proxy else None,
                 }
-                self.backend = LambdaBackend(self.store, config, memory_mb=memory_mb, architecture=architecture)
+                self.backend = LambdaBackend(
+                    self.store, config, memory_mb=memory_mb, architecture=architecture, start_grace=start_grace
+                )
             else:
                 from wukong.backends.local import LocalBackend
 

@@ -37,6 +37,7 @@ CLUSTER_KEYS = {
     "retries": "wukong.retries",
     "function_name": "wukong.lambda.function-name",
     "region": "wukong.lambda.region",
+    "start_grace": "wukong.lambda.start-grace",
 }
 
 

@@ -67,6 +67,10 @@ from wukong.store import Batch, StorageError, Store, credentials
 
 MAX_EVENT_PAYLOAD = 1_048_576  # Lambda's limit for an asynchronous (Event) payload
 DEFAULT_FUNCTION = "wukong-executor"
+# seconds an invocation never seen running has, beyond the watchdog's ``lost_after``, to take
+# its lease: a cold start's Init phase (the runtime, our imports, the Redis log-in) may last
+# 10 s on AWS before Lambda stops it and retries it with the invocation
+START_GRACE_S = 10.0
 # The invoker tree's model (wukong.backends.invoker_tree): a node's start (a warm Lambda start
 # plus the handler's set-up), the invoke latency before one is measured, CPU per invoke.
 TREE_START_S = 0.05
@@ -365,9 +369,20 @@ class LambdaBackend:
     inline_plan = 0  # an event is at most 256 KB; the plan is read with the lease, in the same round trip
     children: list = []  # no process of ours
 
-    def __init__(self, store: Store, config: dict, *, memory_mb: int = 3008, architecture: str = "x86_64"):
+    def __init__(
+        self,
+        store: Store,
+        config: dict,
+        *,
+        memory_mb: int = 3008,
+        architecture: str = "x86_64",
+        start_grace: float = START_GRACE_S,
+    ):
+        if start_grace < 0:
+            raise ValueError(f"start_grace must be 0 or more seconds, got {start_grace}")
         self.invoker = LambdaInvoker(store, config)
         self.store = store
+        self.start_grace = start_grace
         self.memory_mb, self.architecture = memory_mb, architecture
         self._versions: dict[str, str] | None = None
 

@@ -52,6 +52,12 @@ class Backend(Protocol):
         ...
 
     @property
+    def start_grace(self) -> float:
+        """Seconds an invocation may take to take its lease (a cold start) beyond the
+        watchdog's ``lost_after``, until it is first seen running (0: no more)."""
+        ...
+
+    @property
     def children(self) -> list:
         """Child processes that must not outlive the cluster (stopped at exit)."""
         ...

@@ -75,6 +75,7 @@ class LocalBackend:
 
     name = "local"
     sees_in_flight = True
+    start_grace = 0.0  # a worker is warm, and an invocation waits in the queue it shows
     inline_plan = INLINE_PLAN
 
     def __init__(
