@@ -9,6 +9,7 @@ is left on any server and no child process is left running.
 from __future__ import annotations
 
 import hashlib
+import os
 import socket
 import threading
 import time
@@ -474,3 +475,44 @@ def test_a_cluster_on_an_external_redis_ends_after_its_last_deletes(ending, monk
     finally:
         release.set()
         server.stop()
+
+
+@pytest.mark.parametrize("held", ["deleter", "connections"])
+def test_a_child_forked_while_a_store_thread_holds_its_lock_does_not_hang(held):
+    """A process forked (``multiprocessing``'s ``fork``, say) at the instant the store's
+    deleter thread, or a thread taking a connection, holds its lock: the child's copy of
+    that lock was held for ever, and the child's first delete (or first connection)
+    waited on it.  The child now starts them afresh."""
+    import signal
+
+    obj = storage._Deleter() if held == "deleter" else storage._Threads()
+    lock = obj.cond if isinstance(obj, storage._Deleter) else obj.lock
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            holding.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert holding.wait(10)
+    pid = os.fork()
+    if pid == 0:  # the child: never back into pytest
+        code = 3
+        try:
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            signal.alarm(10)  # a hang ends the child by SIGALRM
+            if isinstance(obj, storage._Deleter):
+                ran: list[int] = []
+                obj.put(lambda: ran.append(1))
+                code = 0 if obj.wait(5) and ran == [1] else 1
+            else:
+                obj.register({})
+                code = 0 if obj.take(0) is None else 1
+        finally:
+            os._exit(code)
+    release.set()
+    thread.join()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, os.waitstatus_to_exitcode(status)

@@ -405,6 +405,20 @@ class Store:
             conn.disconnect()
 
 
+_forkable: weakref.WeakSet = weakref.WeakSet()  # what a forked child starts afresh (``_Threads``, ``_Deleter``)
+
+
+def _start_afresh_in_child() -> None:
+    """In a forked child: its parent's threads are not its own, and a lock one of them
+    held at the fork would stay held for ever (the child's first delete, or its first
+    connection, waited on it)."""
+    for obj in list(_forkable):
+        obj.start_afresh()
+
+
+os.register_at_fork(after_in_child=_start_afresh_in_child)
+
+
 class _Threads:
     """Each thread's own connections (``Store.connection``), by server; a thread that
     ended leaves its connections to the next thread that needs one.
@@ -420,20 +434,21 @@ class _Threads:
     """
 
     def __init__(self) -> None:
-        self.pid = os.getpid()
+        self.start_afresh()
+        _forkable.add(self)
+
+    def start_afresh(self) -> None:
         self.lock = threading.Lock()
         self.threads: list[tuple[weakref.ref, dict[int, Any]]] = []  # (thread, its connections)
 
     def register(self, conns: dict[int, Any]) -> None:
         """``conns``: the calling thread's connections, as it makes or takes them."""
         with self.lock:
-            self._forked()
             self.threads.append((weakref.ref(threading.current_thread()), conns))
 
     def take(self, server: int) -> Any:
         """A connection to ``server`` of a thread that ended, or ``None``."""
         with self.lock:
-            self._forked()
             found = None
             for entry in list(self.threads):
                 thread, conns = entry[0](), entry[1]
@@ -445,10 +460,6 @@ class _Threads:
                     self.threads.remove(entry)
             return found
 
-    def _forked(self) -> None:
-        if self.pid != os.getpid():  # a forked child: its parent's threads' are not its own
-            self.pid, self.threads = os.getpid(), []
-
 
 class _Deleter:
     """Runs deletes in order on a thread of its own (``Store.delete_job_soon``), which
@@ -458,15 +469,16 @@ class _Deleter:
     IDLE_S = 1.0
 
     def __init__(self) -> None:
-        self.pid = os.getpid()
+        self.start_afresh()
+        _forkable.add(self)
+
+    def start_afresh(self) -> None:
         self.cond = threading.Condition()
         self.todo: deque[Callable[[], None]] = deque()  # the one running first, until it is done
         self.alive = False  # a thread is running them, or waiting for more
 
     def put(self, delete: Callable[[], None]) -> None:
         with self.cond:
-            if self.pid != os.getpid():
-                self.pid, self.todo, self.alive = os.getpid(), deque(), False
             self.todo.append(delete)
             if self.alive:
                 self.cond.notify_all()
@@ -491,7 +503,7 @@ class _Deleter:
 
     def wait(self, timeout: float | None = None) -> bool:
         with self.cond:
-            return self.pid != os.getpid() or self.cond.wait_for(lambda: not self.todo, timeout)
+            return self.cond.wait_for(lambda: not self.todo, timeout)
 
 
 CLOSE_DELETES_S = 10.0  # seconds a closing store waits for the deletes still running (``Store.close``)
