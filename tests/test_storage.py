@@ -130,6 +130,7 @@ def test_config_round_trips_every_storage_setting():
         "db": 2,
         "tls_ca_certs": "/ca.pem",
         "tls_verify": False,
+        "unix_socket": None,
     }
     again = Store.from_config(config)
     assert again.to_config() == config
@@ -139,6 +140,36 @@ def test_config_round_trips_every_storage_setting():
     assert kwargs["socket_connect_timeout"] == 1.5 and kwargs["socket_timeout"] == 30.0
     assert again.servers[0].connection_pool.connection_class is redis.SSLConnection
     assert kwargs["ssl_cert_reqs"] == "none" and kwargs["ssl_ca_certs"] == "/ca.pem"
+
+
+def test_an_embedded_redis_is_reached_on_its_unix_socket():
+    """The client and the workers talk to a cluster's embedded Redis on its Unix socket
+    (a round trip costs less than on loopback TCP); it listens on TCP too, under the
+    address that errors name."""
+    with LocalCluster(n_workers=2) as cluster, Client(cluster, progress=False) as client:
+        (endpoint,) = cluster.store.endpoints
+        assert endpoint.unix_socket and os.path.exists(endpoint.unix_socket)
+        assert cluster.store.to_config()["mds"]["unix_socket"] == endpoint.unix_socket  # what workers get
+        assert delayed(sum)([delayed(abs)(-i) for i in range(10)]).compute(scheduler=client.get) == 45
+        clients = cluster.store.mds.client_list()
+        blocked = [c for c in clients if c["cmd"] == "blmove"]  # each worker waiting on the queue
+        assert len(blocked) == 2 and all(c["addr"].startswith(endpoint.unix_socket) for c in blocked), clients
+        assert all(c["addr"].startswith(endpoint.unix_socket) for c in clients), clients
+        host, port = cluster.redis_servers[0].endpoint
+        assert redis.Redis(host, port, password=endpoint.password).ping()
+
+
+def test_a_socket_path_too_long_leaves_redis_on_tcp(monkeypatch, tmp_path):
+    """A Unix socket's path must fit in 108 bytes: under a long ``$TMPDIR`` the embedded
+    Redis has none, and the cluster runs on TCP alone."""
+    import tempfile
+
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    with LocalCluster(n_workers=1) as cluster, Client(cluster, progress=False) as client:
+        assert cluster.store.endpoints[0].unix_socket is None
+        assert delayed(abs)(-3).compute(scheduler=client.get) == 3
 
 
 def test_workers_get_the_clusters_storage_settings(sharded):

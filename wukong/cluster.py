@@ -338,7 +338,7 @@ class LocalCluster:
             raise ValueError(f"kvs_shards must be at least 1, got {shards}")
         for _ in range(shards):
             self.redis_servers.append(RedisServer(startup_timeout=self.startup_timeout).start())
-        eps = [Endpoint(*s.endpoint, password=s.password) for s in self.redis_servers]
+        eps = [Endpoint(*s.endpoint, password=s.password, unix_socket=s.unix_socket) for s in self.redis_servers]
         return eps[0], eps
 
     def executor_config(self) -> dict:

@@ -38,6 +38,9 @@ class Endpoint:
     db: int = 0
     tls_ca_certs: str | None = None  # CA bundle to verify the server with (default: the system's)
     tls_verify: bool = True  # False: accept any certificate (``?ssl_cert_reqs=none``)
+    # the same server's Unix socket, for clients on its machine (an embedded server's, which
+    # the local backend's workers share): a round trip on it costs less than on loopback TCP
+    unix_socket: str | None = None
     # redis-py asks it for (username, password) on each new connection
     # (``wukong.store.credentials.IAMCredentialProvider``); never part of a config
     credential_provider: Any = field(default=None, repr=False, compare=False)
@@ -91,13 +94,21 @@ class Endpoint:
             credentials = _AsUser(credentials, self.username)
         return replace(self, credential_provider=credentials)
 
-    def _options(self, connect_timeout: float, socket_timeout: float | None) -> dict[str, Any]:
-        """What every redis-py client of this server is made with (a cluster's seed included)."""
+    def _options(self, connect_timeout: float, socket_timeout: float | None, tcp: bool = False) -> dict[str, Any]:
+        """What every redis-py client of this server is made with (a cluster's seed included,
+        on TCP: ``tcp``)."""
         login: dict[str, Any] = (  # a cluster refuses both, even None
             {"credential_provider": self.credential_provider}
             if self.credential_provider is not None
             else {"username": self.username, "password": self.password}
         )
+        if self.unix_socket and not tcp:
+            return dict(
+                unix_socket_path=self.unix_socket,
+                **login,
+                socket_connect_timeout=connect_timeout,
+                socket_timeout=socket_timeout,
+            )
         return dict(
             host=self.host,
             port=self.port,
@@ -133,7 +144,7 @@ class Endpoint:
         return _cluster_class()(
             retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), CLUSTER_RETRIES),
             require_full_coverage=True,
-            **self._options(connect_timeout, socket_timeout),
+            **self._options(connect_timeout, socket_timeout, tcp=True),
         )
 
     def to_config(self, *, secrets: bool = True) -> dict:
