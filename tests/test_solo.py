@@ -66,7 +66,23 @@ def test_the_least_recently_learned_names_are_forgotten_first(monkeypatch):
     d.learn([(("a-1", 0), 0.3)])  # learned again: now the most recent
     d.learn([(("d-1", 0), 0.2)])  # a fourth name: the least recently learned, b-1, goes
     assert list(d.by_name) == ["c-1", "a-1", "d-1"]
-    assert d.by_name["a-1"] == 0.5 + durations.LEARN_WEIGHT * (0.3 - 0.5)
+    assert d.by_name["a-1"] == 0.3  # faster: learned at once
+
+
+def test_an_estimate_falls_at_once_and_rises_half_way():
+    """A first run's one-off costs (a worker's first import inside a task) do not keep the
+    next runs of a small graph spread: a faster job's mean replaces its tasks' estimate by
+    name, a slower one's moves it half way."""
+    d = TaskDurations()
+    keys = [("cholesky-1", i) for i in range(100)]
+    d.learn([(k, 0.2 if k[1] == 0 else 0.0005) for k in keys])  # the first run: one task imports for 0.2 s
+    assert not d.solo(keys, 10, 0.1)
+    d.learn([(k, 0.0005) for k in keys])  # the second, spread: 50 ms in all
+    assert d.estimate(keys[0]) == pytest.approx(0.0005)
+    assert d.mean["cholesky"] > 0.0005  # a prefix's mean still moves half way
+    assert d.solo(keys, 10, 0.1)  # the third runs solo
+    d.learn([(k, 0.0013) for k in keys])  # slower again: half way up
+    assert d.estimate(keys[0]) == pytest.approx(0.0009) and d.solo(keys, 10, 0.1)
 
 
 def test_a_task_is_estimated_by_its_name_before_its_prefix():

@@ -21,7 +21,15 @@ chunks of any size, and a QR of 128² must not be estimated by the 8192×64
 ran makes the estimate unknown, and an unknown job is spread: the first run
 of a graph is never solo; runs after it are when their tasks took less than
 ``wukong.solo-work`` seconds in all (measured on the executors: the time in
-the tasks, not wukong's).  The default, 0.1 s, is where the small bench's
+the tasks, not wukong's).  A name's estimate falls to a job's mean at once
+when that is lower, and moves half way towards it when higher: a graph's
+first run pays one-off costs inside its tasks that later runs do not (a
+worker's first import of ``scipy.linalg``, cold caches).  Halving both ways,
+the 0.2 s of a Cholesky 100²'s first run (most of it that import) kept its
+next two runs spread: the bench's timed runs were spread, spread, then solo.
+A prefix's mean moves half way both ways: it stands for chunks of every size,
+and a small QR run last must not make a new large graph's tasks look short.
+The default, 0.1 s, is where the small bench's
 graphs part: tree, QR and Cholesky took 8-70 ms of tasks in all, TSQR, SVD,
 SVC and svd_compressed 0.7-2 s; on two executors 0.1 s of work gains 50 ms
 at best from spreading, about what a spread job's round trips and starts
@@ -36,7 +44,7 @@ from dask.utils import key_split
 
 NAMES_KEPT = 10_000  # task names remembered (the least recently learned are forgotten first)
 SOLO_MAX_TASKS = 4096  # larger jobs are never estimated: the estimate costs ~1 µs a task
-LEARN_WEIGHT = 0.5  # an estimate moves this far towards each job's mean
+LEARN_WEIGHT = 0.5  # an estimate moves this far towards each job's mean (a name's to a faster one's at once)
 
 
 class TaskDurations:
@@ -59,7 +67,7 @@ class TaskDurations:
         for n, s in seconds.items():
             c = count[n]
             old = by_name.pop(n, None)  # put back last: the most recently learned
-            by_name[n] = s / c if old is None else old + LEARN_WEIGHT * (s / c - old)
+            by_name[n] = s / c if old is None or s / c <= old else old + LEARN_WEIGHT * (s / c - old)
             p = prefixes.get(k := key_split(n))
             prefixes[k] = (s, c) if p is None else (p[0] + s, p[1] + c)
         for k, (s, c) in prefixes.items():
