@@ -115,3 +115,11 @@ def cold_executor(event, context):
     from wukong.backends.aws_lambda import handler
 
     return handler(event, context)
+
+
+def nap(i, seconds):
+    """A task for the Lambda backend's tests, from this light module: a first task whose
+    module pulls in dask.array and pytest (1.2 s, several under load) would hold the
+    executor's GIL while its lease is 0.3 s."""
+    time.sleep(seconds)
+    return i

@@ -218,3 +218,67 @@ def test_fan_ins_survive_a_flushed_script_cache(client):
     dsk = {f"x{i}": (abs, -i) for i in range(8)}
     dsk["total"] = (sum, [f"x{i}" for i in range(8)])
     assert client.get(dsk, "total") == sum(range(8))
+
+
+def _until(predicate, seconds=3.0):
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_a_late_beat_takes_the_lapsed_lease_back_unless_another_delivery_took_it(redis_server):
+    """One late beat (the heartbeat thread starved past a lease by an import holding the
+    GIL, a GC pause, a loaded host) used to leave the lease missing until the
+    invocation's exit, and the watchdog sent it again while it ran: a cold Lambda worker
+    importing its first task's module under 0.3 s leases did so in CI.  The next beat
+    now takes it back -- but never from another delivery, never a done lease (nor
+    shortens its life), never once the job has ended."""
+    from wukong.store import Endpoint, Store
+
+    ep = Endpoint("127.0.0.1", redis_server.port, password=redis_server.password)
+    store = Store(ep, [ep])
+    try:
+        late_beats_take_the_lease_back(store)
+    finally:
+        store.close()
+
+
+def late_beats_take_the_lease_back(store):
+    """The checks of the test above, on ``store`` (a Redis Cluster's in test_redis_cluster)."""
+    from wukong.protocol import Keys
+    from wukong.recovery import Heartbeat
+
+    keys = Keys("late-beat")
+    lease = keys.lease("inv")
+    r = store.mds
+    r.xadd(keys.events, {"started": 1})  # the job runs
+    r.set(lease, "mine", px=300)
+    beat = Heartbeat(store, 300)
+    beat.hold(keys, "inv", "mine")
+    try:
+        time.sleep(0.6)  # twice the lease: it is renewed
+        assert r.get(lease) == b"mine"
+
+        r.delete(lease)  # it lapsed: a beat came late
+        assert _until(lambda: r.get(lease) == b"mine"), "the lapsed lease was not taken back"
+        assert 0 < r.pttl(lease) <= 300
+
+        r.set(lease, "another delivery's", px=60_000)
+        time.sleep(0.5)
+        assert r.get(lease) == b"another delivery's" and r.pttl(lease) > 59_000  # not even extended
+
+        r.set(lease, "done", ex=3600)
+        time.sleep(0.5)
+        assert r.get(lease) == b"done" and r.ttl(lease) > 3590
+
+        r.delete(keys.events)  # the job has ended (one slot: the keys go one by one on a cluster)
+        r.delete(lease)
+        time.sleep(0.5)
+        assert r.exists(lease) == 0
+    finally:
+        beat.release()
+        r.delete(keys.events)
+        r.delete(lease)

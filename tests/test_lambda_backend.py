@@ -18,8 +18,10 @@ from wukong.demo import add_values, decr, double, incr
 
 try:
     from .conftest import argv_and_environments, children, job_keys, lambda_local
+    from .lambda_handlers import nap
 except ImportError:
     from conftest import argv_and_environments, children, job_keys, lambda_local
+    from lambda_handlers import nap
 
 from wukong.lambda_local import LambdaLocal
 
@@ -357,13 +359,6 @@ def test_throttled_invocations_are_retried(aws_env):
             assert job_keys(cluster) == []
             assert cluster.backend.invoker.throttled > 0
         assert lam.stats()["throttles"] > 0
-
-
-def nap(i, seconds):
-    import time
-
-    time.sleep(seconds)
-    return i
 
 
 def test_invocations_queued_behind_busy_executors_are_not_sent_again(aws_env, monkeypatch):

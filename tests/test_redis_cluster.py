@@ -20,6 +20,7 @@ import dask
 import pytest
 from conftest import combine, job_keys, lambda_local
 from test_examples import *  # noqa: F403  -- the seed examples, on a Redis Cluster
+from test_faults import late_beats_take_the_lease_back
 from test_random_dags import *  # noqa: F403  -- the random DAGs, on a Redis Cluster
 
 from wukong import Client, LocalCluster
@@ -93,6 +94,10 @@ def test_the_config_for_an_event_has_no_password(cluster, redis_cluster):
     config = cluster.store.to_config(secrets=False)
     assert redis_cluster.password not in repr(config)
     assert config["cluster"]["port"] == cluster.store.cluster.port
+
+
+def test_a_late_beat_takes_the_lapsed_lease_back_on_a_cluster(cluster):
+    late_beats_take_the_lease_back(cluster.store)
 
 
 def test_a_standalone_server_is_not_a_redis_cluster(redis_server):

@@ -65,7 +65,7 @@ executor then schedules itself:
 
 Delivery may repeat and executors may die.  Each invocation has a
 deterministic id and takes a lease in the MDS first (``lease.lua``; renewed
-by a heartbeat thread, marked done at exit), so a second delivery of a
+by a heartbeat thread, ``renew.lua``, marked done at exit), so a second delivery of a
 running or finished invocation exits at once (one that carries a solo job's
 plan, ``_Run.start_inline``, at its first write, having written nothing).  ``fanin.lua`` records which
 arrival (invocation and parent) completed a fan-in: if that invocation is run
@@ -317,7 +317,7 @@ class Executor:
         held.use(self.store)  # a task standing for a held result (a future's) reads it with our store
         try:
             run.start()
-            run.lease_hold = (run.keys.lease(inv.id), run.token, run.guard())
+            run.lease_hold = (run.keys, inv.id, run.token, run.guard())
             self.heartbeat.hold(*run.lease_hold)
             try:
                 run.loop()
@@ -852,7 +852,7 @@ class _Run:
         events = self.exit_fields()
         owners = [(fanin, f"{self.inv.id}/{parent}") for fanin, parent in arrivals]  # ``fanin.lua``'s owner values
         h = batch.exit(self.keys, self.inv.id, owners, [*events, self.report(exited=True)])
-        self.ex.heartbeat.release()  # a beat after the exit would shorten the done lease's life
+        self.ex.heartbeat.release()  # no beats after the exit (they would find the lease done)
         try:
             self.send(batch, atomic=True)  # the client reads the results and the exit at once
         finally:

@@ -21,10 +21,12 @@ import threading
 import time
 from typing import Any
 
+from redis.exceptions import NoScriptError
+
 from wukong import protocol
 from wukong.backends.base import Invoke, launch
 from wukong.protocol import Invocation, Keys
-from wukong.store import Store
+from wukong.store import Store, scripts
 from wukong.timeout import Guard
 
 LEASE_MS = 3000  # an invocation's lease; renewed every third of it while the executor lives
@@ -88,44 +90,48 @@ class Heartbeat:
     """Keeps the running invocation's lease alive from a background thread.
 
     A lease that is not renewed (the process died, or froze) expires after
-    ``lease_ms``; the client's watchdog then sends the invocation again.  The
-    same beat checks the job's cancel flag for the ``Guard`` of the running
-    invocation (``wukong.timeout``).
+    ``lease_ms``; the client's watchdog then sends the invocation again.  A
+    beat that comes late -- the thread starved for a lease by a task or an
+    import holding the GIL, a GC pause, a loaded host -- takes the lapsed lease
+    back (``renew.lua``) unless another delivery took it since: one late beat
+    no longer leaves the lease missing until the invocation's exit, for the
+    watchdog to send it again while it runs.  The same beat checks the job's
+    cancel flag for the ``Guard`` of the running invocation (``wukong.timeout``).
     """
 
     def __init__(self, store: Store, lease_ms: int):
         self.store = store
         self.lease_ms = lease_ms
-        self.key: str | None = None
-        self.token = ""
-        self.guard: Guard | None = None
+        self.held: tuple[tuple[str, str], str, Guard | None] | None = None  # (events, lease), token, guard
         self.wake = threading.Event()
         self.thread: threading.Thread | None = None
 
-    def hold(self, key: str, token: str, guard: Guard | None = None) -> None:
-        self.key, self.token, self.guard = key, token, guard
+    def hold(self, keys: Keys, inv: str, token: str, guard: Guard | None = None) -> None:
+        self.held = ((keys.events, keys.lease(inv)), token, guard)  # one assignment: a beat reads it whole
         if self.thread is None:
             self.thread = threading.Thread(target=self._beat, name="wukong-heartbeat", daemon=True)
             self.thread.start()
 
     def release(self) -> None:
-        self.key = None
-        self.guard = None
+        self.held = None
 
     def _beat(self) -> None:
         r = self.store.connect_mds(socket_timeout=self.lease_ms / 1000)
         while True:
             self.wake.wait(self.lease_ms / 3000)
-            key, guard = self.key, self.guard
-            if key is None:
+            held = self.held
+            if held is None:
                 continue
+            keys, token, guard = held
             try:
                 pipe = r.pipeline(transaction=False)
-                pipe.pexpire(key, self.lease_ms, xx=True)
+                pipe.execute_command(*scripts.RENEW.args(keys, (token, self.lease_ms)))
                 if guard is not None:
                     pipe.exists(guard.cancel_key)
-                replies = pipe.execute()
+                replies = pipe.execute(raise_on_error=False)
+                if isinstance(replies[0], NoScriptError):  # the server restarted: the next beat renews
+                    scripts.load_all(r)
             except Exception:
                 continue  # the next round trip of the executor itself will report the trouble
-            if guard is not None and self.key == key:
+            if guard is not None and self.held is held and not isinstance(replies[1], Exception):
                 guard.beat(bool(replies[1]), time.monotonic())

@@ -165,7 +165,7 @@ class _SimTime:
 
 
 class _NoHeartbeat:
-    def hold(self, key: str, token: str, guard: Any = None) -> None:
+    def hold(self, keys: Any, inv: str, token: str, guard: Any = None) -> None:
         pass
 
     def release(self) -> None:

@@ -33,10 +33,11 @@ class Script:
 
 FANIN = Script("fanin")
 LEASE = Script("lease")
+RENEW = Script("renew")
 EXIT = Script("exit")
 PROXY_PUSH = Script("proxy_push")
 SET_MANY = Script("set_many")
-ALL = (FANIN, LEASE, EXIT, PROXY_PUSH, SET_MANY)
+ALL = (FANIN, LEASE, RENEW, EXIT, PROXY_PUSH, SET_MANY)
 
 
 def load_all(r: Any) -> None:
