@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from contextlib import contextmanager
 
 import dask
@@ -168,3 +169,11 @@ def dags(draw, max_tasks=300, max_parents=6, max_outputs=5):
         dsk[f"t{i}"] = (combine, i, *[f"t{p}" for p in parents])
     outputs = draw(st.lists(st.sampled_from(sorted(dsk)), min_size=1, max_size=max_outputs, unique=True))
     return dsk, outputs
+
+
+def wait_until(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {predicate}")
+        time.sleep(0.005)

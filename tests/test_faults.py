@@ -14,7 +14,7 @@ import time
 
 import dask
 import pytest
-from conftest import dags, job_keys, lambda_local
+from conftest import dags, job_keys, lambda_local, wait_until
 from hypothesis import HealthCheck, given, settings
 
 from wukong import Client, JobCancelled, JobFailed, LocalCluster, StorageError, TaskError
@@ -220,15 +220,6 @@ def test_fan_ins_survive_a_flushed_script_cache(client):
     assert client.get(dsk, "total") == sum(range(8))
 
 
-def _until(predicate, seconds=3.0):
-    deadline = time.monotonic() + seconds
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 def test_a_late_beat_takes_the_lapsed_lease_back_unless_another_delivery_took_it(redis_server):
     """One late beat (the heartbeat thread starved past a lease by an import holding the
     GIL, a GC pause, a loaded host) used to leave the lease missing until the
@@ -263,7 +254,7 @@ def late_beats_take_the_lease_back(store):
         assert r.get(lease) == b"mine"
 
         r.delete(lease)  # it lapsed: a beat came late
-        assert _until(lambda: r.get(lease) == b"mine"), "the lapsed lease was not taken back"
+        wait_until(lambda: r.get(lease) == b"mine", timeout=3.0)  # the lapsed lease is taken back
         assert 0 < r.pttl(lease) <= 300
 
         r.set(lease, "another delivery's", px=60_000)

@@ -12,6 +12,7 @@ import boto3
 import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
+from conftest import wait_until
 
 from wukong.lambda_local import LambdaLocal
 
@@ -45,14 +46,6 @@ def make_client(lam, **config):
 def invoke_json(client, name, event=None, **kwargs):
     response = client.invoke(FunctionName=name, Payload=json.dumps(event or {}), **kwargs)
     return response, json.loads(response["Payload"].read() or "null")
-
-
-def wait_until(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {predicate}")
-        time.sleep(0.005)
 
 
 def process_gone(pid):
