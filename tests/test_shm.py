@@ -158,23 +158,34 @@ def test_a_released_held_value_leaves_its_file_to_the_pool():
         assert {name: kept.get(name) for name in held} == inodes  # the same files, to be written again
 
 
-def test_a_kept_file_somebody_maps_is_never_written_again(tmp_path):
+def test_a_kept_file_somebody_maps_is_written_again_only_once_unmapped(tmp_path):
     directory = shm.make_dir("test-pool")
     try:
         value = np.arange(100_000, dtype="f8")
         held = shm.read(shm.write(directory, "wk:j1:d:1", memoryview(value).cast("B")))  # a result the user holds
-        shm.write(directory, "wk:j1:d:2", memoryview(value).cast("B"))
         shm.remove_job(directory, "j1")
-        assert list(_pool(directory)) == [f"{value.nbytes}-wk-j1-d-2"]  # the held one was not kept
-        # one mapped after it was kept (a reader that opened it just before): the writer leaves it
-        kept = os.path.join(directory, shm.POOL, f"{value.nbytes}-wk-j1-d-2")
+        kept = os.path.join(directory, shm.POOL, f"{value.nbytes}-wk-j1-d-1")
+        assert list(_pool(directory)) == [os.path.basename(kept)]  # kept, mapped as it is
+        inode = os.stat(kept).st_ino
+        shm.write(directory, "wk:j2:d:1", memoryview(-value).cast("B"))
+        assert list(_pool(directory)) == [os.path.basename(kept)]  # not written into: a new file instead
+        assert os.stat(os.path.join(directory, "wk-j2-d-1")).st_ino != inode
+        np.testing.assert_array_equal(np.frombuffer(held, "f8"), value)
+        # one mapped after it was kept (a reader that opened it just before): left alone too
         with open(kept, "rb") as f:
             late = shm.mmap.mmap(f.fileno(), 0, access=shm.mmap.ACCESS_READ)
-        shm.write(directory, "wk:j2:d:1", memoryview(-value).cast("B"))
-        assert _pool(directory) == {}  # it left the pool, not written into
-        np.testing.assert_array_equal(np.frombuffer(held, "f8"), value)
+        mapping = held.obj
+        held.release()
+        mapping.close()
+        shm.write(directory, "wk:j2:d:2", memoryview(2 * value).cast("B"))
+        assert os.stat(os.path.join(directory, "wk-j2-d-2")).st_ino != inode
         np.testing.assert_array_equal(np.frombuffer(late, "f8"), value)
         late.close()
+        # unmapped everywhere: the next write of about its size goes into its pages
+        shm.write(directory, "wk:j2:d:3", memoryview(3 * value).cast("B"))
+        assert os.stat(os.path.join(directory, "wk-j2-d-3")).st_ino == inode
+        np.testing.assert_array_equal(np.frombuffer(shm.read(shm.marker(directory, "wk:j2:d:3")), "f8"), 3 * value)
+        assert _pool(directory) == {}
     finally:
         shm.remove_dir(directory)
 

@@ -14,13 +14,18 @@ pool, ``<dir>/free``).  tmpfs allocates and zeroes every page of a new file,
 and frees them all when it is unlinked; a write into a kept file's pages costs
 about 0.55-0.7x a new file's (4.5 MB: 108 against 194 us per MB; 32 MB: 223
 against 317), and keeping a file costs 9 us per MB where unlinking it costs 52
-(``python -m bench.dataplane``).  A kept file is written again
-only when nobody maps it any more: a write lease (``F_SETLEASE``) is granted
-only on a file no other open file refers to, and a mapping keeps its file open
-until it is unmapped, in any process.  So a result the user still holds, or a
-value a task kept, is never overwritten: its file leaves the pool instead.
-The pool is bounded (``pool_cap``), and an idle worker removes files unused
-for ``POOL_IDLE_S``.
+(``python -m bench.dataplane``).  On a virtual machine whose host takes back
+the guest's free pages (free page reporting) a new file's pages can cost far
+more: a 72 MB result took 35 ms into fresh pages just freed and 200-230 ms
+into pages freed some seconds before (the host maps each one again).  A kept
+file is written again only when nobody maps it any more: a write lease
+(``F_SETLEASE``) is granted only on a file no other open file refers to, and
+a mapping keeps its file open until it is unmapped, in any process.  So a
+result the user still holds, or a value a task kept, is never overwritten:
+it is kept all the same, and written again once its last mapping is gone
+(a job's result, say, once the user dropped the array: the next job's result
+goes into its pages).  The pool is bounded (``pool_cap``, mapped files
+included), and an idle worker removes files unused for ``POOL_IDLE_S``.
 
 A client that is killed (SIGKILL, a crashed notebook kernel) cannot remove its
 directory, and the values in it would hold the machine's memory until a
@@ -215,8 +220,9 @@ def _reuse(directory: str, size: int, tmp: str) -> int | None:
         except OSError:
             os.close(fd)
             raise
-        os.close(fd)  # still mapped somewhere: it leaves the pool, its pages go with the last mapping
-        os.unlink(tmp)
+        os.close(fd)  # still mapped somewhere: back to the pool, to be written once unmapped
+        with contextlib.suppress(OSError):  # the cluster closed meanwhile
+            os.rename(tmp, os.path.join(pool, name))
     return None
 
 
@@ -264,32 +270,19 @@ def remove_job(directory: str | None, job: str) -> None:
 
 def discard(directory: str, names: Sequence[str]) -> None:
     """Remove the files ``names`` of ``directory`` (those that exist): into the pool while
-    it has room, if nobody maps them; deleted otherwise (mappings still open stay valid
-    until dropped)."""
+    it has room (a mapped one too: it is written again once unmapped); deleted otherwise
+    (mappings still open stay valid until dropped)."""
     pool = os.path.join(directory, POOL)
     room = pool_cap() - sum(kept for kept, _ in _kept(pool)) if names and os.path.isdir(pool) else 0
     for name in names:
         path = os.path.join(directory, name)
         with contextlib.suppress(FileNotFoundError):
             if room > 0 and not name.endswith(".tmp"):  # a .tmp file is a writer's, still open
-                size = _keep(path, pool, name)
-                if size is not None:
-                    room -= size
-                    continue
+                size = os.stat(path).st_size
+                os.rename(path, os.path.join(pool, f"{size}-{name}"))
+                room -= size
+                continue
             os.unlink(path)
-
-
-def _keep(path: str, pool: str, name: str) -> int | None:
-    """Move the file at ``path`` into the pool unless somebody maps it; its size, or None."""
-    fd = os.open(path, os.O_RDWR)
-    try:
-        if not _unmapped(fd):  # a result the client read, say: it goes
-            return None
-        size = os.fstat(fd).st_size
-    finally:
-        os.close(fd)
-    os.rename(path, os.path.join(pool, f"{size}-{name}"))
-    return size
 
 
 def _kept(pool: str) -> list[tuple[int, os.DirEntry]]:
