@@ -232,10 +232,22 @@ def test_a_fan_in_of_values_held_by_one_executor_stores_none_of_them(one_executo
         "total": (total, "sum"),
     }
     client = Client(one_executor, progress=False)
-    assert client.get(dsk, "total") == 3.0 * N
+    # values stored, as in a cluster of several processes (one process alone stores none)
+    assert client.get(dsk, "total", store_values=True) == 3.0 * N
     job = client.jobs[-1]
     assert job.held_fanins == 1 and len(job.executors) == 1
     assert job.bytes_stored == 0
+    assert job_keys(one_executor) == []
+
+
+def test_one_worker_process_holds_nothing_as_it_writes_nothing(one_executor):
+    # without ``store_values`` the values stay in the process's object table: holding one
+    # would save no write, so none is held (no asks), and nothing is stored
+    dsk = {"a": (block, 1), "b": (block, 2), "sum": (add, "a", "b"), "total": (total, "sum")}
+    client = Client(one_executor, progress=False)
+    assert client.get(dsk, "total") == 3.0 * N
+    job = client.jobs[-1]
+    assert job.held_fanins == 0 and job.bytes_stored == 0
     assert job_keys(one_executor) == []
 
 

@@ -6,8 +6,10 @@ reach another of the same process by reference (the object table), and a
 job leaves nothing behind: no key, no shared-memory file, no table entry.
 """
 
+import os
 import threading
 import time
+from functools import partial
 
 import dask
 import dask.array as da
@@ -103,20 +105,64 @@ def widen(i):
     return np.full(20_000, float(i))  # 160 kB: above the inline limit, below shared memory's
 
 
-def test_values_between_executors_of_one_process_are_not_fetched(client):
-    # a fan-in of 8 wide parents: each parent's output is stored, and the fan-in reads the others'
+def wide_fan_in(tail=None):
+    """A fan-in of 8 wide parents: each parent's output is shared, and the fan-in reads the others'."""
     dsk = {f"p{i}": (widen, i) for i in range(8)}
-    dsk["sum"] = (lambda *xs: float(sum(x.sum() for x in xs)), *dsk)
-    assert client.get(dsk, "sum") == sum(i * 20_000.0 for i in range(8))
+    dsk["sum"] = (tail or total, *dsk)
+    return dsk
+
+
+def total(*xs):
+    return float(sum(x.sum() for x in xs))
+
+
+def test_values_between_executors_of_one_process_are_neither_stored_nor_fetched(client):
+    assert client.get(wide_fan_in(), "sum") == sum(i * 20_000.0 for i in range(8))
     job = client.jobs[-1]
-    assert job.bytes_stored > 8 * 160_000  # written for other processes, as always ...
-    assert job.bytes_fetched == 0  # ... but read from the process's object table
+    assert job.fanin_round_trips > 0
+    # one worker process: every executor is of it, so values stay in its object table
+    assert job.bytes_stored == 0 and job.bytes_fetched == 0
+
+
+def test_several_processes_store_what_their_threads_share():
+    with LocalCluster(n_workers=2, threads_per_worker=2) as cluster:
+        client = Client(cluster, progress=False)
+        assert client.get(wide_fan_in(), "sum") == sum(i * 20_000.0 for i in range(8))
+        job = client.jobs[-1]
+        assert job.bytes_stored > 8 * 160_000  # written for the other process, ...
+        fetched = job.bytes_fetched
+        for _ in range(4):
+            client.get(wide_fan_in(), "sum")
+            fetched += client.jobs[-1].bytes_fetched
+        # ... read from the object table by the threads of the same one: never all of it
+        assert fetched < 5 * 7 * 160_000
+
+
+def die_once(path, *xs):
+    """The fan-in: its first run kills its worker process (the values it read went with it)."""
+    if not os.path.exists(path):
+        open(path, "w").close()
+        os._exit(1)
+    return total(*xs)
+
+
+def test_values_lost_with_the_one_process_run_the_job_again_with_its_values_stored(threaded, tmp_path):
+    client = Client(threaded, progress=False)
+    dsk = wide_fan_in(partial(die_once, str(tmp_path / "died")))
+    assert client.get(dsk, "sum", timeout=60) == sum(i * 20_000.0 for i in range(8))
+    lost, again = client.jobs[-2], client.jobs[-1]
+    assert lost.status == "error" and lost.error.startswith("ValuesLost: ")
+    assert "held only by a worker process that is gone" in lost.error
+    assert again.status == "finished" and again.bytes_stored >= 7 * 160_000  # the second run stores
+    assert job_keys(threaded) == [] and job_files(threaded) == []
+    # and the next job keeps its values in memory again
+    assert client.get(wide_fan_in(), "sum") == sum(i * 20_000.0 for i in range(8))
+    assert client.jobs[-1].bytes_stored == 0
 
 
 def test_processes_fetch_what_threads_share():
     """The control: with two single-threaded processes some inputs cross through Redis."""
-    dsk = {f"p{i}": (widen, i) for i in range(8)}
-    dsk["sum"] = (lambda *xs: float(sum(x.sum() for x in xs)), *dsk)
+    dsk = wide_fan_in()
     with LocalCluster(n_workers=2, threads_per_worker=1) as cluster:
         client = Client(cluster, progress=False)
         fetched = 0

@@ -49,7 +49,7 @@ from wukong.backends.base import Backend, launch
 from wukong.cost import cost_summary
 from wukong.diagnostics import DaskCallbacks, InvocationRun, JobRecord, TaskRun, active_callbacks, note
 from wukong.durations import TaskDurations
-from wukong.errors import JobCancelled, JobFailed, task_error
+from wukong.errors import JobCancelled, JobFailed, ValuesLost, task_error
 from wukong.futures import Future, Futures, as_completed, submit_graph, task_key, until_done, wait
 from wukong.graph import acquire_dask_defaults, dask_defaults, flatten_keys, prepare, release_dask_defaults
 from wukong.progress import ProgressBar
@@ -150,7 +150,11 @@ class Client:
         Options: ``progress``; ``retries`` (re-run a failing task up to this
         many times; default: the cluster's); ``timeout`` (seconds for the
         whole job); ``task_timeout`` (seconds for any one task);
-        ``callbacks`` (Dask callbacks for this job, besides the active ones).
+        ``callbacks`` (Dask callbacks for this job, besides the active ones);
+        ``store_values`` (a local cluster of one worker process keeps
+        intermediate values in that process's memory only, and runs the job
+        again if the process dies; ``True`` stores them as a cluster of
+        several processes does, so that a crash costs only the lost work).
         """
         callbacks = active_callbacks(kwargs.pop("callbacks", None))
         results = self.run_job(dsk, flatten_keys(keys), callbacks=callbacks, **kwargs)
@@ -178,6 +182,8 @@ class Client:
         }
         if hold:
             options["hold"] = True
+        if kwargs.pop("store_values", False):
+            options["store_values"] = True
         timeout = kwargs.pop("timeout", None)
         kwargs.pop("num_workers", None)
         starting = _Starting()  # a cancel while the job is planned is not lost
@@ -215,29 +221,42 @@ class Client:
             dask_cbs = DaskCallbacks(callbacks, graph, outputs, order) if callbacks else None
             if dask_cbs is not None and dask_cbs.shows_progress:
                 progress = False  # Dask's own bar is drawing
-            job = Job(self, job_plan, progress, options, timeout, order, record, dask_cbs, on_held)
-            record.job, record.ntasks, record.nschedules = job.keys.job, len(order), job_plan.nschedules
-            record.noutputs, record.plan_s, record.solo = len(outputs), t1 - t0, "solo" in options
-            self.jobs.append(record)
-            note(record)  # open performance_report blocks
-            if on_start is not None:
-                on_start(job)
-            self.active.add(job)
-            self.active.discard(starting)
-            if starting.cancelled:
-                job.cancel(by_user=True)
-            try:
-                results = job.run()
-            except BaseException as exc:
-                record.status = "cancelled" if isinstance(exc, JobCancelled) else "error"
-                record.error = f"{type(exc).__name__}: {exc}"
-                raise
-            finally:
-                self.active.discard(job)
-                record.run_s = time.perf_counter() - t1
-                record.invocations = len(set(job.starts) | job.exited | set(job.live))
-                if dask_cbs is not None:
-                    dask_cbs.finish(record.status != "running")
+            # A one-process local cluster keeps intermediates in its memory only; if they go
+            # with the process (``ValuesLost``), the job runs again, its values stored.
+            for again in range(2):
+                if again:
+                    record = JobRecord("", time.time())
+                    options = {**options, "store_values": True}
+                    with gc_paused(), dask.config.set(dask_defaults()):
+                        job_plan = plan(order, graph, outputs)
+                job = Job(self, job_plan, progress, options, timeout, order, record, dask_cbs, on_held)
+                record.job, record.ntasks, record.nschedules = job.keys.job, len(order), job_plan.nschedules
+                record.noutputs, record.plan_s, record.solo = len(outputs), t1 - t0, "solo" in options
+                self.jobs.append(record)
+                note(record)  # open performance_report blocks
+                if on_start is not None:
+                    on_start(job)
+                self.active.add(job)
+                self.active.discard(starting)
+                if starting.cancelled:
+                    job.cancel(by_user=True)
+                rerun = False
+                try:
+                    results = job.run()
+                except BaseException as exc:
+                    record.status = "cancelled" if isinstance(exc, JobCancelled) else "error"
+                    record.error = f"{type(exc).__name__}: {exc}"
+                    rerun = isinstance(exc, ValuesLost) and not again
+                    if not rerun:
+                        raise
+                finally:
+                    self.active.discard(job)
+                    record.run_s = time.perf_counter() - t1
+                    record.invocations = len(set(job.starts) | job.exited | set(job.live))
+                    if dask_cbs is not None and not rerun:
+                        dask_cbs.finish(record.status != "running")
+                if not rerun:
+                    break
             record.status = "finished"
             self.durations.learn((t.key, t.end - t.start) for t in record.tasks)
             self.last_job = {"tasks": len(order), "schedules": job_plan.nschedules, "solo": "solo" in options}
@@ -697,7 +716,9 @@ class Job:
                 self.on_held(key, self.keys.held(ev.tid))
         elif ev.kind == "e" and self.error is None:
             key, what, exc, tb = protocol.decode_error(ev.value)
-            if key is None:
+            if isinstance(exc, ValuesLost):  # ``_run_job`` runs the job again
+                self.fail(exc)
+            elif key is None:
                 detail = f": {type(exc).__name__}: {exc}" if exc is not None else ""
                 trace = f"\n\nRemote traceback\n----------------\n{tb}" if tb else ""
                 self.fail(JobFailed(f"job {self.keys.job}: {what}{detail}{trace}"))

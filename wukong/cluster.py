@@ -358,6 +358,8 @@ class LocalCluster:
         if self.n_workers:  # local workers: siblings of a wide fan-out are started as grouped leaves are
             config["fanout_groups"] = LEAF_GROUPS_PER_WORKER * self.n_workers * self.threads_per_worker
             config["executors"] = self.n_workers * self.threads_per_worker
+            # one worker process: its executors are every reader, intermediates stay in its memory
+            config["table_only"] = self.n_workers == 1
         return config
 
     def close(self) -> None:

@@ -36,6 +36,12 @@ class JobCancelled(JobFailed):
     """The job was cancelled (``Client.cancel``)."""
 
 
+class ValuesLost(JobFailed):
+    """A value the job needs was held only in the memory of a worker process that is gone
+    (a one-process local cluster keeps intermediates there, ``wukong.store.objects``);
+    the client runs the job again once, its values stored as in any other cluster."""
+
+
 _types: dict[type, type] = {}
 
 

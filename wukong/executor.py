@@ -62,6 +62,13 @@ executor then schedules itself:
   table (``wukong.store.objects``): an output stored in the KVS is also put
   there, and an input found there is taken by reference, not read and
   unpickled.  The KVS copy stays: executors elsewhere, and re-runs, read it.
+  In a cluster of one worker process (``table_only``) every reader is one of
+  its executors: an intermediate goes to the table only, never to the KVS
+  (results do), delayed I/O is off (holding a value saves no write) and a
+  fan-in arrival reads nothing with it.  An input missing from the table
+  then went with a process that died: ``ValuesLost``, and the client runs
+  the job again, storing its values as elsewhere (option ``store_values``):
+  a crash in that run is survived as in any cluster.
 
 Delivery may repeat and executors may die.  Each invocation has a
 deterministic id and takes a lease in the MDS first (``lease.lua``; renewed
@@ -110,6 +117,7 @@ from typing import Any
 from wukong import protocol, serialization, task_warnings
 from wukong._core import ScheduleView
 from wukong.backends.base import Invoke, launch
+from wukong.errors import ValuesLost
 from wukong.faults import CRASH_EXIT, Faults
 from wukong.protocol import OUTPUT, Dependent, Invocation, Keys, TaskRecord
 from wukong.recovery import LEASE_MS, Heartbeat
@@ -234,6 +242,7 @@ class Executor:
         executors: int = 0,
         board: TaskBoard | None = None,
         table: ObjectTable | None = None,
+        table_only: bool = False,
         queue: str | None = None,
     ):
         self.store = store
@@ -246,6 +255,10 @@ class Executor:
         self.max_task_fanout = max_task_fanout
         self.inline_limit = inline_limit
         self.cluster_threshold = cluster_threshold
+        # shared by the executors (threads) of this process: stored outputs, by reference;
+        # ``table_only``: every executor of the cluster is one of them, values stay there
+        self.table = table
+        self.table_only = table_only and table is not None
         self.delayed_io_bytes = delayed_io_bytes  # None: delayed I/O is off
         self.delayed_io_wait = delayed_io_wait
         self.cache_jobs = cache_jobs
@@ -258,8 +271,6 @@ class Executor:
         # (each carries the parent's output once); ``None``: one invocation each (Lambda)
         self.fanout_groups = fanout_groups
         self.executors = executors  # a local cluster's executors (0: as many as are invoked, Lambda)
-        # shared by the executors (threads) of this process: stored outputs, by reference
-        self.table = table
         self.faults = Faults(faults) if faults else None
         self.invoke = self.faults.wrap(invoke) if self.faults else invoke
         self.jobs: OrderedDict[str, dict[int, Schedule]] = OrderedDict()
@@ -575,21 +586,37 @@ class _Run:
         if self.ex.table is not None:
             self.ex.table.put(self.inv.job, out.tid, out.value, out.size())
 
+    def share_output(self, batch: Batch, out: _Output) -> None:
+        """Make ``out`` readable by the executors of its dependents: stored, or in the
+        object table only when they are all of this process (``table_only``)."""
+        if self.table_only:
+            self.settle()  # as a write would: a duplicate delivery shares nothing
+            # never serialized for this: the unbounded table counts its bytes only to show them
+            self.ex.table.put(self.inv.job, out.tid, out.value, out.size_hint())  # type: ignore[union-attr]
+        else:
+            self.store_output(batch, out)
+
     def load_remote(self, tid: int, value: bytes | None) -> Any:
         if value is None:
             key = self.keys.data(tid)
-            raise (
-                Cancelled()
-                if self.cancelled()
-                else LookupError(
-                    f"input {key!r} is missing from KV store {self.store.name_of(self.store.kvs_server(key))}"
-                )
+            if self.cancelled():
+                raise Cancelled()
+            if self.table_only:  # only ever in the table of this process: it went with an earlier one
+                raise ValuesLost(f"job {self.inv.job}: input {key!r} was held only by a worker process that is gone")
+            raise LookupError(
+                f"input {key!r} is missing from KV store {self.store.name_of(self.store.kvs_server(key))}"
             )
         self.fetched[tid] = len(value)
         return serialization.loads(value)
 
     def cancelled(self) -> bool:
         return bool(self.store.mds.exists(self.keys.cancel))
+
+    @property
+    def table_only(self) -> bool:
+        """Whether intermediates stay in the object table, never stored: every executor is
+        of this process, unless the job runs again after it lost values (``store_values``)."""
+        return self.ex.table_only and not self.opts.get("store_values")
 
     def push(self, sid: int, pos: int) -> None:
         for d in self.scheds[sid].records[pos].deps:
@@ -700,7 +727,7 @@ class _Run:
             if ready:
                 self.become(self.store.batch(), sid, pos, out, ready, here)
             return
-        limit = self.ex.delayed_io_bytes
+        limit = None if self.table_only else self.ex.delayed_io_bytes  # holding saves no write
         if limit is not None and len(fanins) == 1 and not ready and not stored_result and out.size() >= limit:
             self.hold(out, fanins[0])  # delayed I/O: keep it while the fan-in may complete here
             return
@@ -709,9 +736,10 @@ class _Run:
         # when it is too big to ship (then every ready dependent runs here).
         shipped = bool(fanins) or (len(ready) > 1 and not here and out.size() > self.ex.inline_limit)
         batch = self.store.batch()
-        if shipped or stored_result:  # before the fan-in calls of the same round trip
-            shm_min = self.ex.result_shm_min if stored_result else None
-            self.store_output(batch if shipped else self.pending, out, shm_min)
+        if stored_result:  # before the fan-in calls of the same round trip
+            self.store_output(batch if shipped else self.pending, out, self.ex.result_shm_min)
+        elif shipped:
+            self.share_output(batch, out)
         if stored_result:
             protocol.emit_stored_result(self.pending, self.keys, out.tid)  # sent with or after the write
         if fanins:
@@ -829,7 +857,7 @@ class _Run:
         want = c.sched not in self.scheds  # the reply carries c's schedule if we lack it
         missing = self.coming(c, parent) if hold else 0
         h = batch.fanin(self.keys, c.tid, parent, c.ndeps, c.sched, want, self.inv.id, hold, missing)
-        if want or not (c.ndeps == 2 or (self.store.shm_dir and c.ndeps <= EARLY_READS_MAX_DEPS)):
+        if want or self.table_only or not (c.ndeps == 2 or (self.store.shm_dir and c.ndeps <= EARLY_READS_MAX_DEPS)):
             return c, h, ()
         others = [d for d in self.scheds[c.sched].records[c.pos].deps if d != parent and d not in self.data]
         if self.ex.table is not None:  # read from the object table once the fan-in completes here
@@ -938,7 +966,7 @@ class _Run:
         local: list[Dependent] = []
         for tid, out, fanins in deferred:
             if any(c.tid not in whole for c in fanins):  # read elsewhere: store it
-                self.store_output(batch, out)
+                self.share_output(batch, out)
             for c in fanins:
                 if c.tid not in whole:
                     calls.append(self.notify(batch, tid, c))
@@ -982,8 +1010,7 @@ class _Run:
         for h in due:
             keep = not h.store and now < h.deadline
             if not keep:
-                batch.kvs_set(self.keys.data(h.out.tid), h.out.parts())
-                self.stats[0] += h.out.size()
+                self.share_output(batch, h.out)
             calls.append((h, keep, self.notify(batch, h.out.tid, h.c, hold=keep)))
         self.stats[1] += 1
         batch = self.send(batch)
@@ -1182,6 +1209,14 @@ class _Output:
     def size(self) -> int:
         self.parts()
         return self._size
+
+    def size_hint(self) -> int:
+        """The serialized size if known or cheap to tell (a number, a numeric array), else
+        the object's own size (``sys.getsizeof``: not what it refers to)."""
+        if self._parts is not None:
+            return self._size
+        bound = _size_bound(self.value)
+        return bound if bound is not None else sys.getsizeof(self.value)
 
     def at_most(self, limit: int) -> bool:
         """Whether the serialized value is at most ``limit`` bytes: for a number or a

@@ -121,7 +121,8 @@ class LocalBackend:
             "processing": protocol.worker_processing(self.cluster_id, wid),
             "executor": self.executor_config,
             "threads": self.threads,
-            "table_bytes": objects.bound(self.n_workers),
+            # one process keeps the values it alone reads (``table_only``): as many as its jobs need
+            "table_bytes": None if self.executor_config.get("table_only") else objects.bound(self.n_workers),
             "proxy": self.proxy,
             "parent": os.getpid(),  # the worker dies with us (``process.die_with_parent``)
             "board": self.watch.board_fd(wid),  # where it shows its running task (``TaskBoard``)

@@ -134,7 +134,10 @@ class _Loop:
                 if threading.get_ident() == me:
                     taken.append((batch, batch.mds("lmove", queue, processing, "LEFT", "RIGHT")))
 
-            self.executor.run(decode_invocation(payload), on_exit=ack)
+            inv = decode_invocation(payload)
+            if self.table.max_bytes is None and not self.table.has_job(inv.job):
+                drop_ended(self.table, self.blocking)  # unbounded: a new job frees what ended ones left
+            self.executor.run(inv, on_exit=ack)
             payload = None
             if taken:  # the exit's round trip took the next invocation waiting, if any
                 batch, handle = taken[-1]

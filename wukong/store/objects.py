@@ -8,10 +8,11 @@ process that needs that input takes it from here and skips the KVS read and
 the unpickling: numpy arrays pass between threads as Dask's threaded
 scheduler passes them, with no copy.
 
-The table is a cache, never the only copy: every value in it was written to
-the KVS (Redis or shared memory) as before, so an executor in another
-process, or a re-run after this process died, still reads it there.  Hence
-dropping an entry is always safe, and the table is kept small:
+In a cluster of several worker processes the table is a cache, never the
+only copy: every value in it was written to the KVS (Redis or shared memory)
+as before, so an executor in another process, or a re-run after this process
+died, still reads it there.  Hence dropping an entry is always safe, and the
+table is kept small:
 
 * its entries hold at most ``max_bytes`` (serialized sizes, a close measure
   of an array's memory; ``bound``: 512 MiB per process, and the processes
@@ -21,6 +22,16 @@ dropping an entry is always safe, and the table is kept small:
 * a job's entries are dropped when the job ends: the worker drops those of
   jobs whose event stream is gone (``drop_ended``, when a thread is idle) and
   an executor drops those of a job it found ended (``JobGone``) or forgot.
+
+In a cluster of one worker process (``LocalCluster(processes=False)``, or
+``n_workers=1``) every executor that will ever read a value is in this
+process, so an intermediate value is put here only, never written to the KVS
+(``Executor(table_only=True)``): no copy, as in Dask's threaded scheduler.
+The table is then unbounded (``max_bytes=None``: it holds what the jobs
+still need, as the KVS would) and drops the entries of ended jobs when an
+invocation of a new job arrives, besides when idle.  If the process dies,
+values it held are gone: an executor that needs one raises ``ValuesLost`` and
+the client runs the job again (``Client.get``), its values stored this time.
 
 Values in the table are shared, as in Dask's threaded scheduler: a task must
 not modify its inputs in place.  One lock guards the table; the work done
@@ -53,7 +64,7 @@ def bound(processes: int) -> int:
 class ObjectTable:
     """Values by ``(job, tid)``, least recently used first; ``hits`` counts values handed out."""
 
-    def __init__(self, max_bytes: int = MAX_BYTES):
+    def __init__(self, max_bytes: int | None = MAX_BYTES):
         self.max_bytes = max_bytes
         self.nbytes = 0
         self.hits = 0
@@ -65,11 +76,12 @@ class ObjectTable:
         return len(self._entries)
 
     def put(self, job: str, tid: int, value: Any, size: int) -> None:
-        if size > self.max_bytes:
+        limit = self.max_bytes
+        if limit is not None and size > limit:
             return
         with self._lock:
             self._pop((job, tid))
-            while self._entries and self.nbytes + size > self.max_bytes:
+            while limit is not None and self._entries and self.nbytes + size > limit:
                 self._pop(next(iter(self._entries)))
             self._entries[(job, tid)] = (value, size)
             self._per_job[job] = self._per_job.get(job, 0) + 1
@@ -101,6 +113,10 @@ class ObjectTable:
         """Which of ``tids`` are held here (not counted as hits)."""
         with self._lock:
             return {tid for tid in tids if (job, tid) in self._entries}
+
+    def has_job(self, job: str) -> bool:
+        with self._lock:
+            return job in self._per_job
 
     def jobs(self) -> set[str]:
         with self._lock:
