@@ -21,10 +21,13 @@ import dask
 from bench import harness, workloads
 
 
-def alternate(names: list[str], size: str, runs: int, warmup: int = 5, peer: str = "sync") -> list[dict]:
+def alternate(
+    names: list[str], size: str, runs: int, warmup: int = 5, peer: str = "sync", wukong: str = "wukong"
+) -> list[dict]:
     """Per workload: medians of ``runs`` wukong and ``peer`` (``sync`` or ``threads``) jobs,
-    taken in turn; the peer with the BLAS threads the harness gives it."""
-    system = harness._start_wukong()
+    taken in turn; the peer with the BLAS threads the harness gives it.  ``wukong``: the
+    harness's ``wukong`` (worker processes) or ``wukong-threads`` (``processes=False``)."""
+    system = harness.STARTERS[wukong]()
     other = harness.STARTERS[peer]()
     out = []
     try:
@@ -58,11 +61,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--size", default="small", choices=["tiny", "small", "full"])
     p.add_argument("--runs", type=int, default=40, help="jobs per system per workload")
     p.add_argument("--peer", default="sync", choices=["sync", "threads"], help="the Dask scheduler to alternate with")
+    p.add_argument(
+        "--wukong", default="wukong", choices=["wukong", "wukong-threads"], help="wukong-threads: processes=False"
+    )
     args = p.parse_args(argv)
     load = os.getloadavg()[0]
-    rows = alternate(args.only.split(","), args.size, args.runs, peer=args.peer)
+    rows = alternate(args.only.split(","), args.size, args.runs, peer=args.peer, wukong=args.wukong)
     peer = args.peer
-    print(f"wukong and {peer} job by job, size {args.size}, median of {args.runs} each (load before: {load:.2f})")
+    print(
+        f"{args.wukong} and {peer} job by job, size {args.size}, median of {args.runs} each (load before: {load:.2f})"
+    )
     print(f"{'workload':<14} {'wukong ms':>10} {peer + ' ms':>11} {'wukong / ' + peer:>17}  solo")
     for r in rows:
         w, s = r["wukong_s"] * 1e3, r["peer_s"] * 1e3

@@ -64,6 +64,7 @@ class System:
     counters: Callable[[], dict[str, int]] | None = None  # Redis totals, read before and after a run
     # the last job's tasks as (key, seconds), timed where they ran (wukong's job record)
     last_tasks: Callable[[], list[tuple[Any, float]]] | None = None
+    last_record: Callable[[], Any] | None = None  # wukong's ``client.jobs[-1]``
     # BLAS threads per task-running thread, chosen so that every system runs at most
     # `cores` threads in all: one each where `cores` workers run tasks, `cores` for sync
     blas_threads: int = 1
@@ -120,6 +121,7 @@ def _start_wukong(storage: str = "standalone", name: str | None = None, **option
         last_job,
         lambda: redis_counters(cluster),
         last_tasks=lambda: [(t.key, t.end - t.start) for t in client.jobs[-1].tasks] if client.jobs else [],
+        last_record=lambda: client.jobs[-1],
     )
 
 

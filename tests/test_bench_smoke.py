@@ -167,7 +167,9 @@ def test_summary_refuses_a_run_on_a_busy_machine(bench_run, tmp_path):
 def test_alternate_times_wukong_and_a_peer_in_turn_and_checks_results(peer):
     from bench.alternate import alternate
 
-    (row,) = alternate(["tree"], "tiny", runs=2, warmup=1, peer=peer)
+    (row,) = alternate(
+        ["tree"], "tiny", runs=2, warmup=1, peer=peer, wukong="wukong-threads" if peer == "threads" else "wukong"
+    )
     assert row["workload"] == "tree" and row["wukong_s"] > 0 and row["peer_s"] > 0
     assert row["ratio"] == row["wukong_s"] / row["peer_s"]
 
@@ -217,3 +219,13 @@ def test_taskgroups_splits_each_systems_job_into_its_task_groups_and_the_rest():
         # in a queue, overflows it
         assert 0 < row["tasks_s"]["(all tasks)"] <= row["job_s"] * row["threads"], (name, row)
     assert "outside tasks" in table(result) and "chunk_sum" in table(result)
+
+
+def test_edges_split_each_job_into_its_start_span_and_tail():
+    from bench.edges import edges
+
+    parts = edges("gemm", "tiny", "wukong-threads", runs=2, warmup=1)
+    assert list(parts) == ["job", "to first task", "span", "tail"]
+    for job, first, span, tail in zip(*parts.values(), strict=True):
+        assert first > 0 and span > 0 and tail > 0
+        assert first + span + tail == pytest.approx(job)

@@ -51,6 +51,9 @@ from wukong.timeout import TaskBoard
 
 GC_GEN0 = 20_000  # allocations between collections of the youngest generation (Python's default: 700)
 IDLE_S = 1  # seconds; an idle executor thread drops the object table's values of ended jobs this often
+# seconds; this often while the table holds values nothing else holds (one process, ``table_only``):
+# freed when their job ends, before the next one starts (GEMM small: ~10 ms of frees)
+HOLDING_IDLE_S = 0.02
 
 
 table: ObjectTable | None = None  # this process's object table, for inspection (``tests/test_threads.py``)
@@ -116,11 +119,14 @@ class _Loop:
         payload: bytes | None = None  # the next invocation, when the last exit took it
         me = threading.get_ident()
         while True:
+            holding = self.table.max_bytes is None and len(self.table) > 0
             if payload is None:
-                payload = self.blocking.blmove(queue, processing, IDLE_S, "LEFT", "RIGHT")  # type: ignore[assignment]
+                wait = HOLDING_IDLE_S if holding else IDLE_S
+                payload = self.blocking.blmove(queue, processing, wait, "LEFT", "RIGHT")  # type: ignore[assignment,arg-type]
             if payload is None:
                 drop_ended(self.table, self.blocking)
-                shm.trim_pool(self.shm_dir)
+                if not holding:
+                    shm.trim_pool(self.shm_dir)
                 continue
             if payload == STOP:
                 self.blocking.lrem(processing, 1, payload)  # type: ignore[arg-type]
