@@ -224,11 +224,13 @@ class Client:
             # A one-process local cluster keeps intermediates in its memory only; if they go
             # with the process (``ValuesLost``), the job runs again, its values stored.
             for again in range(2):
-                if again:
+                if again:  # its own record: its own plan and run time
                     record = JobRecord("", time.time())
                     options = {**options, "store_values": True}
+                    t0 = time.perf_counter()
                     with gc_paused(), dask.config.set(dask_defaults()):
                         job_plan = plan(order, graph, outputs)
+                    t1 = time.perf_counter()
                 job = Job(self, job_plan, progress, options, timeout, order, record, dask_cbs, on_held)
                 record.job, record.ntasks, record.nschedules = job.keys.job, len(order), job_plan.nschedules
                 record.noutputs, record.plan_s, record.solo = len(outputs), t1 - t0, "solo" in options

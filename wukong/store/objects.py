@@ -28,8 +28,10 @@ In a cluster of one worker process (``LocalCluster(processes=False)``, or
 process, so an intermediate value is put here only, never written to the KVS
 (``Executor(table_only=True)``): no copy, as in Dask's threaded scheduler.
 The table is then unbounded (``max_bytes=None``: it holds what the jobs
-still need, as the KVS would) and drops the entries of ended jobs when an
-invocation of a new job arrives, besides when idle.  If the process dies,
+still need, as the KVS would); an idle executor thread that finds entries in
+it looks for ended jobs every 20 ms rather than every second (their values
+are freed before the next job starts), and the first invocation of a new job
+drops what ended jobs left, for jobs that follow each other without a pause.  If the process dies,
 values it held are gone: an executor that needs one raises ``ValuesLost`` and
 the client runs the job again (``Client.get``), its values stored this time.
 
