@@ -35,7 +35,7 @@ from wukong.backends.stuck import Ended, Watch
 from wukong.backends.supervise import Slot
 from wukong.errors import WukongError
 from wukong.process import frozen, stop
-from wukong.protocol import Invocation, decode_invocation, encode_invocation
+from wukong.protocol import Invocation, Keys, decode_invocation, encode_invocation
 from wukong.recovery import MAX_ATTEMPTS, resend
 from wukong.store import Batch, Store, objects
 
@@ -109,7 +109,7 @@ class LocalBackend:
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self.slots: list[Slot] = []
-        self.watch = Watch(store, cluster_id, self.workers, executor_config["lease_ms"], self._closing)
+        self.watch = Watch(store, cluster_id, self.workers, executor_config["lease_ms"], self._closing, self.queue)
         self._start_workers()
         self.watch.start()
 
@@ -167,6 +167,9 @@ class LocalBackend:
         """Send again what the dead worker was running (``wukong.recovery``), or,
         when the watch ended it, report that as ended (``wukong.backends.stuck``).
 
+        One the client's watchdog has sent again already (its lease lapsed while the
+        worker was frozen) is not sent once more (``superseded``).
+
         On a Redis Cluster whose master just failed (the worker may have died of
         it) this is tried again until the replica answers (``failover_timeout``):
         an entry left in the processing list would keep its invocation from ever
@@ -178,13 +181,13 @@ class LocalBackend:
         while True:
             try:
                 entries: Any = self.store.mds.lrange(processing, 0, -1)
+                taken = [decode_invocation(payload) for payload in entries]
                 by_job: dict[str, list[Invocation]] = {}
                 ended: list[tuple[Invocation, Ended]] = []
-                for payload in entries:
-                    inv = decode_invocation(payload)
+                for inv, later in zip(taken, superseded(self.store, taken), strict=True):
                     if inv.id in ended_here:
                         ended.append((inv, ended_here[inv.id]))
-                    else:
+                    elif not later:
                         by_job.setdefault(inv.job, []).append(inv)
                 if ended:
                     self.watch.report(ended)
@@ -248,6 +251,18 @@ class LocalBackend:
                 self.store.mds.delete(self.queue, *lists)
             except Exception:
                 pass
+
+
+def superseded(store: Store, invocations: list[Invocation]) -> list[bool]:
+    """For each of ``invocations``, whether it has been delivered again since it was
+    taken: its job's count of deliveries (``Keys.attempts``, kept by ``resend``) is
+    past the one it carries."""
+    if not invocations:
+        return []
+    pipe = store.mds.pipeline(transaction=False)
+    for inv in invocations:
+        pipe.hget(Keys(inv.job).attempts, inv.id)
+    return [int(n or 0) > inv.attempt for inv, n in zip(invocations, pipe.execute(), strict=True)]
 
 
 def stop_workers(workers: list, graceful: bool = False) -> None:

@@ -19,9 +19,14 @@ task and the error, for a time limit) and SIGKILLs the worker's process group
 reports each noted invocation as ended (``timeout.report_ended``) instead of
 sending it again, and the slot starts a fresh worker.
 
-A frozen worker (SIGSTOP) is left alone: its lease lapses and the client's
-watchdog sends its invocation again.  A lapsed lease alone is no reason to end
-a worker: a task may hold the GIL for long when nobody asked it to stop.
+A frozen worker (SIGSTOP, a debugger) is left alone while others can do its
+work: its lease lapses and the client's watchdog sends its invocation again,
+to any worker.  It is ended (and replaced) when its job must stop, as above,
+or once it has been frozen for ``grace`` while invocations wait in the queue:
+with every worker frozen, or the only one, nobody else would take them.  Its
+invocations the watchdog sent again meanwhile are not sent once more
+(``superseded``).  A lapsed lease alone is no reason to end a running worker:
+a task may hold the GIL for long when nobody asked it to stop.
 """
 
 from __future__ import annotations
@@ -57,9 +62,11 @@ class Watch:
         workers: list[subprocess.Popen | None],
         lease_ms: int,
         closing: threading.Event,
+        queue: str,
     ):
         self.store = store
         self.cluster_id = cluster_id
+        self.queue = queue  # the cluster's invocation queue: work waiting for a worker
         self.workers = workers
         self.grace = GRACE_S + lease_ms / 1000
         self.closing = closing
@@ -69,6 +76,7 @@ class Watch:
             f.truncate(TaskBoard.SIZE)
         self.boards = [TaskBoard(f.fileno()) for f in self.files]
         self.since: dict[tuple[int, str], float] = {}  # (worker, invocation) -> first seen cancelled or ended
+        self.frozen_since: dict[int, float] = {}  # pid of a frozen worker holding invocations -> first seen so
         self.ended: dict[int, dict[str, Ended]] = {}  # pid of a worker ended here -> why, by invocation
         self.thread = threading.Thread(target=self._run, name="wukong-stuck-watch", daemon=True)
 
@@ -93,8 +101,8 @@ class Watch:
 
     # -- looking -----------------------------------------------------------------
     def check(self, now: float) -> None:
-        busy = self._busy()
-        jobs = sorted({inv.job for _, _, invs in busy for inv in invs})
+        busy, backlog = self._busy()
+        jobs = sorted({inv.job for _, _, invs, _ in busy for inv in invs})
         pipe = self.store.mds.pipeline(transaction=False)
         for job in jobs:
             keys = Keys(job)
@@ -108,33 +116,45 @@ class Watch:
             must_stop[job] = not alive or bool(cancelled)
             limit[job] = json.loads(options).get("task_timeout") if options else None
         seen = set()
-        for wid, proc, invs in busy:
+        frozen_seen = {}
+        for wid, proc, invs, is_frozen in busy:
             ended: dict[str, Ended] = {}
             for inv in invs:
                 if must_stop[inv.job]:
                     seen.add((wid, inv.id))
                     if now - self.since.setdefault((wid, inv.id), now) >= self.grace:
                         ended[inv.id] = None
-            last, task = invs[-1], self.boards[wid].read()  # the board shows the newest one's task
-            seconds = limit[last.job]
-            if task is not None and seconds and last.id not in ended and now - task[2] > seconds + self.grace:
-                ended[last.id] = (task[0], task[1], seconds)
+            if is_frozen:  # it runs nothing: no time limit; replaced if others wait for a worker
+                frozen_seen[proc.pid] = self.frozen_since.get(proc.pid, now)
+                if not ended and backlog and now - frozen_seen[proc.pid] >= self.grace and proc.pid not in self.ended:
+                    self.ended[proc.pid] = {}  # its invocations are sent again (``Local._worker_died``)
+                    kill_group(proc)
+                    continue
+            else:
+                last, task = invs[-1], self.boards[wid].read()  # the board shows the newest one's task
+                seconds = limit[last.job]
+                if task is not None and seconds and last.id not in ended and now - task[2] > seconds + self.grace:
+                    ended[last.id] = (task[0], task[1], seconds)
             if ended and proc.pid not in self.ended:
                 self.ended[proc.pid] = ended
                 kill_group(proc)
         self.since = {k: t for k, t in self.since.items() if k in seen}
+        self.frozen_since = frozen_seen
 
-    def _busy(self) -> list[tuple[int, subprocess.Popen, list[Invocation]]]:
-        """Live workers, not frozen, with the invocations they took."""
+    def _busy(self) -> tuple[list[tuple[int, subprocess.Popen, list[Invocation], bool]], int]:
+        """Live workers with the invocations they took, and whether each is frozen; and
+        how many invocations wait in the queue."""
         pipe = self.store.mds.pipeline(transaction=False)
         for wid in range(len(self.workers)):
             pipe.lrange(protocol.worker_processing(self.cluster_id, wid), 0, -1)
+        pipe.llen(self.queue)
+        *lists, backlog = pipe.execute()
         out = []
-        for wid, entries in enumerate(pipe.execute()):
+        for wid, entries in enumerate(lists):
             proc = self.workers[wid]
-            if entries and proc is not None and proc.poll() is None and not frozen(proc.pid):
-                out.append((wid, proc, [decode_invocation(p) for p in entries]))
-        return out
+            if entries and proc is not None and proc.poll() is None:
+                out.append((wid, proc, [decode_invocation(p) for p in entries], frozen(proc.pid)))
+        return out, int(backlog)
 
     # -- after the worker died ----------------------------------------------------
     def report(self, ended: list[tuple[Invocation, Ended]]) -> None:
