@@ -26,6 +26,7 @@ from tests.conftest import job_files, job_keys
 from wukong import Client, LocalCluster, WukongError
 from wukong.errors import JobCancelled, JobFailed, TaskError
 from wukong.futures import FutureCancelledError
+from wukong.timeout import GRACE_S
 
 # -- point 1: a task's output ---------------------------------------------------------------
 
@@ -430,6 +431,31 @@ def test_a_job_timeout_stops_a_running_task(one_worker):
     print(f"timeout=1: error after {time.monotonic() - t0:.1f}s")
     assert time.monotonic() - t0 < 15
     _next_job_runs_at_once(one_worker)
+
+
+def spin(seconds):
+    deadline = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < deadline:  # pure Python: gives the GIL away, never blocks
+        n += 1
+    return n
+
+
+@pytest.mark.parametrize(("task", "processes"), [(sleep_then, True), (spin, True), (spin, False)])
+def test_a_cancelled_task_is_interrupted_and_its_worker_kept(task, processes):
+    """A task sleeping or running Python code is stopped by an exception raised in it
+    when its job's timeout cancels it: the worker process is not ended and serves the
+    next job.  (On an executor's main thread a signal breaks the sleep; an executor
+    thread's ``time.sleep`` cannot be broken from outside: it is ended with its
+    process after the grace, as before.)"""
+    with LocalCluster(n_workers=1, processes=processes) as cluster, Client(cluster, progress=False) as client:
+        pids = _worker_pids(cluster)
+        with pytest.raises(JobFailed, match="timed out"):
+            client.get({"a": (task, 60)}, "a", timeout=1)
+        assert client.get({"b": (shout, 1)}, "b") == 2
+        time.sleep(GRACE_S + 1.5)  # past the time the guard would have ended it
+        assert _worker_pids(cluster) == pids
+        assert job_keys(cluster) == []
 
 
 def test_a_task_that_ignores_its_task_timeout_is_ended(one_worker):

@@ -110,7 +110,6 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable
-from contextlib import nullcontext
 from itertools import islice
 from typing import Any
 
@@ -123,7 +122,16 @@ from wukong.protocol import OUTPUT, Dependent, Invocation, Keys, TaskRecord
 from wukong.recovery import LEASE_MS, Heartbeat
 from wukong.store import Batch, Store, held, shm
 from wukong.store.objects import ObjectTable
-from wukong.timeout import STUCK_EXIT, Guard, TaskBoard, TaskTimeout, report_ended, task_timeout
+from wukong.timeout import (
+    STUCK_EXIT,
+    Guard,
+    Interrupt,
+    TaskBoard,
+    TaskCancelled,
+    TaskTimeout,
+    report_ended,
+    task_timeout,
+)
 
 PROGRESS_EVERY = 0.5  # seconds between progress events on long chains
 DEFER_MAX = 1024  # fan-in notifications an executor with local work may batch ...
@@ -278,6 +286,7 @@ class Executor:
         self.options: dict[str, dict] = {}
         self.used: dict[str, float] = {}  # job -> when an invocation of it last started here
         self.heartbeat = Heartbeat(store, lease_ms)
+        self.interrupt = Interrupt()  # this thread's running task, stopped when its job is cancelled
         # who ran a task, for the client's profiler: the Lambda sandbox, or host and process
         self.worker = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME") or f"{socket.gethostname()}:{os.getpid()}"
 
@@ -344,7 +353,7 @@ class Executor:
                 on_exit(batch)
                 batch.execute()
             return run.ndone
-        except (TaskFailed, Cancelled):
+        except (TaskFailed, Cancelled, TaskCancelled):  # (an interrupt landing just past its task)
             pass
         except Exception as exc:  # storage trouble or a bug: the client must hear of it
             run.fail(run.current, exc, "could not be run by its executor")
@@ -553,6 +562,7 @@ class _Run:
             self.opts.get("task_timeout"),
             lambda: (self.ndone, self.current),
             self.abandon,
+            self.ex.interrupt.interrupt,
         )
 
     def abandon(self, why: str | None) -> None:
@@ -677,8 +687,14 @@ class _Run:
             if board is not None:
                 board.start(*self.at)
             try:
-                with task_timeout(timeout, node.key) if timeout else nullcontext():  # the cheaper one when off
-                    return node({k: data[d] for k, d in zip(dep_keys, rec.deps, strict=False)})
+                args = {k: data[d] for k, d in zip(dep_keys, rec.deps, strict=False)}
+                if not timeout:
+                    with self.ex.interrupt:
+                        return node(args)
+                with self.ex.interrupt, task_timeout(timeout, node.key):
+                    return node(args)
+            except TaskCancelled:  # interrupted: its job was cancelled (``Interrupt``)
+                raise Cancelled() from None
             except (Exception, SystemExit, KeyboardInterrupt) as exc:  # a task's exit is its failure
                 if attempt < retries:
                     continue

@@ -81,6 +81,53 @@ def _interrupt_thread(seconds: float, key: Any) -> Iterator[None]:
         raise TaskTimeout(f"task {key!r} ran longer than {seconds}s") from None
 
 
+class TaskCancelled(BaseException):
+    """Raised in a running task whose job was cancelled (``Interrupt``): a
+    ``BaseException``, so that a task's own ``except Exception`` does not keep it."""
+
+
+class Interrupt:
+    """The task running in one executor's thread, to stop it when its job is cancelled.
+
+    It is entered around the task's call; ``interrupt()`` (from the heartbeat
+    thread) raises ``TaskCancelled`` in it, and only while it runs: in the
+    thread (``PyThreadState_SetAsyncExc``, taking effect when the task next
+    runs Python code) and, on the main thread, by ``SIGUSR2`` as well, whose
+    handler raises it there, so that a blocking call (``time.sleep``, a read)
+    ends too.  A task that neither returns to Python nor waits in an
+    interruptible call is ended with its process by the ``Guard``, as before.
+    The executor takes ``TaskCancelled`` for its job's cancel, wherever in the
+    task's call it lands (or just after, as the task returned).
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.ident: int | None = None  # the thread running a task, while it runs one
+        self.main = threading.current_thread() is threading.main_thread()
+        if self.main:
+            signal.signal(signal.SIGUSR2, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.ident is not None:
+            raise TaskCancelled()
+
+    def __enter__(self) -> None:  # around a task's call: a method pair, cheaper than a generator
+        with self.lock:
+            self.ident = threading.get_ident()
+
+    def __exit__(self, *exc: object) -> None:
+        with self.lock:
+            self.ident = None
+
+    def interrupt(self) -> None:
+        with self.lock:
+            if self.ident is None:
+                return
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self.ident), ctypes.py_object(TaskCancelled))
+            if self.main:
+                signal.pthread_kill(self.ident, signal.SIGUSR2)
+
+
 GRACE_S = 2.0  # a task that must stop gets this long before its executor is ended
 STUCK_EXIT = 78  # exit code of an executor ended because its task would not stop
 
@@ -93,8 +140,10 @@ class Guard:
     that is running (in Python or in C: a deadlock, a long native call) is not
     interrupted by that, and ``task_timeout`` reaches only a task that returns
     to Python (or, on the main thread, waits in an interruptible system call).
-    The heartbeat thread calls ``beat`` about every third of a lease; when the
-    job has been cancelled for ``GRACE_S``, or the same task has run
+    The heartbeat thread calls ``beat`` about every third of a lease; the first
+    beat that sees the job cancelled interrupts the running task (``Interrupt``),
+    which ends a task running Python code or waiting in a blocking call at once,
+    its worker kept; when the job has been cancelled for ``GRACE_S``, or the same task has run
     ``GRACE_S`` past its ``task_timeout``, ``abandon`` reports the invocation's
     end (naming the task, for a timeout) and ends the process: the local
     backend starts a fresh worker at once.  A task that holds the GIL (a C
@@ -115,8 +164,10 @@ class Guard:
         timeout: float | None,
         running: Callable[[], Any],
         abandon: Callable[[str | None], None],
+        interrupt: Callable[[], None] | None = None,
     ):
         self.cancel_key = cancel_key
+        self.interrupt = interrupt
         self.timeout = timeout
         self.running = running
         self.abandon = abandon
@@ -130,6 +181,8 @@ class Guard:
             self.task, self.since = task, now
         if cancelled and self.cancelled_at is None:
             self.cancelled_at = now
+            if self.interrupt is not None:  # a task in Python or a blocking call stops now
+                self.interrupt()
         if self.cancelled_at is not None and now - self.cancelled_at >= GRACE_S:
             self.abandon(None)
         elif self.timeout and now - self.since > self.timeout + GRACE_S:
