@@ -602,30 +602,6 @@ def note_pid_and_sleep(path, seconds):
     return seconds
 
 
-def test_a_stopped_worker_s_invocation_is_sent_again_and_the_job_finishes(tmp_path):
-    pids = tmp_path / "pids"
-    with LocalCluster(n_workers=2, lease_ms=500) as cluster, Client(cluster, progress=False) as client:
-        stopped = []
-
-        def stop_the_worker():
-            while not pids.exists() or not pids.read_text():
-                time.sleep(0.02)
-            stopped.append(int(pids.read_text().split()[0]))
-            os.kill(stopped[0], signal.SIGSTOP)  # and never resumed
-
-        threading.Thread(target=stop_the_worker, daemon=True).start()
-        t0 = time.monotonic()
-        try:
-            assert client.get({"a": (note_pid_and_sleep, str(pids), 2)}, "a") == 2
-            print(f"SIGSTOP: job finished after {time.monotonic() - t0:.1f}s")
-            ran = [int(p) for p in pids.read_text().split()]
-            assert len(ran) == 2 and ran[1] != stopped[0]
-            assert job_keys(cluster) == []
-        finally:
-            for pid in stopped:
-                os.kill(pid, signal.SIGKILL)
-
-
 def _stop_the_first_worker_that_notes(pids, stopped):
     def stop():
         while not pids.exists() or not pids.read_text():
@@ -643,6 +619,23 @@ def _gone(pid):
             return False
         time.sleep(0.05)
     return True
+
+
+def test_a_stopped_worker_s_invocation_is_sent_again_and_the_job_finishes(tmp_path):
+    pids = tmp_path / "pids"
+    with LocalCluster(n_workers=2, lease_ms=500) as cluster, Client(cluster, progress=False) as client:
+        stopped: list[int] = []
+        _stop_the_first_worker_that_notes(pids, stopped)
+        t0 = time.monotonic()
+        try:
+            assert client.get({"a": (note_pid_and_sleep, str(pids), 2)}, "a") == 2
+            print(f"SIGSTOP: job finished after {time.monotonic() - t0:.1f}s")
+            ran = [int(p) for p in pids.read_text().split()]
+            assert len(ran) == 2 and ran[1] != stopped[0]
+            assert job_keys(cluster) == []
+        finally:
+            for pid in stopped:
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_the_only_worker_stopped_mid_job_is_replaced_and_the_job_finishes(tmp_path):
