@@ -16,6 +16,7 @@ import textwrap
 import threading
 import time
 import warnings
+from contextlib import contextmanager
 
 import dask
 import psutil
@@ -24,6 +25,7 @@ from dask.local import get_sync
 
 from tests.conftest import job_files, job_keys
 from wukong import Client, LocalCluster, WukongError
+from wukong.client import DRAIN_S
 from wukong.errors import JobCancelled, JobFailed, TaskError
 from wukong.futures import FutureCancelledError
 from wukong.timeout import GRACE_S
@@ -602,14 +604,28 @@ def note_pid_and_sleep(path, seconds):
     return seconds
 
 
-def _stop_the_first_worker_that_notes(pids, stopped):
+@contextmanager
+def _first_worker_to_note_frozen(tmp_path, n_workers):
+    """A cluster of ``n_workers`` (short leases) and a client; the first worker to note its
+    pid in ``pids`` (``note_pid_and_sleep``) is SIGSTOPped, never resumed, and killed
+    at the end.  Yields (cluster, client, pids, stopped: the frozen pid, once frozen)."""
+    pids = tmp_path / "pids"
+    stopped: list[int] = []
+
     def stop():
         while not pids.exists() or not pids.read_text():
             time.sleep(0.02)
         stopped.append(int(pids.read_text().split()[0]))
-        os.kill(stopped[0], signal.SIGSTOP)  # and never resumed
+        os.kill(stopped[0], signal.SIGSTOP)
 
-    threading.Thread(target=stop, daemon=True).start()
+    with LocalCluster(n_workers=n_workers, lease_ms=500) as cluster, Client(cluster, progress=False) as client:
+        threading.Thread(target=stop, daemon=True).start()
+        try:
+            yield cluster, client, pids, stopped
+        finally:
+            for pid in stopped:
+                if psutil.pid_exists(pid):
+                    os.kill(pid, signal.SIGKILL)
 
 
 def _gone(pid):
@@ -622,64 +638,42 @@ def _gone(pid):
 
 
 def test_a_stopped_worker_s_invocation_is_sent_again_and_the_job_finishes(tmp_path):
-    pids = tmp_path / "pids"
-    with LocalCluster(n_workers=2, lease_ms=500) as cluster, Client(cluster, progress=False) as client:
-        stopped: list[int] = []
-        _stop_the_first_worker_that_notes(pids, stopped)
+    with _first_worker_to_note_frozen(tmp_path, 2) as (cluster, client, pids, stopped):
         t0 = time.monotonic()
-        try:
-            assert client.get({"a": (note_pid_and_sleep, str(pids), 2)}, "a") == 2
-            print(f"SIGSTOP: job finished after {time.monotonic() - t0:.1f}s")
-            ran = [int(p) for p in pids.read_text().split()]
-            assert len(ran) == 2 and ran[1] != stopped[0]
-            assert job_keys(cluster) == []
-        finally:
-            for pid in stopped:
-                os.kill(pid, signal.SIGKILL)
+        assert client.get({"a": (note_pid_and_sleep, str(pids), 2)}, "a") == 2
+        print(f"SIGSTOP: job finished after {time.monotonic() - t0:.1f}s")
+        ran = [int(p) for p in pids.read_text().split()]
+        assert len(ran) == 2 and ran[1] != stopped[0]
+        assert job_keys(cluster) == []
 
 
 def test_the_only_worker_stopped_mid_job_is_replaced_and_the_job_finishes(tmp_path):
     """Nobody else can take the invocation sent again: the cluster ends the frozen
     worker, a fresh one runs it, once (the invocation already sent again is not sent
     a second time by the dead worker's slot)."""
-    pids = tmp_path / "pids"
-    with LocalCluster(n_workers=1, lease_ms=500) as cluster, Client(cluster, progress=False) as client:
-        stopped: list[int] = []
-        _stop_the_first_worker_that_notes(pids, stopped)
-        try:
-            dsk = {"a": (note_pid_and_sleep, str(pids), 1), "b": (sum, ["a", "a"])}
-            assert client.get(dsk, "b", timeout=60) == 2  # (before, it waited forever)
-            ran = [int(p) for p in pids.read_text().split()]
-            assert len(ran) == 2 and ran[1] != stopped[0]
-            assert _gone(stopped[0]), "the frozen worker was not ended"
-            assert job_keys(cluster) == []
-            assert client.get({"c": (sum, [1, 1])}, "c") == 2  # the fresh worker serves the next job
-        finally:
-            for pid in stopped:
-                if psutil.pid_exists(pid):
-                    os.kill(pid, signal.SIGKILL)
+    with _first_worker_to_note_frozen(tmp_path, 1) as (cluster, client, pids, stopped):
+        dsk = {"a": (note_pid_and_sleep, str(pids), 1), "b": (sum, ["a", "a"])}
+        assert client.get(dsk, "b", timeout=60) == 2  # (before, it waited forever)
+        ran = [int(p) for p in pids.read_text().split()]
+        assert len(ran) == 2 and ran[1] != stopped[0]
+        assert _gone(stopped[0]), "the frozen worker was not ended"
+        assert job_keys(cluster) == []
+        assert client.get({"c": (sum, [1, 1])}, "c") == 2  # the fresh worker serves the next job
 
 
 def test_a_job_timing_out_while_a_worker_is_frozen_ends_soon_after_its_timeout(tmp_path):
     """The frozen worker's job was cancelled (its timeout): the cluster ends it as it
     ends a running one, and the client's wait for its executors is short."""
-    pids = tmp_path / "pids"
-    with LocalCluster(n_workers=2, lease_ms=500) as cluster, Client(cluster, progress=False) as client:
-        stopped: list[int] = []
-        _stop_the_first_worker_that_notes(pids, stopped)
+    with _first_worker_to_note_frozen(tmp_path, 2) as (cluster, client, pids, stopped):
         t0 = time.monotonic()
-        try:
-            with pytest.raises(JobFailed, match="timed out after 2"):
-                client.get({"a": (note_pid_and_sleep, str(pids), 60)}, "a", timeout=2)
-            took = time.monotonic() - t0
-            print(f"timeout=2 with a frozen worker: raised after {took:.1f}s")
-            assert took < 20, f"raised {took:.1f}s after a timeout of 2s"  # it waited 30 s for the frozen one
-            assert _gone(stopped[0]), "the frozen worker was not ended"
-            assert job_keys(cluster) == []
-        finally:
-            for pid in stopped:
-                if psutil.pid_exists(pid):
-                    os.kill(pid, signal.SIGKILL)
+        with pytest.raises(JobFailed, match="timed out after 2"):
+            client.get({"a": (note_pid_and_sleep, str(pids), 60)}, "a", timeout=2)
+        took = time.monotonic() - t0
+        print(f"timeout=2 with a frozen worker: raised after {took:.1f}s")
+        # a bound on a hang, not a speed claim: the client no longer waits its whole drain
+        assert took < 2 + DRAIN_S, f"raised {took:.1f}s after a timeout of 2s: it waited for the frozen worker"
+        assert _gone(stopped[0]), "the frozen worker was not ended"
+        assert job_keys(cluster) == []
 
 
 def note_pid_sleep_and_mark(path, seconds):

@@ -694,6 +694,7 @@ class _Run:
                 with self.ex.interrupt, task_timeout(timeout, node.key):
                     return node(args)
             except TaskCancelled:  # interrupted: its job was cancelled (``Interrupt``)
+                self.ex.interrupt.ident = None  # (a signal may have come before ``__exit__`` cleared it)
                 raise Cancelled() from None
             except (Exception, SystemExit, KeyboardInterrupt) as exc:  # a task's exit is its failure
                 if attempt < retries:

@@ -78,6 +78,18 @@ def resend(
     launch(invoke, batch, job, again)
 
 
+def superseded(store: Store, invocations: list[Invocation]) -> list[bool]:
+    """For each of ``invocations``, whether it has been delivered again since it was
+    taken: its job's count of deliveries (``Keys.attempts``, kept by ``resend``) is
+    past the one it carries."""
+    if not invocations:
+        return []
+    pipe = store.mds.pipeline(transaction=False)
+    for inv in invocations:
+        pipe.hget(Keys(inv.job).attempts, inv.id)
+    return [int(n or 0) > inv.attempt for inv, n in zip(invocations, pipe.execute(), strict=True)]
+
+
 def _current_tasks(store: Store, keys: Keys, invocations: list[Invocation]) -> list[bytes | None]:
     """The task each invocation was running when it was last lost, where a re-run recorded it."""
     if not invocations:

@@ -35,8 +35,8 @@ from wukong.backends.stuck import Ended, Watch
 from wukong.backends.supervise import Slot
 from wukong.errors import WukongError
 from wukong.process import frozen, stop
-from wukong.protocol import Invocation, Keys, decode_invocation, encode_invocation
-from wukong.recovery import MAX_ATTEMPTS, resend
+from wukong.protocol import Invocation, decode_invocation, encode_invocation
+from wukong.recovery import MAX_ATTEMPTS, resend, superseded
 from wukong.store import Batch, Store, objects
 
 STOP = b"stop"  # a worker that takes this from the queue exits
@@ -168,7 +168,7 @@ class LocalBackend:
         when the watch ended it, report that as ended (``wukong.backends.stuck``).
 
         One the client's watchdog has sent again already (its lease lapsed while the
-        worker was frozen) is not sent once more (``superseded``).
+        worker was frozen) is not sent once more (``recovery.superseded``).
 
         On a Redis Cluster whose master just failed (the worker may have died of
         it) this is tried again until the replica answers (``failover_timeout``):
@@ -251,18 +251,6 @@ class LocalBackend:
                 self.store.mds.delete(self.queue, *lists)
             except Exception:
                 pass
-
-
-def superseded(store: Store, invocations: list[Invocation]) -> list[bool]:
-    """For each of ``invocations``, whether it has been delivered again since it was
-    taken: its job's count of deliveries (``Keys.attempts``, kept by ``resend``) is
-    past the one it carries."""
-    if not invocations:
-        return []
-    pipe = store.mds.pipeline(transaction=False)
-    for inv in invocations:
-        pipe.hget(Keys(inv.job).attempts, inv.id)
-    return [int(n or 0) > inv.attempt for inv, n in zip(invocations, pipe.execute(), strict=True)]
 
 
 def stop_workers(workers: list, graceful: bool = False) -> None:

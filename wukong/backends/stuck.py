@@ -25,7 +25,7 @@ to any worker.  It is ended (and replaced) when its job must stop, as above,
 or once it has been frozen for ``grace`` while invocations wait in the queue:
 with every worker frozen, or the only one, nobody else would take them.  Its
 invocations the watchdog sent again meanwhile are not sent once more
-(``superseded``).  A lapsed lease alone is no reason to end a running worker:
+(``recovery.superseded``).  A lapsed lease alone is no reason to end a running worker:
 a task may hold the GIL for long when nobody asked it to stop.
 """
 
@@ -116,7 +116,7 @@ class Watch:
             must_stop[job] = not alive or bool(cancelled)
             limit[job] = json.loads(options).get("task_timeout") if options else None
         seen = set()
-        frozen_seen = {}
+        frozen_seen: dict[int, float] = {}  # this look's frozen workers -> first seen frozen
         for wid, proc, invs, is_frozen in busy:
             ended: dict[str, Ended] = {}
             for inv in invs:
