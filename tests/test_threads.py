@@ -119,9 +119,11 @@ def total(*xs):
 def test_values_between_executors_of_one_process_are_neither_stored_nor_fetched(client):
     assert client.get(wide_fan_in(), "sum") == sum(i * 20_000.0 for i in range(8))
     job = client.jobs[-1]
-    assert job.fanin_round_trips > 0
-    # one worker process: every executor is of it, so values stay in its object table
+    # one worker process: every executor is of it, so values stay in its object table, and
+    # the fan-in's arrivals are counted there (``ObjectTable.arrive``): no round trip for the
+    # eight of them, one at most for the completer to read the fan-in's schedule
     assert job.bytes_stored == 0 and job.bytes_fetched == 0
+    assert job.invocations == 8 and job.fanin_round_trips <= 1
 
 
 def test_several_processes_store_what_their_threads_share():
@@ -160,6 +162,28 @@ def test_values_lost_with_the_one_process_run_the_job_again_with_its_values_stor
     assert client.jobs[-1].bytes_stored == 0
 
 
+def leaf_dies_once(path, i):
+    """A leaf that kills its worker process the first time, once the other leaves have arrived."""
+    if not os.path.exists(path):
+        time.sleep(0.5)
+        open(path, "w").close()
+        os._exit(1)
+    return widen(i)
+
+
+def test_a_leaf_run_again_in_a_new_process_does_not_leave_its_fan_in_short(threaded, tmp_path):
+    """The other leaves arrived at the fan-in in the process that died (its counts went with it):
+    the leaf sent again must not arrive alone in the new one, and the job runs again, stored."""
+    client = Client(threaded, progress=False)
+    dsk = wide_fan_in()
+    dsk["p7"] = (leaf_dies_once, str(tmp_path / "died"), 7)
+    assert client.get(dsk, "sum", timeout=60) == sum(i * 20_000.0 for i in range(8))
+    lost, again = client.jobs[-2], client.jobs[-1]
+    assert lost.status == "error" and "held only by a worker process that is gone" in lost.error
+    assert again.status == "finished" and again.fanin_round_trips > 0  # stored, counted in the MDS
+    assert job_keys(threaded) == [] and job_files(threaded) == []
+
+
 def test_processes_fetch_what_threads_share():
     """The control: with two single-threaded processes some inputs cross through Redis."""
     dsk = wide_fan_in()
@@ -192,6 +216,20 @@ def test_no_value_of_an_ended_job_stays_in_the_table(client):
 
 
 # -- the object table ------------------------------------------------------------------------
+
+
+def test_the_table_counts_fan_in_arrivals_as_the_mds_does():
+    table = ObjectTable(max_bytes=None)
+    assert not table.arrive("j", 9, 1, 3, "inv-a/1")
+    assert not table.arrive("j", 9, 1, 3, "inv-a/1")  # a repeat never counts twice
+    assert not table.arrive("j", 9, 2, 3, "inv-b/2")
+    assert table.arrive("j", 9, 3, 3, "inv-c/3")  # the last parent completes it: its owner
+    assert table.arrive("j", 9, 3, 3, "inv-c/3")  # the owner run again completes it again
+    assert not table.arrive("j", 9, 3, 3, "inv-d/3")  # anyone else's repeat does not
+    assert not table.arrive("j", 9, 2, 3, "inv-b/2")
+    assert table.jobs() == {"j"} and table.has_job("j") and len(table) == 0
+    table.drop_job("j")  # with the job's values
+    assert table.jobs() == set() and not table.arrive("j", 9, 1, 2, "inv-a/1")
 
 
 def test_the_table_evicts_the_least_recently_used_within_its_bound():

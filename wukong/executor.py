@@ -64,11 +64,14 @@ executor then schedules itself:
   unpickled.  The KVS copy stays: executors elsewhere, and re-runs, read it.
   In a cluster of one worker process (``table_only``) every reader is one of
   its executors: an intermediate goes to the table only, never to the KVS
-  (results do), delayed I/O is off (holding a value saves no write) and a
-  fan-in arrival reads nothing with it.  An input missing from the table
-  then went with a process that died: ``ValuesLost``, and the client runs
-  the job again, storing its values as elsewhere (option ``store_values``):
-  a crash in that run is survived as in any cluster.
+  (results do), delayed I/O is off (holding a value saves no write), and
+  fan-in arrivals are counted in the table (``ObjectTable.arrive``, the rules
+  of ``fanin.lua``): no round trip, so notifications are not held back either.
+  An input missing from the table then went with a process that died, as did
+  the arrivals counted there: ``ValuesLost`` (an invocation sent again raises
+  it at its start), and the client runs the job again, storing its values and
+  counting its arrivals in the MDS as elsewhere (option ``store_values``): a
+  crash in that run is survived as in any cluster.
 
 Delivery may repeat and executors may die.  Each invocation has a
 deterministic id and takes a lease in the MDS first (``lease.lua``; renewed
@@ -111,7 +114,7 @@ import traceback
 from collections import OrderedDict
 from collections.abc import Callable
 from itertools import islice
-from typing import Any
+from typing import Any, NamedTuple
 
 from wukong import protocol, serialization, task_warnings
 from wukong._core import ScheduleView
@@ -202,7 +205,17 @@ class _PlanBodies:
         return self.bodies[sid]
 
 
-_Call = tuple[Dependent, tuple[int, int], tuple[tuple[int, tuple[int, int]], ...]]  # fan-in, script, reads
+class _Arrived(NamedTuple):
+    """An arrival counted in this process's object table (``table_only``, ``ObjectTable.arrive``):
+    whether it completed its fan-in, and the read of the fan-in's schedule when it did and
+    the schedule is not here."""
+
+    complete: bool
+    schedule: tuple[int, int] | None
+
+
+# fan-in, its script's reply (or its arrival counted here), reads of its other parents' outputs
+_Call = tuple[Dependent, tuple[int, int] | _Arrived, tuple[tuple[int, tuple[int, int]], ...]]
 
 
 class JobGone(Exception):
@@ -489,6 +502,12 @@ class _Run:
         if h_opts is not None:
             self.ex.options[inv.job] = json.loads(batch[h_opts]) if batch[h_opts] else {}
         self.opts = self.ex.options[inv.job]
+        if self.careful and self.table_only:  # its first attempt's process may have died, and with it
+            # the values and fan-in arrivals it alone held: this run could leave a fan-in short
+            raise ValuesLost(
+                f"job {inv.job}: invocation {inv.id} runs again; the values and fan-in arrivals "
+                "of its first attempt were held only by a worker process that is gone"
+            )
         self.solo = whole
         if h_plan is not None:
             if batch[h_plan] is None:
@@ -736,6 +755,7 @@ class _Run:
         here = big or (len(ready) <= BUSY_FANOUT_MAX and (self.backlog > 0 or self.careful))
         if (
             fanins
+            and not self.table_only  # (there an arrival costs no round trip: nothing to batch)
             and (self.stack or self.deferred or ready)  # local work follows (else the loop flushes at once)
             and not stored_result
             and out.at_most(self.ex.inline_limit)
@@ -760,10 +780,12 @@ class _Run:
         if stored_result:
             protocol.emit_stored_result(self.pending, self.keys, out.tid)  # sent with or after the write
         if fanins:
-            self.stats[1] += 1
             calls = [self.notify(batch, out.tid, c) for c in fanins]
-            last = not ready and not self.stack and not self.deferred and not self.holds
-            ready += self.completed(self.send_arrivals(batch, [(c.tid, out.tid) for c in fanins], last), calls)
+            if batch or not self.table_only:  # (arrivals counted here, and nothing to write: no round trip)
+                self.stats[1] += 1
+                last = not ready and not self.stack and not self.deferred and not self.holds
+                batch = self.send_arrivals(batch, [(c.tid, out.tid) for c in fanins], last)
+            ready += self.completed(batch, calls)
             batch = self.store.batch()
         if ready:
             self.become(batch, sid, pos, out, ready, here)
@@ -872,6 +894,10 @@ class _Run:
         reading all the others.
         """
         want = c.sched not in self.scheds  # the reply carries c's schedule if we lack it
+        if self.table_only:  # every parent runs in this process: counted here (``ObjectTable.arrive``)
+            complete = self.ex.table.arrive(self.inv.job, c.tid, parent, c.ndeps, f"{self.inv.id}/{parent}")  # type: ignore[union-attr]
+            read = batch.get_value(self.store.mds_index, self.keys.schedule(c.sched)) if complete and want else None
+            return c, _Arrived(complete, read), ()
         missing = self.coming(c, parent) if hold else 0
         h = batch.fanin(self.keys, c.tid, parent, c.ndeps, c.sched, want, self.inv.id, hold, missing)
         if want or self.table_only or not (c.ndeps == 2 or (self.store.shm_dir and c.ndeps <= EARLY_READS_MAX_DEPS)):
@@ -888,7 +914,8 @@ class _Run:
         exit goes with them: ``exit.lua`` runs after them and exits unless one completed
         its fan-in (which then runs here; the exit comes later, as usual).  A one-task
         invocation that only arrives at a fan-in costs two round trips, not three."""
-        if not last or self.on_exit is not None or not arrivals:  # the local worker's ack: a plain exit
+        # the local worker's ack: a plain exit; arrivals counted here are not the MDS's to see
+        if not last or self.on_exit is not None or not arrivals or self.table_only:
             return self.send(batch)
         if self.pending:  # the events waiting go before the exit: the client reads it last
             pending, self.pending = self.pending, self.store.batch()
@@ -933,6 +960,14 @@ class _Run:
         the outputs of their other parents kept when read in the same round trip)."""
         done = []
         for c, h, reads in calls:
+            if isinstance(h, _Arrived):
+                if h.complete:
+                    if h.schedule is not None:
+                        if batch[h.schedule] is None:
+                            raise JobGone()
+                        self.scheds[c.sched] = Schedule(batch[h.schedule])
+                    done.append(c)
+                continue
             reply = batch[h]
             if not isinstance(reply, list):  # not complete (0), or a holder's wait (HOLD, STORE_NOW)
                 continue
@@ -993,7 +1028,7 @@ class _Run:
                     local.append(c)
         take = self.request_inputs(batch, local)  # their schedules, when not here
         last = not self.stack and not local and not self.holds
-        done = self.completed(self.send_arrivals(batch, arrivals, last), calls) if batch else []
+        done = self.completed(self.send_arrivals(batch, arrivals, last) if batch else batch, calls)
         for t, value in (take(batch) | self.fetch_fanin_inputs(done)).items():
             self.data[t] = value
         for c in reversed(done + local):
@@ -1035,7 +1070,7 @@ class _Run:
         done = self.completed(batch, [call for _, _, call in calls])
         released = []
         for h, keep, (_, handle, _) in calls:
-            reply = batch[handle]
+            reply = batch[handle]  # type: ignore[index]  # holds are never counted here (``table_only``)
             if reply == HOLD and not (idle and crowded):
                 h.pause = min(2 * h.pause, HOLD_PAUSE_MAX_S)
                 h.ask_at = min(now + h.pause, h.deadline)

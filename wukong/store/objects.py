@@ -35,6 +35,13 @@ drops what ended jobs left, for jobs that follow each other without a pause.  If
 values it held are gone: an executor that needs one raises ``ValuesLost`` and
 the client runs the job again (``Client.get``), its values stored this time.
 
+There the table also counts fan-in arrivals (``arrive``), as ``fanin.lua``
+does in the MDS, with the same rules (arrivals are a set of parents; the
+arrival that completes a fan-in is its owner, and only the owner's repeat
+completes it again): every parent of a fan-in runs in this process, so an
+arrival costs no round trip.  The counts live as long as the values: with
+the process, and until the job ends.
+
 Values in the table are shared, as in Dask's threaded scheduler: a task must
 not modify its inputs in place.  One lock guards the table; the work done
 under it is a few dict operations.
@@ -72,6 +79,8 @@ class ObjectTable:
         self.hits = 0
         self._entries: OrderedDict[tuple[str, int], tuple[Any, int]] = OrderedDict()
         self._per_job: dict[str, int] = {}  # job -> its entries
+        # job -> fan-in -> (parents arrived, the completing arrival or ""): ``arrive``
+        self._fanins: dict[str, dict[int, tuple[set[int], str]]] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -116,16 +125,35 @@ class ObjectTable:
         with self._lock:
             return {tid for tid in tids if (job, tid) in self._entries}
 
+    def arrive(self, job: str, fanin: int, parent: int, ndeps: int, owner: str) -> bool:
+        """Record ``parent``'s arrival at ``fanin`` (of ``ndeps`` parents) by ``owner`` (the
+        invocation and parent, as in ``fanin.lua``); whether it completes the fan-in: the
+        last parent's first arrival, or a repeat of that arrival by the same owner."""
+        with self._lock:
+            fanins = self._fanins.setdefault(job, {})
+            state = fanins.get(fanin)
+            if state is None:
+                state = fanins[fanin] = (set(), "")
+            arrived, completer = state
+            if parent in arrived:
+                return completer == owner
+            arrived.add(parent)
+            if len(arrived) < ndeps:
+                return False
+            fanins[fanin] = (arrived, owner)
+            return True
+
     def has_job(self, job: str) -> bool:
         with self._lock:
-            return job in self._per_job
+            return job in self._per_job or job in self._fanins
 
     def jobs(self) -> set[str]:
         with self._lock:
-            return set(self._per_job)
+            return set(self._per_job) | set(self._fanins)
 
     def drop_job(self, job: str) -> None:
         with self._lock:
+            self._fanins.pop(job, None)
             if job in self._per_job:
                 for entry in [e for e in self._entries if e[0] == job]:
                     self._pop(entry)
