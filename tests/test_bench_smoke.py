@@ -11,6 +11,7 @@ import importlib.util
 import json
 import time
 
+import dask
 import pytest
 
 SYSTEMS = ["wukong", "sync", "threads"]
@@ -172,6 +173,22 @@ def test_alternate_times_wukong_and_a_peer_in_turn_and_checks_results(peer):
     )
     assert row["workload"] == "tree" and row["wukong_s"] > 0 and row["peer_s"] > 0
     assert row["ratio"] == row["wukong_s"] / row["peer_s"]
+
+
+def test_alternate_takes_a_second_cluster_with_a_setting_in_turn(monkeypatch):
+    from bench import alternate as alt
+
+    started = []
+    real = alt.harness.STARTERS["wukong"]
+
+    def start():  # the setting is in Dask's config while its cluster starts
+        started.append(dask.config.get("wukong.delayed-io.threshold", None))
+        return real()
+
+    monkeypatch.setitem(alt.harness.STARTERS, "wukong", start)
+    (row,) = alt.alternate(["tree"], "tiny", runs=2, warmup=1, setting=("delayed-io.threshold", 1 << 20))
+    assert started == [None, 1 << 20]
+    assert row["wukong_s"] > 0 and row["setting_s"] > 0 and row["peer_s"] > 0
 
 
 def test_wake_times_a_one_task_job_after_each_idle_gap_and_sync():

@@ -298,3 +298,17 @@ def test_delayed_io_is_configured_in_dask_config():
 
         assert _delayed_io(None)["enabled"] is False
         assert _delayed_io(True)["enabled"] is True
+
+
+def test_the_threshold_is_by_where_values_go_unless_configured():
+    from wukong.cluster import DELAYED_IO_BYTES
+
+    with LocalCluster(n_workers=1) as shared, LocalCluster(n_workers=1, shared_memory=False) as redis_only:
+        assert shared.executor_config()["delayed_io_bytes"] == DELAYED_IO_BYTES["shared memory"] == 8 << 20
+        assert redis_only.executor_config()["delayed_io_bytes"] == DELAYED_IO_BYTES["redis"] == 1 << 20
+    with LocalCluster(n_workers=1, delayed_io={"threshold": 4096}) as given:
+        assert given.executor_config()["delayed_io_bytes"] == 4096
+    with dask.config.set({"wukong.delayed-io.threshold": 1 << 20}), LocalCluster(n_workers=1) as configured:
+        assert configured.executor_config()["delayed_io_bytes"] == 1 << 20
+    with LocalCluster(n_workers=1, delayed_io=False) as off:
+        assert off.executor_config()["delayed_io_bytes"] is None

@@ -25,6 +25,14 @@ from wukong.store import CLOSE_DELETES_S, Endpoint, Store, shm
 from wukong.store.credentials import SecretCredentials, read_secret
 from wukong.store.server import RedisServer
 
+# bytes: delayed I/O's threshold unless one is configured, by where a stored value goes.  Into
+# shared memory a write is a copy (0.1-0.2 ms per MB, ``python -m bench.dataplane``) while a
+# hold costs its asks (a round trip each, ~0.5 ms while the cores run tasks): held, GEMM's
+# 4.5 MB blocks cost its small size 4-24% and its 32 MB blocks saved its full size 4-14%
+# (two clusters alternating job by job with Dask's threads, both orders; issue 13's note).
+# Into Redis, across a network from a Lambda, a write costs far more: 1 MiB.
+DELAYED_IO_BYTES = {"shared memory": 8 << 20, "redis": 1 << 20}
+
 
 class LocalCluster:
     """A wukong cluster on this machine.
@@ -91,7 +99,9 @@ class LocalCluster:
         ``max-wait`` seconds while that fan-in may complete there; it then
         runs there and the output is never stored.  ``False`` turns it off; a
         dict (``{"threshold": 1 << 20, "max-wait": 0.5}``) overrides the
-        configured ``wukong.delayed-io`` settings.
+        configured ``wukong.delayed-io`` settings.  The threshold is 8 MiB by
+        default where values pass through shared memory (a local cluster), 1 MiB
+        elsewhere (``DELAYED_IO_BYTES``).
     ttl : int
         Seconds every job key lives at most (a safety net; keys are deleted
         when their job ends).
@@ -341,6 +351,15 @@ class LocalCluster:
         eps = [Endpoint(*s.endpoint, password=s.password, unix_socket=s.unix_socket) for s in self.redis_servers]
         return eps[0], eps
 
+    def delayed_io_bytes(self) -> int | None:
+        """The size from which an output is held (delayed I/O), ``None`` when it is off."""
+        if not self.delayed_io["enabled"]:
+            return None
+        threshold = self.delayed_io["threshold"]
+        if threshold is None:
+            return DELAYED_IO_BYTES["shared memory" if self.shm_dir else "redis"]
+        return int(threshold)
+
     def executor_config(self) -> dict:
         """The configuration of every executor of this cluster: ``Executor(...)``'s keyword
         arguments, sent to each worker (local) or with each invocation (Lambda)."""
@@ -349,7 +368,7 @@ class LocalCluster:
         config = {
             "inline_limit": self.inline_limit,
             "cluster_threshold": self.cluster_threshold,
-            "delayed_io_bytes": self.delayed_io["threshold"] if self.delayed_io["enabled"] else None,
+            "delayed_io_bytes": self.delayed_io_bytes(),
             "delayed_io_wait": self.delayed_io["max-wait"],
             "lease_ms": self.lease_ms,
             "faults": self.faults,
@@ -415,6 +434,8 @@ def _delayed_io(given: bool | dict | None) -> dict:
         settings.update(given)
     for name in ("threshold", "max-wait"):
         value = settings[name]
+        if value is None and name == "threshold":  # by where values go (``DELAYED_IO_BYTES``)
+            continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
             raise ValueError(f"delayed-io {name} must be a number >= 0, got {value!r}")
     return settings
