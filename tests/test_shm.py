@@ -190,6 +190,28 @@ def test_a_kept_file_somebody_maps_is_written_again_only_once_unmapped(tmp_path)
         shm.remove_dir(directory)
 
 
+def test_a_write_takes_a_kept_file_close_to_its_size_and_else_the_closest():
+    directory = shm.make_dir("test-pool")
+    try:
+        pool = os.path.join(directory, shm.POOL)
+        os.makedirs(pool, exist_ok=True)
+        sizes = {"a": 1000, "b": 1500, "c": 1900, "d": 1990, "e": 5000}  # d within 1/16 of 2000
+        for name, size in sizes.items():
+            with open(os.path.join(pool, f"{size}-{name}"), "wb") as f:
+                f.truncate(size)
+        shm.write(directory, "wk:j:d:1", b"x" * 2000)  # d: taken as soon as it is read
+        assert sorted(_pool(directory)) == ["1000-a", "1500-b", "1900-c", "5000-e"]
+        shm.write(directory, "wk:j:d:2", b"y" * 2000)  # none close left: the closest that fits (c)
+        assert sorted(_pool(directory)) == ["1000-a", "1500-b", "5000-e"]
+        shm.write(directory, "wk:j:d:3", b"z" * 100)  # none fits (within 2x): a new file
+        assert sorted(_pool(directory)) == ["1000-a", "1500-b", "5000-e"]
+        for i, fill in ((1, b"x"), (2, b"y"), (3, b"z")):
+            size = 100 if i == 3 else 2000
+            assert bytes(shm.read(shm.marker(directory, f"wk:j:d:{i}"))) == fill * size
+    finally:
+        shm.remove_dir(directory)
+
+
 def test_the_pool_is_bounded_and_emptied_when_idle(monkeypatch):
     directory = shm.make_dir("test-pool")
     try:

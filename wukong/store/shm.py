@@ -66,6 +66,7 @@ POOL = "free"  # the cluster's directory's subdirectory of kept files, named ``<
 POOL_IDLE_S = 5.0  # seconds; a kept file not taken again for this long is removed by an idle worker
 POOL_FIT = 2  # a kept file is taken for a value of at least 1/2 and at most 2x its size
 POOL_TRIES = 4  # kept files a writer tries (one may still be mapped) before it makes a new one
+POOL_CLOSE = 16  # a kept file within 1/16 of a value's size is taken as soon as it is read
 
 PREFIX = "wukong-"
 _locks: dict[str, int] = {}  # directory -> the descriptor holding its lock, while its cluster lives
@@ -196,33 +197,58 @@ IOV_MAX = 1024  # pieces per writev call (Linux's limit)
 
 def _reuse(directory: str, size: int, tmp: str) -> int | None:
     """A kept file of about ``size`` bytes, taken from the pool as ``tmp`` and cut to
-    ``size``, open for writing; None if the pool has none free."""
+    ``size``, open for writing; None if the pool has none free.
+
+    The pool is read entry by entry (``scandir``) and the first file within
+    ``POOL_CLOSE`` of ``size`` is taken at once: a job of many values of one size
+    leaves hundreds of kept files, and listing and sorting them all for every
+    write cost more than the write (Cholesky 4000², 500 KB blocks: ~270 kept
+    files, ~0.3 ms a write).  Otherwise the closest fits are tried."""
     pool = os.path.join(directory, POOL)
+    fits = []
+    tries = POOL_TRIES
     try:
-        names = os.listdir(pool)
+        with os.scandir(pool) as entries:
+            for entry in entries:
+                kept = _size_of(entry.name)
+                if kept is None or size > kept * POOL_FIT or kept > size * POOL_FIT:
+                    continue
+                if abs(kept - size) * POOL_CLOSE > size:
+                    fits.append((abs(kept - size), entry.name))
+                    continue
+                fd = _take(pool, entry.name, tmp, size)
+                if fd is not None:
+                    return fd
+                tries -= 1
+                if not tries:
+                    return None
     except OSError:  # no pool here, or the cluster closed
         return None
-    fits = []
-    for name in names:
-        kept = _size_of(name)
-        if kept is not None and size <= kept * POOL_FIT and kept <= size * POOL_FIT:
-            fits.append((abs(kept - size), name))
-    for _, name in sorted(fits)[:POOL_TRIES]:
-        try:
-            os.rename(os.path.join(pool, name), tmp)
-        except OSError:  # another writer took it
-            continue
-        fd = os.open(tmp, os.O_RDWR)
-        try:
-            if _unmapped(fd):
-                os.ftruncate(fd, size)
-                return fd
-        except OSError:
-            os.close(fd)
-            raise
-        os.close(fd)  # still mapped somewhere: back to the pool, to be written once unmapped
-        with contextlib.suppress(OSError):  # the cluster closed meanwhile
-            os.rename(tmp, os.path.join(pool, name))
+    for _, name in sorted(fits)[:tries]:
+        fd = _take(pool, name, tmp, size)
+        if fd is not None:
+            return fd
+    return None
+
+
+def _take(pool: str, name: str, tmp: str, size: int) -> int | None:
+    """The pool's file ``name`` as ``tmp``, cut to ``size`` and open for writing; None when
+    another writer took it first, or it is still mapped (then it goes back to the pool)."""
+    try:
+        os.rename(os.path.join(pool, name), tmp)
+    except OSError:  # another writer took it
+        return None
+    fd = os.open(tmp, os.O_RDWR)
+    try:
+        if _unmapped(fd):
+            os.ftruncate(fd, size)
+            return fd
+    except OSError:
+        os.close(fd)
+        raise
+    os.close(fd)  # still mapped somewhere: back to the pool, to be written once unmapped
+    with contextlib.suppress(OSError):  # the cluster closed meanwhile
+        os.rename(tmp, os.path.join(pool, name))
     return None
 
 
