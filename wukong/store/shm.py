@@ -208,22 +208,23 @@ def _reuse(directory: str, size: int, tmp: str) -> int | None:
     fits = []
     tries = POOL_TRIES
     try:
-        with os.scandir(pool) as entries:
-            for entry in entries:
-                kept = _size_of(entry.name)
-                if kept is None or size > kept * POOL_FIT or kept > size * POOL_FIT:
-                    continue
-                if abs(kept - size) * POOL_CLOSE > size:
-                    fits.append((abs(kept - size), entry.name))
-                    continue
-                fd = _take(pool, entry.name, tmp, size)
-                if fd is not None:
-                    return fd
-                tries -= 1
-                if not tries:
-                    return None
+        entries = os.scandir(pool)
     except OSError:  # no pool here, or the cluster closed
         return None
+    with entries:  # (a failure to take a file is not a missing pool: it is raised)
+        for entry in entries:
+            kept = _size_of(entry.name)
+            if kept is None or size > kept * POOL_FIT or kept > size * POOL_FIT:
+                continue
+            if abs(kept - size) * POOL_CLOSE > size:
+                fits.append((abs(kept - size), entry.name))
+                continue
+            fd = _take(pool, entry.name, tmp, size)
+            if fd is not None:
+                return fd
+            tries -= 1
+            if not tries:
+                return None
     for _, name in sorted(fits)[:tries]:
         fd = _take(pool, name, tmp, size)
         if fd is not None:
