@@ -226,3 +226,39 @@ def test_the_pool_is_bounded_and_emptied_when_idle(monkeypatch):
         assert _pool(directory) == {}
     finally:
         shm.remove_dir(directory)
+
+
+def test_a_write_that_fits_no_kept_file_takes_one_nobody_took_for_a_while(monkeypatch):
+    """Files an earlier job left, of sizes this job does not write, go as it writes: a
+    write that fits no kept file takes one idle for ``POOL_IDLE_S`` and cuts it to its
+    size; one kept more recently stays for a value of its own size."""
+    directory = shm.make_dir("test-pool")
+    try:
+        pool = os.path.join(directory, shm.POOL)
+        for name, size in (("a", 40_000), ("b", 50_000)):
+            with open(os.path.join(pool, f"{size}-{name}"), "wb") as f:
+                f.write(b"o" * size)
+        monkeypatch.setattr(shm, "POOL_IDLE_S", 3600.0)
+        shm.write(directory, "wk:j:d:1", b"x" * 1000)  # no fit, and none idle long enough: a new file
+        assert sorted(_pool(directory)) == ["40000-a", "50000-b"]
+        monkeypatch.setattr(shm, "POOL_IDLE_S", 0.0)
+        inodes = set(_pool(directory).values())
+        shm.write(directory, "wk:j:d:2", b"y" * 1000)  # no fit: the first idle one, cut to size
+        assert len(_pool(directory)) == 1
+        path = shm.marker(directory, "wk:j:d:2")[len(shm.MARKER) :].decode()
+        assert os.stat(path).st_ino in inodes and os.stat(path).st_size == 1000
+        assert bytes(shm.read(shm.marker(directory, "wk:j:d:2"))) == b"y" * 1000
+        assert bytes(shm.read(shm.marker(directory, "wk:j:d:1"))) == b"x" * 1000
+    finally:
+        shm.remove_dir(directory)
+
+
+def test_the_pool_keeps_a_quarter_of_the_memory_and_half_of_what_is_available(monkeypatch):
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert 0 < shm._available() <= total  # this machine's, read for real
+    monkeypatch.setattr(shm, "_available", lambda: total)
+    assert shm.pool_cap() == total // 4
+    monkeypatch.setattr(shm, "_available", lambda: total // 10)
+    assert shm.pool_cap() == total // 20
+    monkeypatch.setattr(shm, "_available", lambda: None)  # no /proc/meminfo: an eighth, halved
+    assert shm.pool_cap() == total // 16
