@@ -231,7 +231,7 @@ def test_the_pool_is_bounded_and_emptied_when_idle(monkeypatch):
 def test_a_write_that_fits_no_kept_file_takes_one_nobody_took_for_a_while(monkeypatch):
     """Files an earlier job left, of sizes this job does not write, go as it writes: a
     write that fits no kept file takes one idle for ``POOL_IDLE_S`` and cuts it to its
-    size; one kept more recently stays for a value of its own size."""
+    size; while none has been idle that long, it makes a new file and the pool stays."""
     directory = shm.make_dir("test-pool")
     try:
         pool = os.path.join(directory, shm.POOL)
