@@ -95,7 +95,7 @@ def _first_line(text: str) -> str:
     return lines[-1].strip() if lines else text
 
 
-def _per_task(cell: dict, counter: str) -> str:
+def per_task(cell: dict, counter: str) -> str:
     """A Redis counter per task, median over the cell's jobs (wukong only; "—" elsewhere)."""
     per = [j[counter] / j["tasks"] for j in cell.get("jobs", ()) if counter in j and j.get("tasks")]
     return f"{statistics.median(per):.2f}" if per else "—"
@@ -122,7 +122,7 @@ def table(name: str, record: dict) -> str:
         elif status == "MISMATCH":
             detail = f": {cell['mismatch']}"
         flag = "  <<<" if status != "ok" else ""
-        cmds, trips = _per_task(cell, "redis_commands"), _per_task(cell, "redis_round_trips")
+        cmds, trips = per_task(cell, "redis_commands"), per_task(cell, "redis_round_trips")
         rows.append(
             f"{sysname:<12} {_fmt_s(med):>10} {ratio:>8} {tasks if tasks is not None else '—':>8} {rate:>10} "
             f"{cmds:>8} {trips:>7}  {status}{detail}{flag}"

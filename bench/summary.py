@@ -1,6 +1,8 @@
 """One Markdown table from a saved run: ``python -m bench.summary bench/results/<stamp>.json``.
 
-A row per workload: each system's median time, and wukong over the best other system.
+A row per workload: each system's median time; wukong (and ``wukong-threads``, when the
+run has it) over the best of Dask's schedulers; wukong's Redis commands and round trips per
+task.
 """
 
 from __future__ import annotations
@@ -8,9 +10,10 @@ from __future__ import annotations
 import json
 import sys
 
-from bench.report import IDLE_LOAD_PER_CORE, max_load_per_core
+from bench.report import IDLE_LOAD_PER_CORE, max_load_per_core, per_task
 
-ORDER = ["wukong", "sync", "threads", "processes", "distributed", "ray"]
+ORDER = ["wukong", "wukong-threads", "sync", "threads", "processes", "distributed", "ray"]
+WUKONG = ("wukong", "wukong-threads")  # the others are the peers: "best" is the best of them
 
 
 class BusyMachine(Exception):
@@ -27,21 +30,26 @@ def table(path: str, allow_busy: bool = False) -> str:
             "rerun on an idle machine (python -m bench.report prints it anyway)"
         )
     systems = [s for s in ORDER if any(s in w["systems"] for w in run["workloads"].values())]
+    ours = [s for s in WUKONG if s in systems]
+    head = " | ".join(systems) + " | " + " | ".join(f"{s} / best" for s in ours)
     lines = [
-        "| workload | " + " | ".join(systems) + " | wukong / best other |",
-        "|---|" + "---:|" * (len(systems) + 1),
+        f"| workload | {head} | cmd/task | rt/task |",
+        "|---|" + "---:|" * (len(systems) + len(ours) + 2),
     ]
     for name, w in run["workloads"].items():
-        cells, others = [], []
+        cells, medians = [], {}
         for s in systems:
             cell = w["systems"].get(s)
             ok = cell is not None and cell["median_s"] is not None and not cell["error"] and not cell["mismatch"]
             cells.append(f"{cell['median_s']:.3g}" if ok else ("failed" if cell else "—"))
-            if ok and s != "wukong":
-                others.append(cell["median_s"])
-        wk = w["systems"].get("wukong")
-        ratio = f"{wk['median_s'] / min(others):.2f}×" if wk and wk.get("median_s") and others else "—"
-        lines.append(f"| {name} ({w['describe']}) | " + " | ".join(cells) + f" | {ratio} |")
+            if ok:
+                medians[s] = cell["median_s"]
+        peers = [m for s, m in medians.items() if s not in WUKONG]
+        for s in ours:
+            cells.append(f"{medians[s] / min(peers):.2f}×" if s in medians and peers else "—")
+        wk = w["systems"].get("wukong") or {}
+        cells += [per_task(wk, "redis_commands"), per_task(wk, "redis_round_trips")]
+        lines.append(f"| {name} ({w['describe']}) | " + " | ".join(cells) + " |")
     m = run["machine"]
     lines.append("")
     lines.append(

@@ -246,3 +246,23 @@ def test_edges_split_each_job_into_its_start_span_and_tail():
     for job, first, span, tail in zip(*parts.values(), strict=True):
         assert first > 0 and span > 0 and tail > 0
         assert first + span + tail == pytest.approx(job)
+
+
+def test_summary_puts_both_wukongs_beside_dasks_schedulers_and_counts_redis_per_task(bench_run, tmp_path):
+    from bench import summary
+
+    results = json.loads(json.dumps(bench_run["results"]))
+    record = results["workloads"]["tree"]
+    for cell in record["systems"].values():
+        cell["other_load_before"] = [0.0]
+    wk = record["systems"]["wukong"]
+    threads = record["systems"]["wukong-threads"] = {**wk, "median_s": wk["median_s"] / 2}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({**results, "workloads": {"tree": record}}))
+    head, _, row, *_ = summary.table(str(path)).splitlines()
+    names = [c.strip() for c in head.strip("|").split("|")]
+    cells = dict(zip(names, (c.strip() for c in row.strip("|").split("|")), strict=True))
+    best = min(record["systems"][s]["median_s"] for s in ("sync", "threads"))  # a wukong is never the "best" peer
+    assert cells["wukong / best"] == f"{wk['median_s'] / best:.2f}×"
+    assert cells["wukong-threads / best"] == f"{threads['median_s'] / best:.2f}×"
+    assert float(cells["cmd/task"]) > 0 and float(cells["rt/task"]) > 0  # the tree's jobs run Redis commands
