@@ -411,7 +411,8 @@ def run_cell(
 ) -> tuple[dict, tuple | None]:
     """Warm-up plus ``repeat`` timed runs of one workload on one system.
 
-    Returns the cell's record and the warm-up result (the reference when ``system`` is sync).
+    Returns the cell's record and the warm-up result when there is no ``reference`` yet
+    (sync's, which becomes it), else None: the timed runs never run while it is held.
     """
     cell: dict[str, Any] = {
         "warmup_s": None,
@@ -454,11 +455,14 @@ def run_cell(
                 )
             cell["jobs"].append(job)
         if i == 0:
-            cell["warmup_s"], first = seconds, result
+            cell["warmup_s"] = seconds
+            # Kept only when it becomes the reference: a result held through the timed
+            # runs keeps its memory in use (wukong's: a shared-memory file still mapped,
+            # so the next run's result of that size goes into new pages).
+            first = result if reference is None else None
         else:
             cell["runs_s"].append(seconds)
-        ref = reference if reference is not None else result
-        mismatch = wl.check(result, ref)
+        mismatch = wl.check(result, reference if reference is not None else result)
         if mismatch and not cell["mismatch"]:
             cell["mismatch"] = f"{what}: {mismatch}"
         del result

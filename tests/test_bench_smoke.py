@@ -266,3 +266,34 @@ def test_summary_puts_both_wukongs_beside_dasks_schedulers_and_counts_redis_per_
     assert cells["wukong / best"] == f"{wk['median_s'] / best:.2f}×"
     assert cells["wukong-threads / best"] == f"{threads['median_s'] / best:.2f}×"
     assert float(cells["cmd/task"]) > 0 and float(cells["rt/task"]) > 0  # the tree's jobs run Redis commands
+
+
+def test_a_cell_times_its_runs_without_holding_its_warm_ups_result(monkeypatch):
+    """A result held through the timed runs keeps its memory in use (on wukong, a mapped
+    shared-memory file: the next result of that size would go into new pages)."""
+    import weakref
+
+    from bench import harness, workloads
+
+    class Value:
+        pass
+
+    made: list[weakref.ref] = []
+    alive: list[int] = []  # at each compute, how many earlier results were still alive
+
+    def get(dsk, keys, **kwargs):
+        alive.append(sum(r() is not None for r in made))
+        value = Value()
+        made.append(weakref.ref(value))
+        return [value for _ in keys]
+
+    monkeypatch.setattr(harness, "LOAD_WINDOW_S", 0.01)
+    wl = workloads.Workload("held", {}, (dask.delayed(Value)(),), lambda result, reference: None, "held")
+    system = harness.System("fake", get)
+    cell, first = harness.run_cell(system, wl, reference=(Value(),), repeat=3, timeout=10, progress=harness.Progress(4))
+    assert cell["warmup_s"] is not None and len(cell["runs_s"]) == 3 and first is None
+    assert alive == [0, 0, 0, 0]
+    # the reference's own cell (sync's, no reference yet) hands its warm-up back: it becomes the reference
+    made.clear(), alive.clear()
+    cell, first = harness.run_cell(system, wl, reference=None, repeat=2, timeout=10, progress=harness.Progress(3))
+    assert isinstance(first[0], Value) and made[0]() is first[0] and alive == [0, 1, 1]
