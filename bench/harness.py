@@ -411,8 +411,9 @@ def run_cell(
 ) -> tuple[dict, tuple | None]:
     """Warm-up plus ``repeat`` timed runs of one workload on one system.
 
-    Returns the cell's record and the warm-up result when there is no ``reference`` yet
-    (sync's, which becomes it), else None: the timed runs never run while it is held.
+    Returns the cell's record and, when there is no ``reference`` yet (sync's cell: its
+    warm-up becomes the reference), the warm-up result; else None, and no timed run runs
+    while the warm-up's result is held.
     """
     cell: dict[str, Any] = {
         "warmup_s": None,

@@ -294,6 +294,7 @@ def test_a_cell_times_its_runs_without_holding_its_warm_ups_result(monkeypatch):
     assert cell["warmup_s"] is not None and len(cell["runs_s"]) == 3 and first is None
     assert alive == [0, 0, 0, 0]
     # the reference's own cell (sync's, no reference yet) hands its warm-up back: it becomes the reference
-    made.clear(), alive.clear()
+    made.clear()
+    alive.clear()
     cell, first = harness.run_cell(system, wl, reference=None, repeat=2, timeout=10, progress=harness.Progress(3))
     assert isinstance(first[0], Value) and made[0]() is first[0] and alive == [0, 1, 1]
