@@ -1,7 +1,7 @@
 """``python -m bench``: the seed's workloads on wukong and on Dask's schedulers.
 
     python -m bench [--size tiny|small|full] [--only W1,W2] [--systems S1,S2] [--storage K1,K2]
-                    [--repeat N] [--out DIR] [--timeout S]
+                    [--repeat N] [--min-seconds S] [--out DIR] [--timeout S]
 
 ``--storage standalone,ring3,cluster3`` runs wukong once per storage, side by
 side: its one embedded Redis, three embedded Redis as consistent-hash ring
@@ -47,6 +47,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         help=f"wukong's storage, comma-separated: {','.join(harness.STORAGE)} (default standalone)",
     )
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per cell after one warm-up (default 3)")
+    parser.add_argument(
+        "--min-seconds",
+        type=float,
+        help=f"more timed runs while a cell's add up to less than this (at most {harness.MAX_RUNS} runs; "
+        "default 1, 0 at size tiny; 0: exactly --repeat)",
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
     parser.add_argument(
         "--timeout", type=float, help=f"seconds a run may take before it counts as failed (default {harness.TIMEOUT_S})"
@@ -54,6 +60,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    if args.min_seconds is not None and args.min_seconds < 0:
+        parser.error("--min-seconds must not be negative")
     args.only = _names(args.only, list(workloads.BUILDERS), "workload", parser)
     args.systems = _names(args.systems, harness.available_systems(named=args.systems is not None), "system", parser)
     if args.storage is not None:
@@ -66,7 +74,16 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     argv = sys.argv[1:] if argv is None else argv
-    results = harness.run(args.size, args.only, args.systems, args.repeat, args.out, args.timeout, argv=list(argv))
+    results = harness.run(
+        args.size,
+        args.only,
+        args.systems,
+        args.repeat,
+        args.out,
+        args.timeout,
+        argv=list(argv),
+        min_seconds=args.min_seconds,
+    )
     return 0 if results["ok"] else 1
 
 

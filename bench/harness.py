@@ -4,7 +4,9 @@ The run, for each workload in turn:
 
 1. build the workload's collections once (``workloads.build``): every system computes the
    very same graph, on the same seeded inputs;
-2. for each system, ``sync`` first: one warm-up run, then ``repeat`` timed runs. Each run is
+2. for each system, ``sync`` first: one warm-up run, then ``repeat`` timed runs, and more
+   while the timed runs add up to less than ``min_seconds`` (``MAX_RUNS`` at most): a
+   workload of a few milliseconds gets a median of many runs, not of three. Each run is
    one ``dask.compute(*collections, scheduler=...)``, timed from the call to its return.
    Every result, warm-up included, is compared with ``sync``'s warm-up result (the
    reference); a mismatch or an error marks the cell and makes the run fail;
@@ -39,6 +41,10 @@ import psutil
 from bench import balance, report, workloads
 
 TIMEOUT_S = {"tiny": 20.0, "small": 120.0, "full": 1800.0}  # per run; a run past it is a failure
+# a cell's timed runs go on (past ``repeat``) until they add up to this (``--min-seconds``);
+# tiny is a smoke size: its times are not compared
+MIN_SECONDS = {"tiny": 0.0, "small": 1.0, "full": 1.0}
+MAX_RUNS = 30  # ... but no more timed runs than this
 SYSTEMS = [
     "wukong", "wukong-threads", "wukong-ring3", "wukong-cluster3",
     "sync", "threads", "processes", "distributed", "ray",
@@ -407,9 +413,16 @@ def _error(exc: BaseException) -> str:
 
 
 def run_cell(
-    system: System, wl: workloads.Workload, reference: tuple | None, repeat: int, timeout: float, progress: Progress
+    system: System,
+    wl: workloads.Workload,
+    reference: tuple | None,
+    repeat: int,
+    timeout: float,
+    progress: Progress,
+    min_seconds: float = 0.0,
 ) -> tuple[dict, tuple | None]:
-    """Warm-up plus ``repeat`` timed runs of one workload on one system.
+    """Warm-up plus ``repeat`` timed runs of one workload on one system, and more while the
+    timed runs add up to less than ``min_seconds`` (``MAX_RUNS`` in all at most).
 
     Returns the cell's record and, when there is no ``reference`` yet (sync's cell: its
     warm-up becomes the reference), the warm-up result; else None, and no timed run runs
@@ -429,8 +442,12 @@ def run_cell(
     # milliseconds started right after an idle pause ran up to 2x slower (sync's qr:
     # 9.9 ms back to back, 15.6 ms after 0.5 s asleep, 19-24 ms in a run that paused).
     cell["other_load_before"] = [round(other_load(), 3)]
-    for i in range(repeat + 1):
-        what = "warm-up" if i == 0 else f"run {i}/{repeat}"
+    i = -1
+    while True:
+        i += 1
+        if i > repeat and (sum(cell["runs_s"]) >= min_seconds or len(cell["runs_s"]) >= MAX_RUNS):
+            break
+        what = "warm-up" if i == 0 else f"run {i}/{repeat}" if i <= repeat else f"run {i} (short runs)"
         progress.show(f"{wl.name} · {system.name} · {what}")
         cell.setdefault("load_before", []).append(os.getloadavg()[0])
         before = system.counters() if system.counters else None
@@ -438,7 +455,7 @@ def run_cell(
             seconds, result = _compute(system, wl.collections, timeout)
         except Exception as exc:
             cell["error"] = f"{what}: " + _error(exc)
-            progress.done += repeat + 1 - i
+            progress.done += max(0, repeat + 1 - i)
             progress.show(f"{wl.name} · {system.name} · FAILED")
             break
         job = system.last_job()
@@ -467,7 +484,11 @@ def run_cell(
         if mismatch and not cell["mismatch"]:
             cell["mismatch"] = f"{what}: {mismatch}"
         del result
-        progress.step(f"{wl.name} · {system.name} · {what} {seconds:.3f}s")
+        label = f"{wl.name} · {system.name} · {what} {seconds:.3f}s"
+        if i <= repeat:
+            progress.step(label)
+        else:  # the bar counts ``repeat`` runs a cell
+            progress.show(label)
     cell["other_load_before"].append(round(other_load(), 3))
     if cell["runs_s"]:
         cell["median_s"] = statistics.median(cell["runs_s"])
@@ -481,7 +502,15 @@ def _reference(wl: workloads.Workload) -> tuple:
     return dask.compute(*wl.collections, scheduler="sync")
 
 
-def run_workload(name: str, size: str, systems: list[System], repeat: int, timeout: float, progress: Progress) -> dict:
+def run_workload(
+    name: str,
+    size: str,
+    systems: list[System],
+    repeat: int,
+    timeout: float,
+    progress: Progress,
+    min_seconds: float = 0.0,
+) -> dict:
     """Every system on one workload; the workload's record."""
     record: dict[str, Any] = {"size": size, "systems": {}, "limit": None, "error": None}
     try:
@@ -500,7 +529,7 @@ def run_workload(name: str, size: str, systems: list[System], repeat: int, timeo
         except Exception as exc:
             record["error"] = "sync (the reference) failed:\n" + _error(exc)
     for system in systems:
-        cell, first = run_cell(system, wl, reference, repeat, timeout, progress)
+        cell, first = run_cell(system, wl, reference, repeat, timeout, progress, min_seconds)
         cell.setdefault("tasks", record["graph_tasks"])
         record["systems"][system.name] = cell
         if system.name == "sync":
@@ -535,9 +564,11 @@ def run(
     out: Path,
     timeout: float | None = None,
     argv: list[str] | None = None,
+    min_seconds: float | None = None,
 ) -> dict:
     """The whole benchmark; returns the results record (also written to ``out``)."""
     timeout = timeout or TIMEOUT_S[size]
+    min_seconds = MIN_SECONDS[size] if min_seconds is None else min_seconds
     out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     results: dict[str, Any] = {
@@ -545,6 +576,8 @@ def run(
         "argv": argv,
         "size": size,
         "repeat": repeat,
+        "min_seconds": min_seconds,
+        "max_runs": MAX_RUNS,
         "timeout_s": timeout,
         "machine": machine(),
         "systems": systems,
@@ -559,7 +592,7 @@ def run(
         results["startup_s"] = {s.name: s.startup_s for s in started if s.startup_s is not None}
         results["blas_threads"] = {s.name: s.blas_threads for s in started}
         for name in only:
-            results["workloads"][name] = run_workload(name, size, started, repeat, timeout, progress)
+            results["workloads"][name] = run_workload(name, size, started, repeat, timeout, progress, min_seconds)
             report.write_json(results, paths)
     finally:
         progress.finish()

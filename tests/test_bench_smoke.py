@@ -268,6 +268,35 @@ def test_summary_puts_both_wukongs_beside_dasks_schedulers_and_counts_redis_per_
     assert float(cells["cmd/task"]) > 0 and float(cells["rt/task"]) > 0  # the tree's jobs run Redis commands
 
 
+def test_a_short_cell_runs_until_its_runs_add_up_to_min_seconds(monkeypatch):
+    """A job of a few milliseconds is the median of many runs; a long one of ``repeat``."""
+    from bench import harness, workloads
+
+    def get_after(seconds):
+        def get(dsk, keys, **kwargs):
+            time.sleep(seconds)
+            return [1 for _ in keys]
+
+        return get
+
+    monkeypatch.setattr(harness, "LOAD_WINDOW_S", 0.01)
+    wl = workloads.Workload("short", {}, (dask.delayed(int)(1),), lambda result, reference: None, "short")
+
+    def cell(seconds, repeat, min_seconds):
+        system = harness.System("fake", get_after(seconds))
+        progress = harness.Progress(repeat + 1)
+        c, _ = harness.run_cell(system, wl, (1,), repeat, 10, progress, min_seconds)
+        assert c["error"] is None and progress.done == repeat + 1  # the bar counts ``repeat`` runs
+        return c["runs_s"]
+
+    runs = cell(0.01, 2, 0.15)
+    assert len(runs) > 2 and sum(runs) >= 0.15 and sum(runs[:-1]) < 0.15  # stops as soon as they add up
+    assert len(cell(0.06, 2, 0.05)) == 2  # long runs: ``repeat`` of them
+    assert len(cell(0.005, 3, 0)) == 3  # 0: exactly ``repeat``
+    monkeypatch.setattr(harness, "MAX_RUNS", 5)
+    assert len(cell(0.005, 2, 60)) == 5  # never more than ``MAX_RUNS``
+
+
 def test_a_cell_times_its_runs_without_holding_its_warm_ups_result(monkeypatch):
     """A result held through the timed runs keeps its memory in use (on wukong, a mapped
     shared-memory file: the next result of that size would go into new pages)."""
