@@ -357,7 +357,6 @@ def _compute(system: System, collections: tuple, timeout: float) -> tuple[float,
     The compute runs on its own daemon thread so that a run which never returns (a hang in
     the system under test) is reported and the benchmark moves on; the thread is abandoned.
     """
-    gc.collect()
     box: dict[str, Any] = {}
 
     def target() -> None:
@@ -442,6 +441,13 @@ def run_cell(
     # milliseconds started right after an idle pause ran up to 2x slower (sync's qr:
     # 9.9 ms back to back, 15.6 ms after 0.5 s asleep, 19-24 ms in a run that paused).
     cell["other_load_before"] = [round(other_load(), 3)]
+    # Garbage is collected here, before the warm-up, not between runs (neither here nor
+    # in wukong's workers): each run pays for its own system's garbage, as a user's next
+    # compute would. A collection before each run (~35 ms in this process) was a pause
+    # that slowed the next job of a few milliseconds on every system, most where its
+    # threads or worker processes sat idle through it (qr small: threads 14.2 -> 6.8 ms,
+    # wukong 9.8 -> 8.2 ms, sync 7.9 -> 6.9 ms).
+    gc.collect()
     i = -1
     while True:
         i += 1

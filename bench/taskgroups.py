@@ -67,7 +67,6 @@ def _one_job(system: harness.System, wl: workloads.Workload, reference: tuple) -
     """One job's seconds and its task seconds per group; its result checked against ``reference``."""
     timer = _TaskTimer() if system.last_tasks is None else None
     hooks = {"loads": timer.loads} if timer is not None else {}
-    gc.collect()  # as the harness does before each run
     with harness._blas_limit(system.blas_threads):
         t0 = time.perf_counter()
         result = dask.compute(*wl.collections, scheduler=system.scheduler, **system.kwargs, **hooks)
@@ -87,6 +86,7 @@ def measure(name: str, size: str, systems: list[harness.System], runs: int, warm
     group the seconds its tasks took in a job.  Every result is checked against ``sync``'s."""
     wl = workloads.build(name, size)
     reference = harness._reference(wl)
+    gc.collect()  # as the harness does before a cell's warm-up, not between its runs
     for system in systems:
         for _ in range(warmup):
             _one_job(system, wl, reference)

@@ -297,6 +297,25 @@ def test_a_short_cell_runs_until_its_runs_add_up_to_min_seconds(monkeypatch):
     assert len(cell(0.005, 2, 60)) == 5  # never more than ``MAX_RUNS``
 
 
+def test_a_cell_collects_garbage_before_its_warm_up_not_between_its_runs(monkeypatch):
+    """A collection is a pause (~35 ms in the harness): before each run it slowed every
+    system's next short job, most those whose workers sat idle through it."""
+    from bench import harness, workloads
+
+    collections: list[int] = []
+    seen: list[int] = []  # at each compute, how many collections so far
+
+    def get(dsk, keys, **kwargs):
+        seen.append(len(collections))
+        return [1 for _ in keys]
+
+    monkeypatch.setattr(harness, "LOAD_WINDOW_S", 0.01)
+    monkeypatch.setattr(harness.gc, "collect", lambda *a: collections.append(1) or 0)
+    wl = workloads.Workload("gc", {}, (dask.delayed(int)(1),), lambda result, reference: None, "gc")
+    cell, _ = harness.run_cell(harness.System("fake", get), wl, (1,), 3, 10, harness.Progress(4))
+    assert cell["error"] is None and seen == [1, 1, 1, 1]
+
+
 def test_a_cell_times_its_runs_without_holding_its_warm_ups_result(monkeypatch):
     """A result held through the timed runs keeps its memory in use (on wukong, a mapped
     shared-memory file: the next result of that size would go into new pages)."""
