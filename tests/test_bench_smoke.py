@@ -316,6 +316,34 @@ def test_a_cell_collects_garbage_before_its_warm_up_not_between_its_runs(monkeyp
     assert cell["error"] is None and seen == [1, 1, 1, 1]
 
 
+def test_runs_share_one_thread_and_a_hung_run_is_left_behind(monkeypatch):
+    """As a user's session computes on its one thread (Dask's threaded scheduler keeps a
+    pool per calling thread); a run that never returns is abandoned with its thread."""
+    import threading
+
+    from bench import harness
+
+    threads: list[int] = []
+    release = threading.Event()
+
+    def get(dsk, keys, **kwargs):
+        threads.append(threading.get_ident())
+        if len(threads) == 3:
+            release.wait(30)  # hangs past the harness's time limit
+        return [1 for _ in keys]
+
+    system = harness.System("fake", get)
+    collections = (dask.delayed(int)(1),)
+    harness._compute(system, collections, 10)
+    harness._compute(system, collections, 10)
+    assert threads[0] == threads[1] != threading.get_ident()
+    with pytest.raises(harness.RunTimeout, match="fake: no result after 0.2 s"):
+        harness._compute(system, collections, 0.2)
+    seconds, result = harness._compute(system, collections, 10)  # on a new thread
+    assert result == (1,) and len(threads) == 4 and threads[3] != threads[2]
+    release.set()
+
+
 def test_a_cell_times_its_runs_without_holding_its_warm_ups_result(monkeypatch):
     """A result held through the timed runs keeps its memory in use (on wukong, a mapped
     shared-memory file: the next result of that size would go into new pages)."""
