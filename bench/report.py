@@ -217,7 +217,7 @@ def _summary(record: dict, medians: dict[str, float]) -> list[str]:
     return lines
 
 
-def _runs(results: dict) -> str:
+def runs(results: dict) -> str:
     """How many timed runs a cell has: ``repeat``, or more for short ones (``min_seconds``)."""
     n, least = results["repeat"], results.get("min_seconds", 0)
     more = f", or more until they add up to {least:g} s ({results['max_runs']} at most)" if least else ""
@@ -228,7 +228,7 @@ def tables(results: dict) -> str:
     """Every workload's table, with the machine and the start-up times on top."""
     m = results["machine"]
     out = [
-        f"wukong bench — size {results['size']}, median of {_runs(results)} after 1 warm-up",
+        f"wukong bench — size {results['size']}, median of {runs(results)} after 1 warm-up",
         f"machine: {m['cores']} cores, {m['memory_gb']} GB, {m['cpu']}; Python {m['python']}, "
         f"dask {m['dask']}, numpy {m['numpy']}, wukong {m['wukong']}",
     ]

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
-from bench.report import IDLE_LOAD_PER_CORE, max_load_per_core, per_task
+from bench.report import IDLE_LOAD_PER_CORE, max_load_per_core, per_task, runs
 
 ORDER = ["wukong", "wukong-threads", "sync", "threads", "processes", "distributed", "ray"]
 WUKONG = ("wukong", "wukong-threads")  # the others are the peers: "best" is the best of them
@@ -53,7 +53,7 @@ def table(path: str, allow_busy: bool = False) -> str:
     m = run["machine"]
     lines.append("")
     lines.append(
-        f"seconds, median of {run['repeat']} after a warm-up; size `{run['size']}`; "
+        f"seconds, median of {runs(run)} after a warm-up; size `{run['size']}`; "
         f"{m.get('cores')} cores; start-up (not counted): "
         + ", ".join(f"{k} {v:.2f} s" for k, v in run["startup_s"].items())
     )
