@@ -221,7 +221,7 @@ def runs(results: dict) -> str:
     """How many timed runs a cell has: ``repeat``, or more for short ones (``min_seconds``)."""
     n, least = results["repeat"], results.get("min_seconds", 0)
     more = f", or more until they add up to {least:g} s ({results['max_runs']} at most)" if least else ""
-    return f"{n} runs{more}"
+    return f"{n} run{'s' if n != 1 else ''}{more}"
 
 
 def tables(results: dict) -> str:
